@@ -1,0 +1,109 @@
+"""The message contract: every message that crosses RabbitMQ, as a pydantic model.
+
+Messages carry ids and customer data, never store credentials: a consumer loads the connection
+it needs from PostgreSQL. Every message names its own routing key, so publishers cannot route a
+model to the wrong place, and ``schema_version`` lets a consumer reject what it does not know.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    routing_key: ClassVar[str]
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    message_id: UUID = Field(default_factory=uuid4)
+    job_id: UUID
+    org_id: UUID
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+
+class SyncRequested(Message):
+    """api -> fetcher: page through this job's store. Redelivery resumes where it stopped."""
+
+    routing_key: ClassVar[str] = "sync.requested"
+    connection_id: UUID
+    reason: Literal["start", "retry"] = "start"
+
+
+class CustomerBatch(Message):
+    """fetcher -> syncer: one page of customers exactly as the store sent them (minus ``_links``).
+
+    The attempt number travels in the ``retry-attempt`` header, not here, so the body of a batch
+    is the same on every delivery and replay.
+    """
+
+    routing_key: ClassVar[str] = "customer.batch"
+    connection_id: UUID
+    page: int | None = None  # None for batches re-published by retry or replay
+    customers: list[dict[str, Any]]
+
+
+class LineFailure(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    woo_id: int
+    error: str
+    attempts: int
+
+
+class LinesDone(Message):
+    """syncer -> tracker: these lines are committed as ``done``."""
+
+    routing_key: ClassVar[str] = "line.done"
+    woo_ids: list[int]
+
+
+class LinesFailed(Message):
+    """syncer -> tracker: these lines failed for good (retries exhausted, now parked)."""
+
+    routing_key: ClassVar[str] = "line.failed"
+    failures: list[LineFailure]
+
+
+class FetchCompleted(Message):
+    """fetcher -> tracker: every page is read and every line recorded; the job can finish."""
+
+    routing_key: ClassVar[str] = "fetch.completed"
+    pages: int
+    customers: int
+
+
+class FetchFailed(Message):
+    """fetcher -> tracker: the store refused us or kept failing; the job fails with this error."""
+
+    routing_key: ClassVar[str] = "fetch.failed"
+    error: str
+
+
+class SyncCompleted(Message):
+    """tracker -> anyone: the job reached a final state. Nothing in woosync consumes it yet."""
+
+    routing_key: ClassVar[str] = "sync.completed"
+    state: Literal["done", "failed"]
+    total: int
+    done: int
+    failed: int
+
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    SyncRequested,
+    CustomerBatch,
+    LinesDone,
+    LinesFailed,
+    FetchCompleted,
+    FetchFailed,
+    SyncCompleted,
+)

@@ -1,0 +1,54 @@
+"""Every knob of every service, read from ``WOOSYNC_*`` environment variables.
+
+One class so that a newcomer sees the whole configuration surface in one screen, and so that
+``docker-compose.yml`` and the tests can be checked against it.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WOOSYNC_", extra="ignore")
+
+    database_url: str = "postgresql://127.0.0.1:5432/woosync"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Derives the key that encrypts store secrets and the key that signs progress tokens.
+    secret_key: SecretStr = SecretStr("dev-only-insecure-secret-change-me")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    tracker_host: str = "127.0.0.1"
+    tracker_port: int = 8001
+    # Base URLs that clients are told to use (status_url, progress_url); behind a proxy they differ.
+    public_api_url: str = ""
+    public_tracker_url: str = ""
+
+    # Prefix for the exchange and every queue: isolates test runs and side-by-side deployments.
+    namespace: str = "woosync"
+
+    default_batch_size: int = Field(100, ge=1, le=100)
+    default_concurrency: int = Field(4, ge=1, le=16)
+    # Growing delays of the syncer's retry tiers; one attempt per tier, then the parking queue.
+    retry_delays_ms: list[int] = [5_000, 30_000, 120_000]
+    prefetch: int = Field(8, ge=1)
+
+    # HTTP to the store.
+    store_timeout_s: float = 30.0
+    store_max_attempts: int = 6
+    store_backoff_max_s: float = 30.0
+
+    progress_token_ttl_s: int = 600
+    progress_interval_s: float = 0.25
+    tracker_sweep_interval_s: float = 0.25
+
+    allow_private_urls: bool = False
+    log_level: str = "INFO"
+
+    def api_base(self) -> str:
+        return self.public_api_url or f"http://{self.api_host}:{self.api_port}"
+
+    def tracker_base(self) -> str:
+        return self.public_tracker_url or f"http://{self.tracker_host}:{self.tracker_port}"

@@ -1,0 +1,132 @@
+"""The whole broker wiring in one place: exchange, queues, bindings, retry tiers, parking queues.
+
+::
+
+    <ns> (topic exchange)
+      sync.requested  -> <ns>.fetcher.sync-requested
+      customer.batch  -> <ns>.syncer.customer-batch
+      line.* fetch.*  -> <ns>.tracker.events
+      sync.completed  -> (no queue yet; published for integrations)
+
+    <ns>.syncer.retry.<D>ms  quorum, TTL D, dead-letters back to <ns>.syncer.customer-batch
+    <queue>.parking          one per work queue: rejected (malformed) and exhausted messages
+
+Every work queue is a quorum queue whose own dead-letter target is its parking queue, so a message
+rejected by a consumer is kept, never dropped. Retry tiers use at-least-once dead-lettering so a
+message in flight between a tier and the work queue survives a broker restart. Queue arguments
+cannot change in place: a change here is a migration (new names, or delete and re-declare).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
+
+from shared import messages as m
+
+ATTEMPT_HEADER = "retry-attempt"
+PARKED_ATTEMPTS_HEADER = "parked-attempts"
+PARKED_ERROR_HEADER = "parked-error"
+
+
+def _work_queue(name: str) -> RabbitQueue:
+    return RabbitQueue(
+        name,
+        queue_type=QueueType.QUORUM,
+        durable=True,
+        declare=False,  # declared (and bound) by declare_topology, before subscribers start
+        arguments={
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": f"{name}.parking",
+        },
+    )
+
+
+def _parking_queue(work: RabbitQueue) -> RabbitQueue:
+    # No delivery limit: peeking in the management console counts as a delivery.
+    return RabbitQueue(f"{work.name}.parking", queue_type=QueueType.QUORUM, durable=True)
+
+
+def _retry_tier(work: RabbitQueue, delay_ms: int) -> RabbitQueue:
+    return RabbitQueue(
+        f"{work.name}.retry.{delay_ms}ms",
+        queue_type=QueueType.QUORUM,
+        durable=True,
+        arguments={
+            "x-message-ttl": delay_ms,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": work.name,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str = "woosync"
+    retry_delays_ms: tuple[int, ...] = (5_000, 30_000, 120_000)
+    exchange: RabbitExchange = field(init=False)
+    fetcher_queue: RabbitQueue = field(init=False)
+    syncer_queue: RabbitQueue = field(init=False)
+    tracker_queue: RabbitQueue = field(init=False)
+    bindings: dict[str, tuple[str, ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        ns = self.namespace
+        s = object.__setattr__
+        s(self, "exchange", RabbitExchange(ns, type=ExchangeType.TOPIC, durable=True))
+        s(self, "fetcher_queue", _work_queue(f"{ns}.fetcher.sync-requested"))
+        s(self, "syncer_queue", _work_queue(f"{ns}.syncer.customer-batch"))
+        s(self, "tracker_queue", _work_queue(f"{ns}.tracker.events"))
+        s(
+            self,
+            "bindings",
+            {
+                self.fetcher_queue.name: (m.SyncRequested.routing_key,),
+                self.syncer_queue.name: (m.CustomerBatch.routing_key,),
+                self.tracker_queue.name: ("line.*", "fetch.*"),
+            },
+        )
+
+    @property
+    def work_queues(self) -> tuple[RabbitQueue, ...]:
+        return (self.fetcher_queue, self.syncer_queue, self.tracker_queue)
+
+    def parking(self, work: RabbitQueue) -> RabbitQueue:
+        return _parking_queue(work)
+
+    @property
+    def retry_tiers(self) -> tuple[RabbitQueue, ...]:
+        return tuple(_retry_tier(self.syncer_queue, d) for d in self.retry_delays_ms)
+
+    def all_queues(self) -> list[RabbitQueue]:
+        return [
+            *self.work_queues,
+            *(self.parking(q) for q in self.work_queues),
+            *self.retry_tiers,
+        ]
+
+    def queue_names(self) -> list[str]:
+        return [q.name for q in self.all_queues()]
+
+
+async def declare_topology(broker: RabbitBroker, topology: Topology) -> None:
+    """Declare everything idempotently; every service calls this before it consumes."""
+    exchange = await broker.declare_exchange(topology.exchange)
+    for queue in topology.all_queues():
+        declared = await broker.declare_queue(_declarable(queue))
+        for key in topology.bindings.get(queue.name, ()):
+            await declared.bind(exchange, routing_key=key)
+
+
+def _declarable(queue: RabbitQueue) -> RabbitQueue:
+    if queue.declare:
+        return queue
+    args: dict[str, Any] = dict(queue.arguments or {})
+    args.pop("x-queue-type", None)
+    return RabbitQueue(
+        queue.name, queue_type=QueueType.QUORUM, durable=True, arguments=args, declare=True
+    )
