@@ -1,0 +1,61 @@
+"""Wiring of the fetcher: settings, pool, broker, the one subscriber."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from faststream import FastStream
+from faststream.rabbit.annotations import RabbitMessage
+
+from services.fetcher.handlers import FetcherDeps, PageReader, handle_sync_requested
+from shared import db
+from shared.broker import make_broker, publish
+from shared.consuming import consume
+from shared.crypto import SecretBox
+from shared.logs import configure
+from shared.messages import SyncRequested
+from shared.settings import Settings
+from shared.topology import Topology, declare_topology
+from shared.woocommerce import RetryPolicy, StoreConfig, WooClient
+
+
+def build_app(settings: Settings) -> FastStream:
+    log = configure("fetcher", settings.log_level)
+    broker = make_broker(settings)
+    topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
+    policy = RetryPolicy(
+        max_attempts=settings.store_max_attempts, backoff_max_s=settings.store_backoff_max_s
+    )
+    state: dict[str, FetcherDeps] = {}
+
+    @asynccontextmanager
+    async def open_client(config: StoreConfig, concurrency: int) -> AsyncIterator[PageReader]:
+        async with WooClient(
+            config, policy=policy, timeout_s=settings.store_timeout_s, max_connections=concurrency
+        ) as client:
+            yield client
+
+    async def startup() -> None:
+        pool: asyncpg.Pool = await db.create_pool(settings.database_url)
+        await broker.connect()
+        await declare_topology(broker, topology)
+        state["deps"] = FetcherDeps(
+            pool=pool,
+            secrets=SecretBox(settings.secret_key.get_secret_value()),
+            open_client=open_client,
+            publish=functools.partial(publish, broker, topology),
+        )
+
+    async def shutdown() -> None:
+        if "deps" in state:
+            await state.pop("deps").pool.close()
+
+    @broker.subscriber(topology.fetcher_queue)
+    async def on_sync_requested(msg: RabbitMessage) -> None:
+        deps = state["deps"]
+        await consume(msg, SyncRequested, lambda r: handle_sync_requested(r, deps), log)
+
+    return FastStream(broker, logger=log, on_startup=[startup], after_shutdown=[shutdown])

@@ -1,0 +1,49 @@
+"""SQL of the fetcher: load a job with its connection, and record what was read, idempotently."""
+
+# Org-scoped: a message can only ever reach its own org's connection.
+SELECT_JOB_WITH_CONNECTION = """
+SELECT j.id, j.org_id, j.state, j.batch_size, j.concurrency, j.fetch_done_at,
+       c.id AS connection_id, c.store_url, c.auth_mode, c.verify_tls, c.consumer_key,
+       c.consumer_secret_enc
+FROM woo_customer_sync_queue j
+JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
+WHERE j.id = $1 AND j.org_id = $2
+"""
+
+MARK_JOB_PROCESSING = """
+UPDATE woo_customer_sync_queue
+SET state = 'processing', started_at = coalesce(started_at, now()),
+    process_count = process_count + 1, updated_at = now()
+WHERE id = $1 AND state IN ('draft', 'queued', 'processing')
+RETURNING process_count
+"""
+
+RECORD_STORE_TOTALS = """
+UPDATE woo_customer_sync_queue
+SET store_total = coalesce(store_total, $2), pages_total = greatest(coalesce(pages_total, 0), $3),
+    updated_at = now()
+WHERE id = $1
+"""
+
+SELECT_FETCHED_PAGES = "SELECT page FROM woo_customer_sync_page WHERE job_id = $1"
+
+# Adding a line twice is a no-op; a line already settled keeps its state.
+INSERT_LINES = """
+INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, page)
+SELECT $1, woo_id, $2, $3 FROM unnest($4::bigint[]) AS woo_id
+ON CONFLICT (job_id, woo_id) DO NOTHING
+RETURNING woo_id
+"""
+
+MARK_PAGE_FETCHED = """
+INSERT INTO woo_customer_sync_page (job_id, page, customers) VALUES ($1, $2, $3)
+ON CONFLICT (job_id, page) DO NOTHING
+"""
+
+MARK_FETCH_DONE = """
+UPDATE woo_customer_sync_queue
+SET fetch_done_at = coalesce(fetch_done_at, now()), pages_total = greatest(coalesce(pages_total, 0), $2),
+    updated_at = now()
+WHERE id = $1
+RETURNING (SELECT count(*) FROM woo_customer_sync_queue_line WHERE job_id = $1) AS lines
+"""
