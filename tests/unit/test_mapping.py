@@ -1,0 +1,513 @@
+"""map_customer: every field, the null and missing cases, dates, the hash, and each refusal."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from shared.mapping import (
+    CUSTOMER_COLUMNS,
+    CustomerRow,
+    MappingError,
+    canonical_json,
+    jsonb_storable,
+    map_customer,
+    row_as_json,
+    source_hash,
+)
+
+ORG = UUID("00000000-0000-4000-8000-000000000001")
+CONN = UUID("00000000-0000-4000-8000-000000000002")
+
+
+def woo_customer(**overrides: Any) -> dict[str, Any]:
+    """A customer exactly as WooCommerce v3 emits it (field order as in the controller)."""
+    customer: dict[str, Any] = {
+        "id": 25,
+        "date_created": "2017-03-21T16:09:28",
+        "date_created_gmt": "2017-03-21T19:09:28",
+        "date_modified": "2017-03-21T16:09:30",
+        "date_modified_gmt": "2017-03-21T19:09:30",
+        "email": "john.doe@example.com",
+        "first_name": "John",
+        "last_name": "Doe",
+        "role": "customer",
+        "username": "john.doe",
+        "billing": {
+            "first_name": "John",
+            "last_name": "Doe",
+            "company": "ACME",
+            "address_1": "969 Market",
+            "address_2": "",
+            "city": "San Francisco",
+            "postcode": "94103",
+            "country": "US",
+            "state": "CA",
+            "email": "john.doe@example.com",
+            "phone": "(555) 555-5555",
+        },
+        "shipping": {
+            "first_name": "John",
+            "last_name": "Doe",
+            "company": "",
+            "address_1": "969 Market",
+            "address_2": "",
+            "city": "San Francisco",
+            "postcode": "94103",
+            "country": "US",
+            "state": "CA",
+            "phone": "",
+        },
+        "is_paying_customer": False,
+        "avatar_url": "https://secure.gravatar.com/avatar/8eb1b5?s=96&d=mm&r=g",
+        "meta_data": [{"id": 7, "key": "loyalty", "value": {"tier": "gold"}}],
+        "_links": {
+            "self": [{"href": "https://example.com/wp-json/wc/v3/customers/25"}],
+            "collection": [{"href": "https://example.com/wp-json/wc/v3/customers"}],
+        },
+    }
+    customer.update(overrides)
+    return customer
+
+
+def mapped(raw: dict[str, Any]) -> CustomerRow:
+    return map_customer(raw, org_id=ORG, connection_id=CONN)
+
+
+def refused(raw: Any) -> MappingError:
+    with pytest.raises(MappingError) as info:
+        map_customer(raw, org_id=ORG, connection_id=CONN)
+    return info.value
+
+
+# -- the happy path, field by field --------------------------------------------------------------
+
+
+def test_every_field_of_a_full_customer() -> None:
+    raw = woo_customer()
+    row = mapped(raw)
+    assert row.org_id == ORG and row.connection_id == CONN
+    assert row.woo_id == 25
+    assert row.email == "john.doe@example.com"
+    assert (row.first_name, row.last_name, row.username) == ("John", "Doe", "john.doe")
+    assert row.role == "customer"
+    assert row.company == "ACME"
+    assert row.phone == "(555) 555-5555"
+    assert row.billing == raw["billing"]
+    assert row.shipping == raw["shipping"]
+    assert row.meta_data == raw["meta_data"]
+    assert row.is_paying_customer is False
+    assert row.avatar_url == raw["avatar_url"]
+    assert row.woo_date_created == datetime(2017, 3, 21, 19, 9, 28, tzinfo=UTC)
+    assert row.woo_date_modified == datetime(2017, 3, 21, 19, 9, 30, tzinfo=UTC)
+    without_links = {k: v for k, v in raw.items() if k != "_links"}
+    assert row.raw == without_links
+    assert row.source_hash == source_hash(without_links)
+
+
+def test_columns_follow_the_table_minus_database_timestamps() -> None:
+    assert CUSTOMER_COLUMNS == (
+        "org_id", "connection_id", "woo_id", "email", "first_name", "last_name", "username",
+        "role", "company", "phone", "billing", "shipping", "meta_data", "is_paying_customer",
+        "avatar_url", "woo_date_created", "woo_date_modified", "raw", "source_hash",
+    )  # fmt: skip
+
+
+def test_input_is_not_mutated_and_links_are_stripped() -> None:
+    raw = woo_customer()
+    before = copy.deepcopy(raw)
+    row = mapped(raw)
+    assert raw == before
+    assert "_links" not in row.raw
+    assert "_links" in raw
+
+
+def test_billing_shipping_and_meta_kept_exactly_including_unknown_keys() -> None:
+    billing = {"phone": "1", "company": "X", "vat": {"nested": [1, 2.5, None, True]}}
+    shipping = {"phone": "42", "extra": "kept"}
+    meta = [{"id": 1, "key": "k", "value": None}, "not-a-dict-but-kept"]
+    row = mapped(woo_customer(billing=billing, shipping=shipping, meta_data=meta))
+    assert row.billing == billing
+    assert row.shipping == shipping
+    assert row.meta_data == meta
+
+
+def test_minimal_customer_gets_defaults() -> None:
+    row = mapped({"id": 1, "email": "a@b"})
+    assert (row.first_name, row.last_name, row.username, row.role) == ("", "", "", "")
+    assert (row.company, row.phone, row.avatar_url) == ("", "", "")
+    assert (row.billing, row.shipping, row.meta_data) == ({}, {}, [])
+    assert row.is_paying_customer is False
+    assert row.woo_date_created is None and row.woo_date_modified is None
+    assert row.raw == {"id": 1, "email": "a@b"}
+
+
+@pytest.mark.parametrize("field", ["first_name", "last_name", "username", "role", "avatar_url"])
+def test_null_strings_become_empty(field: str) -> None:
+    assert getattr(mapped(woo_customer(**{field: None})), field) == ""
+
+
+def test_null_containers_become_empty() -> None:
+    row = mapped(woo_customer(billing=None, shipping=None, meta_data=None))
+    assert (row.billing, row.shipping, row.meta_data) == ({}, {}, [])
+    assert (row.company, row.phone) == ("", "")
+    assert row.raw["billing"] is None  # raw keeps exactly what was sent
+
+
+def test_null_company_and_phone_inside_billing() -> None:
+    row = mapped(woo_customer(billing={"company": None, "phone": None}))
+    assert (row.company, row.phone) == ("", "")
+
+
+def test_numbers_become_strings() -> None:
+    row = mapped(woo_customer(first_name=42, last_name=1.5, billing={"phone": 5551234}))
+    assert (row.first_name, row.last_name, row.phone) == ("42", "1.5", "5551234")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["José Ñúñez", "Zoë 🦊🏳️‍🌈", "محمد العلي", "שָׁלוֹם", "山田太郎", "a\u200fb\u202ec", "🧑‍🚀" * 60],
+)
+def test_unicode_names_kept_verbatim(name: str) -> None:
+    row = mapped(woo_customer(first_name=name, last_name=name, username=name))
+    assert row.first_name == row.last_name == row.username == name
+    assert name in canonical_json(row.raw)  # ensure_ascii=False: hashed as UTF-8, not escapes
+
+
+def test_limits_count_characters_not_bytes() -> None:
+    name = "é" * 255  # 510 bytes in UTF-8, 255 characters: fits varchar(255)
+    assert mapped(woo_customer(first_name=name)).first_name == name
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, True), (False, False), (None, False),
+        ("1", True), ("0", False), ("true", True), ("false", False),
+    ],
+)  # fmt: skip
+def test_is_paying_customer(value: Any, expected: bool) -> None:
+    assert mapped(woo_customer(is_paying_customer=value)).is_paying_customer is expected
+
+
+def test_is_paying_customer_missing() -> None:
+    raw = woo_customer()
+    del raw["is_paying_customer"]
+    assert mapped(raw).is_paying_customer is False
+
+
+# -- dates --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2017-03-21T19:09:28", datetime(2017, 3, 21, 19, 9, 28, tzinfo=UTC)),
+        ("2017-03-21T19:09:28Z", datetime(2017, 3, 21, 19, 9, 28, tzinfo=UTC)),
+        ("2017-03-21T19:09:28.5", datetime(2017, 3, 21, 19, 9, 28, 500000, tzinfo=UTC)),
+        ("2017-03-21T19:09:28.123456789", datetime(2017, 3, 21, 19, 9, 28, 123456, tzinfo=UTC)),
+        ("2017-03-21T22:09:28+03:00", datetime(2017, 3, 21, 19, 9, 28, tzinfo=UTC)),
+        ("2017-03-21T16:09:28-0300", datetime(2017, 3, 21, 19, 9, 28, tzinfo=UTC)),
+        ("2017-03-22T01:09:28.25+06:00", datetime(2017, 3, 21, 19, 9, 28, 250000, tzinfo=UTC)),
+    ],
+)
+def test_gmt_dates_become_aware_utc(text: str, expected: datetime) -> None:
+    row = mapped(woo_customer(date_created_gmt=text, date_modified_gmt=text))
+    assert row.woo_date_created == expected
+    assert row.woo_date_modified == expected
+    assert row.woo_date_created is not None
+    assert row.woo_date_created.utcoffset() == timedelta(0)
+
+
+def test_local_date_is_used_as_utc_only_without_gmt() -> None:
+    raw = woo_customer()
+    del raw["date_created_gmt"]
+    raw["date_modified_gmt"] = None
+    row = mapped(raw)
+    assert row.woo_date_created == datetime(2017, 3, 21, 16, 9, 28, tzinfo=UTC)
+    assert row.woo_date_modified == datetime(2017, 3, 21, 16, 9, 30, tzinfo=UTC)
+
+
+def test_gmt_wins_over_local() -> None:
+    row = mapped(woo_customer(date_created="1999-01-01T00:00:00"))
+    assert row.woo_date_created == datetime(2017, 3, 21, 19, 9, 28, tzinfo=UTC)
+
+
+def test_never_modified_customer_has_null_modified_date() -> None:
+    row = mapped(woo_customer(date_modified=None, date_modified_gmt=None))
+    assert row.woo_date_modified is None
+    assert row.woo_date_created is not None
+
+
+def test_both_created_dates_null() -> None:
+    assert mapped(woo_customer(date_created=None, date_created_gmt=None)).woo_date_created is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2017-03-21", "2017-03-21 19:09:28", "21/03/2017", "2017-3-21T19:09:28",
+        "2017-13-01T00:00:00", "2017-02-30T00:00:00", "2017-03-21T24:00:00",
+        "2017-03-21T19:09:28+25:00", "0000-01-01T00:00:00", "0001-01-01T00:00:00+01:00",
+        "2017-03-21T19:09:28.", "2017-03-21T19:09:28 ", "", "٢٠١٧-03-21T19:09:28",
+    ],
+)  # fmt: skip
+def test_bad_dates_are_refused_naming_the_field(text: str) -> None:
+    error = refused(woo_customer(date_created_gmt=text))
+    assert error.woo_id == 25
+    assert "date_created_gmt" in error.message
+
+
+def test_bad_local_date_refused_when_it_is_used() -> None:
+    raw = woo_customer(date_modified="yesterday")
+    del raw["date_modified_gmt"]
+    assert "date_modified" in refused(raw).message
+
+
+@pytest.mark.parametrize("value", [1490123368, True, ["2017-03-21T19:09:28"], {"d": 1}])
+def test_non_string_dates_refused(value: Any) -> None:
+    assert "date_modified_gmt" in refused(woo_customer(date_modified_gmt=value)).message
+
+
+# -- the hash ------------------------------------------------------------------------------------
+
+
+def test_hash_is_sha256_of_canonical_json() -> None:
+    import hashlib
+
+    row = mapped(woo_customer())
+    expected = hashlib.sha256(canonical_json(row.raw).encode()).hexdigest()
+    assert row.source_hash == expected
+    assert len(row.source_hash) == 64
+
+
+def test_hash_ignores_key_order_and_links() -> None:
+    raw = woo_customer()
+    reordered = dict(reversed(list(raw.items())))
+    reordered["billing"] = dict(reversed(list(raw["billing"].items())))
+    reordered["_links"] = {"self": [{"href": "https://elsewhere.example/"}]}
+    assert mapped(reordered).source_hash == mapped(raw).source_hash
+
+
+def _leaf_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _leaf_paths(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _leaf_paths(v, (*path, i))]
+    return [path]
+
+
+def test_hash_changes_when_any_field_changes() -> None:
+    base = woo_customer()
+    del base["_links"]
+    seen = {mapped(base).source_hash}
+    paths = _leaf_paths(base)
+    assert len(paths) > 30
+    for path in paths:
+        changed = copy.deepcopy(base)
+        target = changed
+        for step in path[:-1]:
+            target = target[step]
+        old = target[path[-1]]
+        if path == ("id",):
+            target[path[-1]] = old + 1
+        elif path[-1] == "email" and path[0] == "email":
+            target[path[-1]] = "x" + old
+        elif isinstance(old, bool):
+            target[path[-1]] = not old
+        elif isinstance(old, int):
+            target[path[-1]] = old + 1
+        elif isinstance(old, str) and old.endswith(("28", "30")) and "date" in path[0]:
+            target[path[-1]] = old[:-1] + "9"
+        else:
+            target[path[-1]] = f"{old}!"
+        digest = mapped(changed).source_hash
+        assert digest not in seen, path
+        seen.add(digest)
+
+
+def test_hash_distinguishes_types_and_added_keys() -> None:
+    base = mapped(woo_customer()).source_hash
+    assert (
+        mapped(woo_customer(first_name=42)).source_hash
+        != mapped(woo_customer(first_name="42")).source_hash
+    )
+    assert mapped(woo_customer(extra=None)).source_hash != base
+    assert mapped(woo_customer(meta_data=[])).source_hash != base
+
+
+# -- refusals -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, True, False, 0, -3, 1.0, "25", [25], 2**63])
+def test_bad_ids(value: Any) -> None:
+    error = refused(woo_customer(id=value))
+    assert error.woo_id is None
+    assert "id" in error.message
+
+
+def test_missing_id() -> None:
+    raw = woo_customer()
+    del raw["id"]
+    assert "id" in refused(raw).message
+
+
+def test_largest_bigint_id_is_fine() -> None:
+    assert mapped(woo_customer(id=2**63 - 1)).woo_id == 2**63 - 1
+
+
+@pytest.mark.parametrize("raw", [None, [], "customer", 5])
+def test_non_object_customer(raw: Any) -> None:
+    assert "object" in refused(raw).message
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        None, 5, True, "", "plain", "@example.com", "john@", "a@b@c", "john doe@example.com",
+        "john@exa mple.com", "john@example.com\n", "\tjohn@example.com",
+        "a" * 310 + "@example.com",
+    ],
+)  # fmt: skip
+def test_bad_emails(email: Any) -> None:
+    error = refused(woo_customer(email=email))
+    assert error.woo_id == 25
+    assert error.message.startswith("email")
+
+
+def test_missing_email() -> None:
+    raw = woo_customer()
+    del raw["email"]
+    assert refused(raw).message.startswith("email")
+
+
+def test_email_at_limit() -> None:
+    email = "a" * 308 + "@example.com"
+    assert len(email) == 320
+    assert mapped(woo_customer(email=email)).email == email
+
+
+def test_unicode_email_is_kept() -> None:
+    assert mapped(woo_customer(email="josé@exämple.com")).email == "josé@exämple.com"
+
+
+@pytest.mark.parametrize(
+    ("field", "limit"),
+    [("first_name", 255), ("last_name", 255), ("username", 255), ("role", 100),
+     ("avatar_url", 2048)],
+)  # fmt: skip
+def test_string_limits(field: str, limit: int) -> None:
+    assert getattr(mapped(woo_customer(**{field: "x" * limit})), field) == "x" * limit
+    error = refused(woo_customer(**{field: "x" * (limit + 1)}))
+    assert field in error.message and str(limit) in error.message
+
+
+@pytest.mark.parametrize(("field", "limit"), [("company", 255), ("phone", 100)])
+def test_billing_string_limits(field: str, limit: int) -> None:
+    assert getattr(mapped(woo_customer(billing={field: "9" * limit})), field) == "9" * limit
+    error = refused(woo_customer(billing={field: "9" * (limit + 1)}))
+    assert f"billing.{field}" in error.message
+
+
+def test_number_too_long_for_the_column() -> None:
+    assert "billing.phone" in refused(woo_customer(billing={"phone": 10**150})).message
+
+
+@pytest.mark.parametrize("value", [True, ["John"], {"given": "John"}])
+def test_non_scalar_strings_refused(value: Any) -> None:
+    assert "first_name" in refused(woo_customer(first_name=value)).message
+
+
+def test_non_finite_number_as_string_refused() -> None:
+    assert "first_name" in refused(woo_customer(first_name=float("inf"))).message
+
+
+@pytest.mark.parametrize("field", ["billing", "shipping"])
+@pytest.mark.parametrize("value", ["", "none", 0, [], [{"phone": "1"}], True])
+def test_address_must_be_object(field: str, value: Any) -> None:
+    assert field in refused(woo_customer(**{field: value})).message
+
+
+@pytest.mark.parametrize("value", [{}, "", 0, {"id": 1}, True])
+def test_meta_data_must_be_list(value: Any) -> None:
+    assert "meta_data" in refused(woo_customer(meta_data=value)).message
+
+
+@pytest.mark.parametrize("value", ["yes", "", "2", 1, 0, 1.0, [], {}])
+def test_bad_is_paying_customer(value: Any) -> None:
+    assert "is_paying_customer" in refused(woo_customer(is_paying_customer=value)).message
+
+
+def test_nul_in_a_string_field() -> None:
+    error = refused(woo_customer(first_name="Jo\x00hn"))
+    assert "first_name" in error.message and "NUL" in error.message
+
+
+def test_nul_deep_inside_jsonb() -> None:
+    meta = [{"id": 1, "key": "k", "value": {"deep": ["ok", "b\x00d"]}}]
+    error = refused(woo_customer(meta_data=meta))
+    assert "meta_data[0].value.deep[1]" in error.message
+    assert "\x00" not in str(error)
+
+
+def test_nul_in_a_key() -> None:
+    error = refused(woo_customer(billing={"ph\x00ne": "1"}))
+    assert "NUL" in error.message and "\x00" not in error.message
+
+
+def test_nul_in_links_is_irrelevant() -> None:
+    assert mapped(woo_customer(_links={"self": [{"href": "\x00"}]})).woo_id == 25
+
+
+def test_lone_surrogate_refused() -> None:
+    error = refused(woo_customer(last_name="D\udc80e"))
+    assert "last_name" in error.message
+    error.message.encode("utf-8")  # the error text itself is storable
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_refused_anywhere(value: float) -> None:
+    assert "shipping.lat" in refused(woo_customer(shipping={"lat": value})).message
+
+
+def test_non_json_values_refused() -> None:
+    assert "meta_data[0]" in refused(woo_customer(meta_data=[{1, 2}])).message
+    assert "non-string key" in refused(woo_customer(billing={1: "x"})).message
+
+
+def test_error_str_names_the_customer() -> None:
+    error = refused(woo_customer(email="nope"))
+    assert str(error).startswith("customer 25: email")
+
+
+# -- helpers for the SQL layer ---------------------------------------------------------------------
+
+
+def test_row_as_json_is_plain_json() -> None:
+    row = mapped(woo_customer())
+    record = row_as_json(row)
+    assert tuple(record) == CUSTOMER_COLUMNS
+    assert record["org_id"] == str(ORG)
+    assert record["woo_date_created"] == "2017-03-21T19:09:28+00:00"
+    assert record["woo_date_modified"] == "2017-03-21T19:09:30+00:00"
+    assert record["billing"] == row.billing
+    canonical_json(record)  # serialisable
+
+
+def test_jsonb_storable() -> None:
+    assert jsonb_storable({"a": [1, "b", None, 2.5]})
+    assert not jsonb_storable({"a": "\x00"})
+    assert not jsonb_storable({"a": float("nan")})
+    assert not jsonb_storable({"a": "\ud800"})
+
+
+def test_different_tenants_same_customer() -> None:
+    raw = woo_customer()
+    a = map_customer(raw, org_id=uuid4(), connection_id=CONN)
+    b = map_customer(raw, org_id=uuid4(), connection_id=CONN)
+    assert a.org_id != b.org_id
+    assert a.source_hash == b.source_hash
