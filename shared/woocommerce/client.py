@@ -1,0 +1,313 @@
+"""Async client for one store's ``/wp-json/wc/v3/customers`` list.
+
+One ``httpx.AsyncClient`` (connection pool sized for the fetcher's concurrency) per store. Each
+call is one logical request: retried under a ``RetryPolicy`` for transient failures, and turned
+into a ``StoreError`` with a user-safe message otherwise. httpx exceptions never escape, since
+their text embeds the full URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import tenacity
+
+from shared.logs import redact
+from shared.settings import Settings
+from shared.woocommerce.auth import request_auth, wrap_transport
+from shared.woocommerce.credentials import StoreConfig
+from shared.woocommerce.errors import (
+    StoreAuthError,
+    StoreBadResponse,
+    StoreTLSError,
+    StoreUnavailable,
+)
+from shared.woocommerce.retry import (
+    RETRYABLE_STATUSES,
+    RetryPolicy,
+    TransientFailure,
+    parse_retry_after,
+    retrying,
+)
+
+logger = logging.getLogger(__name__)
+
+CUSTOMERS_PATH = "/wp-json/wc/v3/customers"
+MAX_PER_PAGE = 100  # WooCommerce answers 400 above this; it does not clamp.
+_STORE_TEXT_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class CustomerPage:
+    """One page of customers, ``_links`` removed.
+
+    ``total`` and ``total_pages`` come from ``X-WP-Total`` / ``X-WP-TotalPages`` and are None
+    when the store (or a proxy in front of it) did not send a usable value.
+    """
+
+    customers: list[dict[str, Any]]
+    total: int | None
+    total_pages: int | None
+    page: int
+
+
+class WooClient:
+    """Reads customers from one store; use as ``async with WooClient(config) as client:``."""
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        *,
+        timeout_s: float = 30.0,
+        max_connections: int = 4,
+        policy: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """``transport`` replaces the network (a test double of the store); TLS verification
+        and pool limits are then that transport's business."""
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._config = config
+        self._policy = policy or RetryPolicy()
+        if transport is None:
+            transport = httpx.AsyncHTTPTransport(
+                verify=_tls_verification(config.verify_tls),
+                limits=httpx.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                ),
+                retries=0,  # Retries belong to the policy, which also sees statuses and bodies.
+            )
+        self._http = httpx.AsyncClient(
+            base_url=config.url,
+            auth=request_auth(config),
+            transport=wrap_transport(config, transport),
+            timeout=httpx.Timeout(timeout_s),
+            headers={"Accept": "application/json", "User-Agent": "woosync"},
+            follow_redirects=False,  # A redirect could carry query credentials to another host.
+        )
+
+    @classmethod
+    def from_settings(
+        cls, config: StoreConfig, settings: Settings, *, max_connections: int | None = None
+    ) -> WooClient:
+        """Timeout and retry bounds from ``WOOSYNC_STORE_*``; pool sized for the concurrency."""
+        return cls(
+            config,
+            timeout_s=settings.store_timeout_s,
+            max_connections=max_connections or settings.default_concurrency,
+            policy=RetryPolicy.from_settings(settings),
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def list_customers(
+        self, page: int = 1, per_page: int = MAX_PER_PAGE, *, offset: int | None = None
+    ) -> CustomerPage:
+        """One page of *all* users (``role=all``) in ascending id order.
+
+        ``offset``, when given, is sent too and (as in WooCommerce) overrides ``page``.
+        Raises ``StoreAuthError``, ``StoreBadResponse``, ``StoreTLSError`` or ``StoreUnavailable``.
+        """
+        if not 1 <= per_page <= MAX_PER_PAGE:
+            raise ValueError(f"per_page must be between 1 and {MAX_PER_PAGE}")
+        if page < 1:
+            raise ValueError("page must be at least 1")
+        params: dict[str, str | int] = {
+            "role": "all",
+            "orderby": "id",
+            "order": "asc",
+            "per_page": per_page,
+            "page": page,
+        }
+        if offset is not None:
+            if offset < 0:
+                raise ValueError("offset must not be negative")
+            params["offset"] = offset
+        customers, headers = await self._get_customers(params)
+        return CustomerPage(
+            customers=[_without_links(customer) for customer in customers],
+            total=_header_count(headers, "X-WP-Total"),
+            total_pages=_header_count(headers, "X-WP-TotalPages"),
+            page=page,
+        )
+
+    async def check_connection(self) -> int:
+        """Proves URL, key, read scope and ``list_users`` at once; returns the user count."""
+        _customers, headers = await self._get_customers({"per_page": 1, "role": "all"})
+        total = _header_count(headers, "X-WP-Total")
+        if total is None:
+            raise StoreBadResponse(
+                f"store sent no X-WP-Total header (GET {self._path(CUSTOMERS_PATH)}); "
+                "is this a WooCommerce store?"
+            )
+        return total
+
+    async def _get_customers(
+        self, params: dict[str, str | int]
+    ) -> tuple[list[dict[str, Any]], httpx.Headers]:
+        path = self._path(CUSTOMERS_PATH)
+        started = time.monotonic()
+        controller = retrying(self._policy, self._log_retry("GET", path))
+        try:
+            return await controller(self._attempt_customers, params)
+        except tenacity.RetryError as exhausted:
+            failure = exhausted.last_attempt.exception()
+            assert isinstance(failure, TransientFailure)
+            raise StoreUnavailable(
+                method="GET",
+                path=path,
+                attempts=exhausted.last_attempt.attempt_number,
+                elapsed_s=time.monotonic() - started,
+                last_kind=failure.kind,
+                last_status=failure.status,
+            ) from None
+
+    async def _attempt_customers(
+        self, params: dict[str, str | int]
+    ) -> tuple[list[dict[str, Any]], httpx.Headers]:
+        response = await self._send("GET", CUSTOMERS_PATH, params)
+        try:
+            body = response.json()
+        except ValueError:  # Includes bad UTF-8; typically a cut proxy or a PHP notice.
+            raise TransientFailure("invalid JSON body", status=response.status_code) from None
+        if not isinstance(body, list):
+            raise TransientFailure("body is not a JSON array", status=response.status_code)
+        if not all(isinstance(item, dict) and isinstance(item.get("id"), int) for item in body):
+            raise TransientFailure("array item without an integer id", status=response.status_code)
+        return body, response.headers
+
+    async def _send(
+        self, method: str, endpoint: str, params: dict[str, str | int]
+    ) -> httpx.Response:
+        """One HTTP exchange, classified: a 2xx response, or a safe exception."""
+        path = self._path(endpoint)
+        try:
+            response = await self._http.request(method, endpoint, params=params)
+        except httpx.HTTPError as exc:
+            if _is_certificate_failure(exc):
+                raise StoreTLSError(
+                    method=method, path=path, host=self._http.base_url.host
+                ) from None
+            raise TransientFailure(type(exc).__name__) from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return response
+        if status in RETRYABLE_STATUSES:
+            raise TransientFailure(
+                f"HTTP {status}",
+                status=status,
+                retry_after_s=parse_retry_after(response.headers.get("Retry-After")),
+            )
+        code, store_message = self._envelope(response)
+        if status in (401, 403):
+            raise StoreAuthError(
+                method=method, path=path, status=status, code=code, store_message=store_message
+            )
+        if 300 <= status < 400:
+            raise StoreBadResponse(
+                f"store redirected {method} {path} to {_location(response)} (HTTP {status}); "
+                "use the final store URL",
+                status=status,
+            )
+        raise StoreBadResponse.for_status(
+            method=method, path=path, status=status, code=code, store_message=store_message
+        )
+
+    def _path(self, endpoint: str) -> str:
+        return self._http.base_url.path.rstrip("/") + endpoint
+
+    def _envelope(self, response: httpx.Response) -> tuple[str | None, str | None]:
+        """``code`` and ``message`` of a WordPress error body, sanitised; None when absent."""
+        try:
+            body = response.json()
+        except ValueError:
+            return None, None
+        if not isinstance(body, dict):
+            return None, None
+        code, message = body.get("code"), body.get("message")
+        return (
+            self._safe_text(code) if isinstance(code, str) else None,
+            self._safe_text(message) if isinstance(message, str) else None,
+        )
+
+    def _safe_text(self, text: str) -> str:
+        """Store text for a user: no secret even if the store echoed it, one line, bounded."""
+        secret = self._config.consumer_secret.get_secret_value()
+        text = redact(text.replace(secret, "***"))
+        text = " ".join(text.split())
+        return text[:_STORE_TEXT_LIMIT]
+
+    def _log_retry(self, method: str, path: str) -> Callable[[tenacity.RetryCallState], None]:
+        max_attempts = self._policy.max_attempts
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            failure = state.outcome.exception() if state.outcome else None
+            kind = failure.kind if isinstance(failure, TransientFailure) else "error"
+            delay = state.next_action.sleep if state.next_action else 0.0
+            logger.warning(
+                "store %s %s failed (%s), attempt %d of %d; retrying in %.2fs",
+                method,
+                path,
+                kind,
+                state.attempt_number,
+                max_attempts,
+                delay,
+            )
+
+        return before_sleep
+
+
+def _tls_verification(verify: bool | str) -> bool | ssl.SSLContext:
+    """httpx 0.28 deprecates a path for ``verify``; a CA bundle becomes an SSLContext."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
+
+
+def _is_certificate_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _header_count(headers: httpx.Headers, name: str) -> int | None:
+    value = headers.get(name, "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _location(response: httpx.Response) -> str:
+    """The redirect target without its query: WooCommerce echoes query credentials into it."""
+    location = response.headers.get("Location")
+    if not location:
+        return "an unnamed location"
+    try:
+        target = response.request.url.join(location)
+    except httpx.InvalidURL:
+        return "an invalid location"
+    return str(target.copy_with(query=None, fragment=None))
+
+
+def _without_links(customer: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in customer.items() if key != "_links"}
