@@ -44,7 +44,7 @@ async def publish(
     *,
     headers: Mapping[str, Any] | None = None,
 ) -> None:
-    """Publish to the topic exchange under the message's own routing key and wait for the confirm."""
+    """Publish to the topic exchange under the message's routing key; waits for the confirm."""
     await broker.publish(
         encode(message),
         exchange=topology.exchange,

@@ -40,7 +40,7 @@ class SecretBox:
         try:
             return self._fernet.decrypt(bytes(token)).decode()
         except InvalidToken as exc:
-            raise ValueError("stored secret cannot be decrypted with this WOOSYNC_SECRET_KEY") from exc
+            raise ValueError("stored secret cannot be decrypted with this secret key") from exc
 
 
 class ProgressTokens:

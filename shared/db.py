@@ -114,7 +114,9 @@ async def migrate_up(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[Migrati
     return applied
 
 
-async def migrate_down(dsn: str, steps: int = 1, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+async def migrate_down(
+    dsn: str, steps: int = 1, directory: Path = MIGRATIONS_DIR
+) -> list[Migration]:
     """Revert the newest ``steps`` applied migrations, newest first."""
     conn = await asyncpg.connect(dsn)
     reverted: list[Migration] = []
@@ -129,7 +131,9 @@ async def migrate_down(dsn: str, steps: int = 1, directory: Path = MIGRATIONS_DI
             migration = by_version[row["version"]]
             async with conn.transaction():
                 await conn.execute(migration.down.read_text())
-                await conn.execute("DELETE FROM schema_migrations WHERE version = $1", row["version"])
+                await conn.execute(
+                    "DELETE FROM schema_migrations WHERE version = $1", row["version"]
+                )
             reverted.append(migration)
     finally:
         await conn.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -90,7 +91,12 @@ def demo(customers: int, seed: int) -> None:
     """Bring up the stack and a simulated store, sync it, show progress, print a summary."""
     from woosync.demo import run_demo
 
-    sys.exit(asyncio.run(run_demo(customers=customers, seed=seed)))
+    log_path = Path(".woosync/demo-services.log")
+    log_path.parent.mkdir(exist_ok=True)
+    click.echo(f"service logs: {log_path}")
+    with log_path.open("w") as service_log:
+        code = asyncio.run(run_demo(customers=customers, seed=seed, service_log=service_log))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

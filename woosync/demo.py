@@ -11,17 +11,17 @@ import asyncio
 import contextlib
 import os
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from tools.woosim.testing import spawn_simulator
 
 from shared import db
 from shared.auth import create_org
 from shared.settings import Settings
-from tools.woosim.testing import spawn_simulator
 from woosync.progress import follow
 from woosync.supervisor import Supervisor
 
@@ -52,7 +52,7 @@ async def count_customers(settings: Settings, org_id: str) -> tuple[int, int]:
     return rows, distinct
 
 
-async def run_demo(*, customers: int, seed: int) -> int:
+async def run_demo(*, customers: int, seed: int, service_log: TextIO) -> int:
     console = Console()
     os.environ.setdefault("WOOSYNC_ALLOW_PRIVATE_URLS", "true")  # the simulator is on 127.0.0.1
     settings = Settings()
@@ -60,7 +60,7 @@ async def run_demo(*, customers: int, seed: int) -> int:
     await db.migrate_up(settings.database_url)
     with spawn_simulator(customers=customers, seed=seed, tls=True) as store:
         console.print(f"store simulator at {store.url}")
-        supervisor = Supervisor(colour=False, out=open(os.devnull, "w"))  # noqa: SIM115
+        supervisor = Supervisor(colour=False, out=service_log)
         stack = asyncio.create_task(supervisor.run())
         try:
             await wait_ready(f"{settings.api_base()}/readyz")
@@ -130,8 +130,9 @@ def _summary(
     table.add_row("job", str(final.get("job_id")))
     table.add_row("state", str(final.get("state")))
     table.add_row("customers in store", f"{expected:,}")
-    table.add_row("synced (done / failed)", f"{final.get('done', 0):,} / {final.get('failed', 0):,}")
+    done, failed = final.get("done", 0), final.get("failed", 0)
+    table.add_row("synced (done / failed)", f"{done:,} / {failed:,}")
     table.add_row("rows in customer", f"{rows:,} ({distinct:,} distinct)")
     table.add_row("wall time", f"{elapsed:.1f} s")
-    table.add_row("throughput", f"{(final.get('done', 0) / elapsed if elapsed else 0):,.0f} customers/s")
+    table.add_row("throughput", f"{(done / elapsed if elapsed else 0):,.0f} customers/s")
     console.print(table)

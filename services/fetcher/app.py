@@ -19,23 +19,18 @@ from shared.logs import configure
 from shared.messages import SyncRequested
 from shared.settings import Settings
 from shared.topology import Topology, declare_topology
-from shared.woocommerce import RetryPolicy, StoreConfig, WooClient
+from shared.woocommerce import StoreConfig, WooClient
 
 
 def build_app(settings: Settings) -> FastStream:
     log = configure("fetcher", settings.log_level)
     broker = make_broker(settings)
     topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
-    policy = RetryPolicy(
-        max_attempts=settings.store_max_attempts, backoff_max_s=settings.store_backoff_max_s
-    )
     state: dict[str, FetcherDeps] = {}
 
     @asynccontextmanager
     async def open_client(config: StoreConfig, concurrency: int) -> AsyncIterator[PageReader]:
-        async with WooClient(
-            config, policy=policy, timeout_s=settings.store_timeout_s, max_connections=concurrency
-        ) as client:
+        async with WooClient.from_settings(config, settings, max_connections=concurrency) as client:
             yield client
 
     async def startup() -> None:

@@ -134,7 +134,8 @@ async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
     job_id = job.request.job_id
     async with job.deps.open_client(config, concurrency) as client:
         first = await client.list_customers(page=1, per_page=per_page)
-        total_pages = max(first.total_pages, 1)
+        # Without X-WP-TotalPages (a proxy may strip it) the tail loop below reads page by page.
+        total_pages = max(first.total_pages or 1, 1)
         await job.deps.pool.execute(q.RECORD_STORE_TOTALS, job_id, first.total, total_pages)
         fetched = {r["page"] for r in await job.deps.pool.fetch(q.SELECT_FETCHED_PAGES, job_id)}
         if 1 not in fetched:

@@ -42,7 +42,8 @@ ON CONFLICT (job_id, page) DO NOTHING
 
 MARK_FETCH_DONE = """
 UPDATE woo_customer_sync_queue
-SET fetch_done_at = coalesce(fetch_done_at, now()), pages_total = greatest(coalesce(pages_total, 0), $2),
+SET fetch_done_at = coalesce(fetch_done_at, now()),
+    pages_total = greatest(coalesce(pages_total, 0), $2),
     updated_at = now()
 WHERE id = $1
 RETURNING (SELECT count(*) FROM woo_customer_sync_queue_line WHERE job_id = $1) AS lines
