@@ -258,13 +258,15 @@ class WooClient:
 
     def _log_retry(self, method: str, path: str) -> Callable[[tenacity.RetryCallState], None]:
         max_attempts = self._policy.max_attempts
+        host = self._http.base_url.host
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             failure = state.outcome.exception() if state.outcome else None
             kind = failure.kind if isinstance(failure, TransientFailure) else "error"
             delay = state.next_action.sleep if state.next_action else 0.0
             logger.warning(
-                "store %s %s failed (%s), attempt %d of %d; retrying in %.2fs",
+                "store %s: %s %s failed (%s), attempt %d of %d; retrying in %.2fs",
+                host,
                 method,
                 path,
                 kind,
