@@ -1,0 +1,282 @@
+"""Job bookkeeping: recompute counts from the line table, finish jobs, announce them.
+
+Why this is safe under at-least-once delivery and crashes:
+
+* Counts are recomputed from ``woo_customer_sync_queue_line`` (see :mod:`.queries`), never added
+  up from events, so a duplicated, late or reordered event changes nothing but the timing.
+* An event only says "look at this job again". The broker handler records the job id in an
+  in-memory dirty set and acks; a loop recomputes dirty jobs every
+  ``tracker_sweep_interval_s``, so a burst of events for one job (about a thousand for a
+  100k-customer job) costs one recompute per tick, not one GROUP BY per event.
+* The dirty set lives in memory, so an acked event whose job was not yet recomputed would be
+  lost in a crash, were it not for the full sweep: every few seconds (and at start) every job
+  still 'queued' or 'processing' is recomputed. After a crash or restart, or for events published
+  while no tracker ran, the sweep reaches the same result the lost events would have. That is
+  why acking before the recompute loses nothing.
+* Finishing is a guarded ``UPDATE ... WHERE state IN ('queued', 'processing') RETURNING``, so of
+  any number of concurrent recomputes (in one tracker or several) exactly one sees the
+  transition, records the activity row in the same transaction, and publishes ``SyncCompleted``.
+* ``FetchFailed`` is not coalesced: it carries the error to store, so it is applied before the
+  ack. A malformed event is rejected, which dead-letters it to the parking queue.
+
+``SyncCompleted`` is published after the commit. If that publish fails, it is kept and retried
+on the next tick; a crash in that window loses the announcement (not the job's state), which is
+acceptable while nothing in woosync consumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from faststream.message import StreamMessage
+from faststream.rabbit import RabbitMessage
+from pydantic import ValidationError
+
+from services.tracker import queries as q
+from shared import activity
+from shared.logs import redact
+from shared.messages import (
+    SCHEMA_VERSION,
+    FetchCompleted,
+    FetchFailed,
+    LinesDone,
+    LinesFailed,
+    SyncCompleted,
+)
+
+log = logging.getLogger("woosync.tracker")
+
+TrackerEvent = LinesDone | LinesFailed | FetchCompleted | FetchFailed
+EVENT_TYPES: dict[str, type[TrackerEvent]] = {
+    cls.routing_key: cls for cls in (LinesDone, LinesFailed, FetchCompleted, FetchFailed)
+}
+MAX_ERROR_CHARS = 2_000
+REDELIVERY_DELAY_S = 1.0
+
+Publish = Callable[[SyncCompleted], Awaitable[None]]
+
+
+class MalformedEvent(ValueError):
+    """The event cannot be understood; it belongs in the parking queue, not in a retry loop."""
+
+
+def parse_event(body: bytes, routing_key: str | None) -> TrackerEvent:
+    """Decode one event body, choosing the model by routing key.
+
+    A message replayed from the parking queue through the default exchange arrives with the
+    queue's name as its routing key; then the shape decides, which is unambiguous because every
+    model forbids extra fields and has a required field of its own.
+    """
+    try:
+        data: Any = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedEvent(f"body is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise MalformedEvent("body is not a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise MalformedEvent(f"unsupported schema_version {version!r}")
+    known = EVENT_TYPES.get(routing_key or "")
+    candidates: Iterable[type[TrackerEvent]] = (known,) if known else EVENT_TYPES.values()
+    matches: list[TrackerEvent] = []
+    reason = "matches no tracker event"
+    for model in candidates:
+        try:
+            matches.append(model.model_validate(data))
+        except ValidationError as exc:
+            first = exc.errors(include_input=False, include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"]) or "body"
+            reason = f"not a valid {model.__name__}: {where}: {first['msg']}"
+    if len(matches) != 1:
+        raise MalformedEvent(reason if not matches else "matches several tracker events")
+    return matches[0]
+
+
+async def raw_body(message: StreamMessage[Any]) -> bytes:
+    """Subscriber decoder that leaves the body alone.
+
+    FastStream's own decoder parses JSON before the handler runs, and under the manual ack policy
+    a body it cannot parse would stay unacked forever; the handler parses and rejects instead.
+    """
+    return message.body
+
+
+def _completed(job_id: UUID, row: asyncpg.Record) -> SyncCompleted:
+    return SyncCompleted(
+        job_id=job_id,
+        org_id=row["org_id"],
+        state=row["state"],
+        total=row["total"],
+        done=row["done_count"],
+        failed=row["failed_count"],
+    )
+
+
+async def _record_final(conn: asyncpg.Connection, done: SyncCompleted, **details: Any) -> None:
+    ok = done.state == "done"
+    await activity.record(
+        conn,
+        org_id=done.org_id,
+        job_id=done.job_id,
+        event="job.completed" if ok else "job.failed",
+        level="info" if ok else "error",
+        details={"total": done.total, "done": done.done, "failed": done.failed, **details},
+    )
+
+
+async def recompute(pool: asyncpg.Pool, job_id: UUID) -> SyncCompleted | None:
+    """Bring the job's counts up to date; the ``SyncCompleted`` to announce if it just finished.
+
+    Returns None when nothing finished (or the job does not exist). The activity row of a
+    transition is written in the same transaction, so there is exactly one per finished job.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval(q.LOCK_JOB, job_id) is None:
+            return None
+        row = await conn.fetchrow(q.RECOMPUTE_JOB, job_id)
+        if row is None or not row["finished"]:
+            return None
+        done = _completed(job_id, row)
+        await _record_final(conn, done)
+    return done
+
+
+async def fail_job(pool: asyncpg.Pool, event: FetchFailed) -> SyncCompleted | None:
+    """Fail the job with the fetcher's error, unless it is already final."""
+    error = redact(event.error)[:MAX_ERROR_CHARS]
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(q.FAIL_JOB, event.job_id, event.org_id, error)
+        if row is None:
+            return None
+        done = _completed(event.job_id, row)
+        await _record_final(conn, done, reason="fetch_failed", error=error)
+    return done
+
+
+async def active_jobs(pool: asyncpg.Pool) -> list[UUID]:
+    return [row["id"] for row in await pool.fetch(q.SELECT_ACTIVE_JOBS)]
+
+
+class Tracker:
+    """Consumes tracker events into a dirty set and recomputes dirty jobs on a timer.
+
+    One instance per process; all its state is here (no globals). Everything runs on one event
+    loop, so the dirty set needs no lock.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publish: Publish,
+        *,
+        sweep_interval_s: float,
+        full_sweep_interval_s: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._publish = publish
+        self._sweep_interval_s = sweep_interval_s
+        self._full_sweep_interval_s = full_sweep_interval_s
+        self._dirty: set[UUID] = set()
+        self._unannounced: list[SyncCompleted] = []
+
+    @property
+    def dirty(self) -> frozenset[UUID]:
+        return frozenset(self._dirty)
+
+    def mark_dirty(self, job_id: UUID) -> None:
+        self._dirty.add(job_id)
+
+    async def on_event(self, body: bytes, msg: RabbitMessage) -> None:
+        """Broker handler for ``<ns>.tracker.events`` (manual acks)."""
+        routing_key = msg.raw_message.routing_key
+        try:
+            event = parse_event(body, routing_key)
+        except MalformedEvent as exc:
+            log.warning(
+                "rejecting event %s (routing key %s) to the parking queue: %s",
+                msg.message_id,
+                routing_key,
+                exc,
+            )
+            await msg.reject()
+            return
+        if not isinstance(event, FetchFailed):
+            self._dirty.add(event.job_id)
+            await msg.ack()
+            return
+        try:
+            done = await fail_job(self._pool, event)
+        except Exception:
+            log.exception("could not fail job %s; the event will be redelivered", event.job_id)
+            await asyncio.sleep(REDELIVERY_DELAY_S)  # no tight redelivery loop while the DB is down
+            await msg.nack(requeue=True)
+            return
+        await msg.ack()
+        if done is not None:
+            log.info("job %s failed: %s", event.job_id, redact(event.error)[:200])
+            await self._announce([done])
+
+    async def flush(self) -> None:
+        """Recompute every dirty job once; jobs that hit an error stay dirty for the next tick."""
+        if self._unannounced:
+            pending, self._unannounced = self._unannounced, []
+            await self._announce(pending)
+        jobs, self._dirty = self._dirty, set()
+        finished: list[SyncCompleted] = []
+        for job_id in jobs:
+            try:
+                done = await recompute(self._pool, job_id)
+            except Exception:
+                log.exception("recompute of job %s failed; retrying on the next tick", job_id)
+                self._dirty.add(job_id)
+                continue
+            if done is not None:
+                log.info(
+                    "job %s %s: %d done, %d failed of %d",
+                    job_id,
+                    done.state,
+                    done.done,
+                    done.failed,
+                    done.total,
+                )
+                finished.append(done)
+        await self._announce(finished)
+
+    async def sweep(self) -> None:
+        """Mark every job that could still finish as dirty (see the module docstring)."""
+        try:
+            self._dirty.update(await active_jobs(self._pool))
+        except Exception:
+            log.exception("sweep of active jobs failed; retrying later")
+
+    async def run(self) -> None:
+        """The recompute loop; runs until cancelled. Starts with a full sweep."""
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()
+        while True:
+            if loop.time() >= next_sweep:
+                await self.sweep()
+                next_sweep = loop.time() + self._full_sweep_interval_s
+            await self.flush()
+            await asyncio.sleep(self._sweep_interval_s)
+
+    async def drain(self, timeout_s: float) -> None:
+        """One last flush at shutdown, so jobs marked dirty by acked events finish promptly."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), timeout_s)
+
+    async def _announce(self, completed: list[SyncCompleted]) -> None:
+        for index, done in enumerate(completed):
+            try:
+                await self._publish(done)
+            except Exception:
+                log.exception("publishing sync.completed failed; retrying on the next tick")
+                self._unannounced.extend(completed[index:])
+                return

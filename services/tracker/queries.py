@@ -1,0 +1,95 @@
+"""The tracker's SQL. Counts always come from the line table, never from event deltas.
+
+A job's counts are a pure function of its lines, so recomputing them is idempotent: a duplicated,
+late or reordered event can at worst cause one extra recompute, never a wrong number. The line
+index ``(job_id, state)`` makes the count an index scan, even for a 100k-customer job.
+"""
+
+from __future__ import annotations
+
+# The job's lines by state, in one pass over the (job_id, state) index.
+_LINE_COUNTS = """
+counts AS (
+    SELECT count(*)::int                                                    AS total,
+           (count(*) FILTER (WHERE state = 'done'))::int                    AS done,
+           (count(*) FILTER (WHERE state = 'failed'))::int                  AS failed,
+           (count(*) FILTER (WHERE state IN ('pending', 'processing')))::int AS open
+    FROM woo_customer_sync_queue_line
+    WHERE job_id = $1
+)
+"""
+
+# Taken first, in the same transaction as RECOMPUTE_JOB: recomputes of one job then run one at a
+# time and each counts lines in a snapshot taken after the previous one committed, so two
+# trackers can never write counts that go backwards. NO KEY UPDATE does not block the fetcher's
+# line inserts (their foreign-key check takes KEY SHARE).
+LOCK_JOB = """
+SELECT state FROM woo_customer_sync_queue WHERE id = $1 FOR NO KEY UPDATE
+"""
+
+# $1 job id. Writes the job row only when a count changed or the job finishes (no churn from
+# the sweeps). The job finishes once every page is read (fetch_done_at) and no line is open:
+# 'done' when none failed, else 'failed'. The state guard is repeated in the WHERE clause, which
+# PostgreSQL re-checks against the newest row version after waiting for a concurrent writer, so
+# of two racing recomputes exactly one returns finished = true. No row: nothing changed.
+RECOMPUTE_JOB = (
+    "WITH "
+    + _LINE_COUNTS
+    + """,
+decided AS (
+    SELECT j.id, c.total, c.done, c.failed,
+           (j.fetch_done_at IS NOT NULL AND c.open = 0
+            AND j.state IN ('queued', 'processing')) AS finishing,
+           (j.total, j.done_count, j.failed_count)
+               IS DISTINCT FROM (c.total, c.done, c.failed) AS changed
+    FROM woo_customer_sync_queue j, counts c
+    WHERE j.id = $1
+)
+UPDATE woo_customer_sync_queue j
+SET total = d.total,
+    done_count = d.done,
+    failed_count = d.failed,
+    state = CASE WHEN NOT d.finishing THEN j.state
+                 WHEN d.failed = 0 THEN 'done'
+                 ELSE 'failed' END,
+    last_error = CASE WHEN NOT d.finishing THEN j.last_error
+                      WHEN d.failed = 0 THEN NULL
+                      ELSE d.failed || ' customers failed; see the failed lines, replay the '
+                           'dead-letter queue or use the retry action' END,
+    finished_at = CASE WHEN d.finishing THEN now() ELSE j.finished_at END,
+    updated_at = now()
+FROM decided d
+WHERE j.id = d.id
+  AND (d.changed OR d.finishing)
+  AND (NOT d.finishing OR j.state IN ('queued', 'processing'))
+RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count, d.finishing AS finished
+"""
+)
+
+# $1 job id, $2 org id, $3 error. The fetcher gave up: fail the job now, whatever its lines say,
+# with its counts brought up to date. Guarded like RECOMPUTE_JOB; no row: already final.
+FAIL_JOB = (
+    "WITH "
+    + _LINE_COUNTS
+    + """
+UPDATE woo_customer_sync_queue j
+SET state = 'failed',
+    last_error = $3,
+    finished_at = now(),
+    updated_at = now(),
+    total = c.total,
+    done_count = c.done,
+    failed_count = c.failed
+FROM counts c
+WHERE j.id = $1 AND j.org_id = $2 AND j.state IN ('queued', 'processing')
+RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count
+"""
+)
+
+# Every job that could still finish: the periodic sweep recomputes them all, which covers events
+# lost while no tracker ran and the in-memory dirty set of a tracker that crashed.
+SELECT_ACTIVE_JOBS = """
+SELECT id FROM woo_customer_sync_queue WHERE state IN ('queued', 'processing')
+"""
+
+PING = "SELECT 1"
