@@ -1,0 +1,25 @@
+"""``python -m services.api``: serve the api with uvicorn on WOOSYNC_API_HOST:WOOSYNC_API_PORT."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from services.api.app import build_app
+from shared.logs import configure
+from shared.settings import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    configure("api", settings.log_level)
+    uvicorn.run(
+        build_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,  # keep the redacting handler that configure() installed
+        server_header=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The api's routes and the lifespan that opens its pool and broker.
+
+Route table::
+
+    GET  /healthz                                           liveness, no I/O
+    GET  /readyz                                            PostgreSQL and RabbitMQ reachable
+    POST /api/v1/integrations/woocommerce/sync/customers    start | status | retry | force-done
+    GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import assert_never
+from uuid import UUID
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from services.api import actions
+from services.api import queries as q
+from services.api.deps import Deps, StoreClientFactory, store_client_factory
+from services.api.errors import ApiError, http_exception_handler
+from services.api.schemas import ForceDoneRequest, RetryRequest, StartRequest, StatusRequest
+from services.api.web import deps_of, guarded, parse_action, read_json_object, require_caller
+from shared import db
+from shared.broker import make_broker
+from shared.crypto import ProgressTokens, SecretBox
+from shared.settings import Settings
+from shared.topology import Topology, declare_topology
+
+SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"
+JOB_PATH = "/api/v1/integrations/woocommerce/sync/jobs/{job_id}"
+
+READY_TIMEOUT_S = 2.0
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+@guarded
+async def readyz(request: Request) -> Response:
+    deps = deps_of(request)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            database_ok = await deps.pool.fetchval(q.CHECK_DATABASE) == 1
+    except Exception:  # not ready, whatever the reason
+        database_ok = False
+    try:
+        broker_ok = await deps.broker.ping(timeout=READY_TIMEOUT_S)
+    except Exception:
+        broker_ok = False
+    ready = database_ok and broker_ok
+    body = {
+        "status": "ready" if ready else "unavailable",
+        "database": "ok" if database_ok else "unavailable",
+        "broker": "ok" if broker_ok else "unavailable",
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@guarded
+async def sync_customers(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    action = parse_action(await read_json_object(request))
+    if action.org_id != caller.org_id:
+        raise ApiError(403, "forbidden", "org_id does not match the API key's organisation")
+    match action:
+        case StartRequest():
+            started = await actions.start_sync(action, caller, deps)
+            return JSONResponse(started.model_dump(mode="json"), status_code=202)
+        case StatusRequest():
+            status = await actions.job_status(action, caller, deps)
+            return JSONResponse(status.model_dump(mode="json"))
+        case RetryRequest():
+            retried = await actions.retry_job(action, caller, deps)
+            code = 202 if retried.changed_anything else 200
+            return JSONResponse(retried.model_dump(mode="json"), status_code=code)
+        case ForceDoneRequest():
+            forced = await actions.force_done(action, caller, deps)
+            return JSONResponse(forced.model_dump(mode="json"))
+        case _:
+            assert_never(action)
+
+
+@guarded
+async def get_job(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    try:
+        job_id = UUID(request.path_params["job_id"])
+    except ValueError:
+        raise actions.job_not_found() from None
+    status = await actions.read_status(deps, org_id=caller.org_id, job_id=job_id)
+    return JSONResponse(status.model_dump(mode="json"))
+
+
+ROUTES = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route(SYNC_PATH, sync_customers, methods=["POST"]),
+    Route(JOB_PATH, get_job, methods=["GET"]),
+]
+
+
+def build_app(settings: Settings, *, store_client: StoreClientFactory | None = None) -> Starlette:
+    """The api as an ASGI app; ``store_client`` replaces the WooCommerce client factory."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        secret_key = settings.secret_key.get_secret_value()
+        topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
+        pool = await db.create_pool(settings.database_url)
+        broker = make_broker(settings)
+        try:
+            await broker.connect()
+            await declare_topology(broker, topology)
+            app.state.deps = Deps(
+                settings=settings,
+                pool=pool,
+                broker=broker,
+                topology=topology,
+                secrets=SecretBox(secret_key),
+                tokens=ProgressTokens(secret_key, settings.progress_token_ttl_s),
+                store_client=store_client or store_client_factory(settings),
+            )
+            yield
+        finally:
+            await broker.stop()
+            await pool.close()
+
+    return Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_exception_handler},
+    )

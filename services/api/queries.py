@@ -1,0 +1,105 @@
+"""SQL of the api. Every query that touches a job is scoped by ``org_id`` as well as its id."""
+
+from __future__ import annotations
+
+# Same store, same key: one connection row, refreshed with the secret that was just verified.
+UPSERT_CONNECTION = """
+INSERT INTO woo_connections
+    (id, org_id, store_url, auth_mode, verify_tls, consumer_key, consumer_secret_enc)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (org_id, store_url, consumer_key) DO UPDATE
+SET auth_mode = EXCLUDED.auth_mode,
+    verify_tls = EXCLUDED.verify_tls,
+    consumer_secret_enc = EXCLUDED.consumer_secret_enc,
+    updated_at = now()
+RETURNING id
+"""
+
+# No row back means the idempotency key is taken: the caller then loads that job instead.
+INSERT_JOB = """
+INSERT INTO woo_customer_sync_queue
+    (id, org_id, connection_id, state, idempotency_key, batch_size, concurrency, store_total)
+VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7)
+ON CONFLICT (org_id, idempotency_key) DO NOTHING
+RETURNING id
+"""
+
+SELECT_JOB_BY_IDEMPOTENCY_KEY = """
+SELECT id, connection_id, state
+FROM woo_customer_sync_queue
+WHERE org_id = $1 AND idempotency_key = $2
+"""
+
+# Only a draft becomes queued: a fetcher may already have taken the job further. Returns the
+# job's state either way (the sub-select sees the row as it was before this statement).
+MARK_QUEUED = """
+WITH queued AS (
+    UPDATE woo_customer_sync_queue
+    SET state = 'queued', queued_at = now(), updated_at = now()
+    WHERE id = $1 AND state = 'draft'
+    RETURNING state
+)
+SELECT coalesce(
+    (SELECT state FROM queued),
+    (SELECT state FROM woo_customer_sync_queue WHERE id = $1)
+)
+"""
+
+# Locks the job so that two retries, or a retry and a force-done, cannot interleave.
+LOCK_JOB = """
+SELECT id, connection_id, state, batch_size, fetch_done_at
+FROM woo_customer_sync_queue
+WHERE id = $1 AND org_id = $2
+FOR UPDATE
+"""
+
+# Failed lines whose raw customer was kept go back to pending; lines already pending with a
+# payload are from an earlier retry whose batches may never have been published, so they are
+# sent again too (the syncer's upsert makes a duplicate harmless). The outer SELECT reads the
+# table as it was before the UPDATE, so no line is returned twice.
+REQUEUE_FAILED_LINES = """
+WITH requeued AS (
+    UPDATE woo_customer_sync_queue_line
+    SET state = 'pending', attempts = 0, last_error = NULL, updated_at = now()
+    WHERE job_id = $1 AND state = 'failed' AND payload IS NOT NULL
+    RETURNING woo_id, payload
+)
+SELECT woo_id, payload FROM requeued
+UNION ALL
+SELECT woo_id, payload
+FROM woo_customer_sync_queue_line
+WHERE job_id = $1 AND state = 'pending' AND payload IS NOT NULL
+ORDER BY woo_id
+"""
+
+COUNT_UNRECOVERABLE_LINES = """
+SELECT count(*) FROM woo_customer_sync_queue_line
+WHERE job_id = $1 AND state = 'failed' AND payload IS NULL
+"""
+
+# Counts are recomputed from the lines (as the tracker does), so the status answered right
+# after a retry no longer shows the re-queued lines as failed.
+RESUME_JOB = """
+UPDATE woo_customer_sync_queue AS j
+SET state = $2,
+    finished_at = NULL,
+    last_error = NULL,
+    updated_at = now(),
+    done_count = c.done,
+    failed_count = c.failed
+FROM (
+    SELECT count(*) FILTER (WHERE state = 'done') AS done,
+           count(*) FILTER (WHERE state = 'failed') AS failed
+    FROM woo_customer_sync_queue_line
+    WHERE job_id = $1
+) AS c
+WHERE j.id = $1
+"""
+
+FORCE_DONE = """
+UPDATE woo_customer_sync_queue
+SET state = 'done', finished_at = now(), updated_at = now(), last_error = $2
+WHERE id = $1 AND state NOT IN ('done', 'failed')
+"""
+
+CHECK_DATABASE = "SELECT 1"

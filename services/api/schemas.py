@@ -1,0 +1,128 @@
+"""Request and response bodies of the api.
+
+Requests forbid unknown fields, so a typo is an error instead of a silently ignored option.
+Booleans and integers are strict: ``"verify_tls": "no"`` is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, field_validator
+
+from shared.jobs import JobState, JobStatus
+
+MAX_URL_LENGTH = 2048
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def normalise_store_url(value: str) -> str:
+    """``scheme://host[:port][/path]`` with the scheme and host lower-cased, no trailing slash.
+
+    Userinfo is refused because credentials belong in ``consumer_key``/``consumer_secret``, and
+    a query or fragment because the client appends its own path and query to this base.
+    """
+    if len(value) > MAX_URL_LENGTH:
+        raise ValueError(f"must be at most {MAX_URL_LENGTH} characters")
+    if value != value.strip() or any(ch.isspace() or ord(ch) < 32 for ch in value):
+        raise ValueError("must not contain whitespace or control characters")
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError("must be an http or https URL")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise ValueError("must not contain a user name or password")
+    host = parts.hostname
+    if not host:
+        raise ValueError("must name a host")
+    if "?" in value or "#" in value:
+        raise ValueError("must not contain a query or fragment")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc = f"{netloc}:{port}"
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+class StoreConfigIn(_Request):
+    url: str
+    consumer_key: str = Field(min_length=1, max_length=200)
+    consumer_secret: SecretStr = Field(min_length=1, max_length=200)
+    auth: Literal["basic", "query", "oauth1"] = "basic"
+    verify_tls: StrictBool = True
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        return normalise_store_url(value)
+
+
+class StartOptions(_Request):
+    batch_size: Annotated[int, Field(strict=True, ge=1, le=100)] | None = None
+    concurrency: Annotated[int, Field(strict=True, ge=1, le=16)] | None = None
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+
+
+class StartRequest(_Request):
+    action: Literal["start"]
+    org_id: UUID
+    config: StoreConfigIn
+    options: StartOptions = StartOptions()
+
+
+class StatusRequest(_Request):
+    action: Literal["status"]
+    org_id: UUID
+    job_id: UUID
+
+
+class RetryRequest(_Request):
+    action: Literal["retry"]
+    org_id: UUID
+    job_id: UUID
+
+
+class ForceDoneRequest(_Request):
+    action: Literal["force-done"]
+    org_id: UUID
+    job_id: UUID
+    reason: str = Field(min_length=1, max_length=500)
+
+
+ActionRequest = StartRequest | StatusRequest | RetryRequest | ForceDoneRequest
+
+ACTION_MODELS: dict[str, type[ActionRequest]] = {
+    "start": StartRequest,
+    "status": StatusRequest,
+    "retry": RetryRequest,
+    "force-done": ForceDoneRequest,
+}
+
+
+class StartResult(BaseModel):
+    job_id: UUID
+    state: JobState
+    status_url: str
+    progress_url: str
+
+
+class StatusResult(JobStatus):
+    status_url: str
+    progress_url: str
+
+
+class RetryResult(StatusResult):
+    requeued: int  # lines sent to the syncer again
+    fetch_resumed: bool  # the fetcher was asked to continue reading the store
+
+    @property
+    def changed_anything(self) -> bool:
+        return self.requeued > 0 or self.fetch_resumed
