@@ -1,0 +1,170 @@
+"""The fetcher's handler against a real simulated store and a real database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+from tools.woosim.testing import running_simulator
+
+from services.fetcher.handlers import FetcherDeps, PageReader, handle_sync_requested
+from shared.crypto import SecretBox
+from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
+from shared.woocommerce import RetryPolicy, StoreConfig, WooClient
+
+BOX = SecretBox("test-secret-key")
+FAST = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.05, budget_s=5)
+
+
+async def seed_job(
+    pool: asyncpg.Pool, sim: Any, *, batch_size: int = 100, concurrency: int = 4
+) -> SyncRequested:
+    org_id, connection_id, job_id = uuid4(), uuid4(), uuid4()
+    await pool.execute("INSERT INTO orgs (id, name) VALUES ($1, 'acme')", org_id)
+    await pool.execute(
+        """INSERT INTO woo_connections (id, org_id, store_url, auth_mode, verify_tls, consumer_key,
+                                        consumer_secret_enc)
+           VALUES ($1, $2, $3, 'oauth1', true, $4, $5)""",
+        connection_id, org_id, sim.url, sim.consumer_key, BOX.encrypt(sim.consumer_secret),
+    )
+    await pool.execute(
+        """INSERT INTO woo_customer_sync_queue (id, org_id, connection_id, state, batch_size,
+                                                concurrency)
+           VALUES ($1, $2, $3, 'queued', $4, $5)""",
+        job_id, org_id, connection_id, batch_size, concurrency,
+    )
+    return SyncRequested(job_id=job_id, org_id=org_id, connection_id=connection_id)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def __call__(self, message: Message) -> None:
+        self.messages.append(message)
+
+    def of(self, kind: type[Message]) -> list[Any]:
+        return [m for m in self.messages if isinstance(m, kind)]
+
+    def customer_ids(self) -> list[int]:
+        return [c["id"] for b in self.of(CustomerBatch) for c in b.customers]
+
+
+def deps_for(pool: asyncpg.Pool, recorder: Recorder) -> FetcherDeps:
+    @asynccontextmanager
+    async def open_client(config: StoreConfig, concurrency: int) -> AsyncIterator[PageReader]:
+        async with WooClient(config, policy=FAST, max_connections=concurrency) as client:
+            yield client
+
+    return FetcherDeps(pool=pool, secrets=BOX, open_client=open_client, publish=recorder)
+
+
+async def job_row(pool: asyncpg.Pool, job_id: UUID) -> asyncpg.Record:
+    return await pool.fetchrow("SELECT * FROM woo_customer_sync_queue WHERE id = $1", job_id)
+
+
+async def test_reads_every_customer_of_every_role_once(pool: asyncpg.Pool) -> None:
+    async with running_simulator(customers=537, seed=3) as sim:
+        request = await seed_job(pool, sim, batch_size=50, concurrency=3)
+        recorder = Recorder()
+        await handle_sync_requested(request, deps_for(pool, recorder))
+        store_ids = [c["id"] for c in await sim.customers()]
+
+    assert sorted(recorder.customer_ids()) == store_ids  # each exactly once, none missing
+    roles = {c["role"] for b in recorder.of(CustomerBatch) for c in b.customers}
+    assert {"customer", "administrator", "subscriber"} <= roles
+    assert all("_links" not in c for b in recorder.of(CustomerBatch) for c in b.customers)
+    lines = await pool.fetch(
+        "SELECT woo_id, state FROM woo_customer_sync_queue_line WHERE job_id = $1", request.job_id
+    )
+    assert sorted(r["woo_id"] for r in lines) == store_ids
+    assert {r["state"] for r in lines} == {"pending"}
+    (completed,) = recorder.of(FetchCompleted)
+    assert completed.customers == 537 and completed.pages == 11
+    assert recorder.messages[-1] is completed  # the tracker may finish the job only after this
+    job = await job_row(pool, request.job_id)
+    assert job["state"] == "processing" and job["fetch_done_at"] is not None
+    assert job["store_total"] == 537 and job["process_count"] == 1
+    for batch in recorder.of(CustomerBatch):
+        assert batch.job_id == request.job_id and batch.connection_id == request.connection_id
+
+
+async def test_redelivery_resumes_without_losing_or_duplicating(pool: asyncpg.Pool) -> None:
+    async with running_simulator(customers=300, seed=4) as sim:
+        request = await seed_job(pool, sim, batch_size=50)
+        first = Recorder()
+        await handle_sync_requested(request, deps_for(pool, first))
+        # A crash after pages 1-3 were recorded: forget pages 4-6 and their lines.
+        await pool.execute(
+            "DELETE FROM woo_customer_sync_page WHERE job_id = $1 AND page > 3", request.job_id
+        )
+        await pool.execute(
+            "DELETE FROM woo_customer_sync_queue_line WHERE job_id = $1 AND page > 3",
+            request.job_id,
+        )
+        await pool.execute(
+            "UPDATE woo_customer_sync_queue SET fetch_done_at = NULL WHERE id = $1", request.job_id
+        )
+        again = Recorder()
+        await handle_sync_requested(request, deps_for(pool, again))
+        store_ids = [c["id"] for c in await sim.customers()]
+
+    assert sorted(again.customer_ids()) == store_ids[150:]  # only what was not recorded
+    lines = await pool.fetchval(
+        "SELECT count(*) FROM woo_customer_sync_queue_line WHERE job_id = $1", request.job_id
+    )
+    assert lines == 300
+    assert (await job_row(pool, request.job_id))["process_count"] == 2
+
+
+async def test_customers_added_before_the_tail_are_read(pool: asyncpg.Pool) -> None:
+    async with running_simulator(customers=120, seed=5) as sim:
+        request = await seed_job(pool, sim, batch_size=50)
+        recorder = Recorder()
+        deps = deps_for(pool, recorder)
+        added: list[int] = []
+
+        async def publish_then_grow(message: Message) -> None:
+            await recorder(message)
+            # While the first page is being published, the store gains two customers.
+            if isinstance(message, CustomerBatch) and message.page == 1 and not added:
+                for n in range(2):
+                    created = await sim.add_customer(email=f"late{n}@example.com")
+                    added.append(created["id"])
+
+        await handle_sync_requested(request, FetcherDeps(deps.pool, BOX, deps.open_client,
+                                                         publish_then_grow))
+        store_ids = [c["id"] for c in await sim.customers()]
+
+    assert len(store_ids) == 122 and set(added) <= set(recorder.customer_ids())
+    assert sorted(set(recorder.customer_ids())) == store_ids
+
+
+async def test_revoked_key_fails_the_job_with_a_clear_error(pool: asyncpg.Pool) -> None:
+    async with running_simulator(customers=10, seed=6) as sim:
+        request = await seed_job(pool, sim)
+        await sim.revoke_keys()
+        recorder = Recorder()
+        await handle_sync_requested(request, deps_for(pool, recorder))
+        requests_made = (await sim.stats())["requests"]
+
+    (failed,) = recorder.of(FetchFailed)
+    assert "401" in failed.error or "refused" in failed.error.lower()
+    assert sim.consumer_secret not in failed.error
+    assert recorder.of(CustomerBatch) == []
+    assert requests_made <= 2  # no retry storm on a refused key
+
+
+async def test_store_that_keeps_failing_fails_the_job(pool: asyncpg.Pool) -> None:
+    async with running_simulator(customers=10, seed=7) as sim:
+        request = await seed_job(pool, sim)
+        await sim.set_faults(rate_5xx=1.0)
+        recorder = Recorder()
+        await handle_sync_requested(request, deps_for(pool, recorder))
+
+    (failed,) = recorder.of(FetchFailed)
+    assert failed.error
+    assert (await job_row(pool, request.job_id))["fetch_done_at"] is None
