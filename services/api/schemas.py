@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, field_
 from shared.jobs import JobState, JobStatus
 
 MAX_URL_LENGTH = 2048
+MAX_SECRET_LENGTH = 200
 
 
 class _Request(BaseModel):
@@ -55,7 +56,7 @@ def normalise_store_url(value: str) -> str:
 class StoreConfigIn(_Request):
     url: str
     consumer_key: str = Field(min_length=1, max_length=200)
-    consumer_secret: SecretStr = Field(min_length=1, max_length=200)
+    consumer_secret: SecretStr
     auth: Literal["basic", "query", "oauth1"] = "basic"
     verify_tls: StrictBool = True
 
@@ -63,6 +64,13 @@ class StoreConfigIn(_Request):
     @classmethod
     def _valid_url(cls, value: str) -> str:
         return normalise_store_url(value)
+
+    @field_validator("consumer_secret")
+    @classmethod
+    def _secret_length(cls, value: SecretStr) -> SecretStr:
+        if not 1 <= len(value.get_secret_value()) <= MAX_SECRET_LENGTH:
+            raise ValueError(f"must be between 1 and {MAX_SECRET_LENGTH} characters")
+        return value
 
 
 class StartOptions(_Request):
