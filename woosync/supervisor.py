@@ -90,6 +90,14 @@ class Supervisor:
         self._out.write(self._prefix("woosync") + text + "\n")  # type: ignore[attr-defined]
         self._out.flush()  # type: ignore[attr-defined]
 
+    def pids(self) -> dict[str, int]:
+        """The live child of each service (benchmarks sample their memory)."""
+        return {
+            c.name: c.process.pid
+            for c in self._children
+            if c.process is not None and c.process.returncode is None
+        }
+
     def stop(self) -> None:
         self._stopping.set()
 

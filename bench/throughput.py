@@ -1,0 +1,192 @@
+"""End-to-end throughput and memory, next to a floor measured in the same run.
+
+For each store size: the *floor* reads every page of the simulated store with the same client
+and concurrency as the fetcher and does nothing else; the *pipeline* runs the four services as
+real processes (api, fetcher, syncer, tracker) and syncs the same store into a fresh database,
+timed from the start request to the SSE ``complete`` event. Memory is each service's peak RSS,
+sampled every 100 ms. Run: ``python -m bench.throughput [--sizes 10000 100000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import aio_pika
+import asyncpg
+import httpx
+import psutil
+from tools.woosim.testing import spawn_simulator
+
+from shared import db
+from shared.auth import create_org
+from shared.topology import Topology
+from shared.woocommerce import StoreConfig, WooClient
+from woosync.progress import follow
+from woosync.supervisor import SERVICES, Supervisor
+
+PG = os.environ.get("WOOSYNC_BENCH_PG", "postgresql://127.0.0.1:5432/postgres")
+AMQP = os.environ.get("WOOSYNC_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+ROUTE = "/api/v1/integrations/woocommerce/sync/customers"
+
+
+@dataclass
+class Result:
+    customers: int
+    floor_s: float = 0.0
+    pipeline_s: float = 0.0
+    synced: int = 0
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def measure_floor(sim: object, *, concurrency: int, per_page: int) -> tuple[float, int]:
+    config = StoreConfig(
+        url=sim.url, consumer_key=sim.consumer_key,  # type: ignore[attr-defined]
+        consumer_secret=sim.consumer_secret, auth="oauth1",  # type: ignore[attr-defined]
+    )
+    started = time.perf_counter()
+    async with WooClient(config, max_connections=concurrency) as client:
+        first = await client.list_customers(page=1, per_page=per_page)
+        limit = asyncio.Semaphore(concurrency)
+
+        async def page(n: int) -> int:
+            async with limit:
+                return len((await client.list_customers(page=n, per_page=per_page)).customers)
+
+        counts = await asyncio.gather(*(page(n) for n in range(2, (first.total_pages or 1) + 1)))
+    return time.perf_counter() - started, len(first.customers) + sum(counts)
+
+
+async def sample_memory(
+    supervisor: Supervisor, peaks: dict[str, float], stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        for name, pid in supervisor.pids().items():
+            try:
+                rss = psutil.Process(pid).memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+            peaks[name] = max(peaks.get(name, 0.0), rss)
+        await asyncio.sleep(0.1)
+
+
+async def wait_ready(url: str) -> None:
+    async with httpx.AsyncClient(timeout=2) as client:
+        for _ in range(300):
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} never became ready")
+
+
+async def run_pipeline(sim: object, result: Result, *, concurrency: int, per_page: int) -> None:
+    database = f"woosync_bench_{uuid.uuid4().hex[:8]}"
+    dsn = PG.rsplit("/", 1)[0] + "/" + database
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    await db.migrate_up(dsn)
+    env = {
+        "WOOSYNC_DATABASE_URL": dsn, "WOOSYNC_AMQP_URL": AMQP, "WOOSYNC_NAMESPACE": namespace,
+        "WOOSYNC_API_PORT": str(free_port()), "WOOSYNC_TRACKER_PORT": str(free_port()),
+        "WOOSYNC_ALLOW_PRIVATE_URLS": "true", "WOOSYNC_LOG_LEVEL": "WARNING",
+        "WOOSYNC_SECRET_KEY": "bench-secret",
+    }
+    supervisor = Supervisor(SERVICES, env=env, colour=False, out=sys.stderr)
+    stack = asyncio.create_task(supervisor.run())
+    stop = asyncio.Event()
+    try:
+        api = f"http://127.0.0.1:{env['WOOSYNC_API_PORT']}"
+        await wait_ready(api + "/readyz")
+        await wait_ready(f"http://127.0.0.1:{env['WOOSYNC_TRACKER_PORT']}/readyz")
+        pool = await db.create_pool(dsn, min_size=1, max_size=1)
+        org_id, key = await create_org(pool, "bench")
+        sampler = asyncio.create_task(sample_memory(supervisor, result.peak_rss_mb, stop))
+        body = {
+            "action": "start", "org_id": str(org_id),
+            "config": {"url": sim.url, "consumer_key": sim.consumer_key,  # type: ignore[attr-defined]
+                       "consumer_secret": sim.consumer_secret, "auth": "oauth1"},  # type: ignore[attr-defined]
+            "options": {"batch_size": per_page, "concurrency": concurrency},
+        }
+        started = time.perf_counter()
+        async with httpx.AsyncClient(timeout=60) as client:
+            response = await client.post(api + ROUTE, json=body,
+                                         headers={"Authorization": f"Bearer {key}"})
+        response.raise_for_status()
+        final: dict = {}
+        async for _event, status in follow(response.json()["progress_url"], timeout_s=3600):
+            final = status
+        result.pipeline_s = time.perf_counter() - started
+        result.synced = await pool.fetchval("SELECT count(*) FROM customer")
+        await pool.close()
+        stop.set()
+        await sampler
+        if final.get("state") != "done":
+            raise RuntimeError(f"job ended {final.get('state')}: {final.get('last_error')}")
+    finally:
+        stop.set()
+        supervisor.stop()
+        await stack
+        await _drop(database, namespace)
+
+
+async def _drop(database: str, namespace: str) -> None:
+    admin = await asyncpg.connect(PG)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    await admin.close()
+    connection = await aio_pika.connect(AMQP)
+    async with connection:
+        channel = await connection.channel()
+        for name in Topology(namespace).queue_names():
+            await channel.queue_delete(name)
+        await channel.exchange_delete(namespace)
+
+
+async def main(sizes: list[int], concurrency: int, latency_ms: int) -> None:
+    results = []
+    for size in sizes:
+        with spawn_simulator(customers=size, seed=1, latency_ms=latency_ms) as sim:
+            result = Result(size)
+            result.floor_s, read = await measure_floor(sim, concurrency=concurrency, per_page=100)
+            assert read == size, f"floor read {read} of {size}"
+            await run_pipeline(sim, result, concurrency=concurrency, per_page=100)
+        results.append(result)
+        report([result], concurrency, latency_ms)
+    print("\n== summary ==")
+    report(results, concurrency, latency_ms)
+
+
+def report(results: list[Result], concurrency: int, latency_ms: int) -> None:
+    print(f"concurrency {concurrency}, store latency {latency_ms} ms/page, 100 per page")
+    header = (f"{'customers':>10} {'floor c/s':>10} {'pipeline c/s':>13} {'ratio':>6} "
+              f"{'synced':>8}  peak RSS MB ({', '.join(SERVICES)})")
+    print(header)
+    for r in results:
+        floor = r.customers / r.floor_s
+        pipe = r.customers / r.pipeline_s
+        rss = ", ".join(f"{r.peak_rss_mb.get(s, 0):.0f}" for s in SERVICES)
+        print(f"{r.customers:>10,} {floor:>10,.0f} {pipe:>13,.0f} {pipe / floor:>6.2f} "
+              f"{r.synced:>8,}  {rss}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--latency-ms", type=int, default=20, help="simulated store time per page")
+    args = parser.parse_args()
+    asyncio.run(main(args.sizes, args.concurrency, args.latency_ms))
