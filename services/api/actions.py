@@ -156,9 +156,7 @@ def _start_result(deps: Deps, job_id: UUID, org_id: UUID, state: str) -> StartRe
     )
 
 
-async def _existing_job(
-    deps: Deps, row: asyncpg.Record, org_id: UUID
-) -> StartResult:
+async def _existing_job(deps: Deps, row: asyncpg.Record, org_id: UUID) -> StartResult:
     """A repeated idempotency key: the same job; published again only if it never was."""
     state = row["state"]
     if state == "draft":
