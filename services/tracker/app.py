@@ -113,6 +113,7 @@ def build_app(settings: Settings) -> Starlette:
                 await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
             except TimeoutError:
                 pool.terminate()
+            log.info("tracker stopped")
 
     return Starlette(
         routes=[

@@ -1,0 +1,617 @@
+"""The tracker against the real PostgreSQL and RabbitMQ, and its SSE stream over real HTTP.
+
+Jobs and lines are written by SQL, as the fetcher and syncer would; events are published to the
+real exchange. The app runs under uvicorn in-process (httpx's ASGI transport buffers streams).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from uuid import UUID, uuid4
+
+import aio_pika
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from faststream.rabbit import RabbitBroker
+from httpx_sse import ServerSentEvent, aconnect_sse
+from itsdangerous.timed import TimestampSigner
+
+from services.tracker.app import build_app
+from services.tracker.handlers import MalformedEvent, fail_job, parse_event, recompute
+from shared.auth import create_org
+from shared.broker import make_broker, publish
+from shared.crypto import ProgressTokens
+from shared.messages import (
+    FetchCompleted,
+    FetchFailed,
+    LineFailure,
+    LinesDone,
+    LinesFailed,
+    SyncCompleted,
+)
+from shared.settings import Settings
+from shared.topology import Topology
+from tests.conftest import AMQP_URL
+
+WAIT_S = 10.0
+
+# --- data helpers -------------------------------------------------------------------------
+
+
+async def make_job(
+    pool: asyncpg.Pool, org_id: UUID, *, state: str = "processing", store_total: int | None = None
+) -> UUID:
+    connection_id, job_id = uuid4(), uuid4()
+    await pool.execute(
+        """INSERT INTO woo_connections (id, org_id, store_url, auth_mode, consumer_key,
+                                        consumer_secret_enc)
+           VALUES ($1, $2, $3, 'basic', 'ck_test', '\\x00'::bytea)""",
+        connection_id,
+        org_id,
+        f"https://{connection_id.hex[:8]}.shop.example",
+    )
+    await pool.execute(
+        """INSERT INTO woo_customer_sync_queue (id, org_id, connection_id, state, batch_size,
+                                                concurrency, store_total)
+           VALUES ($1, $2, $3, $4, 100, 4, $5)""",
+        job_id,
+        org_id,
+        connection_id,
+        state,
+        store_total,
+    )
+    return job_id
+
+
+async def add_lines(
+    pool: asyncpg.Pool, job_id: UUID, org_id: UUID, woo_ids: Sequence[int], state: str = "pending"
+) -> None:
+    await pool.execute(
+        """INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, state)
+           SELECT $1, w, $2, $4 FROM unnest($3::bigint[]) AS w""",
+        job_id,
+        org_id,
+        list(woo_ids),
+        state,
+    )
+
+
+async def set_lines(pool: asyncpg.Pool, job_id: UUID, woo_ids: Sequence[int], state: str) -> None:
+    await pool.execute(
+        """UPDATE woo_customer_sync_queue_line SET state = $3, updated_at = now()
+           WHERE job_id = $1 AND woo_id = ANY($2::bigint[])""",
+        job_id,
+        list(woo_ids),
+        state,
+    )
+
+
+async def finish_fetch(pool: asyncpg.Pool, job_id: UUID) -> None:
+    await pool.execute(
+        "UPDATE woo_customer_sync_queue SET fetch_done_at = now() WHERE id = $1", job_id
+    )
+
+
+async def job_row(pool: asyncpg.Pool, job_id: UUID) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM woo_customer_sync_queue WHERE id = $1", job_id)
+    assert row is not None
+    return row
+
+
+async def activities(pool: asyncpg.Pool, job_id: UUID) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT level, event, details FROM woo_sync_activity WHERE job_id = $1 ORDER BY id", job_id
+    )
+
+
+async def wait_for_state(pool: asyncpg.Pool, job_id: UUID, states: set[str]) -> asyncpg.Record:
+    async with asyncio.timeout(WAIT_S):
+        while (row := await job_row(pool, job_id))["state"] not in states:
+            await asyncio.sleep(0.05)
+    return row
+
+
+# --- broker and server helpers ------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[str]:
+    """The tracker app under uvicorn on a free port; yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        build_app(settings), log_config=None, lifespan="on", timeout_graceful_shutdown=2
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while not server.started:
+                assert not task.done(), "the tracker failed to start"
+                await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, WAIT_S)
+        sock.close()
+
+
+@asynccontextmanager
+async def publisher(settings: Settings) -> AsyncIterator[RabbitBroker]:
+    broker = make_broker(settings)
+    await broker.connect()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+@asynccontextmanager
+async def completions(topology: Topology) -> AsyncIterator[aio_pika.abc.AbstractQueue]:
+    """A private queue that receives every ``sync.completed`` (the app must be running)."""
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(topology.namespace, ensure=True)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True, durable=False)
+        await queue.bind(exchange, routing_key=SyncCompleted.routing_key)
+        yield queue
+    finally:
+        await connection.close()
+
+
+async def next_completion(queue: aio_pika.abc.AbstractQueue) -> SyncCompleted:
+    async with asyncio.timeout(WAIT_S):
+        while (message := await queue.get(no_ack=True, fail=False)) is None:
+            await asyncio.sleep(0.05)
+    return SyncCompleted.model_validate_json(message.body)
+
+
+async def queue_depth(name: str) -> int:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        return queue.declaration_result.message_count or 0
+
+
+async def read_stream(
+    client: httpx.AsyncClient, url: str, **kwargs: Any
+) -> tuple[httpx.Response, list[ServerSentEvent]]:
+    """Every event of a stream that must end by itself (a final job), within WAIT_S."""
+    events: list[ServerSentEvent] = []
+    async with asyncio.timeout(WAIT_S), aconnect_sse(client, "GET", url, **kwargs) as source:
+        if source.response.status_code != 200:
+            await source.response.aread()
+            return source.response, events
+        async for event in source.aiter_sse():
+            events.append(event)
+    return source.response, events
+
+
+def backdated_token(tokens: ProgressTokens, job_id: UUID, org_id: UUID, age_s: int) -> str:
+    """A token issued ``age_s`` seconds ago (the signer reads the clock only when signing)."""
+    real = TimestampSigner.get_timestamp
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TimestampSigner, "get_timestamp", lambda self: real(self) - age_s)
+        return tokens.issue(job_id, org_id)
+
+
+def tokens_for(settings: Settings) -> ProgressTokens:
+    return ProgressTokens(settings.secret_key.get_secret_value(), settings.progress_token_ttl_s)
+
+
+# --- recompute and fail_job ---------------------------------------------------------------
+
+
+async def test_recompute_counts_lines_and_writes_only_on_change(pool: asyncpg.Pool) -> None:
+    org_id, _ = await create_org(pool, "acme")
+    job_id = await make_job(pool, org_id)
+    await add_lines(pool, job_id, org_id, range(1, 5), "done")
+    await add_lines(pool, job_id, org_id, range(5, 7), "failed")
+    await add_lines(pool, job_id, org_id, range(7, 10), "pending")
+    await add_lines(pool, job_id, org_id, [10], "processing")
+
+    assert await recompute(pool, job_id) is None
+    row = await job_row(pool, job_id)
+    assert (row["total"], row["done_count"], row["failed_count"]) == (10, 4, 2)
+    assert row["state"] == "processing" and row["finished_at"] is None
+
+    assert await recompute(pool, job_id) is None  # nothing changed: the row is not rewritten
+    assert (await job_row(pool, job_id))["updated_at"] == row["updated_at"]
+
+    await finish_fetch(pool, job_id)  # every page read, but lines are still open
+    assert await recompute(pool, job_id) is None
+    assert (await job_row(pool, job_id))["state"] == "processing"
+    assert await recompute(pool, uuid4()) is None  # unknown job
+
+
+async def test_racing_recomputes_finish_the_job_exactly_once(pool: asyncpg.Pool) -> None:
+    org_id, _ = await create_org(pool, "acme")
+    jobs = [await make_job(pool, org_id, state=s) for s in ("processing", "queued") * 3]
+    for job_id in jobs:
+        await add_lines(pool, job_id, org_id, range(1, 51), "done")
+        await finish_fetch(pool, job_id)
+
+    results = await asyncio.gather(*(recompute(pool, j) for j in jobs for _ in range(4)))
+
+    finished = [r for r in results if r is not None]
+    assert sorted(r.job_id for r in finished) == sorted(jobs)  # one per job, not four
+    for done in finished:
+        assert (done.state, done.total, done.done, done.failed) == ("done", 50, 50, 0)
+        assert done.org_id == org_id
+        row = await job_row(pool, done.job_id)
+        assert row["state"] == "done" and row["finished_at"] is not None
+        assert row["last_error"] is None
+        assert [a["event"] for a in await activities(pool, done.job_id)] == ["job.completed"]
+    assert await recompute(pool, jobs[0]) is None  # final jobs stay final
+
+
+async def test_failed_lines_fail_the_job_with_a_hint(pool: asyncpg.Pool) -> None:
+    org_id, _ = await create_org(pool, "acme")
+    job_id = await make_job(pool, org_id)
+    await add_lines(pool, job_id, org_id, range(1, 4), "done")
+    await add_lines(pool, job_id, org_id, range(4, 6), "failed")
+    await finish_fetch(pool, job_id)
+
+    done = await recompute(pool, job_id)
+
+    assert done is not None and (done.state, done.total, done.done, done.failed) == (
+        "failed",
+        5,
+        3,
+        2,
+    )
+    row = await job_row(pool, job_id)
+    assert row["state"] == "failed" and row["finished_at"] is not None
+    assert row["last_error"].startswith("2 customers failed; see the failed lines")
+    [entry] = await activities(pool, job_id)
+    assert (entry["level"], entry["event"]) == ("error", "job.failed")
+    assert entry["details"] == {"total": 5, "done": 3, "failed": 2}
+
+
+async def test_fetch_failed_fails_the_job_once(pool: asyncpg.Pool) -> None:
+    org_id, _ = await create_org(pool, "acme")
+    other_org, _ = await create_org(pool, "other")
+    job_id = await make_job(pool, org_id)
+    await add_lines(pool, job_id, org_id, range(1, 4), "done")
+    await add_lines(pool, job_id, org_id, range(4, 6), "pending")
+    event = FetchFailed(job_id=job_id, org_id=org_id, error="store answered 401 Unauthorized")
+
+    assert await fail_job(pool, event.model_copy(update={"org_id": other_org})) is None
+    done = await fail_job(pool, event)
+
+    assert done is not None and (done.state, done.total, done.done, done.failed) == (
+        "failed",
+        5,
+        3,
+        0,
+    )
+    row = await job_row(pool, job_id)
+    assert (row["state"], row["last_error"]) == ("failed", "store answered 401 Unauthorized")
+    assert await fail_job(pool, event) is None  # duplicate event
+    await set_lines(pool, job_id, [4, 5], "done")
+    await finish_fetch(pool, job_id)
+    assert await recompute(pool, job_id) is None  # a failed job is not revived
+    assert (await job_row(pool, job_id))["state"] == "failed"
+    [entry] = await activities(pool, job_id)
+    assert (entry["level"], entry["event"]) == ("error", "job.failed")
+    assert entry["details"]["error"] == "store answered 401 Unauthorized"
+
+
+def test_parse_event_by_routing_key_or_shape() -> None:
+    ids = {"job_id": uuid4(), "org_id": uuid4()}
+    done = LinesDone(woo_ids=[1, 2], **ids)
+    failed = LinesFailed(failures=[LineFailure(woo_id=3, error="bad email", attempts=4)], **ids)
+    body = done.model_dump_json().encode()
+
+    assert parse_event(body, "line.done") == done
+    # Replayed from the parking queue: the routing key is the queue name; the shape decides.
+    assert parse_event(failed.model_dump_json().encode(), "ns.tracker.events") == failed
+    with pytest.raises(MalformedEvent, match="not JSON"):
+        parse_event(b"\xff{", "line.done")
+    with pytest.raises(MalformedEvent, match="schema_version 2"):
+        parse_event(body.replace(b'"schema_version":1', b'"schema_version":2'), "line.done")
+    with pytest.raises(MalformedEvent, match="LinesFailed"):
+        parse_event(body, "line.failed")  # body and routing key disagree
+    with pytest.raises(MalformedEvent, match="JSON object"):
+        parse_event(b"[1]", "line.done")
+
+
+# --- through the broker -------------------------------------------------------------------
+
+
+async def test_duplicated_and_reordered_events_finish_once_with_exact_counts(
+    settings: Settings, pool: asyncpg.Pool, clean_broker: Topology
+) -> None:
+    org_id, _ = await create_org(pool, "acme")
+    job_id = await make_job(pool, org_id, store_total=6)
+    await add_lines(pool, job_id, org_id, range(1, 7))
+    ids = {"job_id": job_id, "org_id": org_id}
+    late = LinesDone(woo_ids=[4, 5, 6], **ids)
+
+    async with serve(settings), completions(clean_broker) as completed, publisher(settings) as b:
+        # Page 2 settles before page 1, the fetch completes in between, events come twice, and a
+        # stale LinesFailed contradicts the table: only the table counts.
+        await set_lines(pool, job_id, [4, 5, 6], "done")
+        await publish(b, clean_broker, late)
+        await publish(b, clean_broker, late)
+        await finish_fetch(pool, job_id)
+        await publish(b, clean_broker, FetchCompleted(pages=2, customers=6, **ids))
+        await publish(
+            b,
+            clean_broker,
+            LinesFailed(failures=[LineFailure(woo_id=4, error="x", attempts=4)], **ids),
+        )
+        await set_lines(pool, job_id, [1, 2, 3], "done")
+        await publish(b, clean_broker, LinesDone(woo_ids=[1, 2, 3], **ids))
+        await publish(b, clean_broker, late)
+
+        row = await wait_for_state(pool, job_id, {"done", "failed"})
+        announced = await next_completion(completed)
+        await publish(b, clean_broker, FetchCompleted(pages=2, customers=6, **ids))
+        await publish(b, clean_broker, late)
+        await asyncio.sleep(4 * settings.tracker_sweep_interval_s)  # room for a wrong second one
+        assert await completed.get(no_ack=True, fail=False) is None
+
+    assert (row["state"], row["total"], row["done_count"], row["failed_count"]) == ("done", 6, 6, 0)
+    assert (announced.job_id, announced.org_id, announced.state) == (job_id, org_id, "done")
+    assert (announced.total, announced.done, announced.failed) == (6, 6, 0)
+    assert [a["event"] for a in await activities(pool, job_id)] == ["job.completed"]
+
+
+async def test_fetch_failed_event_fails_the_job_and_announces_it(
+    settings: Settings, pool: asyncpg.Pool, clean_broker: Topology
+) -> None:
+    org_id, _ = await create_org(pool, "acme")
+    job_id = await make_job(pool, org_id)
+    await add_lines(pool, job_id, org_id, range(1, 4))
+    event = FetchFailed(job_id=job_id, org_id=org_id, error="store kept answering 503")
+
+    async with serve(settings), completions(clean_broker) as completed, publisher(settings) as b:
+        await publish(b, clean_broker, event)
+        row = await wait_for_state(pool, job_id, {"done", "failed"})
+        announced = await next_completion(completed)
+
+    assert (row["state"], row["last_error"], row["total"]) == (
+        "failed",
+        "store kept answering 503",
+        3,
+    )
+    assert (announced.job_id, announced.state, announced.total) == (job_id, "failed", 3)
+
+
+async def test_malformed_events_are_parked_and_consuming_goes_on(
+    settings: Settings, pool: asyncpg.Pool, clean_broker: Topology
+) -> None:
+    org_id, _ = await create_org(pool, "acme")
+    job_id = await make_job(pool, org_id)
+    await add_lines(pool, job_id, org_id, [1], "done")
+    await finish_fetch(pool, job_id)
+    good = LinesDone(woo_ids=[1], job_id=job_id, org_id=org_id)
+    future = good.model_dump_json().replace('"schema_version":1', '"schema_version":9')
+    bodies = [b"this is not json", b'{"schema_version": 1, "job_id": "nope"}', future.encode()]
+    parking = clean_broker.parking(clean_broker.tracker_queue).name
+
+    async with serve(settings), publisher(settings) as b:
+        for body in bodies:
+            await b.publish(
+                body,
+                exchange=clean_broker.exchange,
+                routing_key="line.done",
+                persist=True,
+                content_type="application/json",
+            )
+        await publish(b, clean_broker, good)
+        row = await wait_for_state(pool, job_id, {"done", "failed"})
+        async with asyncio.timeout(WAIT_S):
+            while await queue_depth(parking) < len(bodies):
+                await asyncio.sleep(0.1)
+
+    assert row["state"] == "done"
+    assert await queue_depth(parking) == len(bodies)
+    assert await queue_depth(clean_broker.tracker_queue.name) == 0
+
+
+# --- SSE ------------------------------------------------------------------------------------
+
+
+async def test_progress_stream_follows_the_job_to_completion(
+    settings: Settings, pool: asyncpg.Pool, clean_broker: Topology
+) -> None:
+    org_id, _ = await create_org(pool, "acme")
+    job_id = await make_job(pool, org_id, store_total=20)
+    await add_lines(pool, job_id, org_id, range(1, 21))
+    token = tokens_for(settings).issue(job_id, org_id)
+    ids = {"job_id": job_id, "org_id": org_id}
+    received: asyncio.Queue[ServerSentEvent | None] = asyncio.Queue()
+
+    async def listen(url: str) -> None:
+        async with (
+            httpx.AsyncClient(timeout=WAIT_S) as client,
+            aconnect_sse(client, "GET", url, params={"token": token}) as source,
+        ):
+            assert source.response.status_code == 200
+            async for event in source.aiter_sse():
+                await received.put(event)
+        await received.put(None)  # the server ended the stream
+
+    async with serve(settings) as base, publisher(settings) as b:
+        listener = asyncio.create_task(listen(f"{base}/api/v1/integrations/sync/progress/{job_id}"))
+        try:
+            first = await asyncio.wait_for(received.get(), WAIT_S)
+            for step in range(4):
+                batch = list(range(step * 5 + 1, step * 5 + 6))
+                await set_lines(pool, job_id, batch, "done")
+                await publish(b, clean_broker, LinesDone(woo_ids=batch, **ids))
+                await asyncio.sleep(2 * settings.progress_interval_s)
+            await finish_fetch(pool, job_id)
+            await publish(b, clean_broker, FetchCompleted(pages=1, customers=20, **ids))
+            events = [first]
+            async with asyncio.timeout(WAIT_S):
+                while (event := await received.get()) is not None:
+                    events.append(event)
+            await asyncio.wait_for(listener, WAIT_S)
+        finally:
+            listener.cancel()
+
+    assert first.event == "progress"
+    assert [e.event for e in events[:-1]] == ["progress"] * (len(events) - 1)
+    statuses = [json.loads(e.data) for e in events]
+    assert statuses[0]["job_id"] == str(job_id) and statuses[0]["total"] == 20
+    done_counts = [s["done"] for s in statuses]
+    assert done_counts == sorted(done_counts) and len(set(done_counts)) >= 2
+    assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
+    last = events[-1]
+    assert last.event == "complete"
+    final = json.loads(last.data)
+    assert (final["state"], final["done"], final["total"], final["percent"]) == (
+        "done",
+        20,
+        20,
+        100.0,
+    )
+
+
+async def test_progress_auth_tokens_keys_and_tenancy(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    org_id, key = await create_org(pool, "acme")
+    other_org, other_key = await create_org(pool, "other")
+    job_id = await make_job(pool, org_id)
+    sibling_job = await make_job(pool, org_id)
+    await add_lines(pool, job_id, org_id, [1, 2], "done")
+    await finish_fetch(pool, job_id)
+    assert await recompute(pool, job_id) is not None  # final: its stream ends by itself
+    tokens = tokens_for(settings)
+
+    async with serve(settings) as base, httpx.AsyncClient(timeout=WAIT_S) as client:
+        url = f"{base}/api/v1/integrations/sync/progress/{job_id}"
+        bearer = {"Authorization": f"Bearer {key}"}
+
+        response, events = await read_stream(client, url, headers=bearer)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert [e.event for e in events] == ["progress", "complete"]
+        assert json.loads(events[1].data)["done"] == 2
+
+        response, events = await read_stream(
+            client, url, params={"token": tokens.issue(job_id, org_id)}
+        )
+        assert (response.status_code, [e.event for e in events]) == (200, ["progress", "complete"])
+
+        refused = {
+            "no credentials": {},
+            "unknown key": {"headers": {"Authorization": "Bearer wsk_not-a-key"}},
+            "token of another job": {"params": {"token": tokens.issue(sibling_job, org_id)}},
+            "expired token": {
+                "params": {
+                    "token": backdated_token(
+                        tokens, job_id, org_id, settings.progress_token_ttl_s + 60
+                    )
+                }
+            },
+            "tampered token": {"params": {"token": tokens.issue(job_id, org_id)[:-2] + "xx"}},
+            "token signed with another secret": {
+                "params": {"token": ProgressTokens("other-secret", 600).issue(job_id, org_id)}
+            },
+        }
+        for case, kwargs in refused.items():
+            response = await client.get(url, **kwargs)
+            assert response.status_code == 401, case
+            assert response.json()["error"]["code"] == "unauthorized", case
+
+        for headers in ({"Authorization": f"Bearer {other_key}"}, bearer):
+            target = job_id if headers is not bearer else uuid4()
+            response = await client.get(
+                f"{base}/api/v1/integrations/sync/progress/{target}", headers=headers
+            )
+            assert response.status_code == 404
+            assert response.json()["error"]["code"] == "job_not_found"
+        # A token for another org's job names that org, so it cannot reach this one either.
+        response = await client.get(url, params={"token": tokens.issue(job_id, other_org)})
+        assert response.status_code == 404
+
+        response = await client.get(
+            f"{base}/api/v1/integrations/sync/progress/not-a-uuid", headers=bearer
+        )
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "invalid_job_id"
+
+        assert (await client.get(f"{base}/healthz")).status_code == 200
+        ready = await client.get(f"{base}/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"database": True, "broker": True}
+
+        page = await client.get(f"{base}/progress/{job_id}", params={"token": "t"})
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "EventSource" in page.text and "<script src" not in page.text
+        assert (await client.get(f"{base}/progress/nope")).status_code == 422
+
+
+async def test_sigterm_stops_the_service_with_a_stream_open(
+    settings: Settings, pool: asyncpg.Pool, database_url: str
+) -> None:
+    org_id, _ = await create_org(pool, "acme")
+    job_id = await make_job(pool, org_id)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {
+        **os.environ,
+        "WOOSYNC_DATABASE_URL": database_url,
+        "WOOSYNC_AMQP_URL": settings.amqp_url,
+        "WOOSYNC_NAMESPACE": settings.namespace,
+        "WOOSYNC_RETRY_DELAYS_MS": json.dumps(settings.retry_delays_ms),
+        "WOOSYNC_SECRET_KEY": settings.secret_key.get_secret_value(),
+        "WOOSYNC_TRACKER_PORT": str(port),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.tracker",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(timeout=WAIT_S) as client:
+            async with asyncio.timeout(15):
+                while True:
+                    assert process.returncode is None, "the tracker exited during start-up"
+                    try:
+                        if (await client.get(f"{base}/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.1)
+            url = f"{base}/api/v1/integrations/sync/progress/{job_id}"
+            token = tokens_for(settings).issue(job_id, org_id)
+            async with aconnect_sse(client, "GET", url, params={"token": token}) as source:
+                stream = source.aiter_sse()
+                assert (await anext(stream)).event == "progress"
+                process.send_signal(signal.SIGTERM)
+                # Open streams must not hold the shutdown up: it ends within the bound.
+                _, stderr = await asyncio.wait_for(process.communicate(), WAIT_S)
+                with pytest.raises((StopAsyncIteration, httpx.TransportError)):
+                    await asyncio.wait_for(anext(stream), WAIT_S)  # the stream was closed
+        # A clean shutdown ran the whole lifespan; uvicorn then re-raises the signal it caught.
+        assert b"tracker stopped" in stderr
+        assert process.returncode == -signal.SIGTERM
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
