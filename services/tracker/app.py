@@ -19,9 +19,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.tracker import queries as q
-from services.tracker.handlers import Tracker, raw_body
+from services.tracker.handlers import Tracker, announce, raw_body
 from services.tracker.sse import progress, progress_page
-from shared.broker import make_broker, publish
+from shared.broker import make_broker
 from shared.crypto import ProgressTokens
 from shared.db import create_pool
 from shared.settings import Settings
@@ -76,7 +76,7 @@ def build_app(settings: Settings) -> Starlette:
             broker = make_broker(settings, logger=logging.getLogger("woosync.tracker.broker"))
             tracker = Tracker(
                 pool,
-                partial(publish, broker, topology),
+                partial(announce, broker, topology),
                 sweep_interval_s=settings.tracker_sweep_interval_s,
                 full_sweep_interval_s=FULL_SWEEP_INTERVAL_S,
             )

@@ -35,12 +35,14 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from aio_pika.exceptions import PublishError
 from faststream.message import StreamMessage
-from faststream.rabbit import RabbitMessage
+from faststream.rabbit import RabbitBroker, RabbitMessage
 from pydantic import ValidationError
 
 from services.tracker import queries as q
 from shared import activity
+from shared.broker import publish
 from shared.logs import redact
 from shared.messages import (
     SCHEMA_VERSION,
@@ -50,6 +52,7 @@ from shared.messages import (
     LinesFailed,
     SyncCompleted,
 )
+from shared.topology import Topology
 
 log = logging.getLogger("woosync.tracker")
 
@@ -106,6 +109,18 @@ async def raw_body(message: StreamMessage[Any]) -> bytes:
     a body it cannot parse would stay unacked forever; the handler parses and rejects instead.
     """
     return message.body
+
+
+async def announce(broker: RabbitBroker, topology: Topology, done: SyncCompleted) -> None:
+    """Publish ``sync.completed``; that no queue is bound to it yet is not an error.
+
+    The shared publisher makes unroutable messages raise (right for work messages, which must
+    reach their queue); this one is for integrations that may not exist.
+    """
+    try:
+        await publish(broker, topology, done)
+    except PublishError:
+        log.debug("sync.completed for job %s: no queue is bound to it", done.job_id)
 
 
 def _completed(job_id: UUID, row: asyncpg.Record) -> SyncCompleted:

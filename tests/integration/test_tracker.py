@@ -27,7 +27,13 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 from itsdangerous.timed import TimestampSigner
 
 from services.tracker.app import build_app
-from services.tracker.handlers import MalformedEvent, fail_job, parse_event, recompute
+from services.tracker.handlers import (
+    MalformedEvent,
+    announce,
+    fail_job,
+    parse_event,
+    recompute,
+)
 from shared.auth import create_org
 from shared.broker import make_broker, publish
 from shared.crypto import ProgressTokens
@@ -40,7 +46,7 @@ from shared.messages import (
     SyncCompleted,
 )
 from shared.settings import Settings
-from shared.topology import Topology
+from shared.topology import Topology, declare_topology
 from tests.conftest import AMQP_URL
 
 WAIT_S = 10.0
@@ -422,6 +428,20 @@ async def test_malformed_events_are_parked_and_consuming_goes_on(
     assert row["state"] == "done"
     assert await queue_depth(parking) == len(bodies)
     assert await queue_depth(clean_broker.tracker_queue.name) == 0
+
+
+async def test_announce_with_nobody_listening_is_not_an_error(
+    settings: Settings, clean_broker: Topology
+) -> None:
+    done = SyncCompleted(
+        job_id=uuid4(), org_id=uuid4(), state="done", total=1, done=1, failed=0
+    )
+    async with publisher(settings) as broker:
+        await declare_topology(broker, clean_broker)
+        await announce(broker, clean_broker, done)  # unroutable, yet no error to retry forever
+        async with completions(clean_broker) as completed:
+            await announce(broker, clean_broker, done)
+            assert await next_completion(completed) == done
 
 
 # --- SSE ------------------------------------------------------------------------------------
