@@ -530,6 +530,9 @@ async def test_progress_auth_tokens_keys_and_tenancy(
             client, url, params={"token": tokens.issue(job_id, org_id)}
         )
         assert (response.status_code, [e.event for e in events]) == (200, ["progress", "complete"])
+        # A reconnecting EventSource sends the last id it saw; ids carry on from there.
+        response, events = await read_stream(client, url, headers={**bearer, "Last-Event-ID": "7"})
+        assert [(e.event, e.id) for e in events] == [("progress", "8"), ("complete", "9")]
 
         refused = {
             "no credentials": {},
