@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aio_pika.exceptions
 import aiormq.exceptions
 import asyncpg
+from faststream.message import StreamMessage
 from faststream.rabbit.message import RabbitMessage
 from pydantic import BaseModel, ValidationError
 
@@ -34,6 +35,15 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 REQUEUE_PAUSE_S = 1.0
+
+
+async def raw_body(message: StreamMessage[Any]) -> bytes:
+    """Subscriber decoder that leaves the body alone.
+
+    FastStream's own decoder parses JSON before the handler runs, and under the manual ack policy
+    a body it cannot parse would stay unacked forever; :func:`consume` parses and rejects instead.
+    """
+    return message.body
 
 
 def decode(model: type[M], msg: RabbitMessage, log: logging.Logger) -> M | None:

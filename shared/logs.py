@@ -15,6 +15,7 @@ _SECRET_PATTERNS = (
     re.compile(r"(consumer_secret=)[^&\s\"']+"),
     re.compile(r"(oauth_signature=)[^&\s\"']+"),
     re.compile(r"\b(cs_)[0-9a-fA-F]{8,}"),
+    re.compile(r"([?&]token=)[^&\s\"']+"),  # signed progress tokens in access logs
 )
 
 

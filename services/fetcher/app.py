@@ -13,7 +13,7 @@ from faststream.rabbit.annotations import RabbitMessage
 from services.fetcher.handlers import FetcherDeps, PageReader, handle_sync_requested
 from shared import db
 from shared.broker import make_broker, publish
-from shared.consuming import consume
+from shared.consuming import consume, raw_body
 from shared.crypto import SecretBox
 from shared.logs import configure
 from shared.messages import SyncRequested
@@ -48,7 +48,7 @@ def build_app(settings: Settings) -> FastStream:
         if "deps" in state:
             await state.pop("deps").pool.close()
 
-    @broker.subscriber(topology.fetcher_queue)
+    @broker.subscriber(topology.fetcher_queue, decoder=raw_body)
     async def on_sync_requested(msg: RabbitMessage) -> None:
         deps = state["deps"]
         await consume(msg, SyncRequested, lambda r: handle_sync_requested(r, deps), log)

@@ -19,9 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.tracker import queries as q
-from services.tracker.handlers import Tracker, announce, raw_body
+from services.tracker.handlers import Tracker, announce
 from services.tracker.sse import progress, progress_page
 from shared.broker import make_broker
+from shared.consuming import raw_body
 from shared.crypto import ProgressTokens
 from shared.db import create_pool
 from shared.settings import Settings

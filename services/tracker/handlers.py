@@ -36,7 +36,6 @@ from uuid import UUID
 
 import asyncpg
 from aio_pika.exceptions import PublishError
-from faststream.message import StreamMessage
 from faststream.rabbit import RabbitBroker, RabbitMessage
 from pydantic import ValidationError
 
@@ -100,15 +99,6 @@ def parse_event(body: bytes, routing_key: str | None) -> TrackerEvent:
     if len(matches) != 1:
         raise MalformedEvent(reason if not matches else "matches several tracker events")
     return matches[0]
-
-
-async def raw_body(message: StreamMessage[Any]) -> bytes:
-    """Subscriber decoder that leaves the body alone.
-
-    FastStream's own decoder parses JSON before the handler runs, and under the manual ack policy
-    a body it cannot parse would stay unacked forever; the handler parses and rejects instead.
-    """
-    return message.body
 
 
 async def announce(broker: RabbitBroker, topology: Topology, done: SyncCompleted) -> None:
