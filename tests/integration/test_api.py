@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,15 +22,18 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from starlette.applications import Starlette
 from tools.woosim.testing import running_simulator
 
 from services.api.app import SYNC_PATH, build_app
+from services.api.deps import StoreClientFactory
 from shared import messages as m
 from shared.auth import create_org
 from shared.broker import make_broker
 from shared.crypto import ProgressTokens, SecretBox
 from shared.settings import Settings
 from shared.topology import Topology, declare_topology
+from shared.woocommerce import StoreConfig
 from tests.conftest import AMQP_URL
 
 WAIT_S = 10.0
@@ -49,6 +54,7 @@ class Api:
     topology: Topology
     org_id: UUID
     key: str
+    app: Starlette
 
     async def post(self, body: Any, *, key: str | None = None, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key or self.key}"} | kwargs.pop("headers", {})
@@ -92,14 +98,20 @@ def start_body(org_id: UUID, store: Any, **options: Any) -> dict[str, Any]:
     return body
 
 
-@pytest.fixture
-async def api(settings: Settings, pool: asyncpg.Pool, clean_broker: Topology) -> AsyncIterator[Api]:
+@asynccontextmanager
+async def serving(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    topology: Topology,
+    store_client: StoreClientFactory | None = None,
+) -> AsyncIterator[Api]:
+    """The api under uvicorn on a free port, with one org and its key."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     settings = settings.model_copy(update={"api_port": port})
-    config = uvicorn.Config(build_app(settings), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    app = build_app(settings, store_client=store_client)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(WAIT_S):
@@ -109,11 +121,17 @@ async def api(settings: Settings, pool: asyncpg.Pool, clean_broker: Topology) ->
         org_id, key = await create_org(pool, "acme")
         url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as client:
-            yield Api(url, client, settings, pool, clean_broker, org_id, key)
+            yield Api(url, client, settings, pool, topology, org_id, key, app)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, WAIT_S)
         sock.close()
+
+
+@pytest.fixture
+async def api(settings: Settings, pool: asyncpg.Pool, clean_broker: Topology) -> AsyncIterator[Api]:
+    async with serving(settings, pool, clean_broker) as served:
+        yield served
 
 
 @pytest.fixture
@@ -352,6 +370,49 @@ async def test_malformed_requests_are_refused_and_change_nothing(api: Api, store
 
     await assert_nothing_written(api)
     assert (await api.pool.fetchval("SELECT count(*) FROM orgs")) == 1
+
+
+async def test_unexpected_errors_are_a_bare_500_and_logged_redacted(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    clean_broker: Topology,
+    store: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BrokenClient:
+        """A store client with a bug whose text carries the secret."""
+
+        def __init__(self, config: StoreConfig) -> None:
+            self.secret = config.consumer_secret.get_secret_value()
+
+        async def __aenter__(self) -> BrokenClient:
+            return self
+
+        async def __aexit__(self, *exc_info: object) -> None:
+            return None
+
+        async def check_connection(self) -> int:
+            raise RuntimeError(f"GET /customers?consumer_secret={self.secret} exploded")
+
+    async with serving(settings, pool, clean_broker, store_client=BrokenClient) as api:
+        with caplog.at_level(logging.ERROR, logger="woosync.api"):
+            response = await api.start(store)
+            assert error_of(response) == (500, "internal_error")
+            assert "RuntimeError" not in response.text and "Traceback" not in response.text
+            assert store.consumer_secret not in response.text
+            await assert_nothing_written(api)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "RuntimeError" in logged and "Traceback" in logged
+    assert store.consumer_secret not in logged
+
+
+async def test_readiness_and_start_report_a_lost_broker(api: Api, store: Any) -> None:
+    await api.app.state.deps.broker.stop()
+    ready = await api.client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "unavailable", "database": "ok", "broker": "unavailable"}
+    assert error_of(await api.start(store)) == (503, "broker_unavailable")
+    assert await api.pool.fetchval("SELECT state FROM woo_customer_sync_queue") == "draft"
 
 
 async def test_unknown_routes_and_methods_use_the_envelope(api: Api) -> None:
