@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -94,14 +94,15 @@ class Parked:
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    """What the edge publishes, in this order, before it acks the delivery."""
+    """What the edge publishes before it acks: the retry or parked batch first, then the
+    tracker's ``line.done`` / ``line.failed``. ``failures`` is every failed customer's error."""
 
     done: LinesDone | None = None
     retry: CustomerBatch | None = None
     retry_attempt: int | None = None  # the ``retry-attempt`` header; tier index is this - 1
     park: Parked | None = None
     failed: LinesFailed | None = None
-    failures: tuple[CustomerFailure, ...] = field(default=())
+    failures: tuple[CustomerFailure, ...] = ()
 
 
 def read_attempt(headers: Mapping[str, Any] | None) -> int:

@@ -554,8 +554,9 @@ async def test_process_stops_cleanly_on_sigterm(settings: Settings, clean_broker
         finally:
             await connection.close()
         process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 10)
-        assert process.returncode == 0
+        _, stderr = await asyncio.wait_for(process.communicate(), 10)
+        assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
+        assert b"Traceback" not in stderr
     finally:
         if process.returncode is None:
             process.kill()
