@@ -29,6 +29,9 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.InsufficientResourcesError,  # disk full, out of memory: transient for us
+    asyncpg.OperatorInterventionError,  # admin shutdown (a restart), cancelled statements
+    asyncpg.TransactionRollbackError,  # deadlock, serialization failure: try again
     aio_pika.exceptions.AMQPError,
     aiormq.exceptions.AMQPError,
     asyncio.TimeoutError,
