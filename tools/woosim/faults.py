@@ -1,0 +1,145 @@
+"""Injected failures of the kind a store's host, proxy or PHP produce, reproducible by seed.
+
+Every ``/wp-json`` request draws the same number of values from one seeded ``random.Random``,
+so a given seed and request sequence always meets the same faults. A ``script`` of explicit
+faults, consumed one per request before any random draw, makes single failures deterministic.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+FIVE_XX = (500, 502, 503, 504)
+SCRIPT_ENTRIES = ("ok", "429", "500", "502", "503", "504", "cut", "slow", "bad_json")
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Per-request probabilities and their parameters (all off by default)."""
+
+    rate_429: float = 0.0
+    retry_after: int = 1  # Seconds announced by Retry-After on a 429 (and 503).
+    retry_after_http_date: bool = False  # Send Retry-After as an HTTP-date instead.
+    rate_5xx: float = 0.0
+    statuses_5xx: tuple[int, ...] = FIVE_XX
+    rate_cut: float = 0.0  # Headers and part of the body, then the connection is closed.
+    rate_slow: float = 0.0
+    slow_ms: int = 2000
+    rate_bad_json: float = 0.0  # 200 with a body that is not JSON (PHP notice or truncation).
+    latency_ms: int = 0  # Added to every customers list page.
+    seed: int = 0
+    script: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for name in ("rate_429", "rate_5xx", "rate_cut", "rate_slow", "rate_bad_json"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        for name in ("retry_after", "slow_ms", "latency_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if not self.statuses_5xx or not all(500 <= s <= 599 for s in self.statuses_5xx):
+            raise ValueError("statuses_5xx must be a non-empty list of 5xx statuses")
+        for entry in self.script:
+            if entry not in SCRIPT_ENTRIES:
+                raise ValueError(f"script entries must be among {', '.join(SCRIPT_ENTRIES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        result = asdict(self)
+        result["statuses_5xx"] = list(self.statuses_5xx)
+        result["script"] = list(self.script)
+        return result
+
+    def updated(self, changes: dict[str, Any]) -> FaultConfig:
+        """A copy with ``changes`` applied; unknown names and wrong types raise ValueError."""
+        known = {f.name: f for f in fields(self)}
+        clean: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name not in known:
+                raise ValueError(f"unknown fault setting {name!r}")
+            clean[name] = _coerce(name, value, getattr(self, name))
+        return replace(self, **clean)
+
+
+def _coerce(name: str, value: Any, current: Any) -> Any:
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be a boolean")
+        return value
+    if isinstance(current, tuple):
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name} must be a list")
+        return tuple(int(v) if name == "statuses_5xx" else str(v) for v in value)
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a number")
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise ValueError(f"{name} must be an integer")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What to do to one request."""
+
+    kind: str = "none"  # none | 429 | 5xx | cut | bad_json
+    status: int = 200
+    delay_s: float = 0.0  # Extra delay before answering ("slow").
+    variant: float = 0.0  # A uniform draw for details (how much of a cut body is sent, ...).
+
+
+class FaultInjector:
+    """Holds the live config and its random stream."""
+
+    def __init__(self, config: FaultConfig | None = None) -> None:
+        self._config = config or FaultConfig()
+        self._rng = random.Random(self._config.seed)
+        self._script = list(self._config.script)
+
+    @property
+    def config(self) -> FaultConfig:
+        return replace(self._config, script=tuple(self._script))
+
+    def update(self, changes: dict[str, Any]) -> FaultConfig:
+        """Apply changes; a given ``seed`` restarts the random stream, a ``script`` replaces
+        the pending one."""
+        self._config = self.config.updated(changes)
+        if "seed" in changes:
+            self._rng = random.Random(self._config.seed)
+        if "script" in changes:
+            self._script = list(self._config.script)
+        return self.config
+
+    def decide(self) -> Fault:
+        rng, config = self._rng, self._config
+        draw, slow_draw, variant = rng.random(), rng.random(), rng.random()
+        status_5xx = config.statuses_5xx[int(variant * len(config.statuses_5xx))]
+        if self._script:
+            return self._scripted(self._script.pop(0), variant)
+        delay = config.slow_ms / 1000 if slow_draw < config.rate_slow else 0.0
+        threshold = 0.0
+        for kind, rate in (
+            ("429", config.rate_429),
+            ("5xx", config.rate_5xx),
+            ("cut", config.rate_cut),
+            ("bad_json", config.rate_bad_json),
+        ):
+            threshold += rate
+            if draw < threshold:
+                status = {"429": 429, "5xx": status_5xx}.get(kind, 200)
+                return Fault(kind, status, delay, variant)
+        return Fault("none", 200, delay, variant)
+
+    def _scripted(self, entry: str, variant: float) -> Fault:
+        if entry == "slow":
+            return Fault("none", 200, self._config.slow_ms / 1000, variant)
+        if entry in ("cut", "bad_json"):
+            return Fault(entry, 200, 0.0, variant)
+        if entry == "429":
+            return Fault("429", 429, 0.0, variant)
+        if entry == "ok":
+            return Fault()
+        return Fault("5xx", int(entry), 0.0, variant)
