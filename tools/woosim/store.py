@@ -459,7 +459,10 @@ def _registered_key(record: Record) -> str:
 
 def _mix(user_id: int, salt: int) -> int:
     """A cheap deterministic shuffle key: same page end, same order of tied users."""
-    return ((user_id * 2654435761) ^ (salt * 40503 + 0x9E3779B9)) & 0xFFFFFFFF
+    h = ((user_id ^ (salt * 0x9E3779B1)) * 0x85EBCA6B) & 0xFFFFFFFF  # murmur3 finaliser
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
 
 
 def _search_matcher(search: str) -> Callable[[Record], bool]:
