@@ -29,6 +29,7 @@ from shared.woocommerce.errors import (
     StoreTLSError,
     StoreUnavailable,
 )
+from shared.woocommerce.logsafety import guard_http_loggers
 from shared.woocommerce.retry import (
     RETRYABLE_STATUSES,
     RetryPolicy,
@@ -76,6 +77,8 @@ class WooClient:
             raise ValueError("max_connections must be at least 1")
         self._config = config
         self._policy = policy or RetryPolicy()
+        if config.auth == "query":
+            guard_http_loggers()
         if transport is None:
             transport = httpx.AsyncHTTPTransport(
                 verify=_tls_verification(config.verify_tls),
