@@ -17,7 +17,7 @@ async def follow(
     timeout = httpx.Timeout(timeout_s, connect=10.0)
     async with (
         httpx.AsyncClient(timeout=timeout) as client,
-        aconnect_sse(client, "GET", progress_url, headers=headers) as source,
+        aconnect_sse(client, "GET", progress_url, headers=dict(headers or {})) as source,
     ):
         source.response.raise_for_status()
         async for event in source.aiter_sse():
