@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,16 +16,16 @@ from shared import db
 from shared.broker import make_broker, publish
 from shared.consuming import consume, raw_body
 from shared.crypto import SecretBox
-from shared.logs import configure
 from shared.messages import SyncRequested
 from shared.settings import Settings
 from shared.topology import Topology, declare_topology
 from shared.woocommerce import StoreConfig, WooClient
 
+log = logging.getLogger("woosync.fetcher")
+
 
 def build_app(settings: Settings) -> FastStream:
-    log = configure("fetcher", settings.log_level)
-    broker = make_broker(settings)
+    broker = make_broker(settings, logger=logging.getLogger("woosync.fetcher.broker"))
     topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
     state: dict[str, FetcherDeps] = {}
 

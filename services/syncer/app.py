@@ -67,7 +67,7 @@ async def publish_outcome(broker: RabbitBroker, topology: Topology, outcome: Bat
 
 def build_app(settings: Settings) -> FastStream:
     """The syncer as a FastStream app; nothing connects until the app starts."""
-    broker = make_broker(settings)
+    broker = make_broker(settings, logger=logging.getLogger("woosync.syncer.broker"))
     topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
     max_attempts = len(topology.retry_tiers)
     pools: dict[str, asyncpg.Pool] = {}
