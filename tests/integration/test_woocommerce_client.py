@@ -91,8 +91,24 @@ async def test_wrong_secret_fails_at_once_without_retries(sim: Any) -> None:
     async with WooClient(store(sim, "oauth1", secret="cs_" + "0" * 40), policy=FAST) as client:
         with pytest.raises(StoreAuthError) as caught:
             await client.list_customers(page=1, per_page=10)
-    assert caught.value.status == 401
+    err = caught.value
+    assert (err.status, err.code) == (401, "woocommerce_rest_authentication_error")
+    assert err.store_message and "signature" in err.store_message
     assert await requests_served(sim) - before == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "status"), [("secret", 401), ("deleted", 401), ("no_read", 401), ("no_caps", 403)]
+)
+async def test_revoked_keys_fail_at_once(sim: Any, mode: str, status: int) -> None:
+    await sim.revoke_keys(mode)
+    await sim.reset_stats()
+    async with WooClient(store(sim, "oauth1"), policy=FAST) as client:
+        with pytest.raises(StoreAuthError) as caught:
+            await client.check_connection()
+    assert caught.value.status == status
+    assert caught.value.code
+    assert await requests_served(sim) == 1
 
 
 async def test_basic_auth_over_plain_http_is_refused(sim: Any) -> None:
@@ -128,7 +144,29 @@ async def test_transient_faults_still_yield_every_customer(
     async with WooClient(store(sim, "oauth1"), policy=FAST) as client:
         customers = await read_all(client, per_page=25)
     assert customers == expected
-    assert await requests_served(sim) > 10  # Some faults were met and retried.
+    met = (await sim.stats())["by_fault"]
+    assert sum(count for kind, count in met.items() if kind != "none") > 0
+
+
+async def test_each_retry_is_signed_afresh(sim: Any) -> None:
+    """Cut and garbled answers come after authentication, so the store has seen each nonce:
+    a retry that reused one would be refused as a replay."""
+    expected = await sim.customers()
+    await sim.set_faults(script=["cut", "bad_json", "503", "cut", "ok"], retry_after=0)
+    await sim.reset_stats()
+    async with WooClient(store(sim, "oauth1"), policy=FAST) as client:
+        page = await client.list_customers(page=2, per_page=100)
+    assert page.customers == expected[100:200]
+    stats = await sim.stats()
+    assert stats["requests"] == 5
+    assert stats["by_fault"] == {"cut": 2, "bad_json": 1, "5xx": 1, "none": 1}
+
+
+async def test_offset_overrides_page(sim: Any) -> None:
+    expected = await sim.customers()
+    async with WooClient(store(sim, "oauth1"), policy=FAST) as client:
+        page = await client.list_customers(page=1, per_page=10, offset=95)
+    assert page.customers == expected[95:105]
 
 
 async def test_permanent_503_gives_up_after_max_attempts(sim: Any) -> None:
