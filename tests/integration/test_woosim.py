@@ -148,6 +148,12 @@ async def test_role_defaults_to_customer(sim: SimHandle, http: httpx.AsyncClient
     assert {"administrator", "shop_manager", "subscriber"} < {c["role"] for c in everyone}
     managers = await http.get(LIST, params={"role": "shop_manager"})
     assert [c["role"] for c in managers.json()] == ["shop_manager"]
+    # A user without a role shows as "customer" under role=all but is not a customer.
+    default_ids = {c["id"] for c in default}
+    assert any(c["role"] == "customer" and c["id"] not in default_ids for c in everyone)
+    # role matches any of a user's roles; the API shows only the first.
+    subscribers = await http.get(LIST, params={"role": "subscriber", "per_page": 100})
+    assert "customer" in {c["role"] for c in subscribers.json()}
 
 
 async def test_enums_are_case_sensitive(http: httpx.AsyncClient) -> None:
@@ -198,6 +204,9 @@ async def test_unknown_params_are_ignored(http: httpx.AsyncClient) -> None:
         LIST, params={"role": "all", "orderby": "id", "modified_after": "2030-01-01T00:00:00"}
     )
     assert filtered.json() == plain.json()
+    fields = await http.get(LIST, params={"role": "all", "_fields": "email,billing.city"})
+    assert all(set(c) == {"id", "email", "billing"} for c in fields.json())
+    assert all(set(c["billing"]) == {"city"} for c in fields.json())
 
 
 async def test_single_customer_and_namespace_index(sim: SimHandle, http: httpx.AsyncClient) -> None:

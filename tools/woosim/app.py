@@ -173,19 +173,21 @@ class _Context:
         route = "/" + str(request.path_params.get("rest", "")).strip("/")
         self.route = route
         self.auth = AuthResult(None, None, "none")
+        self._links: tuple[str, str, str] | None = None
 
     def item_json(self, record: Record, fields: tuple[str, ...] | None) -> str:
-        self_href = wp.dumps(f"{self.base}/wp-json/wc/v3/customers/{record.id}")
-        collection = wp.dumps(f"{self.base}/wp-json/wc/v3/customers")
-        allow = _ALLOW_EDITABLE if record.role in ("customer", "subscriber") else _ALLOW_PROTECTED
-        links = (
-            f',"_links":{{"self":[{{"href":{self_href},"targetHints":{{"allow":{allow}}}}}],'
-            f'"collection":[{{"href":{collection}}}]}}}}'
-        )
+        """The record's JSON with ``_links`` (and WordPress 6.7's ``targetHints``) added."""
+        if self._links is None:
+            collection = wp.dumps(f"{self.base}/wp-json/wc/v3/customers")
+            head = ',"_links":{"self":[{"href":' + collection[:-1] + "\\/"
+            tail = '","targetHints":{"allow":%s}}],"collection":[{"href":' + collection + "}]}}"
+            self._links = (head, tail % _ALLOW_EDITABLE, tail % _ALLOW_PROTECTED)
+        head, editable, protected = self._links
+        tail = editable if record.role in ("customer", "subscriber") else protected
+        text = record.json_open + head + str(record.id) + tail
         if fields is None:
-            return record.json_open + links
-        item = json.loads(record.json_open + links)
-        return wp.dumps(wp.filter_fields(item, fields))
+            return text
+        return wp.dumps(wp.filter_fields(json.loads(text), fields))
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = dict(extra or {})
