@@ -10,6 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from shared.woocommerce import (
+    AuthMode,
     RetryPolicy,
     StoreAuthError,
     StoreConfig,
@@ -18,7 +19,7 @@ from shared.woocommerce import (
     StoreUnavailable,
     WooClient,
 )
-from tools.woosim.testing import running_simulator
+from tools.woosim.testing import SimHandle, running_simulator
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.timeout(60)
 FAST = RetryPolicy(max_attempts=12, backoff_base_s=0.002, backoff_max_s=0.02, budget_s=20.0)
 
 
-def store(sim: Any, auth: str, *, secret: str | None = None) -> StoreConfig:
+def store(sim: SimHandle, auth: AuthMode, *, secret: str | None = None) -> StoreConfig:
     return StoreConfig(
         url=sim.url,
         consumer_key=sim.consumer_key,
@@ -48,17 +49,17 @@ async def read_all(client: WooClient, per_page: int = 100) -> list[dict[str, Any
         page += 1
 
 
-async def requests_served(sim: Any) -> int:
+async def requests_served(sim: SimHandle) -> int:
     return (await sim.stats())["requests"]
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Any]:
+async def sim() -> AsyncIterator[SimHandle]:
     async with running_simulator(customers=250, seed=11) as handle:
         yield handle
 
 
-async def test_paging_returns_every_user_once_in_id_order(sim: Any) -> None:
+async def test_paging_returns_every_user_once_in_id_order(sim: SimHandle) -> None:
     await sim.add_customer(email="manager@example.com", role="shop_manager")
     expected = await sim.customers()
     async with WooClient(store(sim, "oauth1"), policy=FAST) as client:
@@ -73,7 +74,7 @@ async def test_paging_returns_every_user_once_in_id_order(sim: Any) -> None:
 
 
 @pytest.mark.parametrize("auth", ["basic", "query"])
-async def test_https_auth_modes_reach_the_store(auth: str) -> None:
+async def test_https_auth_modes_reach_the_store(auth: AuthMode) -> None:
     async with running_simulator(customers=7, seed=3, tls=True) as sim:
         client = WooClient(store(sim, auth), policy=FAST)
         async with client:
@@ -81,12 +82,12 @@ async def test_https_auth_modes_reach_the_store(auth: str) -> None:
             assert len(await read_all(client, per_page=5)) == 7
 
 
-async def test_oauth1_over_http_checks_the_connection(sim: Any) -> None:
+async def test_oauth1_over_http_checks_the_connection(sim: SimHandle) -> None:
     async with WooClient(store(sim, "oauth1"), policy=FAST) as client:
         assert await client.check_connection() == 250
 
 
-async def test_wrong_secret_fails_at_once_without_retries(sim: Any) -> None:
+async def test_wrong_secret_fails_at_once_without_retries(sim: SimHandle) -> None:
     before = await requests_served(sim)
     async with WooClient(store(sim, "oauth1", secret="cs_" + "0" * 40), policy=FAST) as client:
         with pytest.raises(StoreAuthError) as caught:
@@ -100,7 +101,7 @@ async def test_wrong_secret_fails_at_once_without_retries(sim: Any) -> None:
 @pytest.mark.parametrize(
     ("mode", "status"), [("secret", 401), ("deleted", 401), ("no_read", 401), ("no_caps", 403)]
 )
-async def test_revoked_keys_fail_at_once(sim: Any, mode: str, status: int) -> None:
+async def test_revoked_keys_fail_at_once(sim: SimHandle, mode: str, status: int) -> None:
     await sim.revoke_keys(mode)
     await sim.reset_stats()
     async with WooClient(store(sim, "oauth1"), policy=FAST) as client:
@@ -111,19 +112,23 @@ async def test_revoked_keys_fail_at_once(sim: Any, mode: str, status: int) -> No
     assert await requests_served(sim) == 1
 
 
-async def test_basic_auth_over_plain_http_is_refused(sim: Any) -> None:
+async def test_basic_auth_over_plain_http_is_refused(sim: SimHandle) -> None:
     async with WooClient(store(sim, "basic"), policy=FAST) as client:
         with pytest.raises(StoreAuthError) as caught:
             await client.check_connection()
     assert caught.value.code == "woocommerce_rest_cannot_view"
 
 
-async def test_untrusted_certificate_is_a_tls_error_not_retried() -> None:
+async def test_untrusted_certificate_is_a_tls_error_not_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="shared.woocommerce")
     async with running_simulator(customers=1, seed=1, tls=True) as sim:
         config = store(sim, "basic").model_copy(update={"verify_tls": True})
         async with WooClient(config, policy=FAST) as client:
             with pytest.raises(StoreTLSError):
                 await client.check_connection()
+    assert not [r for r in caplog.records if r.name.startswith("shared.woocommerce")]
 
 
 @pytest.mark.parametrize(
@@ -137,7 +142,7 @@ async def test_untrusted_certificate_is_a_tls_error_not_retried() -> None:
     ids=["429", "5xx", "cut", "bad-json"],
 )
 async def test_transient_faults_still_yield_every_customer(
-    sim: Any, faults: dict[str, Any]
+    sim: SimHandle, faults: dict[str, Any]
 ) -> None:
     expected = await sim.customers()
     await sim.set_faults(**faults)
@@ -148,7 +153,7 @@ async def test_transient_faults_still_yield_every_customer(
     assert sum(count for kind, count in met.items() if kind != "none") > 0
 
 
-async def test_each_retry_is_signed_afresh(sim: Any) -> None:
+async def test_each_retry_is_signed_afresh(sim: SimHandle) -> None:
     """Cut and garbled answers come after authentication, so the store has seen each nonce:
     a retry that reused one would be refused as a replay."""
     expected = await sim.customers()
@@ -162,14 +167,14 @@ async def test_each_retry_is_signed_afresh(sim: Any) -> None:
     assert stats["by_fault"] == {"cut": 2, "bad_json": 1, "5xx": 1, "none": 1}
 
 
-async def test_offset_overrides_page(sim: Any) -> None:
+async def test_offset_overrides_page(sim: SimHandle) -> None:
     expected = await sim.customers()
     async with WooClient(store(sim, "oauth1"), policy=FAST) as client:
         page = await client.list_customers(page=1, per_page=10, offset=95)
     assert page.customers == expected[95:105]
 
 
-async def test_permanent_503_gives_up_after_max_attempts(sim: Any) -> None:
+async def test_permanent_503_gives_up_after_max_attempts(sim: SimHandle) -> None:
     await sim.set_faults(rate_5xx=1.0)
     policy = RetryPolicy(max_attempts=4, backoff_base_s=0.01, backoff_max_s=0.05, budget_s=10.0)
     before = await requests_served(sim)
