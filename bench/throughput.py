@@ -22,12 +22,12 @@ import aio_pika
 import asyncpg
 import httpx
 import psutil
-from tools.woosim.testing import spawn_simulator
 
 from shared import db
 from shared.auth import create_org
 from shared.topology import Topology
 from shared.woocommerce import StoreConfig, WooClient
+from tools.woosim.testing import spawn_simulator
 from woosync.progress import follow
 from woosync.supervisor import SERVICES, Supervisor
 
@@ -43,6 +43,7 @@ class Result:
     pipeline_s: float = 0.0
     synced: int = 0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -69,16 +70,18 @@ async def measure_floor(sim: object, *, concurrency: int, per_page: int) -> tupl
     return time.perf_counter() - started, len(first.customers) + sum(counts)
 
 
-async def sample_memory(
-    supervisor: Supervisor, peaks: dict[str, float], stop: asyncio.Event
-) -> None:
+async def sample_processes(supervisor: Supervisor, result: Result, stop: asyncio.Event) -> None:
+    """Peak RSS and CPU time used since the job started, per service."""
+    processes = {name: psutil.Process(pid) for name, pid in supervisor.pids().items()}
+    base = {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
     while not stop.is_set():
-        for name, pid in supervisor.pids().items():
+        for name, process in processes.items():
             try:
-                rss = psutil.Process(pid).memory_info().rss / 2**20
+                rss = process.memory_info().rss / 2**20
+                result.cpu_s[name] = sum(process.cpu_times()[:2]) - base[name]
             except psutil.Error:
                 continue
-            peaks[name] = max(peaks.get(name, 0.0), rss)
+            result.peak_rss_mb[name] = max(result.peak_rss_mb.get(name, 0.0), rss)
         await asyncio.sleep(0.1)
 
 
@@ -114,7 +117,7 @@ async def run_pipeline(sim: object, result: Result, *, concurrency: int, per_pag
         await wait_ready(f"http://127.0.0.1:{env['WOOSYNC_TRACKER_PORT']}/readyz")
         pool = await db.create_pool(dsn, min_size=1, max_size=1)
         org_id, key = await create_org(pool, "bench")
-        sampler = asyncio.create_task(sample_memory(supervisor, result.peak_rss_mb, stop))
+        sampler = asyncio.create_task(sample_processes(supervisor, result, stop))
         body = {
             "action": "start", "org_id": str(org_id),
             "config": {"url": sim.url, "consumer_key": sim.consumer_key,  # type: ignore[attr-defined]
@@ -171,15 +174,17 @@ async def main(sizes: list[int], concurrency: int, latency_ms: int) -> None:
 
 def report(results: list[Result], concurrency: int, latency_ms: int) -> None:
     print(f"concurrency {concurrency}, store latency {latency_ms} ms/page, 100 per page")
+    names = ", ".join(SERVICES)
     header = (f"{'customers':>10} {'floor c/s':>10} {'pipeline c/s':>13} {'ratio':>6} "
-              f"{'synced':>8}  peak RSS MB ({', '.join(SERVICES)})")
+              f"{'synced':>8}  peak RSS MB ({names})  CPU s ({names})")
     print(header)
     for r in results:
         floor = r.customers / r.floor_s
         pipe = r.customers / r.pipeline_s
         rss = ", ".join(f"{r.peak_rss_mb.get(s, 0):.0f}" for s in SERVICES)
+        cpu = ", ".join(f"{r.cpu_s.get(s, 0):.1f}" for s in SERVICES)
         print(f"{r.customers:>10,} {floor:>10,.0f} {pipe:>13,.0f} {pipe / floor:>6.2f} "
-              f"{r.synced:>8,}  {rss}")
+              f"{r.synced:>8,}  {rss:<{len(names) + 14}}{cpu}")
     sys.stdout.flush()
 
 
