@@ -80,7 +80,7 @@ def map_customer(raw: Mapping[str, Any], *, org_id: UUID, connection_id: UUID) -
         raise MappingError(None, f"customer must be a JSON object, got {_type(raw)}")
     woo_id = _woo_id(raw.get("id"))
     source = {k: v for k, v in raw.items() if k != "_links"}
-    _check_json_storable(woo_id, source)
+    digest = _storable_digest(woo_id, source)
     billing = _object(woo_id, source, "billing")
     shipping = _object(woo_id, source, "shipping")
     return CustomerRow(
@@ -102,7 +102,7 @@ def map_customer(raw: Mapping[str, Any], *, org_id: UUID, connection_id: UUID) -
         woo_date_created=_date_pair(woo_id, source, "date_created"),
         woo_date_modified=_date_pair(woo_id, source, "date_modified"),
         raw=source,
-        source_hash=source_hash(source),
+        source_hash=digest,
     )
 
 
@@ -257,6 +257,22 @@ def _zone(zone: str | None) -> timezone:
     sign = -1 if zone[0] == "-" else 1
     digits = zone[1:].replace(":", "")
     return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+
+
+def _storable_digest(woo_id: int | None, value: Mapping[str, Any]) -> str:
+    """The source hash, proving on the way that the object is storable.
+
+    The canonical serialisation refuses NaN and non-JSON types, its UTF-8 encoding refuses lone
+    surrogates, and a NUL shows up escaped; only then does the slow walk run, to name the field.
+    """
+    try:
+        encoded = canonical_json(value).encode("utf-8")
+    except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
+        _check_json_storable(woo_id, value)
+        raise MappingError(woo_id, "customer cannot be stored as JSON") from None
+    if b"\\u0000" in encoded:
+        _check_json_storable(woo_id, value)  # raises, unless the text merely spells "\\u0000"
+    return hashlib.sha256(encoded).hexdigest()
 
 
 def _check_json_storable(woo_id: int | None, value: Any) -> None:
