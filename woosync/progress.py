@@ -21,6 +21,8 @@ async def follow(
     ):
         source.response.raise_for_status()
         async for event in source.aiter_sse():
+            if not event.data:  # keep-alive pings carry no status
+                continue
             yield event.event, json.loads(event.data)
             if event.event == "complete":
                 return
