@@ -28,7 +28,7 @@ from shared.auth import create_org
 from shared.topology import Topology
 from shared.woocommerce import StoreConfig, WooClient
 from tools.woosim.testing import spawn_simulator
-from woosync.progress import follow
+from woosync.progress import follow, wait_ready
 from woosync.supervisor import SERVICES, Supervisor
 
 PG = os.environ.get("WOOSYNC_BENCH_PG", "postgresql://127.0.0.1:5432/postgres")
@@ -83,18 +83,6 @@ async def sample_processes(supervisor: Supervisor, result: Result, stop: asyncio
                 continue
             result.peak_rss_mb[name] = max(result.peak_rss_mb.get(name, 0.0), rss)
         await asyncio.sleep(0.1)
-
-
-async def wait_ready(url: str) -> None:
-    async with httpx.AsyncClient(timeout=2) as client:
-        for _ in range(300):
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{url} never became ready")
 
 
 async def run_pipeline(sim: object, result: Result, *, concurrency: int, per_page: int) -> None:

@@ -8,7 +8,6 @@ against the store and prints a summary. Everything it starts, it stops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from typing import Any, TextIO
@@ -17,27 +16,15 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from tools.woosim.testing import spawn_simulator
 
 from shared import db
 from shared.auth import create_org
 from shared.settings import Settings
-from woosync.progress import follow
+from tools.woosim.testing import spawn_simulator
+from woosync.progress import follow, wait_ready
 from woosync.supervisor import Supervisor
 
 START_ROUTE = "/api/v1/integrations/woocommerce/sync/customers"
-
-
-async def wait_ready(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=2.0) as client:
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(url)).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not become ready in {timeout_s:.0f}s")
-            await asyncio.sleep(0.3)
 
 
 async def count_customers(settings: Settings, org_id: str) -> tuple[int, int]:

@@ -1,8 +1,11 @@
-"""Following a job's SSE progress stream from a terminal (demo, benchmarks, tests)."""
+"""Watching the stack from outside (demo, benchmarks, tests): readiness, and a job's SSE stream."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,3 +29,16 @@ async def follow(
             yield event.event, json.loads(event.data)
             if event.event == "complete":
                 return
+
+
+async def wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    """Poll a ``/readyz`` URL until it answers 200."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not become ready in {timeout_s:.0f}s")
+            await asyncio.sleep(0.2)

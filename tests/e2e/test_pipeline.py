@@ -21,11 +21,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from tools.woosim.testing import spawn_simulator
 
 from shared import db
 from shared.settings import Settings
-from woosync.progress import follow
+from tools.woosim.testing import spawn_simulator
+from woosync.progress import follow, wait_ready
 from woosync.supervisor import SERVICES, Supervisor
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -50,18 +50,6 @@ def service_env(settings: Settings) -> dict[str, str]:
         "WOOSYNC_RETRY_DELAYS_MS": "[200,400,800]",
         "WOOSYNC_ALLOW_PRIVATE_URLS": "true",
     }
-
-
-async def wait_ready(url: str) -> None:
-    async with httpx.AsyncClient(timeout=2) as client:
-        for _ in range(200):
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"{url} never became ready")
 
 
 @pytest.fixture
