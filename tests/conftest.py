@@ -7,6 +7,7 @@ is mocked: RabbitMQ and PostgreSQL are the real servers on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -111,10 +112,8 @@ async def clean_broker(topology: Topology) -> AsyncIterator[Topology]:
                 if not channel.is_closed:
                     await channel.close()
         channel = await connection.channel()
-        try:
+        with contextlib.suppress(Exception):
             await channel.exchange_delete(topology.namespace)
-        except Exception:
-            pass
     finally:
         await connection.close()
 

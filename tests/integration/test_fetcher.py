@@ -8,12 +8,12 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
-from tools.woosim.testing import running_simulator
 
 from services.fetcher.handlers import FetcherDeps, PageReader, handle_sync_requested
 from shared.crypto import SecretBox
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
 from shared.woocommerce import RetryPolicy, StoreConfig, WooClient
+from tools.woosim.testing import running_simulator
 
 BOX = SecretBox("test-secret-key")
 FAST = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.05, budget_s=5)

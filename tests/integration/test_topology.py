@@ -27,7 +27,8 @@ async def test_declare_is_idempotent_and_routes(settings: Settings, clean_broker
         await declare_topology(broker, clean_broker)  # second time: no PRECONDITION_FAILED
         ids = {"job_id": uuid4(), "org_id": uuid4()}
         await publish(broker, clean_broker, m.SyncRequested(connection_id=uuid4(), **ids))
-        await publish(broker, clean_broker, m.CustomerBatch(connection_id=uuid4(), customers=[], **ids))
+        batch = m.CustomerBatch(connection_id=uuid4(), customers=[], **ids)
+        await publish(broker, clean_broker, batch)
         await publish(broker, clean_broker, m.LinesDone(woo_ids=[1], **ids))
         await publish(broker, clean_broker, m.FetchCompleted(pages=1, customers=1, **ids))
     finally:
