@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Derives the key that encrypts store secrets and the key that signs progress tokens.
     secret_key: SecretStr = SecretStr("dev-only-insecure-secret-change-me")
+    # Earlier secret keys, newest first (a JSON list): still decrypt and verify during rotation.
+    secret_key_previous: list[SecretStr] = []
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
