@@ -1,14 +1,27 @@
 """Broker construction and publishing, the same for every service.
 
-Publishing always goes through :func:`publish`: persistent messages, publisher confirms, and an
-error when a message is unroutable, so a message is either in a queue or the caller knows.
+Publishing always goes through :func:`publish` (or its queue and raw-body variants): persistent
+messages, publisher confirms, and an error when a message is unroutable, so a message is either
+in a queue or the caller knows.
+
+The connection is aio-pika's robust connection: when RabbitMQ goes away it reconnects every
+``RECONNECT_INTERVAL_S`` and restores channels and consumers by itself; :func:`make_broker` logs
+the loss and the recovery. A publish made while the connection is down, or whose confirm was
+lost with it, raises; the publishers here retry it with exponential backoff and jitter for up
+to ``PUBLISH_RETRY_BUDGET_S``, which outlasts a broker restart. A retried publish may have
+reached the queue the first time (a lost confirm is not a refusal), so every consumer treats
+duplicates as harmless; the message keeps its ``message_id`` across attempts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import aiormq.exceptions as amqp
+import tenacity
 from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker
 
@@ -16,20 +29,64 @@ from shared.messages import Message
 from shared.settings import Settings
 from shared.topology import Topology
 
+log = logging.getLogger("woosync.broker")
 
-def make_broker(settings: Settings, *, logger: Any = None) -> RabbitBroker:
-    kwargs: dict[str, Any] = {}
-    if logger is not None:
-        kwargs["logger"] = logger
+RECONNECT_INTERVAL_S = 1.0
+PUBLISH_TIMEOUT_S = 10.0  # one attempt, confirm included
+PUBLISH_RETRY_BUDGET_S = 60.0
+_BACKOFF_FIRST_S = 0.1
+_BACKOFF_MAX_S = 2.0
+
+# Failures of the connection or channel: the robust connection is recovering, try again.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    amqp.AMQPConnectionError,  # includes ConnectionClosed
+    amqp.ChannelInvalidStateError,  # publish on a channel that died with the connection
+    amqp.ChannelClosed,
+    amqp.DeliveryError,  # the broker nacked the publish (a queue not yet recovered)
+    ConnectionError,
+    TimeoutError,  # no confirm within PUBLISH_TIMEOUT_S
+)
+# Answers that another attempt cannot change: retrying would only delay the error.
+_PERMANENT: tuple[type[BaseException], ...] = (
+    amqp.PublishError,  # unroutable (basic.return): no queue is bound
+    amqp.ChannelNotFoundEntity,
+    amqp.ChannelAccessRefused,
+    amqp.ChannelPreconditionFailed,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed publish is worth repeating once the connection is back."""
+    return isinstance(exc, _TRANSIENT) and not isinstance(exc, _PERMANENT)
+
+
+def make_broker(settings: Settings, *, logger: logging.Logger | None = None) -> RabbitBroker:
+    """A broker with manual acks and confirmed publishes that logs losing and regaining
+    its connection to ``logger`` (``woosync.broker`` when not given)."""
+    events = logger or log
+
+    def closed(_connection: object, exc: BaseException | None) -> None:
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            events.warning(
+                "broker connection lost (%s); reconnecting every %.0fs",
+                _describe(exc),
+                RECONNECT_INTERVAL_S,
+            )
+
+    def reconnected(_connection: object) -> None:
+        events.warning("broker connection re-established; consumers restored")
+
     return RabbitBroker(
         settings.amqp_url,
         default_channel=Channel(
             prefetch_count=settings.prefetch, publisher_confirms=True, on_return_raises=True
         ),
         ack_policy=AckPolicy.MANUAL,  # every handler acks only after its effect is committed
-        reconnect_interval=2.0,
+        reconnect_interval=RECONNECT_INTERVAL_S,
+        on_close=[closed],
+        on_reconnected=[reconnected],
         graceful_timeout=10.0,
-        **kwargs,
+        logger=events,
     )
 
 
@@ -45,15 +102,14 @@ async def publish(
     headers: Mapping[str, Any] | None = None,
 ) -> None:
     """Publish to the topic exchange under the message's routing key; waits for the confirm."""
-    await broker.publish(
+    await _confirmed(
+        broker,
         encode(message),
+        target=message.routing_key,
         exchange=topology.exchange,
         routing_key=message.routing_key,
-        persist=True,
-        mandatory=True,
         message_id=str(message.message_id),
-        content_type="application/json",
-        headers=dict(headers or {}),
+        headers=headers,
     )
 
 
@@ -65,12 +121,82 @@ async def publish_to_queue(
     headers: Mapping[str, Any] | None = None,
 ) -> None:
     """Publish straight to a queue (retry tiers, parking) through the default exchange."""
-    await broker.publish(
-        encode(message),
-        queue=queue,
-        persist=True,
-        mandatory=True,
-        message_id=str(message.message_id),
-        content_type="application/json",
-        headers=dict(headers or {}),
+    await publish_body_to_queue(
+        broker, queue, encode(message), message_id=str(message.message_id), headers=headers
     )
+
+
+async def publish_body_to_queue(
+    broker: RabbitBroker,
+    queue: str,
+    body: bytes,
+    *,
+    message_id: str | None,
+    headers: Mapping[str, Any] | None = None,
+    content_type: str | None = "application/json",
+) -> None:
+    """Publish bytes as they are to a queue: parking a message that is not a valid model."""
+    await _confirmed(
+        broker,
+        body,
+        target=queue,
+        queue=queue,
+        message_id=message_id,
+        headers=headers,
+        content_type=content_type,
+    )
+
+
+async def _confirmed(
+    broker: RabbitBroker,
+    body: bytes,
+    *,
+    target: str,
+    headers: Mapping[str, Any] | None,
+    content_type: str | None = "application/json",
+    **where: Any,
+) -> None:
+    """One persistent, mandatory, confirmed publish, repeated while the failure is transient."""
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_delay(PUBLISH_RETRY_BUDGET_S),
+        wait=tenacity.wait_random_exponential(multiplier=_BACKOFF_FIRST_S, max=_BACKOFF_MAX_S),
+        retry=tenacity.retry_if_exception(is_transient),
+        before_sleep=_log_retry(target),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            await broker.publish(
+                body,
+                persist=True,
+                mandatory=True,
+                timeout=PUBLISH_TIMEOUT_S,
+                content_type=content_type,
+                headers=dict(headers or {}),
+                **where,
+            )
+
+
+def _log_retry(target: str) -> Callable[[tenacity.RetryCallState], None]:
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        failure = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        # The first failure is news; the rest of an outage is noise at INFO.
+        level = logging.WARNING if state.attempt_number == 1 else logging.INFO
+        log.log(
+            level,
+            "publish to %s failed (%s), attempt %d; retrying in %.2fs",
+            target,
+            _describe(failure),
+            state.attempt_number,
+            delay,
+        )
+
+    return before_sleep
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no error"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__

@@ -1,25 +1,40 @@
 """The consumer edge shared by the fetcher, syncer and tracker: decode, run, then settle.
 
 A message that cannot be decoded into its model (not JSON, wrong schema, unknown version) is
-rejected, which dead-letters it to its queue's parking queue: never requeued forever, never a
-crash. A handler that fails because PostgreSQL or RabbitMQ is unreachable gets the message back
-(nack + requeue) after a pause. Anything else that escapes a handler is a bug: it is logged and
-the message parked, so one bad message cannot stall a queue.
+parked: copied as it came to its queue's parking queue with a ``parked-error`` header naming
+the reason, then acked; the reason is also logged with the message id. It is never requeued
+forever and never crashes the consumer. A handler that fails because PostgreSQL or RabbitMQ is
+unreachable gets the message back (nack + requeue) after a pause. Anything else that escapes a
+handler is a bug: it is logged and the message parked the same way, so one bad message cannot
+stall a queue.
+
+Settling (ack, nack, reject) can itself fail when the broker connection was lost while the
+handler ran: the channel that delivered the message is gone. That is logged, not raised; the
+broker redelivers every unacked message of a lost channel, and handlers make a redelivery
+harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import aio_pika.exceptions
 import aiormq.exceptions
 import asyncpg
 from faststream.message import StreamMessage
+from faststream.rabbit import RabbitBroker
 from faststream.rabbit.message import RabbitMessage
 from pydantic import BaseModel, ValidationError
+
+from shared.broker import publish_body_to_queue
+from shared.logs import redact
+from shared.messages import SCHEMA_VERSION
+from shared.topology import ATTEMPT_HEADER, PARKED_ERROR_HEADER
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,28 +49,69 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.TransactionRollbackError,  # deadlock, serialization failure: try again
     aio_pika.exceptions.AMQPError,
     aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: the channel died with the link
     asyncio.TimeoutError,
 )
 
 REQUEUE_PAUSE_S = 1.0
+REASON_LIMIT = 1000
+
+Settlement = Literal["ack", "requeue", "reject"]
+
+
+@dataclass(frozen=True)
+class Parking:
+    """Where a consumer parks what it cannot process: its queue's parking queue."""
+
+    broker: RabbitBroker
+    queue: str
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """True for an unreachable database or broker, also inside an exception group (a task group
+    whose tasks lost the database): retrying the whole message later is then the answer."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(is_infrastructure_error(inner) for inner in exc.exceptions)
+    return isinstance(exc, INFRASTRUCTURE_ERRORS)
 
 
 async def raw_body(message: StreamMessage[Any]) -> bytes:
     """Subscriber decoder that leaves the body alone.
 
     FastStream's own decoder parses JSON before the handler runs, and under the manual ack policy
-    a body it cannot parse would stay unacked forever; :func:`consume` parses and rejects instead.
+    a body it cannot parse would stay unacked forever; :func:`consume` parses and parks instead.
     """
     return message.body
 
 
-def decode(model: type[M], msg: RabbitMessage, log: logging.Logger) -> M | None:
+def malformed_reason(model: type[BaseModel], body: bytes) -> str:
+    """Why ``body`` is not a ``model``, in words fit for a header and a log line."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return f"malformed {model.__name__}: body is not JSON"
+    if not isinstance(data, dict):
+        return f"malformed {model.__name__}: body is not a JSON object"
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        return f"malformed {model.__name__}: unsupported schema_version {version!r}"[:200]
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)[:5]
+        ]
+        return f"malformed {model.__name__}: " + "; ".join(problems)
+    return f"malformed {model.__name__}"
+
+
+def decode(model: type[M], msg: RabbitMessage) -> M | str:
+    """The message as ``model``, or the reason it is not one."""
     try:
         return model.model_validate_json(msg.body)
-    except ValidationError as exc:
-        fields = ", ".join(".".join(map(str, e["loc"])) or e["type"] for e in exc.errors()[:5])
-        log.error("rejecting malformed %s message %s: %s", model.__name__, msg.message_id, fields)
-        return None
+    except ValidationError:
+        return malformed_reason(model, msg.body)
 
 
 async def consume(
@@ -63,20 +119,92 @@ async def consume(
     model: type[M],
     handle: Callable[[M], Awaitable[None]],
     log: logging.Logger,
+    *,
+    parking: Parking | None = None,
 ) -> None:
-    message = decode(model, msg, log)
-    if message is None:
-        await msg.reject(requeue=False)
+    """Decode, run ``handle``, settle. Never raises: every outcome ends in a settlement.
+
+    Without ``parking``, what should be parked is rejected instead, which dead-letters it to the
+    same parking queue through the queue's own dead-letter route, without the reason header.
+    """
+    message = decode(model, msg)
+    if isinstance(message, str):
+        await park(msg, message, parking, log)
         return
     try:
         await handle(message)
-    except INFRASTRUCTURE_ERRORS as exc:
-        log.warning("infrastructure error on %s, requeueing: %r", msg.message_id, exc)
-        await asyncio.sleep(REQUEUE_PAUSE_S)
-        await msg.nack(requeue=True)
-        return
-    except Exception:
+    except Exception as exc:
+        if is_infrastructure_error(exc):
+            log.warning("infrastructure error on %s, requeueing: %r", msg.message_id, exc)
+            await asyncio.sleep(REQUEUE_PAUSE_S)
+            await settle(msg, "requeue", log)
+            return
         log.exception("handler failed on %s; parking it", msg.message_id)
-        await msg.reject(requeue=False)
+        await park(msg, f"handler error: {type(exc).__name__}: {exc}", parking, log)
         return
-    await msg.ack()
+    await settle(msg, "ack", log)
+
+
+async def park(
+    msg: RabbitMessage, reason: str, parking: Parking | None, log: logging.Logger
+) -> None:
+    """Move ``msg`` to its parking queue with ``reason`` in the ``parked-error`` header.
+
+    Publish (confirmed), then ack. If the publish fails the message is rejected instead, so the
+    queue's dead-letter route still parks it; the reason is in the log either way.
+    """
+    reason = _storable(redact(reason))[:REASON_LIMIT]
+    log.error("parking message %s: %s", msg.message_id, reason)
+    if parking is None:
+        await settle(msg, "reject", log)
+        return
+    headers = {
+        key: value
+        for key, value in (msg.headers or {}).items()
+        if not key.startswith("x-") and key != ATTEMPT_HEADER  # a replay starts afresh
+    }
+    headers[PARKED_ERROR_HEADER] = reason
+    try:
+        await publish_body_to_queue(
+            parking.broker,
+            parking.queue,
+            msg.body,
+            message_id=msg.message_id or None,
+            headers=headers,
+            content_type=msg.content_type or None,
+        )
+    except Exception as exc:
+        log.warning(
+            "could not park %s with its reason (%r); rejecting it to the parking queue",
+            msg.message_id,
+            exc,
+        )
+        await settle(msg, "reject", log)
+        return
+    await settle(msg, "ack", log)
+
+
+async def settle(msg: RabbitMessage, how: Settlement, log: logging.Logger) -> None:
+    """Ack, requeue or reject; a settlement lost with the channel is logged, not raised."""
+    try:
+        if how == "ack":
+            await msg.ack()
+        elif how == "requeue":
+            await msg.nack(requeue=True)
+        else:
+            await msg.reject(requeue=False)
+    except Exception as exc:
+        if not is_infrastructure_error(exc):
+            log.exception("could not %s %s", how, msg.message_id)
+            return
+        log.warning(
+            "could not %s %s, its channel is gone (%r); the broker will redeliver it",
+            how,
+            msg.message_id,
+            exc,
+        )
+
+
+def _storable(text: str) -> str:
+    """Text an AMQP header accepts: no NUL, valid UTF-8."""
+    return text.replace("\x00", "\\0").encode("utf-8", "replace").decode("utf-8")
