@@ -14,7 +14,7 @@ from faststream.rabbit.annotations import RabbitMessage
 from services.fetcher.handlers import FetcherDeps, PageReader, handle_sync_requested
 from shared import db
 from shared.broker import make_broker, publish
-from shared.consuming import consume, raw_body
+from shared.consuming import Parking, consume, raw_body
 from shared.crypto import SecretBox
 from shared.messages import SyncRequested
 from shared.settings import Settings
@@ -28,6 +28,7 @@ def build_app(settings: Settings) -> FastStream:
     broker = make_broker(settings, logger=logging.getLogger("woosync.fetcher.broker"))
     topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
     state: dict[str, FetcherDeps] = {}
+    parking = Parking(broker, topology.parking(topology.fetcher_queue).name)
 
     @asynccontextmanager
     async def open_client(config: StoreConfig, concurrency: int) -> AsyncIterator[PageReader]:
@@ -52,6 +53,8 @@ def build_app(settings: Settings) -> FastStream:
     @broker.subscriber(topology.fetcher_queue, decoder=raw_body)
     async def on_sync_requested(msg: RabbitMessage) -> None:
         deps = state["deps"]
-        await consume(msg, SyncRequested, lambda r: handle_sync_requested(r, deps), log)
+        await consume(
+            msg, SyncRequested, lambda r: handle_sync_requested(r, deps), log, parking=parking
+        )
 
     return FastStream(broker, logger=log, on_startup=[startup], after_shutdown=[shutdown])
