@@ -19,7 +19,7 @@ from faststream.rabbit.annotations import RabbitMessage
 from services.syncer.handlers import BatchOutcome, handle_customer_batch, read_attempt
 from shared import db
 from shared.broker import make_broker, publish, publish_to_queue
-from shared.consuming import consume
+from shared.consuming import Parking, consume
 from shared.messages import CustomerBatch
 from shared.settings import Settings
 from shared.topology import (
@@ -70,6 +70,7 @@ def build_app(settings: Settings) -> FastStream:
     broker = make_broker(settings, logger=logging.getLogger("woosync.syncer.broker"))
     topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
     max_attempts = len(topology.retry_tiers)
+    parking = Parking(broker, topology.parking(topology.syncer_queue).name)
     pools: dict[str, asyncpg.Pool] = {}
 
     async def startup() -> None:
@@ -98,6 +99,6 @@ def build_app(settings: Settings) -> FastStream:
             )
             await publish_outcome(broker, topology, outcome)
 
-        await consume(msg, CustomerBatch, handle, log)
+        await consume(msg, CustomerBatch, handle, log, parking=parking)
 
     return FastStream(broker, logger=log, on_startup=[startup], after_shutdown=[shutdown])
