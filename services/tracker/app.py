@@ -22,7 +22,7 @@ from services.tracker import queries as q
 from services.tracker.handlers import Tracker, announce
 from services.tracker.sse import progress, progress_page
 from shared.broker import make_broker
-from shared.consuming import raw_body
+from shared.consuming import Parking, raw_body
 from shared.crypto import ProgressTokens
 from shared.db import create_pool
 from shared.settings import Settings
@@ -80,6 +80,7 @@ def build_app(settings: Settings) -> Starlette:
                 partial(announce, broker, topology),
                 sweep_interval_s=settings.tracker_sweep_interval_s,
                 full_sweep_interval_s=FULL_SWEEP_INTERVAL_S,
+                parking=Parking(broker, topology.parking(topology.tracker_queue).name),
             )
             # Registered before start(); the queue itself is declared by declare_topology.
             subscriber = broker.subscriber(topology.tracker_queue, decoder=raw_body)
