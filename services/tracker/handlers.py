@@ -42,6 +42,7 @@ from pydantic import ValidationError
 from services.tracker import queries as q
 from shared import activity
 from shared.broker import publish
+from shared.consuming import Parking, park, settle
 from shared.logs import redact
 from shared.messages import (
     SCHEMA_VERSION,
@@ -183,8 +184,10 @@ class Tracker:
         *,
         sweep_interval_s: float,
         full_sweep_interval_s: float = 5.0,
+        parking: Parking | None = None,
     ) -> None:
         self._pool = pool
+        self._parking = parking
         self._publish = publish
         self._sweep_interval_s = sweep_interval_s
         self._full_sweep_interval_s = full_sweep_interval_s
@@ -204,26 +207,21 @@ class Tracker:
         try:
             event = parse_event(body, routing_key)
         except MalformedEvent as exc:
-            log.warning(
-                "rejecting event %s (routing key %s) to the parking queue: %s",
-                msg.message_id,
-                routing_key,
-                exc,
-            )
-            await msg.reject()
+            reason = f"malformed event (routing key {routing_key}): {exc}"
+            await park(msg, reason, self._parking, log)
             return
         if not isinstance(event, FetchFailed):
             self._dirty.add(event.job_id)
-            await msg.ack()
+            await settle(msg, "ack", log)
             return
         try:
             done = await fail_job(self._pool, event)
         except Exception:
             log.exception("could not fail job %s; the event will be redelivered", event.job_id)
             await asyncio.sleep(REDELIVERY_DELAY_S)  # no tight redelivery loop while the DB is down
-            await msg.nack(requeue=True)
+            await settle(msg, "requeue", log)
             return
-        await msg.ack()
+        await settle(msg, "ack", log)
         if done is not None:
             log.info("job %s failed: %s", event.job_id, redact(event.error)[:200])
             await self._announce([done])
@@ -266,10 +264,13 @@ class Tracker:
         loop = asyncio.get_running_loop()
         next_sweep = loop.time()
         while True:
-            if loop.time() >= next_sweep:
-                await self.sweep()
-                next_sweep = loop.time() + self._full_sweep_interval_s
-            await self.flush()
+            try:
+                if loop.time() >= next_sweep:
+                    await self.sweep()
+                    next_sweep = loop.time() + self._full_sweep_interval_s
+                await self.flush()
+            except Exception:  # the loop outlives any outage; the sweep catches up afterwards
+                log.exception("recompute tick failed; trying again on the next one")
             await asyncio.sleep(self._sweep_interval_s)
 
     async def drain(self, timeout_s: float) -> None:
