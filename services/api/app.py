@@ -115,7 +115,6 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        secret_key = settings.secret_key.get_secret_value()
         topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
         pool = await db.create_pool(settings.database_url)
         broker = make_broker(settings)
@@ -127,8 +126,8 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
                 pool=pool,
                 broker=broker,
                 topology=topology,
-                secrets=SecretBox(secret_key),
-                tokens=ProgressTokens(secret_key, settings.progress_token_ttl_s),
+                secrets=SecretBox.from_settings(settings),
+                tokens=ProgressTokens.from_settings(settings),
                 store_client=store_client or store_client_factory(settings),
             )
             yield
