@@ -41,7 +41,7 @@ def build_app(settings: Settings) -> FastStream:
         await declare_topology(broker, topology)
         state["deps"] = FetcherDeps(
             pool=pool,
-            secrets=SecretBox(settings.secret_key.get_secret_value()),
+            secrets=SecretBox.from_settings(settings),
             open_client=open_client,
             publish=functools.partial(publish, broker, topology),
         )
