@@ -96,9 +96,7 @@ def build_app(settings: Settings) -> Starlette:
                         pool=pool,
                         broker=broker,
                         settings=settings,
-                        tokens=ProgressTokens(
-                            settings.secret_key.get_secret_value(), settings.progress_token_ttl_s
-                        ),
+                        tokens=ProgressTokens.from_settings(settings),
                     )
                 finally:
                     # Stop taking events, stop the loop, settle what was acked (which may still
