@@ -11,6 +11,7 @@ import click
 
 from shared import db
 from shared.settings import Settings
+from woosync.secrets import secrets
 
 
 @click.group()
@@ -98,6 +99,8 @@ def demo(customers: int, seed: int) -> None:
         code = asyncio.run(run_demo(customers=customers, seed=seed, service_log=service_log))
     sys.exit(code)
 
+
+main.add_command(secrets)
 
 if __name__ == "__main__":
     main()
