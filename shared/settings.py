@@ -46,7 +46,14 @@ class Settings(BaseSettings):
     progress_interval_s: float = 0.25
     tracker_sweep_interval_s: float = 0.25
 
+    # Stores on private, loopback, link-local or reserved addresses (demo and tests only).
     allow_private_urls: bool = False
+
+    # Per-org API token bucket: refills at rate_limit_per_minute, holds at most rate_limit_burst.
+    rate_limit_per_minute: int = Field(120, ge=1)
+    rate_limit_burst: int = Field(30, ge=1)
+    # Jobs of one org that may be draft, queued or processing at once (one per connection always).
+    max_concurrent_syncs_per_org: int = Field(4, ge=1)
     log_level: str = "INFO"
 
     def api_base(self) -> str:
