@@ -1,0 +1,508 @@
+"""Dead-letter replay: list the parking queues and move parked customer batches back to the syncer.
+
+Used by ``woosync dlq`` and the api's ``replay`` action, so both behave the same.
+
+Reading a parking queue without consuming it
+--------------------------------------------
+Messages are taken with ``basic.get`` and *held unacknowledged* until the scan ends, so no
+message is seen twice, and are then given back with ``basic.nack(requeue=True)`` in the order they
+were read. A crash, a timeout or a lost connection gives them back too (the broker requeues what
+a closed channel held), so listing can never lose a message. On a quorum queue a requeue counts
+as a delivery; parking queues have no delivery limit, so that is harmless. While a scan runs,
+its messages are invisible to other readers, and a message parked during the scan lands before
+the ones given back: order is kept among the messages that were read, not across the two.
+
+Kinds of parked messages (syncer parking queue)
+-----------------------------------------------
+* ``parked``: a batch of customers whose retries were spent (headers ``parked-attempts`` and
+  ``parked-error``); their lines are ``failed``.
+* ``rejected``: a valid batch the syncer refused for another reason (for instance a job that did
+  not exist, or a bug), dead-lettered by the work queue without those headers.
+* ``malformed``: a body that is not a valid batch (not JSON, wrong schema). Replay never moves
+  these: the syncer would only refuse them again. They stay parked for an operator to read and
+  purge in the management console.
+
+Replay (at-least-once, idempotent)
+----------------------------------
+For the matching ``parked`` and ``rejected`` batches whose job exists (for the batch's org and
+connection), in this order:
+
+1. one transaction: their ``failed`` lines go back to ``pending`` and their job, if it ``failed``
+   after every page was read, back to ``processing``; without this the tracker, which finishes
+   only open jobs, would leave the job ``failed`` after its customers are synced. A job that
+   failed for lines that are no longer failed (say, moved back with the console's "Move
+   messages") is re-opened too, so the tracker can finish it as ``done``.
+2. each batch is published, persistent and confirmed, to the work queue with the ``parked-*``,
+   ``retry-attempt`` and broker ``x-*`` headers removed (so it starts again at attempt 0), and only
+   then is the parked copy acked. A crash in between leaves a duplicate, which the syncer makes
+   harmless (unchanged customers are not written again; ``done`` lines are never touched).
+3. a ``dlq.replayed`` activity row per job says how many messages and customers went back.
+
+A crash after step 1 leaves the job ``processing`` with pending lines and the batches still
+parked; running the replay again finishes the work. Messages that do not match, are malformed, or
+name a job that does not exist stay parked, in their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+from uuid import UUID
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from pydantic import ValidationError
+
+from shared import messages as m
+from shared.topology import (
+    ATTEMPT_HEADER,
+    PARKED_ATTEMPTS_HEADER,
+    PARKED_ERROR_HEADER,
+    Topology,
+)
+
+Kind = Literal["parked", "rejected", "malformed"]
+QueueName = Literal["syncer", "fetcher", "tracker"]
+
+DEFAULT_LIMIT = 1000
+DEFAULT_TIMEOUT_S = 60.0
+GET_TIMEOUT_S = 5.0
+_PREVIEW_BYTES = 80
+
+# What each parking queue should hold: a body valid as one of these models can be replayed.
+QUEUE_MODELS: dict[QueueName, tuple[type[m.Message], ...]] = {
+    "syncer": (m.CustomerBatch,),
+    "fetcher": (m.SyncRequested,),
+    "tracker": (m.LinesDone, m.LinesFailed, m.FetchCompleted, m.FetchFailed),
+}
+
+# $1: jsonb array of {job_id, org_id, connection_id} named by the batches. Only jobs that exist
+# for that org and connection (what the syncer itself requires), locked so that a concurrent
+# retry, force-done or replay of the same job waits for this one.
+LOCK_REPLAYABLE_JOBS = """
+SELECT j.id, j.org_id, j.state
+FROM woo_customer_sync_queue AS j
+JOIN (SELECT DISTINCT * FROM jsonb_to_recordset($1::jsonb)
+          AS x(job_id uuid, org_id uuid, connection_id uuid)) AS x
+  ON j.id = x.job_id AND j.org_id = x.org_id AND j.connection_id = x.connection_id
+ORDER BY j.id
+FOR UPDATE OF j
+"""
+
+# $1: jsonb array of {job_id, org_id, woo_id}. Failed lines of the replayed customers are open
+# again, so the tracker cannot finish their job before the syncer has settled them. Lines in any
+# other state (done, or already pending) are left alone, which makes a second replay a no-op.
+REOPEN_LINES = """
+UPDATE woo_customer_sync_queue_line AS l
+SET state = 'pending', attempts = 0, last_error = NULL, updated_at = now()
+FROM (SELECT DISTINCT * FROM jsonb_to_recordset($1::jsonb)
+          AS x(job_id uuid, org_id uuid, woo_id bigint)) AS x
+WHERE l.job_id = x.job_id AND l.woo_id = x.woo_id AND l.org_id = x.org_id
+  AND l.state = 'failed'
+RETURNING l.job_id
+"""
+
+# $1 uuid[]: jobs already checked against their org. A job that failed after every page was
+# read failed because of its lines (a fetch failure never sets fetch_done_at): it is re-opened
+# when some of its lines are open again, or when none is failed any more. Counts are brought up
+# to date so the status answered right away is right; the tracker finishes the job later.
+REOPEN_JOBS = """
+UPDATE woo_customer_sync_queue AS j
+SET state = 'processing',
+    finished_at = NULL,
+    last_error = NULL,
+    updated_at = now(),
+    done_count = c.done,
+    failed_count = c.failed
+FROM (
+    SELECT job.id AS job_id,
+           count(l.woo_id) FILTER (WHERE l.state = 'done') AS done,
+           count(l.woo_id) FILTER (WHERE l.state = 'failed') AS failed,
+           count(l.woo_id) FILTER (WHERE l.state IN ('pending', 'processing')) AS open
+    FROM unnest($1::uuid[]) AS job(id)
+    LEFT JOIN woo_customer_sync_queue_line AS l ON l.job_id = job.id
+    GROUP BY job.id
+) AS c
+WHERE j.id = c.job_id
+  AND j.state = 'failed'
+  AND j.fetch_done_at IS NOT NULL
+  AND (c.open > 0 OR c.failed = 0)
+RETURNING j.id
+"""
+
+# $1 uuid, $2 uuid: the one job the caller named, if it exists for that org.
+SELECT_JOB = """
+SELECT id, org_id, state FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR UPDATE
+"""
+
+SELECT_JOB_ANY_ORG = """
+SELECT id, org_id, state FROM woo_customer_sync_queue WHERE id = $1 FOR UPDATE
+"""
+
+# $1: jsonb array of {job_id, org_id, details}: one audit row per job, in one statement.
+INSERT_REPLAYED_ACTIVITY = """
+INSERT INTO woo_sync_activity (job_id, org_id, level, event, details)
+SELECT x.job_id, x.org_id, 'info', 'dlq.replayed', x.details
+FROM jsonb_to_recordset($1::jsonb) AS x(job_id uuid, org_id uuid, details jsonb)
+"""
+
+
+@dataclass(frozen=True)
+class ParkedMessage:
+    """One message of a parking queue, as ``woosync dlq list`` shows it."""
+
+    message_id: str | None
+    kind: Kind
+    job_id: UUID | None = None
+    org_id: UUID | None = None
+    woo_ids: tuple[int, ...] = ()
+    customers: int = 0
+    attempts: int | None = None
+    error: str | None = None
+    detail: str | None = None  # for malformed messages: why, and the start of the body
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["job_id"] = str(self.job_id) if self.job_id else None
+        data["org_id"] = str(self.org_id) if self.org_id else None
+        data["woo_ids"] = list(self.woo_ids)
+        return data
+
+
+@dataclass(frozen=True)
+class Listing:
+    queue: str
+    messages: tuple[ParkedMessage, ...]
+    more: bool  # the scan stopped at its limit; more messages are parked
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    work_queue: str
+    replayed: int = 0  # messages moved to the work queue
+    customers: int = 0  # customers in those messages
+    lines_reopened: int = 0  # failed lines made pending again
+    jobs_reopened: tuple[UUID, ...] = ()
+    kept: int = 0  # matching messages left parked: malformed, or their job does not exist
+    skipped: int = 0  # messages of other jobs or orgs, left parked
+    more: bool = False  # the scan stopped at its limit; run again for the rest
+    by_job: dict[UUID, int] = field(default_factory=dict)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(_text(value) or "")
+    except ValueError:
+        return None
+
+
+def _woo_id(customer: Mapping[str, Any]) -> int | None:
+    value = customer.get("id")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _parse(body: bytes, models: Sequence[type[m.Message]]) -> m.Message | str:
+    """The body as the first model it is valid for, or why it is malformed."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return "body is not JSON"
+    reason = "body is not a JSON object"
+    if isinstance(data, dict):
+        for model in models:
+            try:
+                return model.model_validate(data)
+            except ValidationError as exc:
+                first = exc.errors(include_input=False, include_url=False)[0]
+                where = ".".join(str(p) for p in first["loc"]) or "body"
+                reason = f"not a valid {model.__name__}: {where}: {first['msg']}"
+    return reason
+
+
+def describe(
+    body: bytes,
+    headers: Mapping[str, Any] | None,
+    message_id: str | None,
+    models: Sequence[type[m.Message]] = (m.CustomerBatch,),
+) -> tuple[ParkedMessage, m.Message | None]:
+    """Classify one parked message (pure; see the module docstring for the kinds)."""
+    headers = headers or {}
+    parsed = _parse(body, models)
+    if isinstance(parsed, str):
+        preview = body[:_PREVIEW_BYTES].decode("utf-8", "replace")
+        return ParkedMessage(message_id, "malformed", detail=f"{parsed}: {preview!r}"), None
+    parked = PARKED_ATTEMPTS_HEADER in headers
+    woo_ids: tuple[int, ...] = ()
+    customers = 0
+    if isinstance(parsed, m.CustomerBatch):
+        customers = len(parsed.customers)
+        woo_ids = tuple(w for c in parsed.customers if (w := _woo_id(c)) is not None)
+    info = ParkedMessage(
+        message_id=message_id or str(parsed.message_id),
+        kind="parked" if parked else "rejected",
+        job_id=parsed.job_id,
+        org_id=parsed.org_id,
+        woo_ids=woo_ids,
+        customers=customers,
+        attempts=_int(headers.get(PARKED_ATTEMPTS_HEADER)) if parked else None,
+        error=_text(headers.get(PARKED_ERROR_HEADER)),
+    )
+    return info, parsed
+
+
+def replay_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The headers a replayed copy keeps: not ours about parking or retries, not the broker's."""
+    dropped = {PARKED_ATTEMPTS_HEADER, PARKED_ERROR_HEADER, ATTEMPT_HEADER}
+    return {k: v for k, v in (headers or {}).items() if k not in dropped and not k.startswith("x-")}
+
+
+async def open_connection(amqp_url: str, timeout_s: float = 10.0) -> AbstractConnection:
+    """A plain (not robust) connection: a replay that loses the broker should stop, not wait."""
+    return await aio_pika.connect(amqp_url, timeout=timeout_s)
+
+
+async def _take_all(
+    channel: AbstractChannel, queue: str, limit: int
+) -> tuple[list[AbstractIncomingMessage], bool]:
+    """Up to ``limit`` messages of ``queue``, held unacked; and whether more remain."""
+    declared = await channel.declare_queue(queue, passive=True)
+    held: list[AbstractIncomingMessage] = []
+    while len(held) < limit:
+        message = await declared.get(no_ack=False, fail=False, timeout=GET_TIMEOUT_S)
+        if message is None:
+            return held, False
+        held.append(message)
+    probe = await channel.declare_queue(queue, passive=True)
+    return held, bool(probe.declaration_result.message_count)
+
+
+async def _give_back(messages: Sequence[AbstractIncomingMessage]) -> None:
+    """Requeue in the order the messages were read (delivery tags grow on a channel)."""
+    for message in sorted(messages, key=lambda msg: msg.delivery_tag or 0):
+        await message.nack(requeue=True)
+
+
+def parking_queue(topology: Topology, queue: QueueName) -> str:
+    work = {
+        "syncer": topology.syncer_queue,
+        "fetcher": topology.fetcher_queue,
+        "tracker": topology.tracker_queue,
+    }[queue]
+    return topology.parking(work).name
+
+
+async def list_parked(
+    connection: AbstractConnection,
+    topology: Topology,
+    *,
+    queue: QueueName = "syncer",
+    job_id: UUID | None = None,
+    org_id: UUID | None = None,
+    limit: int = DEFAULT_LIMIT,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Listing:
+    """The messages of a parking queue, left in place (see "Reading a parking queue").
+
+    With ``job_id`` or ``org_id``, only the messages of that job or org (malformed ones, which
+    name neither, only when no filter is given).
+    """
+    name = parking_queue(topology, queue)
+    async with asyncio.timeout(timeout_s):
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            held, more = await _take_all(channel, name, limit)
+            try:
+                infos = [
+                    describe(msg.body, msg.headers, msg.message_id, QUEUE_MODELS[queue])[0]
+                    for msg in held
+                ]
+            finally:
+                await _give_back(held)
+        finally:
+            await channel.close()
+    shown = tuple(i for i in infos if _matches(i, job_id, org_id))
+    return Listing(queue=name, messages=shown, more=more)
+
+
+def _matches(info: ParkedMessage, job_id: UUID | None, org_id: UUID | None) -> bool:
+    if job_id is None and org_id is None:
+        return True
+    if info.kind == "malformed":
+        return False
+    return (job_id is None or info.job_id == job_id) and (org_id is None or info.org_id == org_id)
+
+
+async def replay(
+    connection: AbstractConnection,
+    pool: asyncpg.Pool,
+    topology: Topology,
+    *,
+    job_id: UUID | None = None,
+    org_id: UUID | None = None,
+    actor: Mapping[str, Any] | None = None,
+    limit: int = DEFAULT_LIMIT,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> ReplayReport:
+    """Move the syncer's parked batches (of ``job_id`` / ``org_id`` if given) back to its work
+    queue and re-open their lines and jobs; see the module docstring. ``actor`` goes into the
+    ``dlq.replayed`` activity rows (who asked)."""
+    parking = parking_queue(topology, "syncer")
+    work = topology.syncer_queue.name
+    async with asyncio.timeout(timeout_s):
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            held, more = await _take_all(channel, parking, limit)
+            keep: list[AbstractIncomingMessage] = []
+            try:
+                report = await _replay_held(
+                    channel,
+                    pool,
+                    held,
+                    keep,
+                    work=work,
+                    job_id=job_id,
+                    org_id=org_id,
+                    actor=actor or {},
+                )
+            finally:
+                await _give_back(keep)
+        finally:
+            await channel.close()
+    return replace(report, more=more)
+
+
+async def _replay_held(
+    channel: AbstractChannel,
+    pool: asyncpg.Pool,
+    held: list[AbstractIncomingMessage],
+    keep: list[AbstractIncomingMessage],
+    *,
+    work: str,
+    job_id: UUID | None,
+    org_id: UUID | None,
+    actor: Mapping[str, Any],
+) -> ReplayReport:
+    """Steps 1 to 3 for the held messages; every message not acked ends up in ``keep``."""
+    chosen: list[tuple[AbstractIncomingMessage, m.CustomerBatch]] = []
+    kept = skipped = 0
+    for message in held:
+        info, parsed = describe(message.body, message.headers, message.message_id)
+        if not _matches(info, job_id, org_id) or not isinstance(parsed, m.CustomerBatch):
+            keep.append(message)
+            if info.kind == "malformed":
+                kept += 1
+            else:
+                skipped += 1
+            continue
+        chosen.append((message, parsed))
+
+    jobs, lines_reopened, reopened = await _reopen(pool, [b for _, b in chosen], job_id, org_id)
+    replayed: list[tuple[AbstractIncomingMessage, m.CustomerBatch]] = []
+    for index, (message, batch) in enumerate(chosen):
+        if batch.job_id not in jobs:
+            keep.append(message)
+            kept += 1
+            continue
+        try:
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    message.body,
+                    headers=replay_headers(message.headers),
+                    content_type=message.content_type or "application/json",
+                    message_id=message.message_id or str(batch.message_id),
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=work,
+                mandatory=True,
+            )
+        except BaseException:
+            keep.extend(msg for msg, _ in chosen[index:])
+            raise
+        await message.ack()
+        replayed.append((message, batch))
+
+    by_job: dict[UUID, int] = {}
+    customers_by_job: dict[UUID, int] = {}
+    for _, batch in replayed:
+        by_job[batch.job_id] = by_job.get(batch.job_id, 0) + 1
+        customers_by_job[batch.job_id] = customers_by_job.get(batch.job_id, 0) + len(
+            batch.customers
+        )
+    rows = [
+        {
+            "job_id": str(job),
+            "org_id": str(jobs[job]["org_id"]),
+            "details": {
+                "messages": by_job.get(job, 0),
+                "customers": customers_by_job.get(job, 0),
+                "lines_reopened": lines_reopened.get(job, 0),
+                "job_reopened": job in reopened,
+                "previous_state": jobs[job]["state"],
+                **actor,
+            },
+        }
+        for job in sorted(jobs, key=str)
+        if by_job.get(job) or job in reopened
+    ]
+    if rows:
+        await pool.execute(INSERT_REPLAYED_ACTIVITY, rows)
+    return ReplayReport(
+        work_queue=work,
+        replayed=len(replayed),
+        customers=sum(customers_by_job.values()),
+        lines_reopened=sum(lines_reopened.values()),
+        jobs_reopened=tuple(sorted(reopened, key=str)),
+        kept=kept,
+        skipped=skipped,
+        by_job=by_job,
+    )
+
+
+async def _reopen(
+    pool: asyncpg.Pool,
+    batches: Sequence[m.CustomerBatch],
+    job_id: UUID | None,
+    org_id: UUID | None,
+) -> tuple[dict[UUID, asyncpg.Record], dict[UUID, int], set[UUID]]:
+    """Step 1, one transaction: the existing jobs (by id), lines re-opened per job, jobs
+    re-opened. The job named by ``job_id`` is considered even when nothing of it is parked."""
+    named = [
+        {"job_id": str(b.job_id), "org_id": str(b.org_id), "connection_id": str(b.connection_id)}
+        for b in batches
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        jobs = {r["id"]: r for r in await conn.fetch(LOCK_REPLAYABLE_JOBS, named)}
+        if job_id is not None and job_id not in jobs:
+            if org_id is not None:
+                row = await conn.fetchrow(SELECT_JOB, job_id, org_id)
+            else:
+                row = await conn.fetchrow(SELECT_JOB_ANY_ORG, job_id)
+            if row is not None:
+                jobs[row["id"]] = row
+        lines = [
+            {"job_id": str(b.job_id), "org_id": str(b.org_id), "woo_id": w}
+            for b in batches
+            if b.job_id in jobs
+            for w in (_woo_id(c) for c in b.customers)
+            if w is not None
+        ]
+        reopened_lines: dict[UUID, int] = {}
+        if lines:
+            for row in await conn.fetch(REOPEN_LINES, lines):
+                reopened_lines[row["job_id"]] = reopened_lines.get(row["job_id"], 0) + 1
+        reopened: set[UUID] = set()
+        if jobs:
+            reopened = {r["id"] for r in await conn.fetch(REOPEN_JOBS, list(jobs))}
+    return jobs, reopened_lines, reopened
