@@ -11,6 +11,7 @@ import click
 
 from shared import db
 from shared.settings import Settings
+from woosync.dlq import dlq
 from woosync.secrets import secrets
 
 
@@ -101,6 +102,7 @@ def demo(customers: int, seed: int) -> None:
 
 
 main.add_command(secrets)
+main.add_command(dlq)
 
 if __name__ == "__main__":
     main()
