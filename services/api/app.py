@@ -4,7 +4,7 @@ Route table::
 
     GET  /healthz                                           liveness, no I/O
     GET  /readyz                                            PostgreSQL and RabbitMQ reachable
-    POST /api/v1/integrations/woocommerce/sync/customers    start | status | retry | force-done
+    POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
 """
 
@@ -26,7 +26,14 @@ from services.api import actions
 from services.api import queries as q
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
-from services.api.schemas import ForceDoneRequest, RetryRequest, StartRequest, StatusRequest
+from services.api.replay import replay_job
+from services.api.schemas import (
+    ForceDoneRequest,
+    ReplayRequest,
+    RetryRequest,
+    StartRequest,
+    StatusRequest,
+)
 from services.api.web import deps_of, guarded, parse_action, read_json_object, require_caller
 from shared import db
 from shared.broker import make_broker
@@ -86,6 +93,10 @@ async def sync_customers(request: Request) -> Response:
         case ForceDoneRequest():
             forced = await actions.force_done(action, caller, deps)
             return JSONResponse(forced.model_dump(mode="json"))
+        case ReplayRequest():
+            replayed = await replay_job(action, caller, deps)
+            code = 202 if replayed.changed_anything else 200
+            return JSONResponse(replayed.model_dump(mode="json"), status_code=code)
         case _:
             assert_never(action)
 

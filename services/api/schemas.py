@@ -105,13 +105,20 @@ class ForceDoneRequest(_Request):
     reason: str = Field(min_length=1, max_length=500)
 
 
-ActionRequest = StartRequest | StatusRequest | RetryRequest | ForceDoneRequest
+class ReplayRequest(_Request):
+    action: Literal["replay"]
+    org_id: UUID
+    job_id: UUID
+
+
+ActionRequest = StartRequest | StatusRequest | RetryRequest | ForceDoneRequest | ReplayRequest
 
 ACTION_MODELS: dict[str, type[ActionRequest]] = {
     "start": StartRequest,
     "status": StatusRequest,
     "retry": RetryRequest,
     "force-done": ForceDoneRequest,
+    "replay": ReplayRequest,
 }
 
 
