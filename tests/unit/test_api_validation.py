@@ -116,4 +116,4 @@ def test_force_done_needs_a_reason() -> None:
 
 
 def test_every_action_has_a_model() -> None:
-    assert set(ACTION_MODELS) == {"start", "status", "retry", "force-done"}
+    assert set(ACTION_MODELS) == {"start", "status", "retry", "force-done", "replay"}
