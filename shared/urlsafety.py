@@ -1,0 +1,145 @@
+"""Store URLs that cannot point the api or the fetcher at internal services (SSRF).
+
+A caller chooses the store URL, and both the api (checking the store) and the fetcher (crawling
+it) then send requests there from inside the deployment. So a URL is accepted only if it is
+http(s), carries no credentials, and every address its host resolves to is public: not private,
+loopback, link-local, reserved, multicast or unspecified, also when an IPv4 address hides inside
+an IPv6 one (mapped, 6to4, Teredo, NAT64). Resolving first catches names and odd spellings
+(``localhost``, ``2130706433``, ``0x7f.1``) that a look at the text alone would miss.
+
+The check runs when a job is started and again before every crawl, because DNS answers change.
+Redirects need no check of their own: the WooCommerce client never follows them
+(``follow_redirects=False``), so a store cannot bounce a request to an internal address.
+
+``WOOSYNC_ALLOW_PRIVATE_URLS=true`` skips the address check (the demo and the tests run the store
+simulator on 127.0.0.1); the shape check applies always.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from urllib.parse import urlsplit
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# host, port -> the addresses a connection could go to
+Resolver = Callable[[str, int], Awaitable[Iterable[str]]]
+
+RESOLVE_TIMEOUT_S = 5.0
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# RFC 6052's well-known NAT64 prefix is "global" to ipaddress, but a NAT64 gateway forwards
+# 64:ff9b::7f00:1 to 127.0.0.1 in its own network.
+NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+class StoreUrlError(ValueError):
+    """A store URL that must not be used; the message is safe to show to the caller."""
+
+
+class StoreUrlNotAllowed(StoreUrlError):
+    """The URL's shape is wrong, or its host is (or resolves to) a non-public address."""
+
+
+class StoreUrlUnresolvable(StoreUrlError):
+    """The URL's host has no address (or DNS did not answer in time)."""
+
+
+def _translated_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv4-mapped or NAT64 address really reaches."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def _tunnelled_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 end point of a 6to4 or Teredo address (the Teredo client)."""
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    return None
+
+
+def is_public_address(address: IPAddress) -> bool:
+    """True only for a globally routable unicast address, judged by the IPv4 it may reach."""
+    if isinstance(address, ipaddress.IPv6Address):
+        translated = _translated_ipv4(address)
+        if translated is not None:
+            return is_public_address(translated)
+        tunnelled = _tunnelled_ipv4(address)
+        if tunnelled is not None and not is_public_address(tunnelled):
+            return False
+    return address.is_global and not (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_multicast
+        or address.is_unspecified
+    )
+
+
+def _parse_address(text: str) -> IPAddress:
+    return ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """Every address the system resolver gives for ``host``, as the HTTP client would see them."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def split_store_url(url: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of an http(s) URL without credentials, or StoreUrlNotAllowed."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise StoreUrlNotAllowed("the store URL is not a valid URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise StoreUrlNotAllowed("the store URL must be http or https")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise StoreUrlNotAllowed("the store URL must not contain a user name or password")
+    if not parts.hostname:
+        raise StoreUrlNotAllowed("the store URL must name a host")
+    return scheme, parts.hostname, port or DEFAULT_PORTS[scheme]
+
+
+async def ensure_public_url(
+    url: str,
+    *,
+    allow_private: bool,
+    resolve: Resolver = system_resolve,
+    timeout_s: float = RESOLVE_TIMEOUT_S,
+) -> None:
+    """Return if the store URL may be used; raise :class:`StoreUrlError` saying why not.
+
+    Every resolved address must be public: a name with one public and one private address is
+    refused, since the client may connect to either.
+    """
+    _, host, port = split_store_url(url)
+    if allow_private:
+        return
+    try:
+        async with asyncio.timeout(timeout_s):
+            found = list(await resolve(host, port))
+    except (OSError, UnicodeError, TimeoutError):  # gaierror is an OSError
+        raise StoreUrlUnresolvable("the store's host name could not be resolved") from None
+    if not found:
+        raise StoreUrlUnresolvable("the store's host name could not be resolved")
+    for text in found:
+        try:
+            address = _parse_address(text)
+        except ValueError:
+            raise StoreUrlNotAllowed("the store's host resolves to an unusable address") from None
+        if not is_public_address(address):
+            raise StoreUrlNotAllowed(
+                "the store's address is not public (private, loopback, link-local or reserved "
+                "addresses are not allowed)"
+            )
