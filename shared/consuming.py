@@ -59,6 +59,11 @@ REASON_LIMIT = 1000
 Settlement = Literal["ack", "requeue", "reject"]
 
 
+class Requeue(Exception):
+    """Raised by a handler that stops before it is done, as on a graceful shutdown mid-work:
+    the message goes straight back to its queue for this or another consumer to take up."""
+
+
 @dataclass(frozen=True)
 class Parking:
     """Where a consumer parks what it cannot process: its queue's parking queue."""
@@ -133,6 +138,10 @@ async def consume(
         return
     try:
         await handle(message)
+    except Requeue as exc:
+        log.info("giving %s back to its queue: %s", msg.message_id, exc)
+        await settle(msg, "requeue", log)
+        return
     except Exception as exc:
         if is_infrastructure_error(exc):
             log.warning("infrastructure error on %s, requeueing: %r", msg.message_id, exc)
