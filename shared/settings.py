@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     progress_token_ttl_s: int = 600
     progress_interval_s: float = 0.25
     tracker_sweep_interval_s: float = 0.25
+    # A queued or processing job without progress (no page read, no line settled) for this long
+    # is failed as stalled, so `retry` can resume it. Must exceed the longest legitimate pause:
+    # the store retry budget and the longest retry tier.
+    stall_timeout_s: float = Field(600.0, gt=0)
 
     # Stores on private, loopback, link-local or reserved addresses (demo and tests only).
     allow_private_urls: bool = False
