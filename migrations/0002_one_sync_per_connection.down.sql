@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS woo_customer_sync_queue_open_idx;
+DROP INDEX IF EXISTS woo_customer_sync_queue_one_fetch_per_connection;
