@@ -44,6 +44,7 @@ def build_app(settings: Settings) -> FastStream:
             secrets=SecretBox.from_settings(settings),
             open_client=open_client,
             publish=functools.partial(publish, broker, topology),
+            allow_private_urls=settings.allow_private_urls,
         )
 
     async def shutdown() -> None:

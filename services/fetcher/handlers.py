@@ -27,6 +27,7 @@ from services.fetcher import queries as q
 from shared import activity
 from shared.crypto import SecretBox
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
+from shared.urlsafety import StoreUrlError, ensure_public_url
 from shared.woocommerce import StoreConfig, StoreError
 
 log = logging.getLogger("woosync.fetcher")
@@ -47,6 +48,8 @@ class FetcherDeps:
     secrets: SecretBox
     open_client: ClientFactory  # (store config, max connections) -> client context
     publish: Publish
+    # WOOSYNC_ALLOW_PRIVATE_URLS; the store's address is checked again before every crawl.
+    allow_private_urls: bool = False
 
 
 @dataclass
@@ -107,8 +110,10 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     )
     job = _Job(request, row["batch_size"], deps)
     try:
+        # DNS may have changed since the api checked the URL.
+        await ensure_public_url(config.url, allow_private=deps.allow_private_urls)
         pages = await _crawl(job, config, concurrency=row["concurrency"])
-    except StoreError as exc:
+    except (StoreError, StoreUrlError) as exc:
         log.warning("job %s: store failed: %s", request.job_id, exc)
         await activity.record(
             deps.pool, org_id=request.org_id, job_id=request.job_id, event="fetch.failed",
