@@ -108,7 +108,9 @@ class ProgressTokens:
         # itsdangerous signs with the last key of the list and verifies with any of them.
         oldest_first = (*reversed(previous), secret_key)
         self._serializer = URLSafeTimedSerializer(
-            [_derive(key, b"progress-tokens") for key in oldest_first], salt="progress"
+            [_derive(key, b"progress-tokens") for key in oldest_first],
+            salt="progress",
+            signer_kwargs={"digest_method": hashlib.sha256},  # HMAC-SHA256, not the SHA-1 default
         )
         self._ttl_s = ttl_s
 
