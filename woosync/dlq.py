@@ -28,7 +28,7 @@ from shared.replay import (
 from shared.settings import Settings
 from shared.topology import Topology
 
-_ERROR_WIDTH = 100
+_IDS_SHOWN = 20
 
 
 def _topology(settings: Settings) -> Topology:
@@ -83,14 +83,16 @@ def list_command(job_id: UUID | None, queue: QueueName, as_json: bool, limit: in
 
 def _line(msg: ParkedMessage) -> str:
     if msg.kind == "malformed":
-        return f"- {msg.message_id or '(no id)'}  malformed  {msg.detail}"
-    error = (msg.error or "")[:_ERROR_WIDTH]
-    woo_ids = ",".join(map(str, msg.woo_ids)) or "-"
-    attempts = "-" if msg.attempts is None else str(msg.attempts)
-    return (
-        f"- {msg.message_id}  {msg.kind}  job {msg.job_id}  org {msg.org_id}  "
-        f"{msg.customers} customer(s) [{woo_ids}]  attempts {attempts}  {error}"
-    ).rstrip()
+        return f"- {msg.message_id or '(no id)'}  malformed\n    {msg.detail}"
+    shown = ", ".join(map(str, msg.woo_ids[:_IDS_SHOWN]))
+    if len(msg.woo_ids) > _IDS_SHOWN:
+        shown += f", … ({len(msg.woo_ids) - _IDS_SHOWN} more)"
+    attempts = "" if msg.attempts is None else f"  attempts {msg.attempts}"
+    text = (
+        f"- {msg.message_id}  {msg.kind}  job {msg.job_id}  org {msg.org_id}{attempts}\n"
+        f"    {msg.customers} customer(s): {shown or '-'}"
+    )
+    return text + (f"\n    error: {msg.error}" if msg.error else "")
 
 
 @dlq.command("replay")
