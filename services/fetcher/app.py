@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ def build_app(settings: Settings) -> FastStream:
     broker = make_broker(settings, logger=logging.getLogger("woosync.fetcher.broker"))
     topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
     state: dict[str, FetcherDeps] = {}
+    stopping = asyncio.Event()
     parking = Parking(broker, topology.parking(topology.fetcher_queue).name)
 
     @asynccontextmanager
@@ -45,7 +47,13 @@ def build_app(settings: Settings) -> FastStream:
             open_client=open_client,
             publish=functools.partial(publish, broker, topology),
             allow_private_urls=settings.allow_private_urls,
+            stopping=stopping,
         )
+
+    async def stop_crawls() -> None:
+        """Before the broker waits for running handlers: crawls give their messages back now
+        instead of running on for the whole graceful timeout."""
+        stopping.set()
 
     async def shutdown() -> None:
         if "deps" in state:
@@ -58,4 +66,10 @@ def build_app(settings: Settings) -> FastStream:
             msg, SyncRequested, lambda r: handle_sync_requested(r, deps), log, parking=parking
         )
 
-    return FastStream(broker, logger=log, on_startup=[startup], after_shutdown=[shutdown])
+    return FastStream(
+        broker,
+        logger=log,
+        on_startup=[startup],
+        on_shutdown=[stop_crawls],
+        after_shutdown=[shutdown],
+    )

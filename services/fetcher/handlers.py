@@ -1,15 +1,22 @@
 """Reading one job's customers from its store.
 
 A job is paged with ``role=all&orderby=id&order=asc`` (the defaults hide non-customers and order
-unstably), ``per_page`` = the job's batch size. Page 1 tells the totals; the remaining pages are
-fetched concurrently, at most ``concurrency`` at a time for this store. For every page the lines
-are recorded first, then the batch is published, then the page is marked fetched: a fetcher that
-dies anywhere in between re-reads that page when the message is redelivered, and a re-published
-batch is harmless because lines and customers are upserts.
+unstably) in windows of the job's batch size that overlap a little (see
+:mod:`services.fetcher.paging`). Page 1 tells the totals; the remaining pages are fetched
+concurrently, at most ``concurrency`` at a time for this store. Customers added during the crawl
+land at the end (ids ascend), so the crawl then re-reads the last page and goes on until a short
+one. Last, it proves from the windows' id bounds that no customer slipped between two windows
+while customers were deleted, and reads again around any spot where one might have.
 
-Customers added during the crawl land at the end (ids ascend), so after the last known page the
-crawl re-reads the last page and continues until a short page. Customers deleted during the crawl
-can shift a later customer onto a page already read; see docs/operations.md.
+Every window read is recorded the same way, one at a time per job: the customers that have no
+line yet are published, then their lines are inserted, then the page is marked fetched with its
+bounds (which also shows the job making progress). So a line exists only for a customer already
+published, and a fetcher that dies anywhere in between re-reads that page when the message is
+redelivered and publishes what has no line: nothing is lost, and a customer is published twice
+at most across such a crash (harmless: lines and customers are upserts).
+
+A fetcher asked to stop (SIGTERM) cancels its crawls and gives their messages back to the queue
+at once (:class:`shared.consuming.Requeue`); the next fetcher resumes from the recorded pages.
 """
 
 from __future__ import annotations
@@ -17,14 +24,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from contextlib import AbstractAsyncContextManager, suppress
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
+from services.fetcher import paging
 from services.fetcher import queries as q
 from shared import activity
+from shared.consuming import Requeue
 from shared.crypto import SecretBox
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
 from shared.urlsafety import StoreUrlError, ensure_public_url
@@ -36,10 +45,16 @@ Publish = Callable[[Message], Awaitable[None]]
 
 
 class PageReader(Protocol):
-    async def list_customers(self, page: int, per_page: int) -> Any: ...
+    async def list_customers(
+        self, page: int, per_page: int, *, offset: int | None = None
+    ) -> Any: ...
 
 
 ClientFactory = Callable[[StoreConfig, int], AbstractAsyncContextManager[PageReader]]
+T = TypeVar("T")
+
+# Extra reads allowed to close gaps, beyond two per page of the store.
+GAP_READS_SPARE = 4
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,8 @@ class FetcherDeps:
     publish: Publish
     # WOOSYNC_ALLOW_PRIVATE_URLS; the store's address is checked again before every crawl.
     allow_private_urls: bool = False
+    # Set when the service is asked to stop: running crawls give their message back.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -57,36 +74,57 @@ class _Job:
     request: SyncRequested
     batch_size: int
     deps: FetcherDeps
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def record_page(
-        self, page: int, customers: list[dict[str, Any]], *, only_new: bool = False
-    ) -> None:
-        """Lines, then the batch, then the page mark. ``only_new`` publishes only customers whose
-        line did not exist yet (for re-reads of pages already published)."""
-        if customers:
-            woo_ids = [int(c["id"]) for c in customers]
-            inserted = await self.deps.pool.fetch(
-                q.INSERT_LINES, self.request.job_id, self.request.org_id, page, woo_ids
-            )
-            if only_new:
-                new = {r["woo_id"] for r in inserted}
-                customers = [c for c in customers if int(c["id"]) in new]
-        if customers:
-            await self.deps.publish(
-                CustomerBatch(
-                    job_id=self.request.job_id,
-                    org_id=self.request.org_id,
-                    connection_id=self.request.connection_id,
-                    page=page,
-                    customers=customers,
+    async def read(self, client: PageReader, page: int | None, offset: int) -> Any:
+        """Read one window and record it; ``page`` None for a re-read that closes a gap."""
+        result = await client.list_customers(
+            page=page or 1, per_page=self.batch_size, offset=offset
+        )
+        await self.record(page, offset, result.customers)
+        return result
+
+    async def record(self, page: int | None, offset: int, customers: list[dict[str, Any]]) -> None:
+        """Publish the customers without a line, insert their lines, mark the page (see the
+        module docstring). One window at a time per job, so overlapping windows read together
+        publish a customer once."""
+        job_id = self.request.job_id
+        window = paging.Window.of(offset, (int(c["id"]) for c in customers))
+        async with self.lock:
+            ids = [int(c["id"]) for c in customers]
+            known = {r["woo_id"] for r in await self.deps.pool.fetch(q.SELECT_LINES, job_id, ids)}
+            new: dict[int, dict[str, Any]] = {}
+            for customer in customers:
+                if int(customer["id"]) not in known:
+                    new[int(customer["id"])] = customer
+            if new:
+                await self.deps.publish(
+                    CustomerBatch(
+                        job_id=job_id,
+                        org_id=self.request.org_id,
+                        connection_id=self.request.connection_id,
+                        page=page,
+                        customers=list(new.values()),
+                    )
                 )
+                await self.deps.pool.execute(
+                    q.INSERT_LINES, job_id, self.request.org_id, page, sorted(new)
+                )
+        if page is None:
+            await self.deps.pool.execute(q.TOUCH_JOB, job_id)
+        else:
+            await self.deps.pool.execute(
+                q.MARK_PAGE_FETCHED, job_id, page, window.count, offset, window.first_id,
+                window.last_id,
             )
-        await self.deps.pool.execute(q.MARK_PAGE_FETCHED, self.request.job_id, page, len(customers))
 
 
 async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> None:
     """Fetch every page not yet fetched for this job. Returns normally when the job is settled
-    for the fetcher (completed or failed); raises only for infrastructure errors (retry later)."""
+    for the fetcher (completed or failed); raises only for infrastructure errors (retry later),
+    or :class:`Requeue` when the service stops mid-crawl."""
+    if deps.stopping.is_set():
+        raise Requeue("the fetcher is stopping")
     row = await deps.pool.fetchrow(q.SELECT_JOB_WITH_CONNECTION, request.job_id, request.org_id)
     if row is None:
         log.warning("job %s not found for its org; dropping the request", request.job_id)
@@ -112,7 +150,9 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     try:
         # DNS may have changed since the api checked the URL.
         await ensure_public_url(config.url, allow_private=deps.allow_private_urls)
-        pages = await _crawl(job, config, concurrency=row["concurrency"])
+        pages = await _unless_stopping(
+            _crawl(job, config, concurrency=row["concurrency"]), deps.stopping
+        )
     except (StoreError, StoreUrlError) as exc:
         log.warning("job %s: store failed: %s", request.job_id, exc)
         await activity.record(
@@ -133,25 +173,52 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     )
 
 
+async def _unless_stopping(work: Awaitable[T], stopping: asyncio.Event) -> T:
+    """``work``'s result; if the service is asked to stop first, cancel it and raise Requeue.
+
+    Cancelling anywhere is safe: a page is marked fetched only after its customers are
+    published and their lines inserted."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        stop.cancel()
+    if not task.done():
+        task.cancel()
+        with suppress(asyncio.CancelledError, Exception):
+            await task
+        raise Requeue("the fetcher is stopping; the crawl resumes from its recorded pages")
+    return task.result()
+
+
 async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
-    """Fetch all pages; returns the number of pages the store had at the end."""
+    """Fetch all pages, prove none was missed; returns the number of pages the store had."""
     per_page = job.batch_size
     job_id = job.request.job_id
     async with job.deps.open_client(config, concurrency) as client:
-        first = await client.list_customers(page=1, per_page=per_page)
-        # Without X-WP-TotalPages (a proxy may strip it) the tail loop below reads page by page.
-        total_pages = max(first.total_pages or 1, 1)
+        first = await job.read(client, 1, 0)
+        # Without X-WP-Total (a proxy may strip it) the tail loop below reads page by page.
+        total_pages = paging.pages_for(first.total, per_page)
         await job.deps.pool.execute(q.RECORD_STORE_TOTALS, job_id, first.total, total_pages)
-        fetched = {r["page"] for r in await job.deps.pool.fetch(q.SELECT_FETCHED_PAGES, job_id)}
-        if 1 not in fetched:
-            await job.record_page(1, first.customers)
+        fetched = {r["page"]: r for r in await job.deps.pool.fetch(q.SELECT_FETCHED_PAGES, job_id)}
+        windows = [paging.Window.of(0, (int(c["id"]) for c in first.customers))]
+        windows += [
+            paging.Window(r["start_offset"], r["customers"], r["first_id"], r["last_id"])
+            for r in fetched.values()
+            if r["start_offset"] is not None and r["page"] > 1
+        ]
 
         limit = asyncio.Semaphore(concurrency)
 
         async def fetch(page: int) -> None:
+            offset = paging.page_offset(page, per_page)
             async with limit:
-                result = await client.list_customers(page=page, per_page=per_page)
-            await job.record_page(page, result.customers)
+                result = await job.read(client, page, offset)
+            windows.append(paging.Window.of(offset, (int(c["id"]) for c in result.customers)))
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -164,10 +231,47 @@ async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
         # The store may have grown while we read: re-read the last page, go on to a short one.
         page, last_seen = total_pages, total_pages
         while True:
-            result = await client.list_customers(page=page, per_page=per_page)
+            offset = paging.page_offset(page, per_page)
+            result = await job.read(client, page, offset)
+            windows.append(paging.Window.of(offset, (int(c["id"]) for c in result.customers)))
             if result.customers:
-                await job.record_page(page, result.customers, only_new=True)
                 last_seen = page
             if len(result.customers) < per_page:
-                return last_seen
+                break
             page += 1
+
+        await _close_gaps(job, client, windows, budget=GAP_READS_SPARE + 2 * last_seen)
+        return last_seen
+
+
+async def _close_gaps(
+    job: _Job, client: PageReader, windows: list[paging.Window], *, budget: int
+) -> None:
+    """Read around every spot where a customer may have slipped between two windows until the
+    windows join (see :mod:`services.fetcher.paging`); at most ``budget`` reads."""
+    per_page = job.batch_size
+    reads = 0
+    while (gaps := paging.find_gaps(windows, per_page)) and reads < budget:
+        walk = paging.GapWalk(gaps[0], per_page)
+        log.info(
+            "job %s: no window proves ids %d..%d complete (customers deleted during the crawl); "
+            "reading again from offset %d",
+            job.request.job_id, walk.gap.after + 1, walk.gap.before - 1, walk.offset,
+        )
+        while not walk.done and reads < budget:
+            offset = walk.offset
+            result = await job.read(client, None, offset)
+            reads += 1
+            window = paging.Window.of(offset, (int(c["id"]) for c in result.customers))
+            windows.append(window)
+            walk.saw(window)
+    if gaps:
+        log.warning(
+            "job %s: the store changed faster than it could be read; %d spots unproven",
+            job.request.job_id, len(gaps),
+        )
+        await activity.record(
+            job.deps.pool, org_id=job.request.org_id, job_id=job.request.job_id,
+            event="fetch.unverified", level="warning",
+            details={"gaps": [[g.after, g.before] for g in gaps[:20]], "reads": reads},
+        )

@@ -25,20 +25,35 @@ SET store_total = coalesce(store_total, $2), pages_total = greatest(coalesce(pag
 WHERE id = $1
 """
 
-SELECT_FETCHED_PAGES = "SELECT page FROM woo_customer_sync_page WHERE job_id = $1"
+SELECT_FETCHED_PAGES = """
+SELECT page, customers, start_offset, first_id, last_id
+FROM woo_customer_sync_page WHERE job_id = $1
+"""
+
+# Which of these customers already have a line (and so were published before).
+SELECT_LINES = """
+SELECT woo_id FROM woo_customer_sync_queue_line WHERE job_id = $1 AND woo_id = ANY($2::bigint[])
+"""
 
 # Adding a line twice is a no-op; a line already settled keeps its state.
 INSERT_LINES = """
 INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, page)
 SELECT $1, woo_id, $2, $3 FROM unnest($4::bigint[]) AS woo_id
 ON CONFLICT (job_id, woo_id) DO NOTHING
-RETURNING woo_id
 """
 
+# The page, its window's offset and id bounds (the first read of a page is kept), and a sign of
+# life for the tracker's stall detection: the job's updated_at.
 MARK_PAGE_FETCHED = """
-INSERT INTO woo_customer_sync_page (job_id, page, customers) VALUES ($1, $2, $3)
-ON CONFLICT (job_id, page) DO NOTHING
+WITH page AS (
+    INSERT INTO woo_customer_sync_page (job_id, page, customers, start_offset, first_id, last_id)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (job_id, page) DO NOTHING
+)
+UPDATE woo_customer_sync_queue SET updated_at = now() WHERE id = $1
 """
+
+TOUCH_JOB = "UPDATE woo_customer_sync_queue SET updated_at = now() WHERE id = $1"
 
 MARK_FETCH_DONE = """
 UPDATE woo_customer_sync_queue

@@ -75,6 +75,7 @@ async def test_reads_every_customer_of_every_role_once(pool: asyncpg.Pool) -> No
         recorder = Recorder()
         await handle_sync_requested(request, deps_for(pool, recorder))
         store_ids = [c["id"] for c in await sim.customers()]
+        requests = (await sim.stats())["requests"]
 
     assert sorted(recorder.customer_ids()) == store_ids  # each exactly once, none missing
     roles = {c["role"] for b in recorder.of(CustomerBatch) for c in b.customers}
@@ -86,7 +87,9 @@ async def test_reads_every_customer_of_every_role_once(pool: asyncpg.Pool) -> No
     assert sorted(r["woo_id"] for r in lines) == store_ids
     assert {r["state"] for r in lines} == {"pending"}
     (completed,) = recorder.of(FetchCompleted)
-    assert completed.customers == 537 and completed.pages == 11
+    # Windows of 50 that overlap by 2: offsets 0, 48, ..., 528; the last is re-read once.
+    assert completed.customers == 537 and completed.pages == 12
+    assert requests == 13  # a quiet store needs no reads to prove the windows joined
     assert recorder.messages[-1] is completed  # the tracker may finish the job only after this
     job = await job_row(pool, request.job_id)
     assert job["state"] == "processing" and job["fetch_done_at"] is not None
@@ -111,11 +114,20 @@ async def test_redelivery_resumes_without_losing_or_duplicating(pool: asyncpg.Po
         await pool.execute(
             "UPDATE woo_customer_sync_queue SET fetch_done_at = NULL WHERE id = $1", request.job_id
         )
+        kept = {
+            r["woo_id"]
+            for r in await pool.fetch(
+                "SELECT woo_id FROM woo_customer_sync_queue_line WHERE job_id = $1",
+                request.job_id,
+            )
+        }
         again = Recorder()
         await handle_sync_requested(request, deps_for(pool, again))
         store_ids = [c["id"] for c in await sim.customers()]
 
-    assert sorted(again.customer_ids()) == store_ids[150:]  # only what was not recorded
+    assert 100 < len(kept) < 300
+    # Only what had no line is published again, once.
+    assert sorted(again.customer_ids()) == sorted(set(store_ids) - kept)
     lines = await pool.fetchval(
         "SELECT count(*) FROM woo_customer_sync_queue_line WHERE job_id = $1", request.job_id
     )
@@ -144,6 +156,39 @@ async def test_customers_added_before_the_tail_are_read(pool: asyncpg.Pool) -> N
 
     assert len(store_ids) == 122 and set(added) <= set(recorder.customer_ids())
     assert sorted(set(recorder.customer_ids())) == store_ids
+
+
+async def test_customers_deleted_during_the_crawl_do_not_hide_others(
+    pool: asyncpg.Pool,
+) -> None:
+    """Ten customers of page 1 are deleted right after it is read: every later customer moves
+    ten places down, so page 2's window starts past eight customers no window has shown yet.
+    The crawl sees that its windows do not join and reads that spot again."""
+    async with running_simulator(customers=300, seed=8) as sim:
+        request = await seed_job(pool, sim, batch_size=50, concurrency=1)
+        recorder = Recorder()
+        deleted: list[int] = []
+
+        async def publish_then_delete(message: Message) -> None:
+            await recorder(message)
+            if isinstance(message, CustomerBatch) and message.page == 1 and not deleted:
+                for customer in message.customers[5:15]:
+                    await sim.delete_customer(customer["id"])
+                    deleted.append(customer["id"])
+
+        deps = deps_for(pool, recorder)
+        await handle_sync_requested(
+            request, FetcherDeps(deps.pool, BOX, deps.open_client, publish_then_delete, True)
+        )
+        remaining = [c["id"] for c in await sim.customers()]
+
+    published = recorder.customer_ids()
+    assert len(published) == len(set(published)) == 300  # none twice; the deleted ones too
+    assert set(remaining) | set(deleted) == set(published)
+    lines = await pool.fetchval(
+        "SELECT count(*) FROM woo_customer_sync_queue_line WHERE job_id = $1", request.job_id
+    )
+    assert lines == 300
 
 
 async def test_revoked_key_fails_the_job_with_a_clear_error(pool: asyncpg.Pool) -> None:
