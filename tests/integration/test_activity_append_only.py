@@ -30,7 +30,11 @@ async def _one_record(pool: asyncpg.Pool) -> UUID:
 
 
 async def _rows(pool: asyncpg.Pool) -> list[tuple[str, str, dict[str, int]]]:
-    rows = await pool.fetch("SELECT event, level, details FROM woo_sync_activity ORDER BY id")
+    # create_org's own row (the org's first key) is not what these tests are about.
+    rows = await pool.fetch(
+        "SELECT event, level, details FROM woo_sync_activity"
+        " WHERE event <> 'key.created' ORDER BY id"
+    )
     return [(r["event"], r["level"], r["details"]) for r in rows]
 
 
@@ -78,8 +82,8 @@ async def test_migrating_down_lifts_it_and_up_restores_it(
     reverted = await db.migrate_down(database_url, steps)
     assert reverted[-1].version == APPEND_ONLY_VERSION
     await _one_record(pool)
-    assert await pool.execute("UPDATE woo_sync_activity SET event = 'x'") == "UPDATE 1"
-    assert await pool.execute("DELETE FROM woo_sync_activity") == "DELETE 1"
+    assert await pool.execute("UPDATE woo_sync_activity SET event = 'x'") != "UPDATE 0"
+    assert await pool.execute("DELETE FROM woo_sync_activity") != "DELETE 0"
 
     await db.migrate_up(database_url)
     await _one_record(pool)
