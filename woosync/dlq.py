@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import get_args
+from collections.abc import Coroutine
+from typing import Any, TypeVar, get_args
 from uuid import UUID
 
+import aio_pika.exceptions
 import click
 
 from shared import db
@@ -29,6 +31,15 @@ from shared.settings import Settings
 from shared.topology import Topology
 
 _IDS_SHOWN = 20
+T = TypeVar("T")
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work``; a broker that cannot be reached or a missing queue is a one-line error."""
+    try:
+        return asyncio.run(work)
+    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
 
 
 def _topology(settings: Settings) -> Topology:
@@ -62,7 +73,7 @@ def list_command(job_id: UUID | None, queue: QueueName, as_json: bool, limit: in
                 connection, _topology(settings), queue=queue, job_id=job_id, limit=limit
             )
 
-    listing = asyncio.run(run())
+    listing = _run(run())
     if as_json:
         click.echo(
             json.dumps(
@@ -122,7 +133,7 @@ def replay_command(job_id: UUID | None, limit: int) -> None:
         finally:
             await pool.close()
 
-    report = asyncio.run(run())
+    report = _run(run())
     click.echo(
         f"replayed {report.replayed} message(s) ({report.customers} customer(s)) to "
         f"{report.work_queue}; {report.lines_reopened} failed line(s) re-opened; "

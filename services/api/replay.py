@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
+import aio_pika.exceptions
 
 from services.api.actions import broker_unavailable, job_not_found, read_status
 from services.api.deps import Deps
@@ -21,6 +21,13 @@ from shared.auth import Caller
 from shared.jobs import get_status
 
 log = logging.getLogger("woosync.api.replay")
+
+# The broker is down, the parking queue is missing, a publish was refused, or time ran out.
+BROKER_FAILURES: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    aio_pika.exceptions.AMQPError,
+)
 
 # Answer within a client's patience; a replay that needs longer is better run from the CLI.
 REPLAY_TIMEOUT_S = 20.0
@@ -55,9 +62,7 @@ async def replay_job(request: ReplayRequest, caller: Caller, deps: Deps) -> Repl
                 actor={"by": "api", "api_key_id": str(caller.key_id)},
                 timeout_s=REPLAY_TIMEOUT_S,
             )
-    except asyncpg.PostgresError:
-        raise
-    except Exception as exc:  # broker down, queue missing, timeout: nothing is known moved
+    except BROKER_FAILURES as exc:  # what moved is synced; repeating is safe
         log.warning("replay of job %s failed: %s", job_id, type(exc).__name__)
         raise broker_unavailable() from None
     status = await read_status(deps, org_id=org_id, job_id=job_id)

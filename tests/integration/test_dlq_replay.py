@@ -321,6 +321,7 @@ async def test_cli_lists_without_consuming_and_replays_once(
                 assert message["attempts"] == 4 and message["customers"] == 1
                 assert CONSTRAINT in message["error"]
             assert "body is not JSON" in everything[-1]["detail"]
+            assert await listed(settings, "--queue", "tracker") == []
             text = await woosync(settings, "dlq", "list", "--job", str(first.job_id))
             assert text.count(" parked ") == 2 and CONSTRAINT in text
             assert await line_states(pool, first) == {
