@@ -281,7 +281,11 @@ async def retry_job(request: RetryRequest, caller: Caller, deps: Deps) -> RetryR
             previous_state in FINAL_STATES or previous_state == "draft"
         )
         lines = await conn.fetch(q.REQUEUE_FAILED_LINES, job_id)
-        if lines or needs_fetch:
+        # A finished job can still have customers on their way (one failed as stalled while
+        # its syncers were down): open again, the tracker finishes it once they are settled.
+        before = await get_status(conn, org_id=org_id, job_id=job_id)
+        reopen = previous_state in FINAL_STATES and before is not None and before.pending > 0
+        if lines or needs_fetch or reopen:
             unrecoverable = await conn.fetchval(q.COUNT_UNRECOVERABLE_LINES, job_id)
             if needs_fetch:
                 new_state = "draft"  # becomes queued once sync.requested is confirmed
