@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import TypedDict
 
+import aio_pika
 import asyncpg
 from faststream.rabbit import RabbitBroker
 from starlette.applications import Starlette
@@ -67,6 +68,19 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+async def consumer_count(amqp_url: str, queue: str) -> int:
+    """How many consumers ``queue`` has, on a short-lived connection of its own (a passive
+    declare; the broker's own channels cache declarations)."""
+    connection = await aio_pika.connect(amqp_url, timeout=READY_TIMEOUT_S)
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        result = declared.declaration_result
+        return int(result.consumer_count or 0)
+    finally:
+        await connection.close()
+
+
 def build_app(settings: Settings) -> Starlette:
     topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
 
@@ -81,6 +95,10 @@ def build_app(settings: Settings) -> Starlette:
                 sweep_interval_s=settings.tracker_sweep_interval_s,
                 full_sweep_interval_s=FULL_SWEEP_INTERVAL_S,
                 parking=Parking(broker, topology.parking(topology.tracker_queue).name),
+                stall_timeout_s=settings.stall_timeout_s,
+                fetchers_consuming=partial(
+                    consumer_count, settings.amqp_url, topology.fetcher_queue.name
+                ),
             )
             # Registered before start(); the queue itself is declared by declare_topology.
             subscriber = broker.subscriber(topology.tracker_queue, decoder=raw_body)

@@ -19,6 +19,13 @@ Why this is safe under at-least-once delivery and crashes:
 * ``FetchFailed`` is not coalesced: it carries the error to store, so it is applied before the
   ack. A malformed event is rejected, which dead-letters it to the parking queue.
 
+* A job can also stop moving because the services that should move it are gone. At every full
+  sweep, a job that could still finish but showed no progress for ``stall_timeout_s`` (no page
+  read, no count changed, no line updated; see ``SELECT_STALL_CANDIDATES``) is failed with
+  ``last_error`` "stalled: ...", recorded once as ``job.stalled`` in the activity log, and can be
+  resumed with the api's ``retry``. A job still ``queued`` has had no fetcher yet, which is normal
+  while fetchers are busy, so it counts as stalled only while no fetcher consumes its queue.
+
 ``SyncCompleted`` is published after the commit. If that publish fails, it is kept and retried
 on the next tick; a crash in that window loses the announcement (not the job's state), which is
 acceptable while nothing in woosync consumes it.
@@ -166,6 +173,42 @@ async def fail_job(pool: asyncpg.Pool, event: FetchFailed) -> SyncCompleted | No
     return done
 
 
+def stall_error(timeout_s: float) -> str:
+    return (
+        f"stalled: no progress for {timeout_s:g} s; start the services that stopped, "
+        "then use the retry action"
+    )
+
+
+async def stall_job(pool: asyncpg.Pool, job_id: UUID, timeout_s: float) -> SyncCompleted | None:
+    """Fail a job that made no progress for ``timeout_s``, unless progress came meanwhile or it
+    is final already; the ``job.stalled`` activity row is written in the same transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval(q.LOCK_JOB, job_id) is None:
+            return None
+        row = await conn.fetchrow(q.STALL_JOB, job_id, timeout_s, stall_error(timeout_s))
+        if row is None:
+            return None
+        done = _completed(job_id, row)
+        await activity.record(
+            conn,
+            org_id=done.org_id,
+            job_id=job_id,
+            event="job.stalled",
+            level="error",
+            details={
+                "stall_timeout_s": timeout_s,
+                "last_progress_at": row["last_progress_at"].isoformat(),
+                "previous_state": row["previous_state"],
+                "fetch_complete": row["fetch_complete"],
+                "total": done.total,
+                "done": done.done,
+                "failed": done.failed,
+            },
+        )
+    return done
+
+
 async def active_jobs(pool: asyncpg.Pool) -> list[UUID]:
     return [row["id"] for row in await pool.fetch(q.SELECT_ACTIVE_JOBS)]
 
@@ -185,8 +228,14 @@ class Tracker:
         sweep_interval_s: float,
         full_sweep_interval_s: float = 5.0,
         parking: Parking | None = None,
+        stall_timeout_s: float | None = None,
+        fetchers_consuming: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
+        """``stall_timeout_s`` None: no stall detection. ``fetchers_consuming`` counts the
+        consumers of the fetcher queue (None: queued jobs are never stalled)."""
         self._pool = pool
+        self._stall_timeout_s = stall_timeout_s
+        self._fetchers_consuming = fetchers_consuming
         self._parking = parking
         self._publish = publish
         self._sweep_interval_s = sweep_interval_s
@@ -259,6 +308,37 @@ class Tracker:
         except Exception:
             log.exception("sweep of active jobs failed; retrying later")
 
+    async def detect_stalls(self) -> None:
+        """Fail every job that stalled (see the module docstring) and announce it."""
+        try:
+            await self._detect_stalls()
+        except Exception:
+            log.exception("stall detection failed; trying again at the next full sweep")
+
+    async def _detect_stalls(self) -> None:
+        timeout_s = self._stall_timeout_s
+        if timeout_s is None:
+            return
+        candidates = await self._pool.fetch(q.SELECT_STALL_CANDIDATES, timeout_s)
+        fetchers = 0
+        if any(row["state"] == "queued" for row in candidates):
+            try:
+                if self._fetchers_consuming is None:
+                    raise LookupError("no way to count fetchers")
+                fetchers = await self._fetchers_consuming()
+            except Exception as exc:
+                log.warning("cannot tell whether fetchers are running (%r); queued jobs wait", exc)
+                fetchers = 1
+        stalled: list[SyncCompleted] = []
+        for row in candidates:
+            if row["state"] == "queued" and fetchers > 0:
+                continue  # waiting for a busy fetcher is not a stall
+            done = await stall_job(self._pool, row["id"], timeout_s)
+            if done is not None:
+                log.warning("job %s stalled (no progress for %g s)", done.job_id, timeout_s)
+                stalled.append(done)
+        await self._announce(stalled)
+
     async def run(self) -> None:
         """The recompute loop; runs until cancelled. Starts with a full sweep."""
         loop = asyncio.get_running_loop()
@@ -267,6 +347,7 @@ class Tracker:
             try:
                 if loop.time() >= next_sweep:
                     await self.sweep()
+                    await self.detect_stalls()
                     next_sweep = loop.time() + self._full_sweep_interval_s
                 await self.flush()
             except Exception:  # the loop outlives any outage; the sweep catches up afterwards

@@ -86,6 +86,53 @@ RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count
 """
 )
 
+# $1 stall timeout in seconds. Jobs that could still finish but showed no sign of life for that
+# long: nothing touched the job row (a page read, a count changed, a state change) and no line
+# changed (customers on their way through the retry tiers). The line scan runs only for jobs
+# whose row is already that old.
+SELECT_STALL_CANDIDATES = """
+SELECT j.id, j.state
+FROM woo_customer_sync_queue j
+WHERE j.state IN ('queued', 'processing')
+  AND j.updated_at < now() - make_interval(secs => $1)
+  AND NOT EXISTS (
+      SELECT 1 FROM woo_customer_sync_queue_line l
+      WHERE l.job_id = j.id AND l.updated_at >= now() - make_interval(secs => $1)
+  )
+"""
+
+# $1 job id, $2 stall timeout in seconds, $3 error. Run after LOCK_JOB, so the statement sees
+# the newest job row and lines: progress that came meanwhile, or a job already final, leaves no
+# row. Counts are brought up to date as by FAIL_JOB.
+STALL_JOB = (
+    "WITH "
+    + _LINE_COUNTS
+    + """,
+before AS (
+    SELECT state, updated_at FROM woo_customer_sync_queue WHERE id = $1
+)
+UPDATE woo_customer_sync_queue j
+SET state = 'failed',
+    last_error = $3,
+    finished_at = now(),
+    updated_at = now(),
+    total = c.total,
+    done_count = c.done,
+    failed_count = c.failed
+FROM counts c, before b
+WHERE j.id = $1
+  AND j.state IN ('queued', 'processing')
+  AND j.updated_at < now() - make_interval(secs => $2)
+  AND NOT EXISTS (
+      SELECT 1 FROM woo_customer_sync_queue_line l
+      WHERE l.job_id = $1 AND l.updated_at >= now() - make_interval(secs => $2)
+  )
+RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count,
+          b.state AS previous_state, b.updated_at AS last_progress_at,
+          j.fetch_done_at IS NOT NULL AS fetch_complete
+"""
+)
+
 # Every job that could still finish: the periodic sweep recomputes them all, which covers events
 # lost while no tracker ran and the in-memory dirty set of a tracker that crashed.
 SELECT_ACTIVE_JOBS = """
