@@ -27,11 +27,12 @@ Replay (at-least-once, idempotent)
 For the matching ``parked`` and ``rejected`` batches whose job exists (for the batch's org and
 connection), in this order:
 
-1. one transaction: their ``failed`` lines go back to ``pending`` and their job, if it ``failed``
-   after every page was read, back to ``processing``; without this the tracker, which finishes
-   only open jobs, would leave the job ``failed`` after its customers are synced. A job that
-   failed for lines that are no longer failed (say, moved back with the console's "Move
-   messages") is re-opened too, so the tracker can finish it as ``done``.
+1. one transaction: their ``failed`` lines go back to ``pending`` and, if some did, their job,
+   if it ``failed`` after every page was read, back to ``processing``; without this the tracker,
+   which finishes only open jobs, would leave the job ``failed`` after its customers are synced.
+   A failed job none of whose lines is failed or open any more (its batches were moved back
+   another way, say with the console's "Move messages") is re-opened too, so the tracker can
+   finish it as ``done``.
 2. each batch is published, persistent and confirmed, to the work queue with the ``parked-*``,
    ``retry-attempt`` and broker ``x-*`` headers removed (so it starts again at attempt 0), and only
    then is the parked copy acked. A crash in between leaves a duplicate, which the syncer makes
@@ -106,10 +107,12 @@ WHERE l.job_id = x.job_id AND l.woo_id = x.woo_id AND l.org_id = x.org_id
 RETURNING l.job_id
 """
 
-# $1 uuid[]: jobs already checked against their org. A job that failed after every page was
-# read failed because of its lines (a fetch failure never sets fetch_done_at): it is re-opened
-# when some of its lines are open again, or when none is failed any more. Counts are brought up
-# to date so the status answered right away is right; the tracker finishes the job later.
+# $1 uuid[]: jobs already checked against their org; $2 uuid[]: those whose failed lines this
+# replay just re-opened. A job that failed after every page was read failed because of its lines
+# (a fetch failure never sets fetch_done_at): it is re-opened when this replay re-opened some of
+# its lines, or when none of its lines is failed or open any more (they were moved back another
+# way). Counts are brought up to date so the status answered right away is right; the tracker
+# finishes the job later.
 REOPEN_JOBS = """
 UPDATE woo_customer_sync_queue AS j
 SET state = 'processing',
@@ -130,7 +133,7 @@ FROM (
 WHERE j.id = c.job_id
   AND j.state = 'failed'
   AND j.fetch_done_at IS NOT NULL
-  AND (c.open > 0 OR c.failed = 0)
+  AND (j.id = ANY($2::uuid[]) OR (c.open = 0 AND c.failed = 0))
 RETURNING j.id
 """
 
@@ -504,5 +507,6 @@ async def _reopen(
                 reopened_lines[row["job_id"]] = reopened_lines.get(row["job_id"], 0) + 1
         reopened: set[UUID] = set()
         if jobs:
-            reopened = {r["id"] for r in await conn.fetch(REOPEN_JOBS, list(jobs))}
+            rows = await conn.fetch(REOPEN_JOBS, list(jobs), list(reopened_lines))
+            reopened = {r["id"] for r in rows}
     return jobs, reopened_lines, reopened
