@@ -4,9 +4,12 @@ Publishing always goes through :func:`publish` (or its queue and raw-body varian
 messages, publisher confirms, and an error when a message is unroutable, so a message is either
 in a queue or the caller knows.
 
-The connection is aio-pika's robust connection: when RabbitMQ goes away it reconnects every
-``RECONNECT_INTERVAL_S`` and restores channels and consumers by itself; :func:`make_broker` logs
-the loss and the recovery. A publish made while the connection is down, or whose confirm was
+The connection is aio-pika's robust connection: when RabbitMQ goes away it reconnects by itself
+and restores channels and consumers; :func:`make_broker` logs the loss and the recovery once
+each, and doubles the pause between reconnect attempts (``RECONNECT_FIRST_S`` up to
+``RECONNECT_MAX_S``) while the broker stays away. Handlers running when the connection drops
+are cancelled by the client library; their messages were never acked, so the broker delivers
+them again after the reconnect. A publish made while the connection is down, or whose confirm was
 lost with it, raises; the publishers here retry it with exponential backoff and jitter for up
 to ``PUBLISH_RETRY_BUDGET_S``, which outlasts a broker restart. A retried publish may have
 reached the queue the first time (a lost confirm is not a refusal), so every consumer treats
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiormq.exceptions as amqp
@@ -31,7 +36,8 @@ from shared.topology import Topology
 
 log = logging.getLogger("woosync.broker")
 
-RECONNECT_INTERVAL_S = 1.0
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MAX_S = 5.0
 PUBLISH_TIMEOUT_S = 10.0  # one attempt, confirm included
 PUBLISH_RETRY_BUDGET_S = 60.0
 _BACKOFF_FIRST_S = 0.1
@@ -60,33 +66,53 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT) and not isinstance(exc, _PERMANENT)
 
 
+@dataclass
+class ConnectionWatch:
+    """Connection callbacks: log the loss once and the recovery once, back off in between.
+
+    aio-pika calls ``closed`` when the connection drops and again after every failed reconnect
+    attempt, and sleeps ``reconnect_interval`` before the next one; doubling that attribute
+    here turns its fixed pause into an exponential backoff.
+    """
+
+    log: logging.Logger
+    lost_at: float | None = None
+
+    def closed(self, connection: Any, exc: BaseException | None) -> None:
+        if exc is None or isinstance(exc, asyncio.CancelledError):
+            return  # our own close, at shutdown
+        if self.lost_at is None:
+            self.lost_at = time.monotonic()
+            self.log.warning("broker connection lost (%s); reconnecting", _describe(exc))
+            return
+        interval = getattr(connection, "reconnect_interval", None)
+        if isinstance(interval, int | float):
+            connection.reconnect_interval = min(interval * 2, RECONNECT_MAX_S)
+
+    def reconnected(self, connection: Any) -> None:
+        down_s = time.monotonic() - self.lost_at if self.lost_at is not None else 0.0
+        self.lost_at = None
+        connection.reconnect_interval = RECONNECT_FIRST_S
+        self.log.warning(
+            "broker connection re-established after %.1fs; consumers restored", down_s
+        )
+
+
 def make_broker(settings: Settings, *, logger: logging.Logger | None = None) -> RabbitBroker:
     """A broker with manual acks and confirmed publishes that logs losing and regaining
     its connection to ``logger`` (``woosync.broker`` when not given)."""
-    events = logger or log
-
-    def closed(_connection: object, exc: BaseException | None) -> None:
-        if exc is not None and not isinstance(exc, asyncio.CancelledError):
-            events.warning(
-                "broker connection lost (%s); reconnecting every %.0fs",
-                _describe(exc),
-                RECONNECT_INTERVAL_S,
-            )
-
-    def reconnected(_connection: object) -> None:
-        events.warning("broker connection re-established; consumers restored")
-
+    watch = ConnectionWatch(logger or log)
     return RabbitBroker(
         settings.amqp_url,
         default_channel=Channel(
             prefetch_count=settings.prefetch, publisher_confirms=True, on_return_raises=True
         ),
         ack_policy=AckPolicy.MANUAL,  # every handler acks only after its effect is committed
-        reconnect_interval=RECONNECT_INTERVAL_S,
-        on_close=[closed],
-        on_reconnected=[reconnected],
+        reconnect_interval=RECONNECT_FIRST_S,
+        on_close=[watch.closed],
+        on_reconnected=[watch.reconnected],
         graceful_timeout=10.0,
-        logger=events,
+        logger=watch.log,
     )
 
 
