@@ -4,13 +4,17 @@ Each returns a result model or raises :class:`ApiError`. Database writes of one 
 one transaction; messages are published only after that commit, so a consumer never sees a job
 or a line that is not yet visible. A publish that fails leaves the job in a state from which
 repeating the same request publishes again (a ``draft`` job, or lines pending with a payload).
+
+Every state change and every operator action is an activity row naming the API key that asked.
+A job of another org is answered exactly like a job that does not exist.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 from uuid import UUID, uuid4
@@ -36,6 +40,7 @@ from shared.broker import publish
 from shared.jobs import FINAL_STATES, JobStatus, get_status
 from shared.logs import redact
 from shared.messages import CustomerBatch, Message, SyncRequested
+from shared.urlsafety import StoreUrlError, StoreUrlUnresolvable, ensure_public_url
 from shared.woocommerce import (
     StoreAuthError,
     StoreConfig,
@@ -48,6 +53,8 @@ log = logging.getLogger("woosync.api.actions")
 
 # A confirm that takes longer than this means the broker is not really there.
 PUBLISH_TIMEOUT_S = 10.0
+# What a client at the cap of open syncs is told to wait before trying again.
+SYNC_CAP_RETRY_AFTER_S = 30
 
 
 def job_not_found() -> ApiError:
@@ -57,6 +64,25 @@ def job_not_found() -> ApiError:
 
 def broker_unavailable() -> ApiError:
     return ApiError(503, "broker_unavailable", "the message broker is unavailable; try again")
+
+
+def too_many_syncs(limit: int) -> ApiError:
+    return ApiError(
+        429,
+        "too_many_syncs",
+        f"the organisation already has {limit} syncs open (the limit); "
+        "try again when one has finished",
+        headers={"Retry-After": str(SYNC_CAP_RETRY_AFTER_S)},
+    )
+
+
+def connection_busy(job_id: UUID) -> ApiError:
+    return ApiError(
+        409,
+        "connection_busy",
+        f"job {job_id} of the same store connection is reading the store; "
+        "retry this job when it has finished",
+    )
 
 
 def status_url(deps: Deps, job_id: UUID) -> str:
@@ -103,6 +129,16 @@ def _safe_store_message(error: StoreError, secret: str) -> str:
     return redact(error.message.replace(secret, "***"))
 
 
+async def check_store_url(deps: Deps, url: str) -> None:
+    """Refuse a store the api and the fetcher must not talk to (internal addresses: SSRF)."""
+    try:
+        await ensure_public_url(url, allow_private=deps.settings.allow_private_urls)
+    except StoreUrlUnresolvable as exc:
+        raise ApiError(422, "store_unreachable", f"config.url: {exc}") from None
+    except StoreUrlError as exc:
+        raise ApiError(422, "store_url_not_allowed", f"config.url: {exc}") from None
+
+
 async def check_store(deps: Deps, config: StoreConfigIn) -> int:
     """The store's customer count, after proving that the store answers and accepts the key."""
     secret = config.consumer_secret.get_secret_value()
@@ -125,6 +161,7 @@ async def _hand_to_fetcher(
     job_id: UUID,
     org_id: UUID,
     connection_id: UUID,
+    actor: Mapping[str, str],
     reason: Literal["start", "retry"] = "start",
 ) -> str:
     """Publish ``sync.requested`` for a draft job, then mark it queued; its state afterwards."""
@@ -140,10 +177,20 @@ async def _hand_to_fetcher(
             job_id=job_id,
             event="job.publish_failed",
             level="warning",
-            details={"message": "sync.requested", "reason": reason},
+            details={"message": "sync.requested", "reason": reason, **actor},
         )
         raise
-    state: str = await deps.pool.fetchval(q.MARK_QUEUED, job_id)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(q.MARK_QUEUED, job_id)
+        if row["queued_now"]:
+            await activity.record(
+                conn,
+                org_id=org_id,
+                job_id=job_id,
+                event="job.queued",
+                details={"reason": reason, **actor},
+            )
+    state: str = row["state"]
     return state
 
 
@@ -156,85 +203,141 @@ def _start_result(deps: Deps, job_id: UUID, org_id: UUID, state: str) -> StartRe
     )
 
 
-async def _existing_job(deps: Deps, row: asyncpg.Record, org_id: UUID) -> StartResult:
-    """A repeated idempotency key: the same job; published again only if it never was."""
+@dataclass(frozen=True)
+class Started:
+    result: StartResult
+    # The connection already had an open job, and the answer is that job (no new one).
+    already_running: bool = False
+
+
+async def _existing_job(
+    deps: Deps, row: asyncpg.Record, caller: Caller, *, already_running: bool = False
+) -> Started:
+    """A job that answers this start; published again only if it never was (still a draft)."""
     state = row["state"]
     if state == "draft":
         state = await _hand_to_fetcher(
-            deps, job_id=row["id"], org_id=org_id, connection_id=row["connection_id"]
+            deps,
+            job_id=row["id"],
+            org_id=caller.org_id,
+            connection_id=row["connection_id"],
+            actor=caller.actor(),
         )
-    return _start_result(deps, row["id"], org_id, state)
+    return Started(_start_result(deps, row["id"], caller.org_id, state), already_running)
 
 
-async def start_sync(request: StartRequest, caller: Caller, deps: Deps) -> StartResult:
-    """Verify the store, store the connection and a new job, and hand the job to the fetcher."""
+async def start_sync(request: StartRequest, caller: Caller, deps: Deps) -> Started:
+    """Verify the store, store the connection and a new job, and hand the job to the fetcher.
+
+    A connection with an open job gets no second one: the answer is the open job. An org at
+    ``max_concurrent_syncs_per_org`` open jobs is refused with 429.
+    """
     org_id = caller.org_id
-    options = request.options
-    if options.idempotency_key is not None:
+    key = request.options.idempotency_key
+    if key is not None:
         # A replay answers from the database alone, even if the store is down by now.
-        existing = await deps.pool.fetchrow(
-            q.SELECT_JOB_BY_IDEMPOTENCY_KEY, org_id, options.idempotency_key
-        )
+        existing = await deps.pool.fetchrow(q.SELECT_JOB_BY_IDEMPOTENCY_KEY, org_id, key)
         if existing is not None:
-            return await _existing_job(deps, existing, org_id)
+            return await _existing_job(deps, existing, caller)
 
-    config = request.config
-    store_total = await check_store(deps, config)
+    await check_store_url(deps, request.config.url)
+    store_total = await check_store(deps, request.config)
 
+    new_job_id = uuid4()
+    running: asyncpg.Record | None = None
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await conn.execute(q.LOCK_ORG_SYNCS, org_id)
+        if key is not None:
+            # A concurrent request with the same key may have won while the store was checked.
+            existing = await conn.fetchrow(q.SELECT_JOB_BY_IDEMPOTENCY_KEY, org_id, key)
+        if existing is None:
+            connection_id, running = await _open_job_or_new(
+                conn, deps, request, caller, new_job_id, store_total
+            )
+    # Published only after the commit (and with the lock released).
+    if existing is not None:
+        return await _existing_job(deps, existing, caller)
+    if running is not None:
+        return await _existing_job(deps, running, caller, already_running=True)
+    state = await _hand_to_fetcher(
+        deps,
+        job_id=new_job_id,
+        org_id=org_id,
+        connection_id=connection_id,
+        actor=caller.actor(),
+    )
+    return Started(_start_result(deps, new_job_id, org_id, state))
+
+
+async def _open_job_or_new(
+    conn: asyncpg.Connection,
+    deps: Deps,
+    request: StartRequest,
+    caller: Caller,
+    new_job_id: UUID,
+    store_total: int,
+) -> tuple[UUID, asyncpg.Record | None]:
+    """The connection's id, and its open job if it has one; else the new job is inserted.
+
+    Runs under the org's sync lock, so the count of open jobs stays true until the commit.
+    """
+    org_id, config, options = caller.org_id, request.config, request.options
+    connection_id: UUID = await conn.fetchval(
+        q.UPSERT_CONNECTION,
+        uuid4(),
+        org_id,
+        config.url,
+        config.auth,
+        config.verify_tls,
+        config.consumer_key,
+        deps.secrets.encrypt(config.consumer_secret.get_secret_value()),
+    )
+    running = await conn.fetchrow(q.SELECT_OPEN_JOB_OF_CONNECTION, org_id, connection_id)
+    if running is not None:
+        await activity.record(
+            conn,
+            org_id=org_id,
+            job_id=running["id"],
+            event="job.start_answered_by_open_job",
+            details={"connection_id": str(connection_id), **caller.actor()},
+        )
+        return connection_id, running
+
+    limit = deps.settings.max_concurrent_syncs_per_org
+    if await conn.fetchval(q.COUNT_OPEN_JOBS, org_id) >= limit:
+        raise too_many_syncs(limit)
     batch_size = options.batch_size or deps.settings.default_batch_size
     concurrency = options.concurrency or deps.settings.default_concurrency
-    new_job_id = uuid4()
-    async with deps.pool.acquire() as conn, conn.transaction():
-        connection_id: UUID = await conn.fetchval(
-            q.UPSERT_CONNECTION,
-            uuid4(),
-            org_id,
-            config.url,
-            config.auth,
-            config.verify_tls,
-            config.consumer_key,
-            deps.secrets.encrypt(config.consumer_secret.get_secret_value()),
-        )
-        inserted = await conn.fetchval(
-            q.INSERT_JOB,
-            new_job_id,
-            org_id,
-            connection_id,
-            options.idempotency_key,
-            batch_size,
-            concurrency,
-            store_total,
-        )
-        if inserted is None:  # a concurrent request with the same key won the race
-            existing = await conn.fetchrow(
-                q.SELECT_JOB_BY_IDEMPOTENCY_KEY, org_id, options.idempotency_key
-            )
-        else:
-            existing = None
-            await activity.record(
-                conn,
-                org_id=org_id,
-                job_id=new_job_id,
-                event="job.created",
-                details={
-                    "connection_id": str(connection_id),
-                    "store_url": config.url,
-                    "auth": config.auth,
-                    "verify_tls": config.verify_tls,
-                    "batch_size": batch_size,
-                    "concurrency": concurrency,
-                    "store_total": store_total,
-                    "idempotency_key": options.idempotency_key,
-                    "api_key_id": str(caller.key_id),
-                },
-            )
-    if existing is not None:
-        return await _existing_job(deps, existing, org_id)
-
-    state = await _hand_to_fetcher(
-        deps, job_id=new_job_id, org_id=org_id, connection_id=connection_id
+    inserted = await conn.fetchval(
+        q.INSERT_JOB,
+        new_job_id,
+        org_id,
+        connection_id,
+        options.idempotency_key,
+        batch_size,
+        concurrency,
+        store_total,
     )
-    return _start_result(deps, new_job_id, org_id, state)
+    if inserted is None:  # the lock makes this unreachable; never make a second job
+        raise RuntimeError("a job insert conflicted while holding the org's sync lock")
+    await activity.record(
+        conn,
+        org_id=org_id,
+        job_id=new_job_id,
+        event="job.created",
+        details={
+            "connection_id": str(connection_id),
+            "store_url": config.url,
+            "auth": config.auth,
+            "verify_tls": config.verify_tls,
+            "batch_size": batch_size,
+            "concurrency": concurrency,
+            "store_total": store_total,
+            "idempotency_key": options.idempotency_key,
+            **caller.actor(),
+        },
+    )
+    return connection_id, None
 
 
 async def job_status(request: StatusRequest, caller: Caller, deps: Deps) -> StatusResult:
@@ -267,10 +370,13 @@ async def retry_job(request: RetryRequest, caller: Caller, deps: Deps) -> RetryR
     """Send the job's failed customers to the syncer again, and resume an unfinished fetch.
 
     Nothing to do (no failed line with a saved payload, and the fetch is complete or still
-    running) is not an error: the answer is the job's status with ``requeued == 0``.
+    running) is not an error: the answer is the job's status with ``requeued == 0``. A finished
+    job that opens again counts against the org's cap of open syncs; one whose fetch resumes
+    waits (409) while another job of its connection is reading the store.
     """
     org_id, job_id = caller.org_id, request.job_id
     async with deps.pool.acquire() as conn, conn.transaction():
+        await conn.execute(q.LOCK_ORG_SYNCS, org_id)  # before the job's lock, as start does
         job = await conn.fetchrow(q.LOCK_JOB, job_id, org_id)
         if job is None:
             raise job_not_found()
@@ -280,33 +386,50 @@ async def retry_job(request: RetryRequest, caller: Caller, deps: Deps) -> RetryR
         needs_fetch = job["fetch_done_at"] is None and (
             previous_state in FINAL_STATES or previous_state == "draft"
         )
+        if needs_fetch:
+            busy = await conn.fetchval(
+                q.SELECT_OTHER_FETCHING_JOB, org_id, job["connection_id"], job_id
+            )
+            if busy is not None:
+                raise connection_busy(busy)
         lines = await conn.fetch(q.REQUEUE_FAILED_LINES, job_id)
-        # A finished job can still have customers on their way (one failed as stalled while
-        # its syncers were down): open again, the tracker finishes it once they are settled.
+        # A job failed as stalled (its services were down) failed no customer itself, and may
+        # still have customers on their way: open again, the tracker finishes it once every
+        # customer is settled (at its next sweep if they already are).
         before = await get_status(conn, org_id=org_id, job_id=job_id)
-        reopen = previous_state in FINAL_STATES and before is not None and before.pending > 0
+        reopen = (
+            before is not None
+            and previous_state in FINAL_STATES
+            and (before.pending > 0 or (previous_state == "failed" and before.failed == 0))
+        )
+        new_state = previous_state
+        unrecoverable = 0
         if lines or needs_fetch or reopen:
+            if previous_state in FINAL_STATES:
+                limit = deps.settings.max_concurrent_syncs_per_org
+                if await conn.fetchval(q.COUNT_OPEN_JOBS, org_id) >= limit:
+                    raise too_many_syncs(limit)  # rolls back the lines re-queued above
             unrecoverable = await conn.fetchval(q.COUNT_UNRECOVERABLE_LINES, job_id)
             if needs_fetch:
                 new_state = "draft"  # becomes queued once sync.requested is confirmed
             elif previous_state in FINAL_STATES:
                 new_state = "processing"
-            else:
-                new_state = previous_state
             await conn.execute(q.RESUME_JOB, job_id, new_state)
-            await activity.record(
-                conn,
-                org_id=org_id,
-                job_id=job_id,
-                event="job.retried",
-                details={
-                    "requeued": len(lines),
-                    "unrecoverable": unrecoverable,
-                    "fetch_resumed": needs_fetch,
-                    "previous_state": previous_state,
-                    "api_key_id": str(caller.key_id),
-                },
-            )
+        # Audited even when there was nothing to do: it is an operator's action.
+        await activity.record(
+            conn,
+            org_id=org_id,
+            job_id=job_id,
+            event="job.retried",
+            details={
+                "requeued": len(lines),
+                "unrecoverable": unrecoverable,
+                "fetch_resumed": needs_fetch,
+                "previous_state": previous_state,
+                "state": new_state,
+                **caller.actor(),
+            },
+        )
 
     if lines:
         customers = [row["payload"] for row in lines]
@@ -320,6 +443,7 @@ async def retry_job(request: RetryRequest, caller: Caller, deps: Deps) -> RetryR
             job_id=job_id,
             org_id=org_id,
             connection_id=job["connection_id"],
+            actor=caller.actor(),
             reason="retry",
         )
     status = await read_status(deps, org_id=org_id, job_id=job_id)
@@ -345,7 +469,8 @@ async def force_done(request: ForceDoneRequest, caller: Caller, deps: Deps) -> S
             details={
                 "reason": request.reason,
                 "previous_state": job["state"],
-                "api_key_id": str(caller.key_id),
+                "state": "done",
+                **caller.actor(),
             },
         )
     return await read_status(deps, org_id=org_id, job_id=job_id)
