@@ -135,6 +135,7 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     processed = await deps.pool.fetchval(q.MARK_JOB_PROCESSING, request.job_id)
     if processed is None:
         return
+    log.info("job %s: reading its store (taken up %d times)", request.job_id, processed)
     await activity.record(
         deps.pool, org_id=request.org_id, job_id=request.job_id, event="fetch.started",
         details={"process_count": processed},
