@@ -1,0 +1,248 @@
+"""RabbitMQ and PostgreSQL restarted in the middle of a sync, with every service a real process.
+
+Each test starts a 2,000-customer sync against a slowed-down simulated store, restarts the
+server while pages are still being read and batches synced, checks that both ``readyz``
+endpoints report the outage, and then that the job ends ``done`` with exactly the store's
+customers, no service having been restarted by hand.
+
+The restarts disturb every other test that uses the same server, so they are serialised with
+an exclusive lock on ``INFRA_LOCK`` (shared with other fault tests), kept short, and the server
+is always started again in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from shared.settings import Settings
+from tests.e2e.harness import Stack, assert_exact, new_org, start_sync, wait_final
+from tools.woosim.testing import spawn_simulator
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+INFRA_LOCK = "/tmp/woosync-infra.lock"
+LOCK_WAIT_S = 180.0
+CUSTOMERS = 2_000
+# 20 pages of 100 read one at a time, 350 ms each: the crawl lasts about 7 s.
+SLOW_PAGE_MS = 350
+
+
+@contextlib.asynccontextmanager
+async def infra_lock() -> AsyncIterator[None]:
+    """Exclusive, bounded wait: no two tests take a server down at the same time."""
+    fd = os.open(INFRA_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{INFRA_LOCK} stayed locked for {LOCK_WAIT_S:.0f}s")
+            await asyncio.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+async def run(*argv: str, timeout_s: float = 60.0) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"{' '.join(argv)} took over {timeout_s:.0f}s") from None
+    assert process.returncode == 0, f"{' '.join(argv)}: {stderr.decode(errors='replace')}"
+
+
+async def wait_port(port: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"port {port} not accepting after {timeout_s:.0f}s")
+        await asyncio.sleep(0.2)
+
+
+During = Callable[[], Awaitable[None]]
+
+
+async def restart_rabbitmq(during: During) -> None:
+    """``stop_app``, run ``during`` while it is down, ``start_app`` (always) and wait for it.
+    The caller holds :func:`infra_lock`."""
+    try:
+        await run("rabbitmqctl", "stop_app")
+        await during()
+    finally:
+        await run("rabbitmqctl", "start_app", timeout_s=120)
+        await run("rabbitmqctl", "await_startup", timeout_s=120)
+        await wait_port(5672)
+
+
+async def restart_postgresql(during: During) -> None:
+    """Stop the cluster (fast: sessions are terminated), run ``during``, start it (always).
+    The caller holds :func:`infra_lock`."""
+    cluster = ("pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main")
+    try:
+        await run(*cluster, "stop", "--", "-m", "fast")
+        await during()
+    finally:
+        await run(*cluster, "start", timeout_s=120)
+        await run("pg_isready", "-h", "127.0.0.1", "-t", "60", timeout_s=90)
+
+
+def _pg_version() -> str:
+    versions = sorted(os.listdir("/etc/postgresql"))
+    assert versions, "no PostgreSQL cluster configured"
+    return versions[-1]
+
+
+async def readiness(stack: Stack) -> dict[str, int]:
+    statuses: dict[str, int] = {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        for name, url in (("api", stack.api_url), ("tracker", stack.tracker_url)):
+            statuses[name] = (await client.get(url + "/readyz")).status_code
+    return statuses
+
+
+async def pages_read(settings: Settings, job_id: str) -> int:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM woo_customer_sync_page WHERE job_id = $1::uuid", job_id
+        )
+        done: int = await conn.fetchval(
+            "SELECT count(*) FROM woo_customer_sync_queue_line "
+            "WHERE job_id = $1::uuid AND state = 'done'",
+            job_id,
+        )
+    finally:
+        await conn.close()
+    return count if done else 0
+
+
+async def wait_mid_sync(settings: Settings, job_id: str, pages: int = 3) -> None:
+    """Until the crawl has read ``pages`` pages and the syncer committed some lines."""
+    deadline = time.monotonic() + 60
+    while await pages_read(settings, job_id) < pages:
+        assert time.monotonic() < deadline, "the sync never got going"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
+    stack = Stack(settings, tmp_path)
+    stack.start_all()
+    try:
+        await stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+# What the client libraries log when the broker closes the connection: aiormq's reader, and
+# FastStream for a handler that the closing connection cancelled (its message is redelivered).
+CONNECTION_LOSS = ("ConnectionClosed: [Errno 320]", "CancelledError: [Errno 320]")
+
+
+def unexpected_errors(logs: str, allowed: tuple[str, ...]) -> list[str]:
+    """The exception line ending each traceback in ``logs``, unless it names an allowed one."""
+    found = []
+    lines = logs.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("Traceback"):
+            tail = next(
+                (t for t in lines[index + 1 :] if t and not t.startswith((" ", "\t"))), ""
+            )
+            if not any(a in tail for a in allowed):
+                found.append(tail)
+    return found
+
+
+# A handler or the tracker's loop that meets the stopped server: logged, then retried.
+DATABASE_LOSS = ("AdminShutdownError", "CannotConnectNowError", "ConnectionRefusedError",
+                 "ConnectionDoesNotExistError", "InterfaceError")
+
+
+def assert_recovered(stack: Stack, services: tuple[str, ...]) -> None:
+    for service in services:
+        process = stack.processes[(service, 0)]
+        assert process.poll() is None, f"{service} exited ({process.returncode})"
+
+
+async def test_rabbitmq_restart_mid_sync(settings: Settings, stack: Stack) -> None:
+    org = await new_org(settings)
+    with spawn_simulator(customers=CUSTOMERS, seed=21, latency_ms=SLOW_PAGE_MS) as sim:
+        store = await sim.customers()
+        seen: dict[str, int] = {}
+
+        async def while_down() -> None:
+            seen.update(await readiness(stack))
+            await asyncio.sleep(1)
+
+        async with infra_lock():  # taken first, so the outage surely falls mid-sync
+            job = await start_sync(stack, org, sim, concurrency=1)
+            await wait_mid_sync(settings, job["job_id"])
+            await restart_rabbitmq(while_down)
+        assert seen == {"api": 503, "tracker": 503}, seen
+
+        row = await wait_final(settings, job["job_id"], timeout_s=150)
+        assert row["state"] == "done", (row["state"], row["last_error"])
+        await assert_exact(settings, org, job["job_id"], store)
+        await stack.wait_ready(timeout_s=30)
+        assert_recovered(stack, ("api", "tracker", "fetcher", "syncer"))
+
+    for service in ("fetcher", "syncer", "tracker", "api"):
+        log = (stack.log_dir / f"{service}-0.log").read_text(errors="replace")
+        assert log.count("broker connection lost") == 1, f"{service}: loss not logged once"
+        assert "broker connection re-established after" in log, f"{service}: no recovery"
+    assert unexpected_errors(stack.logs(), CONNECTION_LOSS) == []
+
+
+async def test_postgresql_restart_mid_sync(settings: Settings, stack: Stack) -> None:
+    org = await new_org(settings)
+    with spawn_simulator(customers=CUSTOMERS, seed=22, latency_ms=SLOW_PAGE_MS) as sim:
+        store = await sim.customers()
+        seen: dict[str, int] = {}
+
+        async def while_down() -> None:
+            seen.update(await readiness(stack))
+            await asyncio.sleep(1)
+
+        async with infra_lock():  # taken first, so the outage surely falls mid-sync
+            job = await start_sync(stack, org, sim, concurrency=1)
+            await wait_mid_sync(settings, job["job_id"])
+            await restart_postgresql(while_down)
+        assert seen == {"api": 503, "tracker": 503}, seen
+
+        row = await wait_final(settings, job["job_id"], timeout_s=150)
+        assert row["state"] == "done", (row["state"], row["last_error"])
+        await assert_exact(settings, org, job["job_id"], store)
+        await stack.wait_ready(timeout_s=30)
+        assert_recovered(stack, ("api", "tracker", "fetcher", "syncer"))
+
+    logs = stack.logs()
+    assert "requeueing" in logs, "no handler met the outage"
+    assert unexpected_errors(logs, DATABASE_LOSS) == []
