@@ -3,11 +3,12 @@
 Every service runs as a real process at DEBUG level against a simulated store over TLS with
 query-string auth, the mode in which the secret travels in every request URL and the store
 echoes it back in each ``Link`` header. The sync meets a customer the database refuses (retry
-tiers, then parking, then the ``retry`` action and the same again), and the api is sent
-requests it refuses with the secret in them. Then the secret is searched for, in every form it
-could take, in: every service's log, every api and tracker answer (headers and body), every row
-of every table, and every message that crossed the broker (a tap queue bound to ``#`` on the
-exchange, plus whatever is left in every queue of the topology, parking included).
+tiers, then parking, then the ``retry`` action and the same again); a second job's crawl is
+refused by the store; the api is sent requests it refuses with the secret in them. Then the
+secret is searched for, in every form it could take, in: every service's log, every api and
+tracker answer (headers and body), every row of every table, and every message that crossed the
+broker (a tap queue bound to ``#`` on the exchange, plus whatever is left in every queue of the
+topology, parking included).
 
 The secret is deliberately not in WooCommerce's ``cs_<hex>`` shape, so the log filter's shape
 rule cannot hide a leak: only the rules that keep the secret from being written count.
@@ -215,12 +216,24 @@ async def test_the_secret_appears_nowhere_but_encrypted(
                 stream = await asyncio.wait_for(progress.aread(), WAIT_S)
             answers.append(("progress stream", describe(progress) + stream.decode()))
             assert b"event: complete" in stream
+
+            # A crawl that fails: the store stops accepting the key after the api checked it.
+            stack.stop("fetcher")
+            again = await api.post(ROUTE, json=start_body(org, sim, SECRET))
+            answers.append(("start again", describe(again)))
+            assert again.status_code == 202, again.text
+            await sim.revoke_keys("secret")
+            stack.start("fetcher")
+            refused = await wait_final(settings, again.json()["job_id"], timeout_s=WAIT_S)
+            assert refused["state"] == "failed"
+            assert "refused the credentials" in refused["last_error"]
     finally:
         stack.stop_all()
 
     await drain(settings, tap)
     published = {label.split()[-1] for label, _ in tap.messages if label.startswith("published")}
-    assert {"sync.requested", "customer.batch", "line.done", "line.failed"} <= published
+    expected = {"sync.requested", "customer.batch", "line.done", "line.failed", "fetch.failed"}
+    assert expected <= published
     parked = [text for label, text in tap.messages if label.endswith(".parking")]
     assert parked and all("parked-error" in text for text in parked)
 
@@ -242,7 +255,8 @@ async def test_the_secret_appears_nowhere_but_encrypted(
     finally:
         await conn.close()
     assert customers == CUSTOMERS
-    assert {"job.created", "job.retried", "fetch.completed"} <= {r["event"] for r in activity}
+    events = {r["event"] for r in activity}
+    assert {"job.created", "job.retried", "fetch.completed", "fetch.failed"} <= events
     details = [(f"activity {r['event']}", r["details"]) for r in activity]
 
     assert leaks(logs) == []
