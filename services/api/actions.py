@@ -234,6 +234,7 @@ async def start_sync(request: StartRequest, caller: Caller, deps: Deps) -> Start
     """
     org_id = caller.org_id
     key = request.options.idempotency_key
+    existing: asyncpg.Record | None = None
     if key is not None:
         # A replay answers from the database alone, even if the store is down by now.
         existing = await deps.pool.fetchrow(q.SELECT_JOB_BY_IDEMPOTENCY_KEY, org_id, key)

@@ -6,6 +6,10 @@ Route table::
     GET  /readyz                                            PostgreSQL and RabbitMQ reachable
     POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
+    GET  /openapi.json                                      the OpenAPI 3.1 document
+
+Every route but the two health checks needs an API key and takes a token from its org's rate
+limit (services.api.web.require_caller).
 """
 
 from __future__ import annotations
@@ -26,9 +30,13 @@ from services.api import actions
 from services.api import queries as q
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
+from services.api.openapi import build_openapi
+from services.api.ratelimit import OrgRateLimiter
 from services.api.replay import replay_job
 from services.api.schemas import (
     ForceDoneRequest,
+    Health,
+    Readiness,
     ReplayRequest,
     RetryRequest,
     StartRequest,
@@ -48,7 +56,7 @@ READY_TIMEOUT_S = 2.0
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONResponse(Health(status="ok").model_dump())
 
 
 @guarded
@@ -64,12 +72,18 @@ async def readyz(request: Request) -> Response:
     except Exception:
         broker_ok = False
     ready = database_ok and broker_ok
-    body = {
-        "status": "ready" if ready else "unavailable",
-        "database": "ok" if database_ok else "unavailable",
-        "broker": "ok" if broker_ok else "unavailable",
-    }
-    return JSONResponse(body, status_code=200 if ready else 503)
+    body = Readiness(
+        status="ready" if ready else "unavailable",
+        database="ok" if database_ok else "unavailable",
+        broker="ok" if broker_ok else "unavailable",
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@guarded
+async def openapi(request: Request) -> Response:
+    await require_caller(request, deps_of(request))
+    return JSONResponse(request.app.state.openapi)
 
 
 @guarded
@@ -82,7 +96,8 @@ async def sync_customers(request: Request) -> Response:
     match action:
         case StartRequest():
             started = await actions.start_sync(action, caller, deps)
-            return JSONResponse(started.model_dump(mode="json"), status_code=202)
+            code = 200 if started.already_running else 202
+            return JSONResponse(started.result.model_dump(mode="json"), status_code=code)
         case StatusRequest():
             status = await actions.job_status(action, caller, deps)
             return JSONResponse(status.model_dump(mode="json"))
@@ -108,7 +123,7 @@ async def get_job(request: Request) -> Response:
     try:
         job_id = UUID(request.path_params["job_id"])
     except ValueError:
-        raise actions.job_not_found() from None
+        raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
     status = await actions.read_status(deps, org_id=caller.org_id, job_id=job_id)
     return JSONResponse(status.model_dump(mode="json"))
 
@@ -118,6 +133,7 @@ ROUTES = [
     Route("/readyz", readyz, methods=["GET"]),
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
 ]
 
 
@@ -140,14 +156,17 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
                 secrets=SecretBox.from_settings(settings),
                 tokens=ProgressTokens.from_settings(settings),
                 store_client=store_client or store_client_factory(settings),
+                limiter=OrgRateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
             )
             yield
         finally:
             await broker.stop()
             await pool.close()
 
-    return Starlette(
+    app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_exception_handler},
     )
+    app.state.openapi = build_openapi(sync_path=SYNC_PATH, job_path=JOB_PATH)
+    return app

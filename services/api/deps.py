@@ -10,6 +10,7 @@ from typing import Protocol
 import asyncpg
 from faststream.rabbit import RabbitBroker
 
+from services.api.ratelimit import OrgRateLimiter
 from shared.crypto import ProgressTokens, SecretBox
 from shared.settings import Settings
 from shared.topology import Topology
@@ -54,3 +55,4 @@ class Deps:
     secrets: SecretBox
     tokens: ProgressTokens
     store_client: StoreClientFactory
+    limiter: OrgRateLimiter

@@ -15,13 +15,42 @@ SET auth_mode = EXCLUDED.auth_mode,
 RETURNING id
 """
 
-# No row back means the idempotency key is taken: the caller then loads that job instead.
+# No row back means the idempotency key is taken, or the connection has a job reading its
+# store (migration 0002's unique index): the caller then loads that job instead. Under
+# LOCK_ORG_SYNCS neither can happen; this is the database's own guarantee behind it.
 INSERT_JOB = """
 INSERT INTO woo_customer_sync_queue
     (id, org_id, connection_id, state, idempotency_key, batch_size, concurrency, store_total)
 VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7)
-ON CONFLICT (org_id, idempotency_key) DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING id
+"""
+
+# Serialises what makes an org's jobs open (start, and a retry of a finished job) until the
+# transaction ends, so that counting open jobs and adding one cannot interleave. The two-key
+# form has its own key space, apart from the migrator's single-key lock.
+LOCK_ORG_SYNCS = "SELECT pg_advisory_xact_lock(7428103, hashtext($1::uuid::text))"
+
+# The oldest open job of a connection: a second start answers with it.
+SELECT_OPEN_JOB_OF_CONNECTION = """
+SELECT id, connection_id, state
+FROM woo_customer_sync_queue
+WHERE org_id = $1 AND connection_id = $2 AND state IN ('draft', 'queued', 'processing')
+ORDER BY created_at
+LIMIT 1
+"""
+
+COUNT_OPEN_JOBS = """
+SELECT count(*) FROM woo_customer_sync_queue
+WHERE org_id = $1 AND state IN ('draft', 'queued', 'processing')
+"""
+
+# Another job of the connection that has not read all its pages (holds migration 0002's slot).
+SELECT_OTHER_FETCHING_JOB = """
+SELECT id FROM woo_customer_sync_queue
+WHERE org_id = $1 AND connection_id = $2 AND id <> $3
+  AND state IN ('draft', 'queued', 'processing') AND fetch_done_at IS NULL
+LIMIT 1
 """
 
 SELECT_JOB_BY_IDEMPOTENCY_KEY = """
@@ -31,7 +60,8 @@ WHERE org_id = $1 AND idempotency_key = $2
 """
 
 # Only a draft becomes queued: a fetcher may already have taken the job further. Returns the
-# job's state either way (the sub-select sees the row as it was before this statement).
+# job's state either way (the sub-select sees the row as it was before this statement), and
+# whether this statement queued it (which is then audited).
 MARK_QUEUED = """
 WITH queued AS (
     UPDATE woo_customer_sync_queue
@@ -42,7 +72,8 @@ WITH queued AS (
 SELECT coalesce(
     (SELECT state FROM queued),
     (SELECT state FROM woo_customer_sync_queue WHERE id = $1)
-)
+) AS state,
+EXISTS (SELECT 1 FROM queued) AS queued_now
 """
 
 # Locks the job so that two retries, or a retry and a force-done, cannot interleave.

@@ -141,3 +141,28 @@ class RetryResult(StatusResult):
     @property
     def changed_anything(self) -> bool:
         return self.requeued > 0 or self.fetch_resumed
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    database: Literal["ok", "unavailable"]
+    broker: Literal["ok", "unavailable"]
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str  # stable, for programs: "job_not_found", "rate_limited", ...
+    message: str  # for people; never contains a submitted secret
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail

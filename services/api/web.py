@@ -1,7 +1,8 @@
 """The HTTP edge of the api: who is calling, what they sent, and failures as JSON envelopes.
 
-The body is checked in a fixed order (content type, size, JSON, object, action, fields) and
-nothing touches the database before it has passed, so a bad request changes nothing.
+A request is checked in a fixed order: the API key (401), the org's rate limit (429), then the
+body (content type 415, size 413, JSON 400, object 400, action 400, fields 422). Nothing but the
+key's last-used time is written before all of them have passed, so a bad request changes nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def deps_of(request: Request) -> Deps:
 
 
 async def require_caller(request: Request, deps: Deps) -> Caller:
-    """The key's org, or 401 with one message for missing, malformed, unknown and revoked keys."""
+    """The key's org, after taking one token from its rate limit.
+
+    401 with one message for missing, malformed, unknown and revoked keys; 429 with
+    ``Retry-After`` when the org's bucket is empty.
+    """
     caller = await authenticate(deps.pool, request.headers.get("authorization"))
     if caller is None:
         raise ApiError(
@@ -62,6 +67,13 @@ async def require_caller(request: Request, deps: Deps) -> Caller:
             "unauthorized",
             "a valid API key is required (Authorization: Bearer <key>)",
             headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not await deps.limiter.allow(caller.org_id):
+        raise ApiError(
+            429,
+            "rate_limited",
+            "too many requests for this organisation; slow down",
+            headers={"Retry-After": str(deps.limiter.retry_after_s)},
         )
     return caller
 

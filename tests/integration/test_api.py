@@ -23,7 +23,6 @@ import httpx
 import pytest
 import uvicorn
 from starlette.applications import Starlette
-from tools.woosim.testing import running_simulator
 
 from services.api.app import SYNC_PATH, build_app
 from services.api.deps import StoreClientFactory
@@ -35,6 +34,7 @@ from shared.settings import Settings
 from shared.topology import Topology, declare_topology
 from shared.woocommerce import StoreConfig
 from tests.conftest import AMQP_URL
+from tools.woosim.testing import running_simulator
 
 WAIT_S = 10.0
 TABLES = (
@@ -77,9 +77,10 @@ class Api:
                 bodies.append(json.loads(message.body))
         return bodies
 
-    async def rows(self, table: str) -> list[str]:
+    async def rows(self, table: str, where: str = "true") -> list[str]:
         """Every row of ``table`` as JSON text, to search for values that must not be there."""
-        return [r[0] for r in await self.pool.fetch(f"SELECT row_to_json(t)::text FROM {table} t")]
+        query = f"SELECT row_to_json(t)::text FROM {table} t WHERE {where}"
+        return [r[0] for r in await self.pool.fetch(query)]
 
 
 def start_body(org_id: UUID, store: Any, **options: Any) -> dict[str, Any]:
@@ -142,7 +143,9 @@ async def store() -> AsyncIterator[Any]:
 
 async def assert_nothing_written(api: Api) -> None:
     for table in TABLES:
-        assert await api.rows(table) == [], table
+        # The org's first key was created (and audited) before the test began.
+        where = "event <> 'key.created'" if table == "woo_sync_activity" else "true"
+        assert await api.rows(table, where) == [], table
     assert await api.drain(api.topology.fetcher_queue.name) == []
 
 
@@ -197,9 +200,15 @@ async def test_start_stores_the_job_and_publishes_sync_requested(api: Api, store
         for row in await api.rows(table):
             assert store.consumer_secret not in row, table
 
-    activity = await api.pool.fetchrow("SELECT * FROM woo_sync_activity")
-    assert (activity["job_id"], activity["event"]) == (job_id, "job.created")
-    assert activity["details"]["connection_id"] == str(connection["id"])
+    created, queued = await api.pool.fetch(
+        "SELECT * FROM woo_sync_activity WHERE job_id = $1 ORDER BY id", job_id
+    )
+    assert (created["event"], queued["event"]) == ("job.created", "job.queued")
+    assert created["details"]["connection_id"] == str(connection["id"])
+    key_id = await api.pool.fetchval("SELECT id FROM api_keys WHERE org_id = $1", api.org_id)
+    for row in (created, queued):
+        assert row["details"]["by"] == "api"
+        assert row["details"]["api_key_id"] == str(key_id)
 
     published = await api.drain(api.topology.fetcher_queue.name)
     assert len(published) == 1
@@ -227,9 +236,15 @@ async def test_idempotency_key_returns_the_same_job_and_publishes_once(
     assert len(await api.rows("woo_customer_sync_queue")) == 1
     assert len(await api.drain(api.topology.fetcher_queue.name)) == 1
 
+    # A new key for the same store while its job is open: the open job, not a second one.
     other = await api.start(store, idempotency_key="order-43")
-    assert other.status_code == 202 and other.json()["job_id"] != first.json()["job_id"]
+    assert other.status_code == 200 and other.json()["job_id"] == first.json()["job_id"]
+    assert len(await api.rows("woo_customer_sync_queue")) == 1
     assert len(await api.rows("woo_connections")) == 1  # same store and key: one connection
+
+    await api.pool.execute("UPDATE woo_customer_sync_queue SET state = 'done'")
+    later = await api.start(store, idempotency_key="order-43")
+    assert later.status_code == 202 and later.json()["job_id"] != first.json()["job_id"]
 
 
 async def test_broker_failure_leaves_a_draft_that_the_same_key_publishes_again(
@@ -454,10 +469,13 @@ async def test_other_orgs_and_unknown_jobs_are_404(api: Api, store: Any) -> None
         await api.post({"action": "force-done", "reason": "x", **theirs}, key=other_key),
         await api.get(f"/api/v1/integrations/woocommerce/sync/jobs/{job_id}", key=other_key),
         await api.post({"action": "status", "org_id": str(api.org_id), "job_id": str(uuid4())}),
-        await api.get("/api/v1/integrations/woocommerce/sync/jobs/not-a-uuid"),
+        await api.get(f"/api/v1/integrations/woocommerce/sync/jobs/{uuid4()}"),
     ]
     assert {error_of(r) for r in answers} == {(404, "job_not_found")}
     assert len({r.json()["error"]["message"] for r in answers}) == 1
+    not_an_id = await api.get("/api/v1/integrations/woocommerce/sync/jobs/not-a-uuid")
+    assert error_of(not_an_id) == (422, "invalid_request")
+    assert not_an_id.json()["error"]["message"] == "job_id: invalid UUID"
     # Naming another org's id with one's own key is refused before any lookup.
     assert error_of(await api.post({"action": "status", **mine}, key=other_key)) == (
         403,
