@@ -164,12 +164,29 @@ async def _hand_to_fetcher(
     actor: Mapping[str, str],
     reason: Literal["start", "retry"] = "start",
 ) -> str:
-    """Publish ``sync.requested`` for a draft job, then mark it queued; its state afterwards."""
+    """Publish ``sync.requested`` for a draft job and mark it queued; its state afterwards.
+
+    The job's row stays locked from the read of its state to the commit of ``queued``, so two
+    requests that both find the draft (a start answered with the open job while the start that
+    made it is still publishing) publish it once: the second sees ``queued`` and sends nothing.
+    """
     message = SyncRequested(
         job_id=job_id, org_id=org_id, connection_id=connection_id, reason=reason
     )
     try:
-        await _publish(deps, [message])
+        async with deps.pool.acquire() as conn, conn.transaction():
+            state: str = await conn.fetchval(q.LOCK_JOB_STATE, job_id)
+            if state != "draft":
+                return state
+            await _publish(deps, [message])
+            await conn.execute(q.MARK_QUEUED, job_id)
+            await activity.record(
+                conn,
+                org_id=org_id,
+                job_id=job_id,
+                event="job.queued",
+                details={"reason": reason, **actor},
+            )
     except ApiError:
         await activity.record(
             deps.pool,
@@ -180,18 +197,7 @@ async def _hand_to_fetcher(
             details={"message": "sync.requested", "reason": reason, **actor},
         )
         raise
-    async with deps.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(q.MARK_QUEUED, job_id)
-        if row["queued_now"]:
-            await activity.record(
-                conn,
-                org_id=org_id,
-                job_id=job_id,
-                event="job.queued",
-                details={"reason": reason, **actor},
-            )
-    state: str = row["state"]
-    return state
+    return "queued"
 
 
 def _start_result(deps: Deps, job_id: UUID, org_id: UUID, state: str) -> StartResult:

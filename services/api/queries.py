@@ -59,21 +59,14 @@ FROM woo_customer_sync_queue
 WHERE org_id = $1 AND idempotency_key = $2
 """
 
-# Only a draft becomes queued: a fetcher may already have taken the job further. Returns the
-# job's state either way (the sub-select sees the row as it was before this statement), and
-# whether this statement queued it (which is then audited).
+# Held while sync.requested is published, so a draft is handed to the fetcher once.
+LOCK_JOB_STATE = "SELECT state FROM woo_customer_sync_queue WHERE id = $1 FOR UPDATE"
+
+# The job is locked (LOCK_JOB_STATE) and a draft: the fetcher cannot have taken it further.
 MARK_QUEUED = """
-WITH queued AS (
-    UPDATE woo_customer_sync_queue
-    SET state = 'queued', queued_at = now(), updated_at = now()
-    WHERE id = $1 AND state = 'draft'
-    RETURNING state
-)
-SELECT coalesce(
-    (SELECT state FROM queued),
-    (SELECT state FROM woo_customer_sync_queue WHERE id = $1)
-) AS state,
-EXISTS (SELECT 1 FROM queued) AS queued_now
+UPDATE woo_customer_sync_queue
+SET state = 'queued', queued_at = now(), updated_at = now()
+WHERE id = $1 AND state = 'draft'
 """
 
 # Locks the job so that two retries, or a retry and a force-done, cannot interleave.
