@@ -378,6 +378,26 @@ async def test_malformed_requests_are_refused_and_change_nothing(api: Api, store
         assert error_of(response) == (422, "invalid_request"), bad_config
         assert response.json()["error"]["message"].startswith("config.")
         assert store.consumer_secret not in response.text
+    for options, field in [
+        ({"batch_size": 0}, "options.batch_size"),
+        ({"batch_size": 101}, "options.batch_size"),
+        ({"batch_size": 2.5}, "options.batch_size"),
+        ({"concurrency": 17}, "options.concurrency"),
+        ({"concurrency": "4"}, "options.concurrency"),
+        ({"idempotency_key": ""}, "options.idempotency_key"),
+        ({"colour": "blue"}, "options.colour"),
+    ]:
+        response = await api.post(good | {"options": options})
+        assert error_of(response) == (422, "invalid_request"), options
+        assert response.json()["error"]["message"].startswith(f"{field}: "), response.text
+    for name in ("status", "retry", "force-done", "replay"):
+        body = {"action": name, "org_id": str(api.org_id), "job_id": "job-1", "reason": "r"}
+        if name != "force-done":
+            del body["reason"]
+        response = await api.post(body)
+        assert error_of(response) == (422, "invalid_request"), name
+        assert response.json()["error"]["message"] == "job_id: invalid UUID", name
+
     too_long = good | {"config": good["config"] | {"consumer_secret": "cs_" + "9" * 300}}
     response = await api.post(too_long)
     assert error_of(response) == (422, "invalid_request")
