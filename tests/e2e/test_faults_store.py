@@ -1,0 +1,344 @@
+"""A misbehaving store, and customers that cannot be stored, with every service a real process.
+
+- Transient faults of every kind (429 with ``Retry-After`` as seconds and as an HTTP date,
+  500/502/503/504, timeouts, bodies cut short, invalid JSON) during a 2,000-customer sync: each
+  retried, and the result is exact.
+- Customers added and deleted while the crawl runs (``X-WP-TotalPages`` changes between
+  requests): every customer that existed throughout, and every one added, is synced exactly.
+- A store that keeps failing: the job fails within a bounded time with a clear ``last_error``;
+  ``retry`` resumes the crawl where it stopped (the pages already read are not read again) and
+  the job ends ``done``, exact.
+- Poison customers (an address too long to store, a name longer than its column, a NUL
+  character, a phone longer than its column) fail alone after three retries, parked with the
+  error and attempt count in their headers; the rest of their batch is synced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aio_pika
+import asyncpg
+import pytest
+
+from shared import db
+from shared.messages import CustomerBatch
+from shared.settings import Settings
+from shared.topology import PARKED_ATTEMPTS_HEADER, PARKED_ERROR_HEADER, Topology
+from tests.conftest import AMQP_URL
+from tests.e2e.harness import (
+    Org,
+    Stack,
+    action,
+    assert_exact,
+    new_org,
+    start_sync,
+    wait_final,
+)
+from tests.e2e.processes import infra_shared_lock
+from tools.woosim.testing import SimHandle, spawn_simulator
+
+pytestmark = [pytest.mark.e2e]
+T = TypeVar("T")
+
+# Short store timeouts and backoff keep retries cheap; attempts are plenty for ~20% faults.
+PATIENT_STORE = {
+    "WOOSYNC_STORE_TIMEOUT_S": "1.0",
+    "WOOSYNC_STORE_MAX_ATTEMPTS": "10",
+    "WOOSYNC_STORE_BACKOFF_MAX_S": "1.0",
+}
+IMPATIENT_STORE = {
+    "WOOSYNC_STORE_TIMEOUT_S": "1.0",
+    "WOOSYNC_STORE_MAX_ATTEMPTS": "3",
+    "WOOSYNC_STORE_BACKOFF_MAX_S": "0.2",
+}
+
+
+@asynccontextmanager
+async def running(settings: Settings, log_dir: Path, env: dict[str, str]) -> AsyncIterator[Stack]:
+    """The four services; a shared hold on the infrastructure lock keeps server restarts by
+    other tests out of this one."""
+    async with infra_shared_lock():
+        stack = Stack(settings, log_dir, extra_env=env)
+        stack.start_all()
+        try:
+            await stack.wait_ready()
+            yield stack
+        finally:
+            stack.stop_all()
+
+
+async def query(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await db.connect(settings.database_url)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def pages_recorded(settings: Settings, job_id: str) -> set[int]:
+    rows = await query(
+        settings, "SELECT page FROM woo_customer_sync_page WHERE job_id = $1::uuid", job_id
+    )
+    return {r["page"] for r in rows}
+
+
+async def wait_until(check: Callable[[], Any], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f}s"
+        await asyncio.sleep(0.05)
+
+
+def assert_no_secret(stack: Stack, sim: SimHandle, *texts: str) -> None:
+    for text in (stack.logs(), *texts):
+        assert sim.consumer_secret not in text
+
+
+@pytest.mark.timeout(120)
+async def test_transient_store_faults_are_retried_to_an_exact_result(
+    settings: Settings, tmp_path: Path
+) -> None:
+    org = await new_org(settings)
+    # Every kind of fault at least once (the script is served first, one entry per request),
+    # then a fifth of the requests fail at random.
+    script = ["429", "ok", "500", "ok", "cut", "502", "ok", "bad_json", "503", "ok", "slow",
+              "504", "ok", "429", "ok"]  # fmt: skip
+    faults = {
+        "rate_429": 0.05, "rate_5xx": 0.05, "rate_cut": 0.04, "rate_bad_json": 0.03,
+        "rate_slow": 0.03, "slow_ms": 1500, "retry_after": 1, "retry_after_http_date": True,
+        "seed": 7,
+    }  # fmt: skip
+    async with running(settings, tmp_path, PATIENT_STORE) as stack:
+        with spawn_simulator(customers=2_000, seed=31) as sim:
+            store = await sim.customers()
+            await sim.set_faults(script=script, **faults)
+            job = await start_sync(stack, org, sim)
+
+            # Halfway, 429s start saying Retry-After in seconds instead of as a date.
+            await wait_until(
+                lambda: _at_least(pages_recorded(settings, job["job_id"]), 8), "halfway"
+            )
+            await sim.set_faults(retry_after_http_date=False)
+
+            row = await wait_final(settings, job["job_id"], timeout_s=90)
+            assert row["state"] == "done", row["last_error"]
+            await assert_exact(settings, org, job["job_id"], store)
+            stats = await sim.stats()
+
+    by_fault = stats["by_fault"]
+    for kind in ("429", "5xx", "cut", "bad_json"):
+        assert by_fault.get(kind, 0) >= 1, by_fault
+    assert {429, 500, 502, 503, 504} <= {int(s) for s in stats["by_status"]}, stats["by_status"]
+    logs = stack.logs()
+    for kind in ("HTTP 429", "HTTP 503", "ReadTimeout", "invalid JSON"):
+        assert kind in logs, f"no retry logged for {kind}"
+    assert_no_secret(stack, sim)
+
+
+async def gather_bounded(calls: Iterable[Awaitable[T]], limit: int = 8) -> list[T]:
+    """Control-API calls, several at a time, so the store changes while the crawl runs."""
+    slots = asyncio.Semaphore(limit)
+
+    async def one(call: Awaitable[T]) -> T:
+        async with slots:
+            return await call
+
+    return await asyncio.gather(*(one(c) for c in calls))
+
+
+async def _at_least(pages: Any, n: int) -> bool:
+    return len(await pages) >= n
+
+
+@pytest.mark.timeout(90)
+async def test_customers_added_and_deleted_during_the_crawl(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """X-WP-TotalPages grows and shrinks between requests while the crawl reads."""
+    org = await new_org(settings)
+    async with running(settings, tmp_path, PATIENT_STORE) as stack:
+        # Pages of 20, so a few dozen control-API calls move X-WP-TotalPages by pages.
+        with spawn_simulator(customers=300, seed=32, latency_ms=400) as sim:
+            before = {c["id"]: c for c in await sim.customers()}
+            job = await start_sync(stack, org, sim, batch_size=20, concurrency=1)
+            await wait_until(
+                lambda: _at_least(pages_recorded(settings, job["job_id"]), 2), "a few pages"
+            )
+            ids = sorted(before)
+            # A few already read, more still ahead of the crawl; then two pages of new ones.
+            deleted = ids[5:8] + ids[-100::12]
+            await gather_bounded(sim.delete_customer(woo_id) for woo_id in deleted)
+            created = await gather_bounded(
+                sim.add_customer(email=f"late{n}@shop.example", first_name=f"Late {n}")
+                for n in range(40)
+            )
+            added = [c["id"] for c in created]
+            after = {c["id"]: c for c in await sim.customers()}
+            fetching = await query(
+                settings,
+                "SELECT 1 FROM woo_customer_sync_queue WHERE id = $1::uuid "
+                "AND fetch_done_at IS NULL",
+                job["job_id"],
+            )
+            assert fetching, "the crawl ended before the store changed; the test proves nothing"
+
+            row = await wait_final(settings, job["job_id"], timeout_s=60)
+            assert row["state"] == "done", row["last_error"]
+
+    rows = await query(
+        settings, "SELECT woo_id, raw FROM customer WHERE org_id = $1::uuid", org.org_id
+    )
+    synced = {r["woo_id"]: r["raw"] for r in rows}
+    throughout = set(before) - set(deleted)
+    assert throughout | set(added) <= set(synced), "a customer that existed was missed"
+    assert set(synced) <= set(before) | set(added)
+    for woo_id in throughout | set(added):
+        assert synced[woo_id] == after[woo_id], f"customer {woo_id} differs from the store"
+    lines = await query(
+        settings,
+        "SELECT state, count(*) AS n FROM woo_customer_sync_queue_line "
+        "WHERE job_id = $1::uuid GROUP BY state",
+        job["job_id"],
+    )
+    assert {r["state"]: r["n"] for r in lines} == {"done": len(synced)}
+    assert (row["total"], row["done_count"], row["failed_count"]) == (len(synced), len(synced), 0)
+
+
+@pytest.mark.timeout(120)
+async def test_failing_store_fails_the_job_and_retry_resumes_where_it_stopped(
+    settings: Settings, tmp_path: Path
+) -> None:
+    org = await new_org(settings)
+    async with running(settings, tmp_path, IMPATIENT_STORE) as stack:
+        with spawn_simulator(customers=2_000, seed=33, latency_ms=200) as sim:
+            store = await sim.customers()
+            job = await start_sync(stack, org, sim, concurrency=2)
+            job_id = job["job_id"]
+            await wait_until(lambda: _at_least(pages_recorded(settings, job_id), 5), "5 pages")
+            await sim.set_faults(rate_5xx=1.0)
+            failing_since = time.monotonic()
+
+            failed = await wait_final(settings, job_id, timeout_s=60)
+            failed_after_s = time.monotonic() - failing_since
+            assert failed["state"] == "failed"
+            error = failed["last_error"]
+            assert "store unavailable" in error and "failed after 3 attempts" in error, error
+            assert "HTTP 50" in error, error
+            assert failed_after_s < 30, f"failing took {failed_after_s:.0f}s"
+            read_before = await pages_recorded(settings, job_id)
+            pages_total = (await query(
+                settings, "SELECT pages_total FROM woo_customer_sync_queue WHERE id = $1::uuid",
+                job_id,
+            ))[0]["pages_total"]  # fmt: skip
+            assert 5 <= len(read_before) < pages_total
+
+            # The store recovers; retry picks the crawl up again.
+            await sim.set_faults(rate_5xx=0.0)
+            await sim.reset_stats()
+            response = await action(stack, org, "retry", job_id)
+            assert response.status_code == 202, response.text
+            assert response.json()["fetch_resumed"] is True
+
+            done = await wait_final(settings, job_id, timeout_s=60)
+            assert done["state"] == "done", done["last_error"]
+            await assert_exact(settings, org, job_id, store)
+            requests = (await sim.stats())["requests"]
+            assert_no_secret(stack, sim, error)
+
+    # Page 1 (for the totals), the pages never read, the last page again for late arrivals.
+    unread = pages_total - len(read_before)
+    assert requests <= unread + 3, (requests, unread, pages_total)
+    assert set(range(1, pages_total + 1)) <= await pages_recorded(settings, job_id)
+
+
+POISON = {
+    "email is 333 characters": {"email": "a" * 320 + "@shop.example"},
+    "first_name is 300 characters": {"email": "long.name@shop.example", "first_name": "x" * 300},
+    "NUL character": {
+        "email": "nul@shop.example",
+        "meta_data": [{"id": 1, "key": "note", "value": "a\u0000b"}],
+    },
+    "billing.phone is 150 characters": {
+        "email": "phone@shop.example",
+        "billing": {"phone": "1" * 150},
+    },
+}
+
+
+@pytest.mark.timeout(90)
+async def test_poison_customers_fail_alone_and_are_parked_with_their_error(
+    settings: Settings, clean_broker: Topology, tmp_path: Path
+) -> None:
+    org = await new_org(settings)
+    parking = clean_broker.parking(clean_broker.syncer_queue).name
+    async with running(settings, tmp_path, PATIENT_STORE) as stack:
+        with spawn_simulator(customers=480, seed=34) as sim:
+            poison = {
+                (await sim.add_customer(**fields))["id"]: reason
+                for reason, fields in POISON.items()
+            }
+            store = await sim.customers()
+            job = await start_sync(stack, org, sim)
+            row = await wait_final(settings, job["job_id"], timeout_s=60)
+            parked = await take_all(parking)
+
+    good = [c for c in store if c["id"] not in poison]
+    assert row["state"] == "failed"
+    assert (row["total"], row["done_count"], row["failed_count"]) == (
+        len(store), len(good), len(poison),
+    )  # fmt: skip
+    assert row["last_error"].startswith(f"{len(poison)} customers failed")
+    await assert_good_synced(settings, org, good)
+
+    lines = await query(
+        settings,
+        "SELECT woo_id, state, attempts, last_error, payload FROM woo_customer_sync_queue_line "
+        "WHERE job_id = $1::uuid AND state <> 'done'",
+        job["job_id"],
+    )
+    assert {r["woo_id"] for r in lines} == set(poison)
+    for line in lines:
+        assert line["state"] == "failed" and line["attempts"] == 4, dict(line)
+        assert poison[line["woo_id"]] in line["last_error"], line["last_error"]
+
+    # One batch parked after 4 deliveries (first + 3 retries), every error in its header.
+    assert len(parked) == 1, [m.headers for m in parked]
+    message = parked[0]
+    assert message.headers[PARKED_ATTEMPTS_HEADER] == 4
+    assert "retry-attempt" not in message.headers
+    header = str(message.headers[PARKED_ERROR_HEADER])
+    for woo_id, reason in poison.items():
+        assert f"customer {woo_id}: " in header and reason in header, header
+    batch = CustomerBatch.model_validate_json(message.body)
+    assert sorted(c["id"] for c in batch.customers) == sorted(poison)
+
+
+async def take_all(queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        taken = []
+        while (message := await declared.get(no_ack=True, fail=False)) is not None:
+            taken.append(message)
+        return taken
+    finally:
+        await connection.close()
+
+
+async def assert_good_synced(settings: Settings, org: Org, good: list[dict[str, Any]]) -> None:
+    rows = await query(
+        settings,
+        "SELECT woo_id, raw FROM customer WHERE org_id = $1::uuid ORDER BY woo_id",
+        org.org_id,
+    )
+    assert [r["woo_id"] for r in rows] == sorted(c["id"] for c in good)
+    by_id = {c["id"]: c for c in good}
+    for row in rows:
+        assert row["raw"] == by_id[row["woo_id"]]
