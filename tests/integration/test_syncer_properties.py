@@ -1,0 +1,188 @@
+"""Property: whatever customers a batch holds, the syncer stores the valid ones, fails the others
+with a message, and never raises (against the real PostgreSQL).
+
+Batches are drawn from the same generators as the mapping's property test: every field may be
+missing, null, of the wrong type, absurdly long, or hold what PostgreSQL refuses. Only what can
+travel in a message reaches the syncer, so each batch goes through JSON as the broker would carry
+it. Every example gets its own org, connection and job in one shared database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+
+from services.syncer.handlers import handle_customer_batch
+from shared.mapping import CustomerRow, MappingError, map_customer
+from shared.messages import CustomerBatch
+from tests.unit.test_mapping_properties import customers
+
+MAX_ATTEMPTS = 3
+MAX_WOO_ID = 2**63 - 1
+
+
+def as_sent(value: Any) -> Any:
+    """What of a generated value a store's JSON can carry: lone surrogates (which UTF-8
+    cannot encode) become U+FFFD, sets become lists, other objects their ``repr``."""
+    if isinstance(value, str):
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in value)
+    if isinstance(value, dict):
+        return {as_sent(k) if isinstance(k, str) else str(k): as_sent(v) for k, v in value.items()}
+    if isinstance(value, list | set | frozenset | tuple):
+        return [as_sent(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return repr(value)
+
+
+decent = st.fixed_dictionaries(
+    {"id": st.integers(1, 10**6), "email": st.emails()},
+    optional={"first_name": st.text(max_size=30), "billing": st.just({"phone": "+27 21"})},
+)
+# Some ids repeat within a batch (a customer read twice keeps its last copy).
+batches = st.lists(
+    st.one_of(
+        customers(),
+        decent,
+        st.builds(lambda c, i: {**c, "id": i}, customers(), st.integers(1, 4)),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+async def seed_job(conn: asyncpg.Connection) -> tuple[UUID, UUID, UUID]:
+    org_id, connection_id, job_id = uuid4(), uuid4(), uuid4()
+    await conn.execute("INSERT INTO orgs (id, name) VALUES ($1, 'prop')", org_id)
+    await conn.execute(
+        """INSERT INTO woo_connections (id, org_id, store_url, auth_mode, consumer_key,
+                                        consumer_secret_enc)
+           VALUES ($1, $2, 'https://shop.example', 'basic', 'ck_test', '\\x00ff'::bytea)""",
+        connection_id, org_id,
+    )  # fmt: skip
+    await conn.execute(
+        """INSERT INTO woo_customer_sync_queue (id, org_id, connection_id, state, batch_size,
+                                                concurrency)
+           VALUES ($1, $2, $3, 'processing', 100, 4)""",
+        job_id, org_id, connection_id,
+    )  # fmt: skip
+    return org_id, connection_id, job_id
+
+
+def line_id(customer: dict[str, Any]) -> int | None:
+    """The id the fetcher would record a line for: an integer the line table holds."""
+    value = customer.get("id")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_WOO_ID:
+        return value
+    return None
+
+
+def expected(
+    batch: CustomerBatch,
+) -> tuple[dict[int, CustomerRow], dict[int, str], int]:
+    """Mapped rows and refused ids, the last copy of an id winning; and refusals without id."""
+    rows: dict[int, CustomerRow] = {}
+    refused: dict[int, str] = {}
+    anonymous = 0
+    for raw in batch.customers:
+        try:
+            row = map_customer(raw, org_id=batch.org_id, connection_id=batch.connection_id)
+        except MappingError as exc:
+            if exc.woo_id is None:
+                anonymous += 1
+            else:
+                rows.pop(exc.woo_id, None)
+                refused[exc.woo_id] = exc.message
+            continue
+        refused.pop(row.woo_id, None)
+        rows[row.woo_id] = row
+    return rows, refused, anonymous
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,  # one database for all examples, a job each
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+    ],
+)
+@given(drawn=batches, final=st.booleans())
+async def test_any_batch_stores_the_valid_and_fails_the_rest(
+    pool: asyncpg.Pool, drawn: list[Any], final: bool
+) -> None:
+    travelling = [as_sent(c) for c in drawn if isinstance(c, dict)]
+    assume(travelling)
+    async with pool.acquire() as conn:
+        org_id, connection_id, job_id = await seed_job(conn)
+    sent = CustomerBatch(
+        job_id=job_id, org_id=org_id, connection_id=connection_id, page=1, customers=travelling
+    )
+    batch = CustomerBatch.model_validate_json(sent.model_dump_json())
+    line_ids = sorted({i for c in batch.customers if (i := line_id(c)) is not None})
+    await pool.execute(
+        """INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, page)
+           SELECT $1, w, $2, 1 FROM unnest($3::bigint[]) AS w""",
+        job_id, org_id, line_ids,
+    )  # fmt: skip
+
+    attempt = MAX_ATTEMPTS if final else 0
+    # Nothing may escape but an infrastructure error, and the database is up.
+    outcome = await handle_customer_batch(
+        batch, attempt=attempt, pool=pool, max_attempts=MAX_ATTEMPTS
+    )
+
+    rows, refused, anonymous = expected(batch)
+    event(f"{len(rows)} stored, {len(refused) + anonymous} refused")
+    stored = {
+        r["woo_id"]: r
+        for r in await pool.fetch(
+            "SELECT woo_id, raw, source_hash FROM customer WHERE org_id = $1", org_id
+        )
+    }
+    # Every valid customer is stored, as mapped; no invalid one is.
+    assert set(stored) == set(rows)
+    for woo_id, row in rows.items():
+        assert stored[woo_id]["raw"] == row.raw
+        assert stored[woo_id]["source_hash"] == row.source_hash
+    assert sorted(outcome.done.woo_ids if outcome.done else []) == sorted(rows)
+
+    # Every invalid one fails, with a message.
+    failed_ids = [f.woo_id for f in outcome.failures if f.woo_id is not None]
+    assert sorted(failed_ids) == sorted(refused)
+    assert sum(f.woo_id is None for f in outcome.failures) == anonymous
+    for failure in outcome.failures:
+        assert failure.error.strip()
+        if failure.woo_id is not None:
+            assert failure.error == refused[failure.woo_id]
+
+    lines = {
+        r["woo_id"]: r
+        for r in await pool.fetch(
+            "SELECT woo_id, state, last_error FROM woo_customer_sync_queue_line "
+            "WHERE job_id = $1",
+            job_id,
+        )
+    }
+    for woo_id in rows:
+        assert lines[woo_id]["state"] == "done" and lines[woo_id]["last_error"] is None
+    for woo_id, message in refused.items():
+        assert lines[woo_id]["state"] == ("failed" if final else "processing")
+        assert lines[woo_id]["last_error"] == message
+
+    if not outcome.failures:
+        assert outcome.retry is None and outcome.park is None
+    elif final:
+        assert outcome.park is not None and outcome.retry is None
+        assert outcome.park.attempts == MAX_ATTEMPTS + 1 and outcome.park.error_text()
+        assert sorted(f.woo_id for f in (outcome.failed.failures if outcome.failed else [])) == (
+            sorted(refused)
+        )
+    else:
+        assert outcome.retry is not None and outcome.retry_attempt == 1
+        assert len(outcome.retry.customers) == len(outcome.failures)
