@@ -18,13 +18,19 @@ import fcntl
 import os
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import aio_pika
 import asyncpg
 import httpx
 import pytest
+from faststream.rabbit import RabbitQueue
 
+from shared.broker import make_broker, publish_to_queue
+from shared.messages import LinesDone
 from shared.settings import Settings
 from tests.e2e.harness import Stack, assert_exact, new_org, start_sync, wait_final
 from tools.woosim.testing import spawn_simulator
@@ -151,6 +157,52 @@ async def wait_mid_sync(settings: Settings, job_id: str, pages: int = 3) -> None
         await asyncio.sleep(0.05)
 
 
+@dataclass
+class Probe:
+    sent: list[str] = field(default_factory=list)
+    queued: set[str] = field(default_factory=set)
+    longest_s: float = 0.0  # the longest single publish: one that waited out the outage
+
+
+@contextlib.asynccontextmanager
+async def publishing_probe(settings: Settings) -> AsyncIterator[Probe]:
+    """Publishes through ``shared.broker`` to a queue of its own, one message every 50 ms, for
+    as long as the block runs; then collects what the queue holds. A publish that raises
+    fails the test."""
+    probe = Probe()
+    queue = f"{settings.namespace}.probe"
+    broker = make_broker(settings)
+    await broker.connect()
+    await broker.declare_queue(RabbitQueue(queue, durable=True))
+    stop = asyncio.Event()
+
+    async def publish_until_stopped() -> None:
+        while not stop.is_set():
+            message = LinesDone(job_id=uuid.uuid4(), org_id=uuid.uuid4(), woo_ids=[1])
+            started = time.monotonic()
+            await publish_to_queue(broker, queue, message)
+            probe.longest_s = max(probe.longest_s, time.monotonic() - started)
+            probe.sent.append(str(message.message_id))
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(publish_until_stopped())
+    try:
+        yield probe
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 90)
+        try:
+            connection = await aio_pika.connect(settings.amqp_url)
+            async with connection:
+                channel = await connection.channel()
+                declared = await channel.declare_queue(queue, passive=True)
+                while (message := await declared.get(no_ack=True, fail=False)) is not None:
+                    probe.queued.add(str(message.message_id))
+                await declared.delete(if_unused=False, if_empty=False)
+        finally:
+            await broker.stop()
+
+
 @pytest.fixture
 async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
     stack = Stack(settings, tmp_path)
@@ -202,17 +254,25 @@ async def test_rabbitmq_restart_mid_sync(settings: Settings, stack: Stack) -> No
             seen.update(await readiness(stack))
             await asyncio.sleep(1)
 
-        async with infra_lock():  # taken first, so the outage surely falls mid-sync
+        async with infra_lock(), publishing_probe(settings) as probe:
+            # The lock first, so the outage surely falls mid-sync.
             job = await start_sync(stack, org, sim, concurrency=1)
             await wait_mid_sync(settings, job["job_id"])
             await restart_rabbitmq(while_down)
+            await asyncio.sleep(1)  # the probe publishes on a little after the restart
         assert seen == {"api": 503, "tracker": 503}, seen
+        # Every probe publish returned (retried until confirmed) and every one is queued.
+        assert probe.sent and probe.queued >= set(probe.sent), len(set(probe.sent) - probe.queued)
+        assert probe.longest_s > 2, "no publish met the outage"
 
         row = await wait_final(settings, job["job_id"], timeout_s=150)
         assert row["state"] == "done", (row["state"], row["last_error"])
         await assert_exact(settings, org, job["job_id"], store)
         await stack.wait_ready(timeout_s=30)
         assert_recovered(stack, ("api", "tracker", "fetcher", "syncer"))
+        # The api publishes again on its recovered connection: a second sync runs through.
+        again = await start_sync(stack, org, sim)
+        assert (await wait_final(settings, again["job_id"], timeout_s=60))["state"] == "done"
 
     for service in ("fetcher", "syncer", "tracker", "api"):
         log = (stack.log_dir / f"{service}-0.log").read_text(errors="replace")
