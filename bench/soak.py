@@ -92,16 +92,21 @@ async def kill_now_and_then(
         print(f"  {run.kills[-1]} killed", flush=True)
 
 
+DATABASE_GONE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
 async def wait_final(pool: asyncpg.Pool, job_id: str) -> asyncpg.Record:
+    """Polls the job row; rides out a database restart (another test may cause one)."""
     deadline = time.perf_counter() + JOB_TIMEOUT_S
     while time.perf_counter() < deadline:
-        row = await pool.fetchrow(
-            "SELECT state, total, done_count, failed_count, last_error "
-            "FROM woo_customer_sync_queue WHERE id = $1::uuid",
-            job_id,
-        )
-        if row["state"] in ("done", "failed"):
-            return row
+        with contextlib.suppress(*DATABASE_GONE):
+            row = await pool.fetchrow(
+                "SELECT state, total, done_count, failed_count, last_error "
+                "FROM woo_customer_sync_queue WHERE id = $1::uuid",
+                job_id,
+            )
+            if row["state"] in ("done", "failed"):
+                return row
         await asyncio.sleep(0.2)
     raise TimeoutError(f"job {job_id} not final after {JOB_TIMEOUT_S:.0f}s")
 
@@ -177,7 +182,15 @@ async def sync_once(
 
 
 async def drop(database: str, namespace: str) -> None:
-    admin = await asyncpg.connect(PG)
+    for _ in range(60):  # the server may be restarting
+        try:
+            admin = await asyncpg.connect(PG)
+            break
+        except DATABASE_GONE:
+            await asyncio.sleep(1)
+    else:
+        print(f"  could not drop database {database}")
+        return
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     finally:
