@@ -29,6 +29,7 @@ from itsdangerous.timed import TimestampSigner
 from services.tracker.app import build_app
 from services.tracker.handlers import (
     MalformedEvent,
+    Tracker,
     announce,
     fail_job,
     parse_event,
@@ -314,6 +315,55 @@ async def test_fetch_failed_fails_the_job_once(pool: asyncpg.Pool) -> None:
     [entry] = await activities(pool, job_id)
     assert (entry["level"], entry["event"]) == ("error", "job.failed")
     assert entry["details"]["error"] == "store answered 401 Unauthorized"
+
+
+async def test_jobs_without_progress_are_failed_as_stalled_once(pool: asyncpg.Pool) -> None:
+    org_id, _ = await create_org(pool, "acme")
+    stuck = await make_job(pool, org_id)
+    await add_lines(pool, stuck, org_id, range(1, 4))
+    await set_lines(pool, stuck, [1], "done")
+    moving = await make_job(pool, org_id)  # its job row is old, but a line just changed
+    await add_lines(pool, moving, org_id, [1])
+    waiting = await make_job(pool, org_id, state="queued")
+    finished = await make_job(pool, org_id, state="done")
+    await pool.execute("UPDATE woo_customer_sync_queue SET updated_at = now() - interval '1 hour'")
+    await pool.execute(
+        "UPDATE woo_customer_sync_queue_line SET updated_at = now() - interval '1 hour' "
+        "WHERE job_id <> $1",
+        moving,
+    )
+    announced: list[SyncCompleted] = []
+    fetchers = [1]
+
+    async def publish(done: SyncCompleted) -> None:
+        announced.append(done)
+
+    async def consuming() -> int:
+        return fetchers[0]
+
+    tracker = Tracker(
+        pool, publish, sweep_interval_s=0.1, stall_timeout_s=60, fetchers_consuming=consuming
+    )
+    await tracker.detect_stalls()
+
+    row = await job_row(pool, stuck)
+    assert row["state"] == "failed" and row["finished_at"] is not None
+    assert row["last_error"].startswith("stalled: no progress for 60 s")
+    assert (row["total"], row["done_count"], row["failed_count"]) == (3, 1, 0)
+    [entry] = await activities(pool, stuck)
+    assert (entry["level"], entry["event"]) == ("error", "job.stalled")
+    assert entry["details"]["previous_state"] == "processing"
+    assert entry["details"]["fetch_complete"] is False
+    assert [(a.job_id, a.state) for a in announced] == [(stuck, "failed")]
+    assert (await job_row(pool, moving))["state"] == "processing"
+    assert (await job_row(pool, waiting))["state"] == "queued"  # a fetcher will come to it
+    assert (await job_row(pool, finished))["state"] == "done"
+
+    fetchers[0] = 0  # no fetcher is left to take the queued job
+    await tracker.detect_stalls()
+    assert (await job_row(pool, waiting))["state"] == "failed"
+    assert len(await activities(pool, stuck)) == 1  # failed once, recorded once
+    assert [a.job_id for a in announced] == [stuck, waiting]
 
 
 def test_parse_event_by_routing_key_or_shape() -> None:
