@@ -235,7 +235,8 @@ def unexpected_errors(logs: str, allowed: tuple[str, ...]) -> list[str]:
 
 # A handler or the tracker's loop that meets the stopped server: logged, then retried.
 DATABASE_LOSS = ("AdminShutdownError", "CannotConnectNowError", "ConnectionRefusedError",
-                 "ConnectionDoesNotExistError", "InterfaceError")
+                 "ConnectionResetError", "ConnectionDoesNotExistError", "InterfaceError",
+                 "BrokenPipeError", "TimeoutError")
 
 
 def assert_recovered(stack: Stack, services: tuple[str, ...]) -> None:
