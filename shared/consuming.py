@@ -47,6 +47,7 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InsufficientResourcesError,  # disk full, out of memory: transient for us
     asyncpg.OperatorInterventionError,  # admin shutdown (a restart), cancelled statements
     asyncpg.TransactionRollbackError,  # deadlock, serialization failure: try again
+    asyncpg.InternalClientError,  # a pooled connection the server cut mid-operation (restart)
     aio_pika.exceptions.AMQPError,
     aiormq.exceptions.AMQPError,
     aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: the channel died with the link

@@ -32,6 +32,7 @@ from faststream.rabbit import RabbitQueue
 from shared.broker import make_broker, publish_to_queue
 from shared.messages import LinesDone
 from shared.settings import Settings
+from tests.e2e.fault_stack import started_stack
 from tests.e2e.harness import Stack, assert_exact, new_org, start_sync, wait_final
 from tools.woosim.testing import spawn_simulator
 
@@ -205,13 +206,8 @@ async def publishing_probe(settings: Settings) -> AsyncIterator[Probe]:
 
 @pytest.fixture
 async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
-    stack = Stack(settings, tmp_path)
-    stack.start_all()
-    try:
-        await stack.wait_ready()
+    async with started_stack(settings, tmp_path) as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 # What the client libraries log when the broker closes the connection: aiormq's reader, and
@@ -236,7 +232,7 @@ def unexpected_errors(logs: str, allowed: tuple[str, ...]) -> list[str]:
 # A handler or the tracker's loop that meets the stopped server: logged, then retried.
 DATABASE_LOSS = ("AdminShutdownError", "CannotConnectNowError", "ConnectionRefusedError",
                  "ConnectionResetError", "ConnectionDoesNotExistError", "InterfaceError",
-                 "BrokenPipeError", "TimeoutError")
+                 "BrokenPipeError", "TimeoutError", "InternalClientError")
 
 
 def assert_recovered(stack: Stack, services: tuple[str, ...]) -> None:

@@ -31,6 +31,7 @@ from shared.messages import CustomerBatch
 from shared.settings import Settings
 from shared.topology import PARKED_ATTEMPTS_HEADER, PARKED_ERROR_HEADER, Topology
 from tests.conftest import AMQP_URL
+from tests.e2e.fault_stack import started_stack
 from tests.e2e.harness import (
     Org,
     Stack,
@@ -63,14 +64,8 @@ IMPATIENT_STORE = {
 async def running(settings: Settings, log_dir: Path, env: dict[str, str]) -> AsyncIterator[Stack]:
     """The four services; a shared hold on the infrastructure lock keeps server restarts by
     other tests out of this one."""
-    async with infra_shared_lock():
-        stack = Stack(settings, log_dir, extra_env=env)
-        stack.start_all()
-        try:
-            await stack.wait_ready()
-            yield stack
-        finally:
-            stack.stop_all()
+    async with infra_shared_lock(), started_stack(settings, log_dir, env) as stack:
+        yield stack
 
 
 async def query(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record]:

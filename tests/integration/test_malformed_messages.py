@@ -29,7 +29,9 @@ from shared.messages import FetchCompleted, LinesDone, SyncRequested
 from shared.settings import Settings
 from shared.topology import PARKED_ERROR_HEADER, Topology
 from tests.conftest import AMQP_URL
+from tests.e2e.fault_stack import started_stack
 from tests.e2e.harness import Stack, assert_exact, new_org, start_sync, wait_final
+from tests.e2e.processes import infra_shared_lock
 from tools.woosim.testing import running_simulator, spawn_simulator
 
 WAIT_S = 20.0
@@ -161,13 +163,8 @@ async def test_fetcher_parks_malformed_requests_and_goes_on(
 
 @pytest.fixture
 async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
-    stack = Stack(settings, tmp_path)
-    stack.start_all()
-    try:
-        await stack.wait_ready()
+    async with infra_shared_lock(), started_stack(settings, tmp_path) as stack:
         yield stack
-    finally:
-        stack.stop_all()
 
 
 @pytest.mark.timeout(120)
