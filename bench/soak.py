@@ -92,28 +92,38 @@ async def kill_now_and_then(
         print(f"  {run.kills[-1]} killed", flush=True)
 
 
-DATABASE_GONE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-
-async def wait_final(pool: asyncpg.Pool, job_id: str) -> asyncpg.Record:
-    """Polls the job row; rides out a database restart (another test may cause one)."""
+async def wait_final(dsn: str, job_id: str) -> asyncpg.Record:
+    """Polls the job row on a fresh connection each time, so a database restart (another test
+    may cause one) only delays the answer."""
     deadline = time.perf_counter() + JOB_TIMEOUT_S
     while time.perf_counter() < deadline:
-        with contextlib.suppress(*DATABASE_GONE):
-            row = await pool.fetchrow(
-                "SELECT state, total, done_count, failed_count, last_error "
-                "FROM woo_customer_sync_queue WHERE id = $1::uuid",
-                job_id,
-            )
-            if row["state"] in ("done", "failed"):
-                return row
-        await asyncio.sleep(0.2)
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+            try:
+                row = await conn.fetchrow(
+                    "SELECT state, total, done_count, failed_count, last_error "
+                    "FROM woo_customer_sync_queue WHERE id = $1::uuid",
+                    job_id,
+                )
+            finally:
+                await conn.close()
+        except Exception as exc:  # the server restarting: any error, try again
+            print(f"  (database unavailable: {type(exc).__name__}; waiting)", flush=True)
+            await asyncio.sleep(1)
+            continue
+        if row["state"] in ("done", "failed"):
+            return row
+        await asyncio.sleep(0.5)
     raise TimeoutError(f"job {job_id} not final after {JOB_TIMEOUT_S:.0f}s")
 
 
-async def check(pool: asyncpg.Pool, org_id: uuid.UUID, store: dict[int, Any], run: Run) -> None:
+async def check(dsn: str, org_id: uuid.UUID, store: dict[int, Any], run: Run) -> None:
     """Lost, duplicated, extra and stale customers of the org against the store."""
-    rows = await pool.fetch("SELECT woo_id, raw FROM customer WHERE org_id = $1", org_id)
+    conn = await db.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT woo_id, raw FROM customer WHERE org_id = $1", org_id)
+    finally:
+        await conn.close()
     ids = [r["woo_id"] for r in rows]
     run.duplicated = len(ids) - len(set(ids))
     run.lost = len(set(store) - set(ids))
@@ -138,12 +148,15 @@ async def sync_once(
     supervisor = Supervisor(SERVICES, env=env, colour=False, out=logs)
     stack = asyncio.create_task(supervisor.run())
     killer: asyncio.Task[None] | None = None
-    pool = await db.create_pool(dsn, min_size=1, max_size=2)
     try:
         api = f"http://127.0.0.1:{env['WOOSYNC_API_PORT']}"
         await wait_ready(api + "/readyz")
         await wait_ready(f"http://127.0.0.1:{env['WOOSYNC_TRACKER_PORT']}/readyz")
-        org_id, key = await create_org(pool, "soak")
+        pool = await db.create_pool(dsn, min_size=1, max_size=1)
+        try:
+            org_id, key = await create_org(pool, "soak")
+        finally:
+            await pool.close()
         body = {
             "action": "start", "org_id": str(org_id),
             "config": {"url": sim.url, "consumer_key": sim.consumer_key,
@@ -162,7 +175,7 @@ async def sync_once(
             killer = asyncio.create_task(
                 kill_now_and_then(supervisor, run, kill_every_s, random.Random(seed), started)
             )
-        row = await wait_final(pool, job_id)
+        row = await wait_final(dsn, job_id)
         run.wall_s = time.perf_counter() - started
         if killer is not None:
             killer.cancel()
@@ -171,11 +184,10 @@ async def sync_once(
         stats = await sim.stats()
         run.store_requests = stats["requests"]
         run.store_faults = sum(n for kind, n in stats["by_fault"].items() if kind != "none")
-        await check(pool, org_id, store, run)
+        await check(dsn, org_id, store, run)
     finally:
         if killer is not None:
             killer.cancel()
-        await pool.close()
         supervisor.stop()
         await stack
         await drop(database, namespace)
@@ -186,7 +198,7 @@ async def drop(database: str, namespace: str) -> None:
         try:
             admin = await asyncpg.connect(PG)
             break
-        except DATABASE_GONE:
+        except Exception:
             await asyncio.sleep(1)
     else:
         print(f"  could not drop database {database}")
