@@ -76,15 +76,18 @@ class _Job:
     deps: FetcherDeps
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def read(self, client: PageReader, page: int | None, offset: int) -> Any:
+    async def read(
+        self, client: PageReader, page: int | None, offset: int
+    ) -> tuple[Any, paging.Window]:
         """Read one window and record it; ``page`` None for a re-read that closes a gap."""
         result = await client.list_customers(
             page=page or 1, per_page=self.batch_size, offset=offset
         )
-        await self.record(page, offset, result.customers)
-        return result
+        return result, await self.record(page, offset, result.customers)
 
-    async def record(self, page: int | None, offset: int, customers: list[dict[str, Any]]) -> None:
+    async def record(
+        self, page: int | None, offset: int, customers: list[dict[str, Any]]
+    ) -> paging.Window:
         """Publish the customers without a line, insert their lines, mark the page (see the
         module docstring). One window at a time per job, so overlapping windows read together
         publish a customer once."""
@@ -117,6 +120,7 @@ class _Job:
                 q.MARK_PAGE_FETCHED, job_id, page, window.count, offset, window.first_id,
                 window.last_id,
             )
+        return window
 
 
 async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> None:
@@ -201,12 +205,12 @@ async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
     per_page = job.batch_size
     job_id = job.request.job_id
     async with job.deps.open_client(config, concurrency) as client:
-        first = await job.read(client, 1, 0)
+        first, window = await job.read(client, 1, 0)
         # Without X-WP-Total (a proxy may strip it) the tail loop below reads page by page.
         total_pages = paging.pages_for(first.total, per_page)
         await job.deps.pool.execute(q.RECORD_STORE_TOTALS, job_id, first.total, total_pages)
         fetched = {r["page"]: r for r in await job.deps.pool.fetch(q.SELECT_FETCHED_PAGES, job_id)}
-        windows = [paging.Window.of(0, (int(c["id"]) for c in first.customers))]
+        windows = [window]
         windows += [
             paging.Window(r["start_offset"], r["customers"], r["first_id"], r["last_id"])
             for r in fetched.values()
@@ -218,8 +222,8 @@ async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
         async def fetch(page: int) -> None:
             offset = paging.page_offset(page, per_page)
             async with limit:
-                result = await job.read(client, page, offset)
-            windows.append(paging.Window.of(offset, (int(c["id"]) for c in result.customers)))
+                _, window = await job.read(client, page, offset)
+            windows.append(window)
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -232,9 +236,8 @@ async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
         # The store may have grown while we read: re-read the last page, go on to a short one.
         page, last_seen = total_pages, total_pages
         while True:
-            offset = paging.page_offset(page, per_page)
-            result = await job.read(client, page, offset)
-            windows.append(paging.Window.of(offset, (int(c["id"]) for c in result.customers)))
+            result, window = await job.read(client, page, paging.page_offset(page, per_page))
+            windows.append(window)
             if result.customers:
                 last_seen = page
             if len(result.customers) < per_page:
@@ -255,15 +258,13 @@ async def _close_gaps(
     while (gaps := paging.find_gaps(windows, per_page)) and reads < budget:
         walk = paging.GapWalk(gaps[0], per_page)
         log.info(
-            "job %s: no window proves ids %d..%d complete (customers deleted during the crawl); "
+            "job %s: no page proves %s complete (customers deleted during the crawl?); "
             "reading again from offset %d",
-            job.request.job_id, walk.gap.after + 1, walk.gap.before - 1, walk.offset,
+            job.request.job_id, walk.gap.describe(), walk.offset,
         )
         while not walk.done and reads < budget:
-            offset = walk.offset
-            result = await job.read(client, None, offset)
+            _, window = await job.read(client, None, walk.offset)
             reads += 1
-            window = paging.Window.of(offset, (int(c["id"]) for c in result.customers))
             windows.append(window)
             walk.saw(window)
     if gaps:

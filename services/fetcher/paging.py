@@ -82,6 +82,11 @@ class Gap:
     before: int
     resume_offset: int
 
+    def describe(self) -> str:
+        low = "the lowest id" if self.after < LOWEST else f"id {self.after + 1}"
+        high = "the highest" if self.before >= HIGHEST else f"id {self.before - 1}"
+        return f"{low} to {high}"
+
 
 def find_gaps(windows: Iterable[Window], per_page: int) -> list[Gap]:
     """Every hole in the union of the windows' spans, from the lowest id to the highest."""
