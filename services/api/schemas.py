@@ -10,7 +10,15 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from shared.jobs import JobState, JobStatus
 
@@ -71,6 +79,16 @@ class StoreConfigIn(_Request):
         if not 1 <= len(value.get_secret_value()) <= MAX_SECRET_LENGTH:
             raise ValueError(f"must be between 1 and {MAX_SECRET_LENGTH} characters")
         return value
+
+    @model_validator(mode="after")
+    def _no_plain_secret_over_http(self) -> StoreConfigIn:
+        # WooCommerce ignores these over plain HTTP anyway; sending them would only leak the secret.
+        if self.auth != "oauth1" and self.url.startswith("http://"):
+            raise ValueError(
+                f"auth {self.auth!r} would send the consumer secret unencrypted over http; "
+                "use an https URL or auth 'oauth1'"
+            )
+        return self
 
 
 class StartOptions(_Request):

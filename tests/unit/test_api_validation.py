@@ -12,6 +12,7 @@ from services.api.schemas import (
     ACTION_MODELS,
     ForceDoneRequest,
     StartRequest,
+    StoreConfigIn,
     normalise_store_url,
 )
 
@@ -117,3 +118,20 @@ def test_force_done_needs_a_reason() -> None:
 
 def test_every_action_has_a_model() -> None:
     assert set(ACTION_MODELS) == {"start", "status", "retry", "force-done", "replay"}
+
+
+@pytest.mark.parametrize("auth", ["basic", "query"])
+def test_plain_http_refuses_auth_that_sends_the_secret(auth: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        StoreConfigIn(
+            url="http://shop.example", consumer_key="ck", consumer_secret=SECRET, auth=auth
+        )
+    message = describe_validation_error(caught.value)
+    assert "https" in message and "oauth1" in message
+    assert SECRET not in message
+
+
+def test_plain_http_allows_oauth1_and_https_allows_all() -> None:
+    StoreConfigIn(url="http://shop.example", consumer_key="ck", consumer_secret="s", auth="oauth1")
+    for auth in ("basic", "query", "oauth1"):
+        StoreConfigIn(url="https://shop.example", consumer_key="ck", consumer_secret="s", auth=auth)
