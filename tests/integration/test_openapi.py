@@ -105,7 +105,7 @@ def live_api(settings: Settings) -> Iterator[LiveApi]:
     )
     org = json.loads(created.stdout)
     url = f"http://127.0.0.1:{port}"
-    with spawn_simulator(customers=3, seed=5, allow_basic_over_http=True) as store:
+    with spawn_simulator(customers=3, seed=5) as store:
         process = subprocess.Popen(
             [sys.executable, "-m", "services.api"], env=env, stderr=subprocess.PIPE
         )
@@ -119,6 +119,7 @@ def live_api(settings: Settings) -> Iterator[LiveApi]:
                     "url": store.url,
                     "consumer_key": store.consumer_key,
                     "consumer_secret": store.consumer_secret,
+                    "auth": "oauth1",
                 },
             }
             started = httpx.post(url + SYNC_PATH, json=body, headers=auth, timeout=30)
