@@ -52,7 +52,8 @@ class UndecryptableSecret(ValueError):
     def __init__(self) -> None:
         super().__init__(
             "stored secret cannot be decrypted with WOOSYNC_SECRET_KEY "
-            "or any of WOOSYNC_SECRET_KEY_PREVIOUS"
+            "or any of WOOSYNC_SECRET_KEY_PREVIOUS; start a sync with the store's credentials "
+            "again to store them anew"
         )
 
 

@@ -34,7 +34,7 @@ from services.fetcher import paging
 from services.fetcher import queries as q
 from shared import activity
 from shared.consuming import Requeue
-from shared.crypto import SecretBox
+from shared.crypto import SecretBox, UndecryptableSecret
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
 from shared.urlsafety import StoreUrlError, ensure_public_url
 from shared.woocommerce import StoreConfig, StoreError
@@ -144,21 +144,21 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
         deps.pool, org_id=request.org_id, job_id=request.job_id, event="fetch.started",
         details={"process_count": processed},
     )
-    config = StoreConfig(
-        url=row["store_url"],
-        consumer_key=row["consumer_key"],
-        consumer_secret=deps.secrets.decrypt(row["consumer_secret_enc"]),
-        auth=row["auth_mode"],
-        verify_tls=row["verify_tls"],
-    )
     job = _Job(request, row["batch_size"], deps)
     try:
+        config = StoreConfig(
+            url=row["store_url"],
+            consumer_key=row["consumer_key"],
+            consumer_secret=deps.secrets.decrypt(row["consumer_secret_enc"]),
+            auth=row["auth_mode"],
+            verify_tls=row["verify_tls"],
+        )
         # DNS may have changed since the api checked the URL.
         await ensure_public_url(config.url, allow_private=deps.allow_private_urls)
         pages = await _unless_stopping(
             _crawl(job, config, concurrency=row["concurrency"]), deps.stopping
         )
-    except (StoreError, StoreUrlError) as exc:
+    except (StoreError, StoreUrlError, UndecryptableSecret) as exc:
         log.warning("job %s: store failed: %s", request.job_id, exc)
         await activity.record(
             deps.pool, org_id=request.org_id, job_id=request.job_id, event="fetch.failed",

@@ -216,3 +216,20 @@ async def test_store_that_keeps_failing_fails_the_job(pool: asyncpg.Pool) -> Non
     (failed,) = recorder.of(FetchFailed)
     assert failed.error
     assert (await job_row(pool, request.job_id))["fetch_done_at"] is None
+
+
+async def test_secret_no_key_decrypts_fails_the_job_clearly(pool: asyncpg.Pool) -> None:
+    async with running_simulator(customers=10, seed=8) as sim:
+        request = await seed_job(pool, sim)
+        await pool.execute(
+            "UPDATE woo_connections SET consumer_secret_enc = $1 WHERE id = $2",
+            SecretBox("a key this fetcher does not have").encrypt(sim.consumer_secret),
+            request.connection_id,
+        )
+        recorder = Recorder()
+        await handle_sync_requested(request, deps_for(pool, recorder))
+        requests_made = (await sim.stats())["requests"]
+
+    (failed,) = recorder.of(FetchFailed)
+    assert "cannot be decrypted" in failed.error
+    assert recorder.of(CustomerBatch) == [] and requests_made == 0
