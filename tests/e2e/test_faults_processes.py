@@ -377,16 +377,20 @@ async def test_job_stalled_after_its_fetch_is_resumed_with_retry(
     """The syncer dies for good while the fetcher reads on: every page is read, customers wait
     in the queue, the job stalls. A syncer started again syncs them; ``retry`` reopens the job,
     which the tracker then finishes."""
+    note = Timeline()
     org = await new_org(settings)
     with slow_store(36) as sim:
         store = await sim.customers()
         async with running_stack(settings, tmp_path, WOOSYNC_STALL_TIMEOUT_S=STALL_S) as stack:
+            note("services up")
             job = await start_sync(stack, org, sim, **OPTIONS)
             job_id = job["job_id"]
             await wait_progress(settings, job_id, pages=4, done=50)
             stack.kill("syncer")
+            note("syncer killed")
 
             row = await wait_final(settings, job_id, timeout_s=60)
+            note("job failed")
             assert row["state"] == "failed" and row["last_error"].startswith("stalled")
             assert row["fetch_done_at"] is not None and row["done_count"] < CUSTOMERS
             (details,) = await stalled_events(settings, job_id)
@@ -394,6 +398,7 @@ async def test_job_stalled_after_its_fetch_is_resumed_with_retry(
 
             stack.start("syncer")
             await wait_consumers(settings, "syncer", 1)
+            note("syncer back")
             response = await action(stack, org, "retry", job_id)
             # Neither re-sent nor re-read anything: the api answers 200, with the job open.
             assert response.status_code == 200, response.text
@@ -435,6 +440,7 @@ async def test_key_revoked_mid_sync_fails_the_job_at_once(
                 await wait_progress(settings, job_id, pages=at, done=50)
                 await sim.reset_stats()
                 await sim.revoke_keys(mode)
+                before = (await sim.stats())["requests"]
 
                 row = await wait_final(settings, job_id, timeout_s=10)
                 assert row["state"] == "failed"
@@ -442,9 +448,10 @@ async def test_key_revoked_mid_sync_fails_the_job_at_once(
                 assert sim.consumer_secret not in row["last_error"]
                 await wait_store_quiet(sim)
                 stats = await sim.stats()
-                # Only the requests in flight were refused, each once: no retries, no storm.
+                # Only requests already under way were refused, each once: no retries, no
+                # storm. Those past the key check when it was revoked still got their page.
                 assert 1 <= stats["by_status"].get(str(status), 0) <= OPTIONS["concurrency"]
-                assert stats["requests"] <= 2 * OPTIONS["concurrency"], stats
+                assert stats["requests"] - before <= 2 * OPTIONS["concurrency"], stats
 
                 # With the key working again, retry goes on from the pages already read.
                 read = (await progress(settings, job_id)).pages
