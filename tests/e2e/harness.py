@@ -137,6 +137,9 @@ class Stack:
                     if time.monotonic() > deadline:
                         raise AssertionError(f"{url} never became ready")
                     await asyncio.sleep(0.2)
+        # Another process may hold a port we picked and answer /readyz in our place.
+        dead = [f"{s}[{r}]" for (s, r), p in self.processes.items() if p.poll() is not None]
+        assert not dead, f"{', '.join(dead)} exited while starting:\n{self.logs()[-3000:]}"
 
 
 @dataclass(frozen=True)
