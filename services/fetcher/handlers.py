@@ -8,12 +8,14 @@ land at the end (ids ascend), so the crawl then re-reads the last page and goes 
 one. Last, it proves from the windows' id bounds that no customer slipped between two windows
 while customers were deleted, and reads again around any spot where one might have.
 
-Every window read is recorded the same way, one at a time per job: the customers that have no
-line yet are published, then their lines are inserted, then the page is marked fetched with its
-bounds (which also shows the job making progress). So a line exists only for a customer already
-published, and a fetcher that dies anywhere in between re-reads that page when the message is
-redelivered and publishes what has no line: nothing is lost, and a customer is published twice
-at most across such a crash (harmless: lines and customers are upserts).
+Every window read is recorded the same way: in one transaction, the lines of the customers that
+have none yet are inserted and those customers published (the publish confirmed before the
+commit); then the page is marked fetched with its bounds (which also shows the job making
+progress). So a committed line always means a published customer, and each customer is
+published once, even by overlapping windows recorded at the same time. A fetcher that dies
+anywhere in between re-reads that page when the message is redelivered and publishes what has
+no line: nothing is lost, and a customer is published twice at most across such a crash
+(harmless: lines and customers are upserts).
 
 A fetcher asked to stop (SIGTERM) cancels its crawls and gives their messages back to the queue
 at once (:class:`shared.consuming.Requeue`); the next fetcher resumes from the recorded pages.
@@ -74,7 +76,6 @@ class _Job:
     request: SyncRequested
     batch_size: int
     deps: FetcherDeps
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def read(
         self, client: PageReader, page: int | None, offset: int
@@ -88,18 +89,19 @@ class _Job:
     async def record(
         self, page: int | None, offset: int, customers: list[dict[str, Any]]
     ) -> paging.Window:
-        """Publish the customers without a line, insert their lines, mark the page (see the
-        module docstring). One window at a time per job, so overlapping windows read together
-        publish a customer once."""
+        """Insert the lines of customers that have none, publish those customers, commit, then
+        mark the page (see the module docstring)."""
         job_id = self.request.job_id
-        window = paging.Window.of(offset, (int(c["id"]) for c in customers))
-        async with self.lock:
-            ids = [int(c["id"]) for c in customers]
-            known = {r["woo_id"] for r in await self.deps.pool.fetch(q.SELECT_LINES, job_id, ids)}
-            new: dict[int, dict[str, Any]] = {}
-            for customer in customers:
-                if int(customer["id"]) not in known:
-                    new[int(customer["id"])] = customer
+        ids = [int(c["id"]) for c in customers]
+        window = paging.Window.of(offset, ids)
+        async with self.deps.pool.acquire() as conn, conn.transaction():
+            # An overlapping window being recorded concurrently holds its new lines until it
+            # commits; this insert waits for it and then finds them there.
+            rows = await conn.fetch(
+                q.INSERT_LINES, job_id, self.request.org_id, page, sorted(set(ids))
+            )
+            created = {r["woo_id"] for r in rows}
+            new = list({int(c["id"]): c for c in customers if int(c["id"]) in created}.values())
             if new:
                 await self.deps.publish(
                     CustomerBatch(
@@ -107,11 +109,8 @@ class _Job:
                         org_id=self.request.org_id,
                         connection_id=self.request.connection_id,
                         page=page,
-                        customers=list(new.values()),
+                        customers=new,
                     )
-                )
-                await self.deps.pool.execute(
-                    q.INSERT_LINES, job_id, self.request.org_id, page, sorted(new)
                 )
         if page is None:
             await self.deps.pool.execute(q.TOUCH_JOB, job_id)

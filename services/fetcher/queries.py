@@ -30,16 +30,14 @@ SELECT page, customers, start_offset, first_id, last_id
 FROM woo_customer_sync_page WHERE job_id = $1
 """
 
-# Which of these customers already have a line (and so were published before).
-SELECT_LINES = """
-SELECT woo_id FROM woo_customer_sync_queue_line WHERE job_id = $1 AND woo_id = ANY($2::bigint[])
-"""
-
-# Adding a line twice is a no-op; a line already settled keeps its state.
+# Adding a line twice is a no-op; a line already settled keeps its state. Returns the lines
+# this statement created; in ascending id order, so two writers of overlapping sets (two
+# fetchers, or a syncer creating a line) wait for each other instead of deadlocking.
 INSERT_LINES = """
 INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, page)
-SELECT $1, woo_id, $2, $3 FROM unnest($4::bigint[]) AS woo_id
+SELECT $1, woo_id, $2, $3 FROM unnest($4::bigint[]) AS woo_id ORDER BY woo_id
 ON CONFLICT (job_id, woo_id) DO NOTHING
+RETURNING woo_id
 """
 
 # The page, its window's offset and id bounds (the first read of a page is kept), and a sign of
