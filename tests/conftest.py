@@ -127,4 +127,7 @@ def settings(database_url: str, clean_broker: Topology) -> Settings:
         secret_key="test-secret-key",  # type: ignore[arg-type]
         retry_delays_ms=list(clean_broker.retry_delays_ms),
         allow_private_urls=True,
+        # Tests send bursts of requests; the rate limit has tests of its own with low limits.
+        rate_limit_per_minute=100_000,
+        rate_limit_burst=10_000,
     )

@@ -110,10 +110,7 @@ async def serving(
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    # These tests send many requests in a burst; rate limits have their own tests.
-    settings = settings.model_copy(
-        update={"api_port": port, "rate_limit_per_minute": 100_000, "rate_limit_burst": 10_000}
-    )
+    settings = settings.model_copy(update={"api_port": port})
     app = build_app(settings, store_client=store_client)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
