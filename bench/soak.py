@@ -18,7 +18,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -26,19 +25,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import aio_pika
 import asyncpg
 import httpx
 
+from bench.stack import drop, fresh_stack
 from shared import db
 from shared.auth import create_org
-from shared.topology import Topology
 from tools.woosim.testing import SimHandle, spawn_simulator
 from woosync.progress import wait_ready
 from woosync.supervisor import SERVICES, Supervisor
 
-PG = os.environ.get("WOOSYNC_BENCH_PG", "postgresql://127.0.0.1:5432/postgres")
-AMQP = os.environ.get("WOOSYNC_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 ROUTE = "/api/v1/integrations/woocommerce/sync/customers"
 JOB_TIMEOUT_S = 3600.0
 
@@ -57,12 +53,6 @@ class Run:
     kills: list[str] = field(default_factory=list)
     store_requests: int = 0
     store_faults: int = 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fault_config(rate: float) -> dict[str, float]:
@@ -135,16 +125,8 @@ async def sync_once(
     sim: SimHandle, store: dict[int, Any], run: Run, *, kill_every_s: float | None, seed: int,
     logs: Any,
 ) -> None:
-    database = f"woosync_soak_{uuid.uuid4().hex[:8]}"
-    dsn = PG.rsplit("/", 1)[0] + "/" + database
-    namespace = f"soak{uuid.uuid4().hex[:8]}"
-    await db.migrate_up(dsn)
-    env = {
-        "WOOSYNC_DATABASE_URL": dsn, "WOOSYNC_AMQP_URL": AMQP, "WOOSYNC_NAMESPACE": namespace,
-        "WOOSYNC_API_PORT": str(free_port()), "WOOSYNC_TRACKER_PORT": str(free_port()),
-        "WOOSYNC_ALLOW_PRIVATE_URLS": "true", "WOOSYNC_LOG_LEVEL": "WARNING",
-        "WOOSYNC_SECRET_KEY": "soak-secret",
-    }
+    fresh = await fresh_stack("soak")
+    dsn, env = fresh.dsn, fresh.env
     supervisor = Supervisor(SERVICES, env=env, colour=False, out=logs)
     stack = asyncio.create_task(supervisor.run())
     killer: asyncio.Task[None] | None = None
@@ -190,29 +172,7 @@ async def sync_once(
             killer.cancel()
         supervisor.stop()
         await stack
-        await drop(database, namespace)
-
-
-async def drop(database: str, namespace: str) -> None:
-    for _ in range(60):  # the server may be restarting
-        try:
-            admin = await asyncpg.connect(PG)
-            break
-        except Exception:
-            await asyncio.sleep(1)
-    else:
-        print(f"  could not drop database {database}")
-        return
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    finally:
-        await admin.close()
-    connection = await aio_pika.connect(AMQP)
-    async with connection:
-        channel = await connection.channel()
-        for name in Topology(namespace).queue_names():
-            await channel.queue_delete(name)
-        await channel.exchange_delete(namespace)
+        await drop(fresh)
 
 
 def report(run: Run) -> None:

@@ -11,28 +11,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 
-import aio_pika
-import asyncpg
 import httpx
 import psutil
 
+from bench.stack import drop, fresh_stack
 from shared import db
 from shared.auth import create_org
-from shared.topology import Topology
 from shared.woocommerce import StoreConfig, WooClient
 from tools.woosim.testing import spawn_simulator
 from woosync.progress import follow, wait_ready
 from woosync.supervisor import SERVICES, Supervisor
 
-PG = os.environ.get("WOOSYNC_BENCH_PG", "postgresql://127.0.0.1:5432/postgres")
-AMQP = os.environ.get("WOOSYNC_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 ROUTE = "/api/v1/integrations/woocommerce/sync/customers"
 
 
@@ -44,12 +37,6 @@ class Result:
     synced: int = 0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def measure_floor(sim: object, *, concurrency: int, per_page: int) -> tuple[float, int]:
@@ -86,16 +73,8 @@ async def sample_processes(supervisor: Supervisor, result: Result, stop: asyncio
 
 
 async def run_pipeline(sim: object, result: Result, *, concurrency: int, per_page: int) -> None:
-    database = f"woosync_bench_{uuid.uuid4().hex[:8]}"
-    dsn = PG.rsplit("/", 1)[0] + "/" + database
-    namespace = f"bench{uuid.uuid4().hex[:8]}"
-    await db.migrate_up(dsn)
-    env = {
-        "WOOSYNC_DATABASE_URL": dsn, "WOOSYNC_AMQP_URL": AMQP, "WOOSYNC_NAMESPACE": namespace,
-        "WOOSYNC_API_PORT": str(free_port()), "WOOSYNC_TRACKER_PORT": str(free_port()),
-        "WOOSYNC_ALLOW_PRIVATE_URLS": "true", "WOOSYNC_LOG_LEVEL": "WARNING",
-        "WOOSYNC_SECRET_KEY": "bench-secret",
-    }
+    fresh = await fresh_stack("bench")
+    dsn, env = fresh.dsn, fresh.env
     supervisor = Supervisor(SERVICES, env=env, colour=False, out=sys.stderr)
     stack = asyncio.create_task(supervisor.run())
     stop = asyncio.Event()
@@ -131,19 +110,7 @@ async def run_pipeline(sim: object, result: Result, *, concurrency: int, per_pag
         stop.set()
         supervisor.stop()
         await stack
-        await _drop(database, namespace)
-
-
-async def _drop(database: str, namespace: str) -> None:
-    admin = await asyncpg.connect(PG)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    await admin.close()
-    connection = await aio_pika.connect(AMQP)
-    async with connection:
-        channel = await connection.channel()
-        for name in Topology(namespace).queue_names():
-            await channel.queue_delete(name)
-        await channel.exchange_delete(namespace)
+        await drop(fresh)
 
 
 async def main(sizes: list[int], concurrency: int, latency_ms: int) -> None:
