@@ -27,7 +27,7 @@ def free_port() -> int:
 @dataclass(frozen=True)
 class BenchStack:
     database: str
-    dsn: str
+    dsn: str  # the schema owner's: benchmarks seed and check every org through it
     namespace: str
     env: dict[str, str]
 
@@ -38,8 +38,10 @@ async def fresh_stack(label: str) -> BenchStack:
     dsn = PG.rsplit("/", 1)[0] + "/" + database
     namespace = f"{label}{uuid.uuid4().hex[:8]}"
     await db.migrate_up(dsn)
+    scheme, rest = dsn.split("://", 1)
+    app_dsn = f"{scheme}://{db.APP_ROLE}@{rest.rsplit('@', 1)[-1]}"  # as in production
     env = {
-        "WOOSYNC_DATABASE_URL": dsn, "WOOSYNC_AMQP_URL": AMQP, "WOOSYNC_NAMESPACE": namespace,
+        "WOOSYNC_DATABASE_URL": app_dsn, "WOOSYNC_AMQP_URL": AMQP, "WOOSYNC_NAMESPACE": namespace,
         "WOOSYNC_API_PORT": str(free_port()), "WOOSYNC_TRACKER_PORT": str(free_port()),
         "WOOSYNC_ALLOW_PRIVATE_URLS": "true", "WOOSYNC_LOG_LEVEL": "WARNING",
         "WOOSYNC_SECRET_KEY": f"{label}-secret",

@@ -7,6 +7,8 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.db import OrgScope
+
 Level = Literal["debug", "info", "warning", "error"]
 
 INSERT_ACTIVITY = """
@@ -16,7 +18,7 @@ VALUES ($1, $2, $3, $4, $5)
 
 
 async def record(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: asyncpg.Connection | OrgScope,
     *,
     org_id: UUID,
     job_id: UUID | None,

@@ -22,13 +22,12 @@ import asyncpg
 
 from shared import activity
 from shared.crypto import API_KEY_PREFIX, hash_api_key, new_api_key
+from shared.db import for_org
 
 # A valid, unrevoked key also gets its last-used time refreshed, in the same round trip.
-AUTHENTICATE_KEY = """
-UPDATE api_keys SET last_used_at = now()
-WHERE key_hash = $1 AND revoked_at IS NULL
-RETURNING id, org_id
-"""
+# Before the org is known, so through the one security-definer function that may look across
+# orgs (migration 0005): an unrevoked key's id and org, its use recorded.
+AUTHENTICATE_KEY = "SELECT id, org_id FROM woosync_authenticate($1)"
 
 INSERT_ORG = "INSERT INTO orgs (id, name) VALUES ($1, $2)"
 
@@ -171,7 +170,7 @@ async def create_org(
 ) -> tuple[UUID, str]:
     """A new org and its first API key; the key is returned once and stored only as a hash."""
     org_id = uuid4()
-    async with pool.acquire() as conn, conn.transaction():
+    async with for_org(pool, org_id).transaction() as conn:
         await conn.execute(INSERT_ORG, org_id, name)
         _, key = await _insert_key(conn, org_id, "default", actor)
     return org_id, key
@@ -182,12 +181,15 @@ async def create_key(
 ) -> tuple[ApiKeyInfo, str]:
     """Another key for an org (say one per client, to revoke separately); shown only here."""
     _check_name(name)
-    async with pool.acquire() as conn, conn.transaction():
+    async with for_org(pool, org_id).transaction() as conn:
         return await _insert_key(conn, org_id, name, actor)
 
 
 async def list_keys(pool: asyncpg.Pool, org_id: UUID | None = None) -> list[ApiKeyInfo]:
-    """The keys of one org, or of every org; revoked ones included (they say when)."""
+    """The keys of one org, or of every org; revoked ones included (they say when).
+
+    Listing every org's, like revoking a key by its id alone, is for the operator's CLI, which
+    connects as the schema's owner; under the services' role these see nothing."""
     return [ApiKeyInfo.from_row(row) for row in await pool.fetch(SELECT_KEYS, org_id)]
 
 

@@ -1,14 +1,26 @@
-"""PostgreSQL access: the pool, and the migration runner behind ``woosync migrate``."""
+"""PostgreSQL access: the pool, org-scoped transactions, and the runner behind ``woosync migrate``.
+
+Org data sits behind row-level security (migration 0005): the services connect as
+``woosync_app`` and see an org's rows only inside a transaction that names the org. ``OrgScope``
+is how they do that; there is no other way to reach org data from a service.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+from uuid import UUID
 
 import asyncpg
+
+APP_ROLE = "woosync_app"
+SET_ORG = "SELECT set_config('woosync.org_id', $1, true)"
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$")
@@ -16,14 +28,20 @@ _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$")
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in and out as Python objects; everything else stays asyncpg's default.
-    await conn.set_type_codec(
-        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-    )
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "woosync"
+) -> asyncpg.Pool:
+    """``name`` becomes the connections' application_name, so that an operator tells in
+    ``pg_stat_activity`` which service holds which connection."""
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={"application_name": name},
     )
 
 
@@ -31,6 +49,44 @@ async def connect(dsn: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn)
     await _init_connection(conn)
     return conn
+
+
+class OrgScope:
+    """The database as one org sees it: each call runs in a transaction that names the org.
+
+    ``fetch``/``fetchrow``/``fetchval``/``execute`` mirror the pool's, one transaction each;
+    ``transaction()`` gives a connection for several statements that must commit together.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, org_id: UUID) -> None:
+        self.pool = pool
+        self.org_id = org_id
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(SET_ORG, str(self.org_id))
+            yield conn
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.transaction() as conn:
+            return await conn.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self.transaction() as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.transaction() as conn:
+            return await conn.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        async with self.transaction() as conn:
+            return await conn.execute(query, *args)
+
+
+def for_org(pool: asyncpg.Pool, org_id: UUID) -> OrgScope:
+    return OrgScope(pool, org_id)
 
 
 @dataclass(frozen=True)
@@ -88,8 +144,16 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-async def migrate_up(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Apply every migration not yet recorded, each in its own transaction, in order."""
+async def migrate_up(
+    dsn: str, directory: Path = MIGRATIONS_DIR, *, app_dsn: str | None = None
+) -> list[Migration]:
+    """Apply every migration not yet recorded, each in its own transaction, in order.
+
+    ``dsn`` is the owner's (``WOOSYNC_ADMIN_DATABASE_URL``). When ``app_dsn`` (the services'
+    ``WOOSYNC_DATABASE_URL``) carries a password, the services' role is given it, so that a
+    deployment configures the password in one place.
+    """
+    password = app_password(app_dsn)
     await ensure_database(dsn)
     conn = await asyncpg.connect(dsn)
     applied: list[Migration] = []
@@ -109,9 +173,34 @@ async def migrate_up(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[Migrati
                     migration.name,
                 )
             applied.append(migration)
+        if password is not None:
+            await _set_app_password(conn, password)
     finally:
         await conn.close()
     return applied
+
+
+def app_password(app_dsn: str | None) -> str | None:
+    """The services' role's password from their URL; ValueError if it names another role."""
+    if not app_dsn:
+        return None
+    parts = urlsplit(app_dsn)
+    if parts.password is None:
+        return None
+    if unquote(parts.username or "") != APP_ROLE:
+        raise ValueError(
+            f"WOOSYNC_DATABASE_URL must connect as {APP_ROLE}, the role row-level security "
+            f"binds; it names {unquote(parts.username or '') or 'no user'}"
+        )
+    return unquote(parts.password)
+
+
+async def _set_app_password(conn: asyncpg.Connection, password: str) -> None:
+    # ALTER ROLE takes no parameters: quote the password with PostgreSQL's own quote_literal.
+    statement = await conn.fetchval(
+        f"SELECT format('ALTER ROLE {APP_ROLE} PASSWORD %L', $1::text)", password
+    )
+    await conn.execute(statement)
 
 
 async def migrate_down(

@@ -9,6 +9,8 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel
 
+from shared.db import OrgScope
+
 JobState = Literal["draft", "queued", "processing", "done", "failed"]
 FINAL_STATES: frozenset[str] = frozenset({"done", "failed"})
 
@@ -49,8 +51,10 @@ def status_from_row(row: asyncpg.Record) -> JobStatus:
     # Until every page is read, the store's own total is the best denominator we have.
     total = row["total"] if row["fetch_done_at"] else max(row["total"], row["store_total"] or 0)
     settled = row["done_count"] + row["failed_count"]
-    percent = 100.0 if total == 0 and row["fetch_done_at"] else (
-        round(100.0 * settled / total, 2) if total else 0.0
+    percent = (
+        100.0
+        if total == 0 and row["fetch_done_at"]
+        else (round(100.0 * settled / total, 2) if total else 0.0)
     )
     return JobStatus(
         job_id=row["id"],
@@ -74,7 +78,7 @@ def status_from_row(row: asyncpg.Record) -> JobStatus:
 
 
 async def get_status(
-    conn: asyncpg.Connection | asyncpg.Pool, *, org_id: UUID, job_id: UUID
+    conn: asyncpg.Connection | OrgScope, *, org_id: UUID, job_id: UUID
 ) -> JobStatus | None:
     """None when the job does not exist *or* belongs to another org: callers answer 404 for both."""
     row = await conn.fetchrow(SELECT_JOB_STATUS, job_id, org_id)

@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 from uuid import UUID
@@ -59,6 +60,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from pydantic import ValidationError
 
 from shared import messages as m
+from shared.db import for_org
 from shared.topology import (
     ATTEMPT_HEADER,
     PARKED_ATTEMPTS_HEADER,
@@ -460,7 +462,8 @@ async def _replay_held(
         if by_job.get(job) or job in reopened
     ]
     if rows:
-        await pool.execute(INSERT_REPLAYED_ACTIVITY, rows)
+        async with _transaction(pool, org_id) as conn:
+            await conn.execute(INSERT_REPLAYED_ACTIVITY, rows)
     return ReplayReport(
         work_queue=work,
         replayed=len(replayed),
@@ -471,6 +474,21 @@ async def _replay_held(
         skipped=skipped,
         by_job=by_job,
     )
+
+
+@asynccontextmanager
+async def _transaction(
+    pool: asyncpg.Pool, org_id: UUID | None
+) -> AsyncIterator[asyncpg.Connection]:
+    """The api replays for one org, under that org's row-level security. The operator's CLI
+    replays across orgs and connects as the schema's owner, whom the policies do not bind; a
+    service role without an org would see no job and re-open nothing."""
+    if org_id is not None:
+        async with for_org(pool, org_id).transaction() as conn:
+            yield conn
+        return
+    async with pool.acquire() as conn, conn.transaction():
+        yield conn
 
 
 async def _reopen(
@@ -485,7 +503,7 @@ async def _reopen(
         {"job_id": str(b.job_id), "org_id": str(b.org_id), "connection_id": str(b.connection_id)}
         for b in batches
     ]
-    async with pool.acquire() as conn, conn.transaction():
+    async with _transaction(pool, org_id) as conn:
         jobs = {r["id"]: r for r in await conn.fetch(LOCK_REPLAYABLE_JOBS, named)}
         if job_id is not None and job_id not in jobs:
             if org_id is not None:

@@ -13,7 +13,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WOOSYNC_", extra="ignore")
 
-    database_url: str = "postgresql://127.0.0.1:5432/woosync"
+    # The services connect as woosync_app, which row-level security binds (migration 0005).
+    database_url: str = "postgresql://woosync_app@127.0.0.1:5432/woosync"
+    # The schema's owner: `woosync migrate` and the operator commands (keys, orgs, secret
+    # rotation, dead-letter replay across orgs) use it. Never given to a service.
+    admin_database_url: str = "postgresql://127.0.0.1:5432/woosync"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Derives the key that encrypts store secrets and the key that signs progress tokens.
     secret_key: SecretStr = SecretStr("dev-only-insecure-secret-change-me")

@@ -79,8 +79,25 @@ async def database_url(template_database: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+def app_database_url(database_url: str) -> str:
+    """The test database as the services reach it: as woosync_app, bound by row-level security."""
+    scheme, rest = database_url.split("://", 1)
+    host = rest.rsplit("@", 1)[-1]
+    return f"{scheme}://{db.APP_ROLE}@{host}"
+
+
+@pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """The schema owner's pool: tests seed and inspect every org's rows through it."""
     p = await db.create_pool(database_url, min_size=1, max_size=5)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def app_pool(app_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """The services' pool: handlers under test get this one, so row-level security applies."""
+    p = await db.create_pool(app_database_url, min_size=1, max_size=5)
     yield p
     await p.close()
 
@@ -119,9 +136,10 @@ async def clean_broker(topology: Topology) -> AsyncIterator[Topology]:
 
 
 @pytest.fixture
-def settings(database_url: str, clean_broker: Topology) -> Settings:
+def settings(database_url: str, app_database_url: str, clean_broker: Topology) -> Settings:
     return Settings(
-        database_url=database_url,
+        database_url=app_database_url,
+        admin_database_url=database_url,
         amqp_url=AMQP_URL,
         namespace=clean_broker.namespace,
         secret_key="test-secret-key",  # type: ignore[arg-type]

@@ -25,13 +25,22 @@ def main() -> None:
 @click.option("--down", is_flag=True, help="Revert instead of apply.")
 @click.option("--steps", default=1, show_default=True, help="How many migrations --down reverts.")
 def migrate(down: bool, steps: int) -> None:
-    """Create the database if needed and apply (or revert) migrations/ in order."""
+    """Create the database if needed and apply (or revert) migrations/ in order.
+
+    Runs as the schema's owner (WOOSYNC_ADMIN_DATABASE_URL); gives the services' role the
+    password in WOOSYNC_DATABASE_URL, if it has one."""
     settings = Settings()
     if down:
-        done = asyncio.run(db.migrate_down(settings.database_url, steps))
+        done = asyncio.run(db.migrate_down(settings.admin_database_url, steps))
         verb = "reverted"
     else:
-        done = asyncio.run(db.migrate_up(settings.database_url))
+        try:
+            db.app_password(settings.database_url)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        done = asyncio.run(
+            db.migrate_up(settings.admin_database_url, app_dsn=settings.database_url)
+        )
         verb = "applied"
     for migration in done:
         click.echo(f"{verb} {migration.version:04d}_{migration.name}")
@@ -51,7 +60,7 @@ def org_create(name: str) -> None:
     from shared.auth import create_org
 
     async def run() -> tuple[str, str]:
-        pool = await db.create_pool(Settings().database_url, min_size=1, max_size=1)
+        pool = await db.create_pool(Settings().admin_database_url, min_size=1, max_size=1)
         try:
             org_id, key = await create_org(pool, name)
         finally:
@@ -65,7 +74,9 @@ def org_create(name: str) -> None:
 @main.command()
 @click.option("--no-migrate", is_flag=True, help="Skip applying migrations first.")
 @click.option(
-    "--only", multiple=True, type=click.Choice(["api", "fetcher", "syncer", "tracker"]),
+    "--only",
+    multiple=True,
+    type=click.Choice(["api", "fetcher", "syncer", "tracker"]),
     help="Run only these services (repeatable).",
 )
 def up(no_migrate: bool, only: tuple[str, ...]) -> None:
@@ -73,7 +84,8 @@ def up(no_migrate: bool, only: tuple[str, ...]) -> None:
     from woosync.supervisor import SERVICES, Supervisor
 
     if not no_migrate:
-        asyncio.run(db.migrate_up(Settings().database_url))
+        settings = Settings()
+        asyncio.run(db.migrate_up(settings.admin_database_url, app_dsn=settings.database_url))
     supervisor = Supervisor(only or SERVICES, colour=sys.stdout.isatty())
     sys.exit(asyncio.run(supervisor.run()))
 

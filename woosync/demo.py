@@ -28,7 +28,7 @@ START_ROUTE = "/api/v1/integrations/woocommerce/sync/customers"
 
 
 async def count_customers(settings: Settings, org_id: str) -> tuple[int, int]:
-    conn = await db.connect(settings.database_url)
+    conn = await db.connect(settings.admin_database_url)
     try:
         rows = await conn.fetchval("SELECT count(*) FROM customer WHERE org_id = $1", org_id)
         distinct = await conn.fetchval(
@@ -44,7 +44,7 @@ async def run_demo(*, customers: int, seed: int, service_log: TextIO) -> int:
     os.environ.setdefault("WOOSYNC_ALLOW_PRIVATE_URLS", "true")  # the simulator is on 127.0.0.1
     settings = Settings()
     console.print(f"[bold]woosync demo[/]: {customers:,} simulated customers")
-    await db.migrate_up(settings.database_url)
+    await db.migrate_up(settings.admin_database_url, app_dsn=settings.database_url)
     with spawn_simulator(customers=customers, seed=seed, tls=True) as store:
         console.print(f"store simulator at {store.url}")
         supervisor = Supervisor(colour=False, out=service_log)
@@ -52,7 +52,7 @@ async def run_demo(*, customers: int, seed: int, service_log: TextIO) -> int:
         try:
             await wait_ready(f"{settings.api_base()}/readyz")
             await wait_ready(f"{settings.tracker_base()}/readyz")
-            pool = await db.create_pool(settings.database_url, min_size=1, max_size=1)
+            pool = await db.create_pool(settings.admin_database_url, min_size=1, max_size=1)
             try:
                 org_id, api_key = await create_org(pool, "demo")
             finally:
@@ -96,16 +96,22 @@ async def _start_sync(settings: Settings, org_id: str, api_key: str, store: Any)
 
 async def _show_progress(console: Console, progress_url: str) -> dict[str, Any]:
     columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("failed {task.fields[failed]}"), TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
     )
     status: dict[str, Any] = {}
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("syncing", total=None, failed=0)
         async for _event, status in follow(progress_url):
             bar.update(
-                task, completed=status["done"], total=status["total"] or None,
-                failed=status["failed"], description=status["state"],
+                task,
+                completed=status["done"],
+                total=status["total"] or None,
+                failed=status["failed"],
+                description=status["state"],
             )
     return status
 

@@ -37,6 +37,7 @@ from services.api.schemas import (
 from shared import activity
 from shared.auth import Caller
 from shared.broker import publish
+from shared.db import for_org
 from shared.jobs import FINAL_STATES, JobStatus, get_status
 from shared.logs import redact
 from shared.messages import CustomerBatch, Message, SyncRequested
@@ -174,7 +175,7 @@ async def _hand_to_fetcher(
         job_id=job_id, org_id=org_id, connection_id=connection_id, reason=reason
     )
     try:
-        async with deps.pool.acquire() as conn, conn.transaction():
+        async with for_org(deps.pool, org_id).transaction() as conn:
             state: str = await conn.fetchval(q.LOCK_JOB_STATE, job_id)
             if state != "draft":
                 return state
@@ -189,7 +190,7 @@ async def _hand_to_fetcher(
             )
     except ApiError:
         await activity.record(
-            deps.pool,
+            for_org(deps.pool, org_id),
             org_id=org_id,
             job_id=job_id,
             event="job.publish_failed",
@@ -243,7 +244,9 @@ async def start_sync(request: StartRequest, caller: Caller, deps: Deps) -> Start
     existing: asyncpg.Record | None = None
     if key is not None:
         # A replay answers from the database alone, even if the store is down by now.
-        existing = await deps.pool.fetchrow(q.SELECT_JOB_BY_IDEMPOTENCY_KEY, org_id, key)
+        existing = await for_org(deps.pool, org_id).fetchrow(
+            q.SELECT_JOB_BY_IDEMPOTENCY_KEY, org_id, key
+        )
         if existing is not None:
             return await _existing_job(deps, existing, caller)
 
@@ -252,7 +255,7 @@ async def start_sync(request: StartRequest, caller: Caller, deps: Deps) -> Start
 
     new_job_id = uuid4()
     running: asyncpg.Record | None = None
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with for_org(deps.pool, org_id).transaction() as conn:
         await conn.execute(q.LOCK_ORG_SYNCS, org_id)
         if key is not None:
             # A concurrent request with the same key may have won while the store was checked.
@@ -352,7 +355,7 @@ async def job_status(request: StatusRequest, caller: Caller, deps: Deps) -> Stat
 
 
 async def read_status(deps: Deps, *, org_id: UUID, job_id: UUID) -> StatusResult:
-    status = await get_status(deps.pool, org_id=org_id, job_id=job_id)
+    status = await get_status(for_org(deps.pool, org_id), org_id=org_id, job_id=job_id)
     if status is None:
         raise job_not_found()
     return _status_result(deps, status, org_id)
@@ -382,7 +385,7 @@ async def retry_job(request: RetryRequest, caller: Caller, deps: Deps) -> RetryR
     waits (409) while another job of its connection is reading the store.
     """
     org_id, job_id = caller.org_id, request.job_id
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with for_org(deps.pool, org_id).transaction() as conn:
         await conn.execute(q.LOCK_ORG_SYNCS, org_id)  # before the job's lock, as start does
         job = await conn.fetchrow(q.LOCK_JOB, job_id, org_id)
         if job is None:
@@ -460,7 +463,7 @@ async def retry_job(request: RetryRequest, caller: Caller, deps: Deps) -> RetryR
 async def force_done(request: ForceDoneRequest, caller: Caller, deps: Deps) -> StatusResult:
     """Close a job by hand (for instance a store that will never answer again)."""
     org_id, job_id = caller.org_id, request.job_id
-    async with deps.pool.acquire() as conn, conn.transaction():
+    async with for_org(deps.pool, org_id).transaction() as conn:
         job = await conn.fetchrow(q.LOCK_JOB, job_id, org_id)
         if job is None:
             raise job_not_found()

@@ -143,7 +143,7 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
-        pool = await db.create_pool(settings.database_url)
+        pool = await db.create_pool(settings.database_url, name="woosync-api")
         broker = make_broker(settings)
         try:
             await broker.connect()

@@ -18,6 +18,7 @@ from services.api.deps import Deps
 from services.api.schemas import ReplayRequest, StatusResult
 from shared import replay as dlq
 from shared.auth import Caller
+from shared.db import for_org
 from shared.jobs import get_status
 
 log = logging.getLogger("woosync.api.replay")
@@ -48,7 +49,7 @@ class ReplayResult(StatusResult):
 async def replay_job(request: ReplayRequest, caller: Caller, deps: Deps) -> ReplayResult:
     """Replay the job's parked batches; nothing parked is not an error (``replayed == 0``)."""
     org_id, job_id = caller.org_id, request.job_id
-    if await get_status(deps.pool, org_id=org_id, job_id=job_id) is None:
+    if await get_status(for_org(deps.pool, org_id), org_id=org_id, job_id=job_id) is None:
         raise job_not_found()
     try:
         connection = await dlq.open_connection(deps.settings.amqp_url, CONNECT_TIMEOUT_S)

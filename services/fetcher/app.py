@@ -38,7 +38,7 @@ def build_app(settings: Settings) -> FastStream:
             yield client
 
     async def startup() -> None:
-        pool: asyncpg.Pool = await db.create_pool(settings.database_url)
+        pool: asyncpg.Pool = await db.create_pool(settings.database_url, name="woosync-fetcher")
         await broker.connect()
         await declare_topology(broker, topology)
         state["deps"] = FetcherDeps(

@@ -37,6 +37,7 @@ from services.fetcher import queries as q
 from shared import activity
 from shared.consuming import Requeue
 from shared.crypto import SecretBox, UndecryptableSecret
+from shared.db import OrgScope, for_org
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
 from shared.urlsafety import StoreUrlError, ensure_public_url
 from shared.woocommerce import StoreConfig, StoreError
@@ -76,6 +77,7 @@ class _Job:
     request: SyncRequested
     batch_size: int
     deps: FetcherDeps
+    db: OrgScope
 
     async def read(
         self, client: PageReader, page: int | None, offset: int
@@ -94,7 +96,7 @@ class _Job:
         job_id = self.request.job_id
         ids = [int(c["id"]) for c in customers]
         window = paging.Window.of(offset, ids)
-        async with self.deps.pool.acquire() as conn, conn.transaction():
+        async with self.db.transaction() as conn:
             # An overlapping window being recorded concurrently holds its new lines until it
             # commits; this insert waits for it and then finds them there.
             rows = await conn.fetch(
@@ -113,10 +115,15 @@ class _Job:
                     )
                 )
         if page is None:
-            await self.deps.pool.execute(q.TOUCH_JOB, job_id)
+            await self.db.execute(q.TOUCH_JOB, job_id)
         else:
-            await self.deps.pool.execute(
-                q.MARK_PAGE_FETCHED, job_id, page, window.count, offset, window.first_id,
+            await self.db.execute(
+                q.MARK_PAGE_FETCHED,
+                job_id,
+                page,
+                window.count,
+                offset,
+                window.first_id,
                 window.last_id,
             )
         return window
@@ -128,22 +135,26 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     or :class:`Requeue` when the service stops mid-crawl."""
     if deps.stopping.is_set():
         raise Requeue("the fetcher is stopping")
-    row = await deps.pool.fetchrow(q.SELECT_JOB_WITH_CONNECTION, request.job_id, request.org_id)
+    scope = for_org(deps.pool, request.org_id)
+    row = await scope.fetchrow(q.SELECT_JOB_WITH_CONNECTION, request.job_id, request.org_id)
     if row is None:
         log.warning("job %s not found for its org; dropping the request", request.job_id)
         return
     if row["state"] in ("done", "failed") and request.reason != "retry":
         log.info("job %s is already %s; nothing to fetch", request.job_id, row["state"])
         return
-    processed = await deps.pool.fetchval(q.MARK_JOB_PROCESSING, request.job_id)
+    processed = await scope.fetchval(q.MARK_JOB_PROCESSING, request.job_id)
     if processed is None:
         return
     log.info("job %s: reading its store (taken up %d times)", request.job_id, processed)
     await activity.record(
-        deps.pool, org_id=request.org_id, job_id=request.job_id, event="fetch.started",
+        scope,
+        org_id=request.org_id,
+        job_id=request.job_id,
+        event="fetch.started",
         details={"process_count": processed},
     )
-    job = _Job(request, row["batch_size"], deps)
+    job = _Job(request, row["batch_size"], deps, scope)
     try:
         config = StoreConfig(
             url=row["store_url"],
@@ -160,16 +171,23 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     except (StoreError, StoreUrlError, UndecryptableSecret) as exc:
         log.warning("job %s: store failed: %s", request.job_id, exc)
         await activity.record(
-            deps.pool, org_id=request.org_id, job_id=request.job_id, event="fetch.failed",
-            level="error", details={"error": str(exc)},
+            scope,
+            org_id=request.org_id,
+            job_id=request.job_id,
+            event="fetch.failed",
+            level="error",
+            details={"error": str(exc)},
         )
         await deps.publish(
             FetchFailed(job_id=request.job_id, org_id=request.org_id, error=str(exc))
         )
         return
-    lines = await deps.pool.fetchval(q.MARK_FETCH_DONE, request.job_id, pages)
+    lines = await scope.fetchval(q.MARK_FETCH_DONE, request.job_id, pages)
     await activity.record(
-        deps.pool, org_id=request.org_id, job_id=request.job_id, event="fetch.completed",
+        scope,
+        org_id=request.org_id,
+        job_id=request.job_id,
+        event="fetch.completed",
         details={"pages": pages, "customers": lines},
     )
     await deps.publish(
@@ -207,8 +225,8 @@ async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
         first, window = await job.read(client, 1, 0)
         # Without X-WP-Total (a proxy may strip it) the tail loop below reads page by page.
         total_pages = paging.pages_for(first.total, per_page)
-        await job.deps.pool.execute(q.RECORD_STORE_TOTALS, job_id, first.total, total_pages)
-        fetched = {r["page"]: r for r in await job.deps.pool.fetch(q.SELECT_FETCHED_PAGES, job_id)}
+        await job.db.execute(q.RECORD_STORE_TOTALS, job_id, first.total, total_pages)
+        fetched = {r["page"]: r for r in await job.db.fetch(q.SELECT_FETCHED_PAGES, job_id)}
         windows = [window]
         windows += [
             paging.Window(r["start_offset"], r["customers"], r["first_id"], r["last_id"])
@@ -259,7 +277,9 @@ async def _close_gaps(
         log.info(
             "job %s: no page proves %s complete (customers deleted during the crawl?); "
             "reading again from offset %d",
-            job.request.job_id, walk.gap.describe(), walk.offset,
+            job.request.job_id,
+            walk.gap.describe(),
+            walk.offset,
         )
         while not walk.done and reads < budget:
             _, window = await job.read(client, None, walk.offset)
@@ -269,10 +289,14 @@ async def _close_gaps(
     if gaps:
         log.warning(
             "job %s: the store changed faster than it could be read; %d spots unproven",
-            job.request.job_id, len(gaps),
+            job.request.job_id,
+            len(gaps),
         )
         await activity.record(
-            job.deps.pool, org_id=job.request.org_id, job_id=job.request.job_id,
-            event="fetch.unverified", level="warning",
+            job.db,
+            org_id=job.request.org_id,
+            job_id=job.request.job_id,
+            event="fetch.unverified",
+            level="warning",
             details={"gaps": [[g.after, g.before] for g in gaps[:20]], "reads": reads},
         )

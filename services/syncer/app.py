@@ -75,7 +75,7 @@ def build_app(settings: Settings) -> FastStream:
 
     async def startup() -> None:
         # Declared before broker.start(), which starts the subscriber on the (passive) queue.
-        pools["db"] = await db.create_pool(settings.database_url)
+        pools["db"] = await db.create_pool(settings.database_url, name="woosync-syncer")
         await broker.connect()
         await declare_topology(broker, topology)
         log.info(

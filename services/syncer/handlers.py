@@ -46,6 +46,7 @@ from uuid import UUID, uuid5
 import asyncpg
 
 from services.syncer import queries as q
+from shared.db import for_org
 from shared.mapping import (
     CustomerRow,
     MappingError,
@@ -127,7 +128,7 @@ async def handle_customer_batch(
     """Sync one delivery of a batch; see the module docstring for attempts and failures."""
     rows, failures, customers = map_batch(batch)
     final = attempt >= max_attempts
-    async with pool.acquire() as conn, conn.transaction():
+    async with for_org(pool, batch.org_id).transaction() as conn:
         job = await conn.fetchval(q.SELECT_JOB, batch.job_id, batch.org_id, batch.connection_id)
         if job is None:
             raise UnknownJob(

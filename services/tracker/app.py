@@ -86,7 +86,7 @@ def build_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        pool = await create_pool(settings.database_url)
+        pool = await create_pool(settings.database_url, name="woosync-tracker")
         try:
             broker = make_broker(settings, logger=logging.getLogger("woosync.tracker.broker"))
             tracker = Tracker(

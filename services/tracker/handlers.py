@@ -50,6 +50,7 @@ from services.tracker import queries as q
 from shared import activity
 from shared.broker import publish
 from shared.consuming import Parking, park, settle
+from shared.db import OrgScope, for_org
 from shared.logs import redact
 from shared.messages import (
     SCHEMA_VERSION,
@@ -144,13 +145,13 @@ async def _record_final(conn: asyncpg.Connection, done: SyncCompleted, **details
     )
 
 
-async def recompute(pool: asyncpg.Pool, job_id: UUID) -> SyncCompleted | None:
+async def recompute(scope: OrgScope, job_id: UUID) -> SyncCompleted | None:
     """Bring the job's counts up to date; the ``SyncCompleted`` to announce if it just finished.
 
     Returns None when nothing finished (or the job does not exist). The activity row of a
     transition is written in the same transaction, so there is exactly one per finished job.
     """
-    async with pool.acquire() as conn, conn.transaction():
+    async with scope.transaction() as conn:
         if await conn.fetchval(q.LOCK_JOB, job_id) is None:
             return None
         row = await conn.fetchrow(q.RECOMPUTE_JOB, job_id)
@@ -164,7 +165,7 @@ async def recompute(pool: asyncpg.Pool, job_id: UUID) -> SyncCompleted | None:
 async def fail_job(pool: asyncpg.Pool, event: FetchFailed) -> SyncCompleted | None:
     """Fail the job with the fetcher's error, unless it is already final."""
     error = redact(event.error)[:MAX_ERROR_CHARS]
-    async with pool.acquire() as conn, conn.transaction():
+    async with for_org(pool, event.org_id).transaction() as conn:
         row = await conn.fetchrow(q.FAIL_JOB, event.job_id, event.org_id, error)
         if row is None:
             return None
@@ -180,10 +181,10 @@ def stall_error(timeout_s: float) -> str:
     )
 
 
-async def stall_job(pool: asyncpg.Pool, job_id: UUID, timeout_s: float) -> SyncCompleted | None:
+async def stall_job(scope: OrgScope, job_id: UUID, timeout_s: float) -> SyncCompleted | None:
     """Fail a job that made no progress for ``timeout_s``, unless progress came meanwhile or it
     is final already; the ``job.stalled`` activity row is written in the same transaction."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with scope.transaction() as conn:
         if await conn.fetchval(q.LOCK_JOB, job_id) is None:
             return None
         row = await conn.fetchrow(q.STALL_JOB, job_id, timeout_s, stall_error(timeout_s))
@@ -209,8 +210,9 @@ async def stall_job(pool: asyncpg.Pool, job_id: UUID, timeout_s: float) -> SyncC
     return done
 
 
-async def active_jobs(pool: asyncpg.Pool) -> list[UUID]:
-    return [row["id"] for row in await pool.fetch(q.SELECT_ACTIVE_JOBS)]
+async def active_jobs(pool: asyncpg.Pool) -> dict[UUID, UUID]:
+    """Every open job of every org, with its org (job id -> org id)."""
+    return {row["id"]: row["org_id"] for row in await pool.fetch(q.SELECT_ACTIVE_JOBS)}
 
 
 class Tracker:
@@ -240,15 +242,15 @@ class Tracker:
         self._publish = publish
         self._sweep_interval_s = sweep_interval_s
         self._full_sweep_interval_s = full_sweep_interval_s
-        self._dirty: set[UUID] = set()
+        self._dirty: dict[UUID, UUID] = {}  # job id -> its org id
         self._unannounced: list[SyncCompleted] = []
 
     @property
     def dirty(self) -> frozenset[UUID]:
         return frozenset(self._dirty)
 
-    def mark_dirty(self, job_id: UUID) -> None:
-        self._dirty.add(job_id)
+    def mark_dirty(self, job_id: UUID, org_id: UUID) -> None:
+        self._dirty[job_id] = org_id
 
     async def on_event(self, body: bytes, msg: RabbitMessage) -> None:
         """Broker handler for ``<ns>.tracker.events`` (manual acks)."""
@@ -260,7 +262,7 @@ class Tracker:
             await park(msg, reason, self._parking, log)
             return
         if not isinstance(event, FetchFailed):
-            self._dirty.add(event.job_id)
+            self._dirty[event.job_id] = event.org_id
             await settle(msg, "ack", log)
             return
         try:
@@ -280,14 +282,14 @@ class Tracker:
         if self._unannounced:
             pending, self._unannounced = self._unannounced, []
             await self._announce(pending)
-        jobs, self._dirty = self._dirty, set()
+        jobs, self._dirty = self._dirty, {}
         finished: list[SyncCompleted] = []
-        for job_id in jobs:
+        for job_id, org_id in jobs.items():
             try:
-                done = await recompute(self._pool, job_id)
+                done = await recompute(for_org(self._pool, org_id), job_id)
             except Exception:
                 log.exception("recompute of job %s failed; retrying on the next tick", job_id)
-                self._dirty.add(job_id)
+                self._dirty[job_id] = org_id
                 continue
             if done is not None:
                 log.info(
@@ -319,7 +321,7 @@ class Tracker:
         timeout_s = self._stall_timeout_s
         if timeout_s is None:
             return
-        candidates = await self._pool.fetch(q.SELECT_STALL_CANDIDATES, timeout_s)
+        candidates = await self._pool.fetch(q.SELECT_STALL_CANDIDATES, timeout_s)  # every org
         fetchers = 0
         if any(row["state"] == "queued" for row in candidates):
             try:
@@ -333,7 +335,7 @@ class Tracker:
         for row in candidates:
             if row["state"] == "queued" and fetchers > 0:
                 continue  # waiting for a busy fetcher is not a stall
-            done = await stall_job(self._pool, row["id"], timeout_s)
+            done = await stall_job(for_org(self._pool, row["org_id"]), row["id"], timeout_s)
             if done is not None:
                 log.warning("job %s stalled (no progress for %g s)", done.job_id, timeout_s)
                 stalled.append(done)

@@ -86,20 +86,11 @@ RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count
 """
 )
 
-# $1 stall timeout in seconds. Jobs that could still finish but showed no sign of life for that
-# long: nothing touched the job row (a page read, a count changed, a state change) and no line
-# changed (customers on their way through the retry tiers). The line scan runs only for jobs
-# whose row is already that old.
-SELECT_STALL_CANDIDATES = """
-SELECT j.id, j.state
-FROM woo_customer_sync_queue j
-WHERE j.state IN ('queued', 'processing')
-  AND j.updated_at < now() - make_interval(secs => $1)
-  AND NOT EXISTS (
-      SELECT 1 FROM woo_customer_sync_queue_line l
-      WHERE l.job_id = j.id AND l.updated_at >= now() - make_interval(secs => $1)
-  )
-"""
+# $1 stall timeout in seconds. Jobs of every org that could still finish but showed no sign of
+# life for that long: nothing touched the job row (a page read, a count changed, a state change)
+# and no line changed (customers on their way through the retry tiers). A security-definer
+# function (migration 0005, where its query is), as the services' role sees one org at a time.
+SELECT_STALL_CANDIDATES = "SELECT id, org_id, state FROM woosync_stall_candidates($1)"
 
 # $1 job id, $2 stall timeout in seconds, $3 error. Run after LOCK_JOB, so the statement sees
 # the newest job row and lines: progress that came meanwhile, or a job already final, leaves no
@@ -135,8 +126,7 @@ RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count,
 
 # Every job that could still finish: the periodic sweep recomputes them all, which covers events
 # lost while no tracker ran and the in-memory dirty set of a tracker that crashed.
-SELECT_ACTIVE_JOBS = """
-SELECT id FROM woo_customer_sync_queue WHERE state IN ('queued', 'processing')
-"""
+# Open jobs of every org, through a security-definer function (migration 0005).
+SELECT_ACTIVE_JOBS = "SELECT id, org_id FROM woosync_open_jobs()"
 
 PING = "SELECT 1"

@@ -33,6 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from shared.auth import authenticate
 from shared.crypto import ProgressTokens
+from shared.db import for_org
 from shared.jobs import JobStatus, get_status
 
 log = logging.getLogger("woosync.tracker.sse")
@@ -109,7 +110,7 @@ async def progress_events(
             return
         await asyncio.sleep(interval_s)
         try:
-            status = await get_status(pool, org_id=org_id, job_id=job_id)
+            status = await get_status(for_org(pool, org_id), org_id=org_id, job_id=job_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if not db_failing:  # once per outage, not four times a second
                 log.warning("progress of job %s: database read failed (%s); retrying", job_id, exc)
@@ -129,11 +130,10 @@ async def progress(request: Request) -> Response:
         return error_response(
             401,
             "unauthorized",
-            "send an API key as 'Authorization: Bearer <key>' or a valid progress token "
-            "as ?token=",
+            "send an API key as 'Authorization: Bearer <key>' or a valid progress token as ?token=",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    status = await get_status(pool, org_id=org_id, job_id=job_id)
+    status = await get_status(for_org(pool, org_id), org_id=org_id, job_id=job_id)
     if status is None:
         return error_response(404, "job_not_found", "no such job")
     try:

@@ -153,7 +153,7 @@ class Org:
 
 
 async def new_org(settings: Settings, name: str = "e2e") -> Org:
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=1)
+    pool = await db.create_pool(settings.admin_database_url, min_size=1, max_size=1)
     try:
         org_id, key = await create_org(pool, name)
     finally:
@@ -187,7 +187,7 @@ async def action(stack: Stack, org: Org, name: str, job_id: str, **fields: Any) 
 
 async def job_status(settings: Settings, job_id: str) -> asyncpg.Record:
     """Read straight from the database, so it works while the api is down."""
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.admin_database_url)
     try:
         return await conn.fetchrow(
             "SELECT * FROM woo_customer_sync_queue WHERE id = $1::uuid", job_id
@@ -219,7 +219,7 @@ async def assert_exact(
 ) -> None:
     """Every store customer is in ``customer`` exactly once, equal field by field; every line of
     the job is done; the job's counts say so."""
-    conn = await db.connect(settings.database_url)
+    conn = await db.connect(settings.admin_database_url)
     try:
         rows = await conn.fetch(
             "SELECT * FROM customer WHERE org_id = $1::uuid ORDER BY woo_id", org.org_id

@@ -88,7 +88,7 @@ async def wait_for(
 
 
 async def fetchval(settings: Settings, sql: str, *args: Any) -> Any:
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.admin_database_url)
     try:
         return await conn.fetchval(sql, *args)
     finally:
@@ -97,7 +97,7 @@ async def fetchval(settings: Settings, sql: str, *args: Any) -> Any:
 
 async def fetch(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record]:
     """Rows, jsonb decoded."""
-    conn = await db.connect(settings.database_url)
+    conn = await db.connect(settings.admin_database_url)
     try:
         return list(await conn.fetch(sql, *args))
     finally:
@@ -114,7 +114,7 @@ class Progress:
 
 
 async def progress(settings: Settings, job_id: str) -> Progress:
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.admin_database_url)
     try:
         row = await conn.fetchrow(
             """SELECT j.state, j.process_count, j.fetch_done_at IS NOT NULL AS fetched,
@@ -189,7 +189,7 @@ class StatusWatch:
         org_id, job_id = UUID(self.org.org_id), UUID(self.job_id)
         while True:
             try:
-                conn = await asyncpg.connect(self.settings.database_url)
+                conn = await asyncpg.connect(self.settings.admin_database_url)
                 try:
                     status = await get_status(conn, org_id=org_id, job_id=job_id)
                 finally:

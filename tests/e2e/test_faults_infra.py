@@ -135,7 +135,7 @@ async def readiness(stack: Stack) -> dict[str, int]:
 
 
 async def pages_read(settings: Settings, job_id: str) -> int:
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.admin_database_url)
     try:
         count: int = await conn.fetchval(
             "SELECT count(*) FROM woo_customer_sync_page WHERE job_id = $1::uuid", job_id

@@ -69,7 +69,7 @@ async def running(settings: Settings, log_dir: Path, env: dict[str, str]) -> Asy
 
 
 async def query(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await db.connect(settings.database_url)
+    conn = await db.connect(settings.admin_database_url)
     try:
         return list(await conn.fetch(sql, *args))
     finally:

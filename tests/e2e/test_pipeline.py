@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from shared import db
+from shared.db import APP_ROLE
 from shared.settings import Settings
 from tools.woosim.testing import spawn_simulator
 from woosync.progress import follow, wait_ready
@@ -70,10 +71,12 @@ async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[dict[str, s
     assert "Traceback" not in text, text[-4000:]
 
 
-def create_org(env: dict[str, str]) -> dict[str, str]:
+def create_org(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """An org made by the operator's command, which connects as the schema's owner."""
     out = subprocess.run(
         [sys.executable, "-m", "woosync.cli", "org", "create", "e2e"],
-        env={**os.environ, **env}, capture_output=True, text=True, check=True, timeout=60,
+        env={**os.environ, **env, "WOOSYNC_ADMIN_DATABASE_URL": settings.admin_database_url},
+        capture_output=True, text=True, check=True, timeout=60,
     )
     return json.loads(out.stdout)
 
@@ -109,7 +112,7 @@ async def follow_to_end(progress_url: str) -> list[tuple[str, dict]]:
 
 
 async def test_sync_2000_customers_end_to_end(settings: Settings, stack: dict[str, str]) -> None:
-    org = create_org(stack)
+    org = create_org(settings, stack)
     with spawn_simulator(customers=CUSTOMERS, seed=11) as sim:
         store = {c["id"]: c for c in sim.customers_sync()}
         job = await asyncio.wait_for(start_sync(stack, org, sim, "first"), 60)
@@ -128,7 +131,7 @@ async def test_sync_2000_customers_end_to_end(settings: Settings, stack: dict[st
         )
         assert final["percent"] == 100.0
 
-        conn = await db.connect(settings.database_url)
+        conn = await db.connect(settings.admin_database_url)
         try:
             rows = await conn.fetch("SELECT *, xmin::text AS version FROM customer ORDER BY woo_id")
             roles = {r["role"] for r in rows}
@@ -149,6 +152,15 @@ async def test_sync_2000_customers_end_to_end(settings: Settings, stack: dict[st
             after = await conn.fetch("SELECT woo_id, xmin::text AS version FROM customer")
             assert {r["woo_id"]: r["version"] for r in after} == {
                 r["woo_id"]: r["version"] for r in rows
+            }
+
+            # Every service reached the database as the role row-level security binds.
+            sessions = await conn.fetch(
+                """SELECT DISTINCT application_name, usename FROM pg_stat_activity
+                   WHERE datname = current_database() AND application_name LIKE 'woosync-%'"""
+            )
+            assert {(r["application_name"], r["usename"]) for r in sessions} == {
+                (f"woosync-{service}", APP_ROLE) for service in SERVICES
             }
         finally:
             await conn.close()

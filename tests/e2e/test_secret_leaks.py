@@ -241,7 +241,7 @@ async def test_the_secret_appears_nowhere_but_encrypted(
     assert len(logs) == 4 and all(text for _, text in logs)
     assert any(" DEBUG " in text for _, text in logs), "the services did not log at DEBUG"
 
-    conn = await db.connect(settings.database_url)
+    conn = await db.connect(settings.admin_database_url)
     try:
         tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         rows: list[tuple[str, str]] = []

@@ -91,14 +91,14 @@ async def park(settings: Settings, topology: Topology, batch: CustomerBatch) -> 
 
 
 def cli(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WOOSYNC_DATABASE_URL": database_url}
+    env = {**os.environ, "WOOSYNC_ADMIN_DATABASE_URL": database_url}
     return subprocess.run(
         [*WOOSYNC, "key", *args], env=env, capture_output=True, text=True, timeout=60
     )
 
 
 async def test_key_commands_create_once_list_without_secrets_and_revoke(api: Api) -> None:
-    dsn = api.settings.database_url
+    dsn = api.settings.admin_database_url
     created = cli("create", str(api.org_id), "--name", "billing robot", database_url=dsn)
     assert created.returncode == 0, created.stderr
     printed = json.loads(created.stdout)

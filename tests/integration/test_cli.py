@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from shared.auth import authenticate
+from shared.db import APP_ROLE
 from shared.settings import Settings
 from tests.conftest import PG_ADMIN_URL
 
@@ -39,6 +40,11 @@ def fresh_database() -> Iterator[str]:
                     f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], check=False)
 
 
+def app_url(dsn: str, *, password: str) -> str:
+    scheme, rest = dsn.split("://", 1)
+    return f"{scheme}://{APP_ROLE}:{password}@{rest.rsplit('@', 1)[-1]}"
+
+
 async def tables(dsn: str) -> set[str]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -49,7 +55,10 @@ async def tables(dsn: str) -> set[str]:
 
 
 async def test_migrate_creates_applies_once_and_reverts(fresh_database: str) -> None:
-    env = {"WOOSYNC_DATABASE_URL": fresh_database}
+    env = {
+        "WOOSYNC_ADMIN_DATABASE_URL": fresh_database,
+        "WOOSYNC_DATABASE_URL": app_url(fresh_database, password="app-pw"),
+    }
     first = run("migrate", env=env)
     assert first.returncode == 0, first.stderr
     assert "applied 0001_core" in first.stdout
@@ -59,6 +68,18 @@ async def test_migrate_creates_applies_once_and_reverts(fresh_database: str) -> 
     assert await tables(fresh_database) == expected
     second = run("migrate", env=env)
     assert second.returncode == 0 and "nothing to do" in second.stdout
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        # The password in WOOSYNC_DATABASE_URL is the services' role's (stored as a SCRAM hash).
+        stored = await conn.fetchval(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1", APP_ROLE
+        )
+    finally:
+        await conn.close()
+    assert stored is not None and "app-pw" not in stored
+    other_user = run("migrate", env={**env, "WOOSYNC_DATABASE_URL": fresh_database.replace(
+        "://", "://someone:pw@", 1)})
+    assert other_user.returncode != 0 and APP_ROLE in other_user.stderr
 
     created = run("org", "create", "Acme Ltd", env=env)
     assert created.returncode == 0, created.stderr
@@ -89,6 +110,7 @@ def test_up_runs_all_services_and_stops_them_on_sigterm(settings: Settings) -> N
     env = {
         **os.environ,
         "WOOSYNC_DATABASE_URL": settings.database_url,
+        "WOOSYNC_ADMIN_DATABASE_URL": settings.admin_database_url,
         "WOOSYNC_NAMESPACE": settings.namespace,
         "WOOSYNC_API_PORT": str(api_port),
         "WOOSYNC_TRACKER_PORT": str(tracker_port),

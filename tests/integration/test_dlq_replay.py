@@ -229,6 +229,7 @@ async def woosync(settings: Settings, *args: str) -> str:
     env = {
         **os.environ,
         "WOOSYNC_DATABASE_URL": settings.database_url,
+        "WOOSYNC_ADMIN_DATABASE_URL": settings.admin_database_url,
         "WOOSYNC_AMQP_URL": settings.amqp_url,
         "WOOSYNC_NAMESPACE": settings.namespace,
         "WOOSYNC_RETRY_DELAYS_MS": json.dumps(settings.retry_delays_ms),

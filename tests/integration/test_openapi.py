@@ -101,7 +101,8 @@ def live_api(settings: Settings) -> Iterator[LiveApi]:
     }
     created = subprocess.run(
         [sys.executable, "-m", "woosync.cli", "org", "create", "conformance"],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
+        env={**env, "WOOSYNC_ADMIN_DATABASE_URL": settings.admin_database_url},
+        capture_output=True, text=True, timeout=60, check=True,
     )
     org = json.loads(created.stdout)
     url = f"http://127.0.0.1:{port}"

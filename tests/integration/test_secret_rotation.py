@@ -105,7 +105,7 @@ def run_rotate(
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        "WOOSYNC_DATABASE_URL": database_url,
+        "WOOSYNC_ADMIN_DATABASE_URL": database_url,
         "WOOSYNC_SECRET_KEY": NEW,
         "WOOSYNC_SECRET_KEY_PREVIOUS": json.dumps(previous),
     }

@@ -38,6 +38,7 @@ from services.tracker.handlers import (
 from shared.auth import create_org
 from shared.broker import make_broker, publish
 from shared.crypto import ProgressTokens
+from shared.db import for_org
 from shared.messages import (
     FetchCompleted,
     FetchFailed,
@@ -49,48 +50,11 @@ from shared.messages import (
 from shared.settings import Settings
 from shared.topology import Topology, declare_topology
 from tests.conftest import AMQP_URL
+from tests.factories import add_lines, make_job
 
 WAIT_S = 10.0
 
 # --- data helpers -------------------------------------------------------------------------
-
-
-async def make_job(
-    pool: asyncpg.Pool, org_id: UUID, *, state: str = "processing", store_total: int | None = None
-) -> UUID:
-    connection_id, job_id = uuid4(), uuid4()
-    await pool.execute(
-        """INSERT INTO woo_connections (id, org_id, store_url, auth_mode, consumer_key,
-                                        consumer_secret_enc)
-           VALUES ($1, $2, $3, 'basic', 'ck_test', '\\x00'::bytea)""",
-        connection_id,
-        org_id,
-        f"https://{connection_id.hex[:8]}.shop.example",
-    )
-    await pool.execute(
-        """INSERT INTO woo_customer_sync_queue (id, org_id, connection_id, state, batch_size,
-                                                concurrency, store_total)
-           VALUES ($1, $2, $3, $4, 100, 4, $5)""",
-        job_id,
-        org_id,
-        connection_id,
-        state,
-        store_total,
-    )
-    return job_id
-
-
-async def add_lines(
-    pool: asyncpg.Pool, job_id: UUID, org_id: UUID, woo_ids: Sequence[int], state: str = "pending"
-) -> None:
-    await pool.execute(
-        """INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, state)
-           SELECT $1, w, $2, $4 FROM unnest($3::bigint[]) AS w""",
-        job_id,
-        org_id,
-        list(woo_ids),
-        state,
-    )
 
 
 async def set_lines(pool: asyncpg.Pool, job_id: UUID, woo_ids: Sequence[int], state: str) -> None:
@@ -222,7 +186,9 @@ def tokens_for(settings: Settings) -> ProgressTokens:
 # --- recompute and fail_job ---------------------------------------------------------------
 
 
-async def test_recompute_counts_lines_and_writes_only_on_change(pool: asyncpg.Pool) -> None:
+async def test_recompute_counts_lines_and_writes_only_on_change(
+    pool: asyncpg.Pool, app_pool: asyncpg.Pool
+) -> None:
     org_id, _ = await create_org(pool, "acme")
     job_id = await make_job(pool, org_id)
     await add_lines(pool, job_id, org_id, range(1, 5), "done")
@@ -230,28 +196,32 @@ async def test_recompute_counts_lines_and_writes_only_on_change(pool: asyncpg.Po
     await add_lines(pool, job_id, org_id, range(7, 10), "pending")
     await add_lines(pool, job_id, org_id, [10], "processing")
 
-    assert await recompute(pool, job_id) is None
+    assert await recompute(for_org(app_pool, org_id), job_id) is None
     row = await job_row(pool, job_id)
     assert (row["total"], row["done_count"], row["failed_count"]) == (10, 4, 2)
     assert row["state"] == "processing" and row["finished_at"] is None
 
-    assert await recompute(pool, job_id) is None  # nothing changed: the row is not rewritten
+    # Nothing changed: the row is not rewritten.
+    assert await recompute(for_org(app_pool, org_id), job_id) is None
     assert (await job_row(pool, job_id))["updated_at"] == row["updated_at"]
 
     await finish_fetch(pool, job_id)  # every page read, but lines are still open
-    assert await recompute(pool, job_id) is None
+    assert await recompute(for_org(app_pool, org_id), job_id) is None
     assert (await job_row(pool, job_id))["state"] == "processing"
-    assert await recompute(pool, uuid4()) is None  # unknown job
+    assert await recompute(for_org(app_pool, org_id), uuid4()) is None  # unknown job
 
 
-async def test_racing_recomputes_finish_the_job_exactly_once(pool: asyncpg.Pool) -> None:
+async def test_racing_recomputes_finish_the_job_exactly_once(
+    pool: asyncpg.Pool, app_pool: asyncpg.Pool
+) -> None:
     org_id, _ = await create_org(pool, "acme")
     jobs = [await make_job(pool, org_id, state=s) for s in ("processing", "queued") * 3]
     for job_id in jobs:
         await add_lines(pool, job_id, org_id, range(1, 51), "done")
         await finish_fetch(pool, job_id)
 
-    results = await asyncio.gather(*(recompute(pool, j) for j in jobs for _ in range(4)))
+    scope = for_org(app_pool, org_id)
+    results = await asyncio.gather(*(recompute(scope, j) for j in jobs for _ in range(4)))
 
     finished = [r for r in results if r is not None]
     assert sorted(r.job_id for r in finished) == sorted(jobs)  # one per job, not four
@@ -262,17 +232,19 @@ async def test_racing_recomputes_finish_the_job_exactly_once(pool: asyncpg.Pool)
         assert row["state"] == "done" and row["finished_at"] is not None
         assert row["last_error"] is None
         assert [a["event"] for a in await activities(pool, done.job_id)] == ["job.completed"]
-    assert await recompute(pool, jobs[0]) is None  # final jobs stay final
+    assert await recompute(for_org(app_pool, org_id), jobs[0]) is None  # final jobs stay final
 
 
-async def test_failed_lines_fail_the_job_with_a_hint(pool: asyncpg.Pool) -> None:
+async def test_failed_lines_fail_the_job_with_a_hint(
+    pool: asyncpg.Pool, app_pool: asyncpg.Pool
+) -> None:
     org_id, _ = await create_org(pool, "acme")
     job_id = await make_job(pool, org_id)
     await add_lines(pool, job_id, org_id, range(1, 4), "done")
     await add_lines(pool, job_id, org_id, range(4, 6), "failed")
     await finish_fetch(pool, job_id)
 
-    done = await recompute(pool, job_id)
+    done = await recompute(for_org(app_pool, org_id), job_id)
 
     assert done is not None and (done.state, done.total, done.done, done.failed) == (
         "failed",
@@ -288,7 +260,9 @@ async def test_failed_lines_fail_the_job_with_a_hint(pool: asyncpg.Pool) -> None
     assert entry["details"] == {"total": 5, "done": 3, "failed": 2}
 
 
-async def test_fetch_failed_fails_the_job_once(pool: asyncpg.Pool) -> None:
+async def test_fetch_failed_fails_the_job_once(
+    pool: asyncpg.Pool, app_pool: asyncpg.Pool
+) -> None:
     org_id, _ = await create_org(pool, "acme")
     other_org, _ = await create_org(pool, "other")
     job_id = await make_job(pool, org_id)
@@ -296,8 +270,8 @@ async def test_fetch_failed_fails_the_job_once(pool: asyncpg.Pool) -> None:
     await add_lines(pool, job_id, org_id, range(4, 6), "pending")
     event = FetchFailed(job_id=job_id, org_id=org_id, error="store answered 401 Unauthorized")
 
-    assert await fail_job(pool, event.model_copy(update={"org_id": other_org})) is None
-    done = await fail_job(pool, event)
+    assert await fail_job(app_pool, event.model_copy(update={"org_id": other_org})) is None
+    done = await fail_job(app_pool, event)
 
     assert done is not None and (done.state, done.total, done.done, done.failed) == (
         "failed",
@@ -307,17 +281,19 @@ async def test_fetch_failed_fails_the_job_once(pool: asyncpg.Pool) -> None:
     )
     row = await job_row(pool, job_id)
     assert (row["state"], row["last_error"]) == ("failed", "store answered 401 Unauthorized")
-    assert await fail_job(pool, event) is None  # duplicate event
+    assert await fail_job(app_pool, event) is None  # duplicate event
     await set_lines(pool, job_id, [4, 5], "done")
     await finish_fetch(pool, job_id)
-    assert await recompute(pool, job_id) is None  # a failed job is not revived
+    assert await recompute(for_org(app_pool, org_id), job_id) is None  # a failed job is not revived
     assert (await job_row(pool, job_id))["state"] == "failed"
     [entry] = await activities(pool, job_id)
     assert (entry["level"], entry["event"]) == ("error", "job.failed")
     assert entry["details"]["error"] == "store answered 401 Unauthorized"
 
 
-async def test_jobs_without_progress_are_failed_as_stalled_once(pool: asyncpg.Pool) -> None:
+async def test_jobs_without_progress_are_failed_as_stalled_once(
+    pool: asyncpg.Pool, app_pool: asyncpg.Pool
+) -> None:
     org_id, _ = await create_org(pool, "acme")
     stuck = await make_job(pool, org_id)
     await add_lines(pool, stuck, org_id, range(1, 4))
@@ -342,7 +318,7 @@ async def test_jobs_without_progress_are_failed_as_stalled_once(pool: asyncpg.Po
         return fetchers[0]
 
     tracker = Tracker(
-        pool, publish, sweep_interval_s=0.1, stall_timeout_s=60, fetchers_consuming=consuming
+        app_pool, publish, sweep_interval_s=0.1, stall_timeout_s=60, fetchers_consuming=consuming
     )
     await tracker.detect_stalls()
 
@@ -555,7 +531,7 @@ async def test_progress_stream_follows_the_job_to_completion(
 
 
 async def test_progress_auth_tokens_keys_and_tenancy(
-    settings: Settings, pool: asyncpg.Pool
+    settings: Settings, pool: asyncpg.Pool, app_pool: asyncpg.Pool
 ) -> None:
     org_id, key = await create_org(pool, "acme")
     other_org, other_key = await create_org(pool, "other")
@@ -563,7 +539,8 @@ async def test_progress_auth_tokens_keys_and_tenancy(
     sibling_job = await make_job(pool, org_id)
     await add_lines(pool, job_id, org_id, [1, 2], "done")
     await finish_fetch(pool, job_id)
-    assert await recompute(pool, job_id) is not None  # final: its stream ends by itself
+    # Final: its stream ends by itself.
+    assert await recompute(for_org(app_pool, org_id), job_id) is not None
     tokens = tokens_for(settings)
 
     async with serve(settings) as base, httpx.AsyncClient(timeout=WAIT_S) as client:
@@ -634,7 +611,7 @@ async def test_progress_auth_tokens_keys_and_tenancy(
 
 
 async def test_sigterm_stops_the_service_with_a_stream_open(
-    settings: Settings, pool: asyncpg.Pool, database_url: str
+    settings: Settings, pool: asyncpg.Pool
 ) -> None:
     org_id, _ = await create_org(pool, "acme")
     job_id = await make_job(pool, org_id)
@@ -644,7 +621,7 @@ async def test_sigterm_stops_the_service_with_a_stream_open(
     sock.close()
     env = {
         **os.environ,
-        "WOOSYNC_DATABASE_URL": database_url,
+        "WOOSYNC_DATABASE_URL": settings.database_url,
         "WOOSYNC_AMQP_URL": settings.amqp_url,
         "WOOSYNC_NAMESPACE": settings.namespace,
         "WOOSYNC_RETRY_DELAYS_MS": json.dumps(settings.retry_delays_ms),

@@ -65,3 +65,16 @@ def test_services_use_the_image_that_the_dockerfile_builds() -> None:
         assert SERVICES[name]["build"] == ".", name
     assert SERVICES["syncer"]["deploy"]["replicas"] >= 2
     assert SERVICES["migrate"]["command"] == ["woosync", "migrate"]
+
+
+def test_services_connect_as_the_role_row_level_security_binds() -> None:
+    from urllib.parse import urlsplit
+
+    from shared.db import APP_ROLE
+
+    for name in ("api", "fetcher", "syncer", "tracker"):
+        env = _env(SERVICES[name])
+        assert urlsplit(env["WOOSYNC_DATABASE_URL"]).username == APP_ROLE, name
+        assert "WOOSYNC_ADMIN_DATABASE_URL" not in env, f"{name} must not hold the owner's URL"
+    migrate = _env(SERVICES["migrate"])
+    assert urlsplit(migrate["WOOSYNC_ADMIN_DATABASE_URL"]).username != APP_ROLE
