@@ -8,6 +8,10 @@ an IPv6 one (mapped, 6to4, Teredo, NAT64). Resolving first catches names and odd
 (``localhost``, ``2130706433``, ``0x7f.1``) that a look at the text alone would miss.
 
 The check runs when a job is started and again before every crawl, because DNS answers change.
+And the client connects only where a check looked: :class:`PinnedAddressTransport` resolves the
+host once per client, checks every address, and sends each request to that checked address
+(the name still goes in ``Host`` and in TLS's SNI and certificate check). A name whose answer
+changes between the check and the connection (DNS rebinding) cannot steer a request inside.
 Redirects need no check of their own: the WooCommerce client never follows them
 (``follow_redirects=False``), so a store cannot bounce a request to an internal address.
 
@@ -22,6 +26,8 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
+
+import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -118,14 +124,24 @@ async def ensure_public_url(
     resolve: Resolver = system_resolve,
     timeout_s: float = RESOLVE_TIMEOUT_S,
 ) -> None:
-    """Return if the store URL may be used; raise :class:`StoreUrlError` saying why not.
+    """Return if the store URL may be used; raise :class:`StoreUrlError` saying why not."""
+    _, host, port = split_store_url(url)
+    if not allow_private:
+        await public_address(host, port, resolve=resolve, timeout_s=timeout_s)
+
+
+async def public_address(
+    host: str,
+    port: int,
+    *,
+    resolve: Resolver = system_resolve,
+    timeout_s: float = RESOLVE_TIMEOUT_S,
+) -> str:
+    """The address to connect to for ``host``; raise :class:`StoreUrlError` unless it is public.
 
     Every resolved address must be public: a name with one public and one private address is
-    refused, since the client may connect to either.
+    refused, since a client may connect to either.
     """
-    _, host, port = split_store_url(url)
-    if allow_private:
-        return
     try:
         async with asyncio.timeout(timeout_s):
             found = list(await resolve(host, port))
@@ -143,3 +159,51 @@ async def ensure_public_url(
                 "the store's address is not public (private, loopback, link-local or reserved "
                 "addresses are not allowed)"
             )
+    return str(_parse_address(found[0]))
+
+
+class PinnedAddressTransport(httpx.AsyncBaseTransport):
+    """Sends every request to the address checked for its host, resolved once per transport.
+
+    The request keeps its name for ``Host`` and, through httpcore's ``sni_hostname`` extension,
+    for TLS (SNI and the certificate's host name check), so a store behaves as if reached by
+    name. A client lives for one crawl or one check, so its stores' addresses are re-checked for
+    every crawl.
+    """
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        *,
+        resolve: Resolver = system_resolve,
+        timeout_s: float = RESOLVE_TIMEOUT_S,
+    ) -> None:
+        self._inner = inner
+        self._resolve = resolve
+        self._timeout_s = timeout_s
+        self._pinned: dict[tuple[str, int], str] = {}
+        self._lock = asyncio.Lock()
+
+    async def _address(self, host: str, port: int) -> str:
+        async with self._lock:  # concurrent first requests share one resolution
+            if (host, port) not in self._pinned:
+                self._pinned[host, port] = await public_address(
+                    host, port, resolve=self._resolve, timeout_s=self._timeout_s
+                )
+            return self._pinned[host, port]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        port = url.port or DEFAULT_PORTS.get(url.scheme, 443)
+        address = await self._address(url.host, port)
+        wire_request = httpx.Request(
+            request.method,
+            url.copy_with(host=address),
+            headers=request.headers,  # with the Host header httpx derived from the name
+            stream=request.stream,
+            extensions={**request.extensions, "sni_hostname": url.host},
+        )
+        return await self._inner.handle_async_request(wire_request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

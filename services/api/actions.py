@@ -134,10 +134,14 @@ async def check_store_url(deps: Deps, url: str) -> None:
     """Refuse a store the api and the fetcher must not talk to (internal addresses: SSRF)."""
     try:
         await ensure_public_url(url, allow_private=deps.settings.allow_private_urls)
-    except StoreUrlUnresolvable as exc:
-        raise ApiError(422, "store_unreachable", f"config.url: {exc}") from None
     except StoreUrlError as exc:
-        raise ApiError(422, "store_url_not_allowed", f"config.url: {exc}") from None
+        raise _url_refused(exc) from None
+
+
+def _url_refused(exc: StoreUrlError) -> ApiError:
+    if isinstance(exc, StoreUrlUnresolvable):
+        return ApiError(422, "store_unreachable", f"config.url: {exc}")
+    return ApiError(422, "store_url_not_allowed", f"config.url: {exc}")
 
 
 async def check_store(deps: Deps, config: StoreConfigIn) -> int:
@@ -154,6 +158,8 @@ async def check_store(deps: Deps, config: StoreConfigIn) -> int:
         raise ApiError(422, "store_tls_error", _safe_store_message(exc, secret)) from None
     except StoreError as exc:
         raise ApiError(422, "store_bad_response", _safe_store_message(exc, secret)) from None
+    except StoreUrlError as exc:  # the address changed since check_store_url (DNS rebinding)
+        raise _url_refused(exc) from None
 
 
 async def _hand_to_fetcher(

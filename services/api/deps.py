@@ -41,7 +41,12 @@ def store_client_factory(settings: Settings) -> StoreClientFactory:
     timeout_s = min(settings.store_timeout_s, CHECK_TIMEOUT_S)
 
     def open_client(config: StoreConfig) -> AbstractAsyncContextManager[StoreProbe]:
-        return WooClient(config, policy=policy, timeout_s=timeout_s)
+        return WooClient(
+            config,
+            policy=policy,
+            timeout_s=timeout_s,
+            pin_public_address=not settings.allow_private_urls,
+        )
 
     return open_client
 

@@ -21,6 +21,7 @@ import tenacity
 
 from shared.logs import redact
 from shared.settings import Settings
+from shared.urlsafety import PinnedAddressTransport, Resolver, system_resolve
 from shared.woocommerce.auth import request_auth, wrap_transport
 from shared.woocommerce.credentials import StoreConfig
 from shared.woocommerce.errors import (
@@ -70,9 +71,13 @@ class WooClient:
         max_connections: int = 4,
         policy: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        pin_public_address: bool = False,
+        resolve: Resolver = system_resolve,
     ) -> None:
         """``transport`` replaces the network (a test double of the store); TLS verification
-        and pool limits are then that transport's business."""
+        and pool limits are then that transport's business. ``pin_public_address``: connect
+        only to a checked public address of the store (see ``shared.urlsafety``); off only
+        where private addresses are allowed (``WOOSYNC_ALLOW_PRIVATE_URLS``)."""
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._config = config
@@ -87,6 +92,8 @@ class WooClient:
                 ),
                 retries=0,  # Retries belong to the policy, which also sees statuses and bodies.
             )
+        if pin_public_address:
+            transport = PinnedAddressTransport(transport, resolve=resolve)
         self._http = httpx.AsyncClient(
             base_url=config.url,
             auth=request_auth(config),
@@ -106,6 +113,7 @@ class WooClient:
             timeout_s=settings.store_timeout_s,
             max_connections=max_connections or settings.default_concurrency,
             policy=RetryPolicy.from_settings(settings),
+            pin_public_address=not settings.allow_private_urls,
         )
 
     async def __aenter__(self) -> Self:

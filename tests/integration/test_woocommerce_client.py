@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from shared import urlsafety
 from shared.woocommerce import (
     AuthMode,
     RetryPolicy,
@@ -215,3 +216,38 @@ async def test_query_auth_secret_stays_out_of_errors_and_logs(
     for text in [*map(str, raised), *map(repr, raised)]:
         assert secret not in text
         assert "consumer_secret" not in text
+
+
+@pytest.mark.parametrize("auth", ["oauth1", "query"])
+async def test_pinned_client_connects_to_the_checked_address_by_name(
+    auth: AuthMode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store listens on 127.0.0.2 only, while the system resolves ``localhost`` to
+    127.0.0.1: the sync succeeds only if every request goes to the address our resolver gave and
+    was checked, with TLS still verifying the certificate for the name."""
+    monkeypatch.setattr(urlsafety, "is_public_address", lambda address: True)  # loopback only
+    lookups: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return ["127.0.0.2"]
+
+    async with running_simulator(customers=7, seed=3, tls=True, host="127.0.0.2") as sim:
+        port = sim.url.rsplit(":", 1)[1]
+        config = store(sim, auth).model_copy(update={"url": f"https://localhost:{port}"})
+        async with WooClient(config, policy=FAST, pin_public_address=True, resolve=resolve) as c:
+            assert await c.check_connection() == 7
+            assert len(await read_all(c, per_page=2)) == 7
+    assert lookups == ["localhost"]  # resolved once for the client's whole life
+
+
+async def test_pinned_client_refuses_a_store_that_resolves_inside() -> None:
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["10.0.0.7"]
+
+    async with running_simulator(customers=1, seed=1) as sim:
+        config = store(sim, "oauth1")
+        async with WooClient(config, policy=FAST, pin_public_address=True, resolve=resolve) as c:
+            with pytest.raises(urlsafety.StoreUrlNotAllowed):
+                await c.check_connection()
+        assert await requests_served(sim) == 0

@@ -159,3 +159,46 @@ def test_split_gives_default_ports() -> None:
     assert split_store_url("https://shop.example") == ("https", "shop.example", 443)
     assert split_store_url("HTTP://Shop.Example:81/x") == ("http", "shop.example", 81)
     assert split_store_url("http://[::1]/") == ("http", "::1", 80)
+
+
+async def test_pinned_transport_sends_to_the_checked_address_and_keeps_the_name() -> None:
+    import httpx
+
+    from shared.urlsafety import PinnedAddressTransport
+
+    answers = iter([["93.184.216.34"], ["127.0.0.1"]])  # the second answer rebinds inside
+    seen: list[httpx.Request] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return next(answers)
+
+    def store(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=[])
+
+    pinned = PinnedAddressTransport(httpx.MockTransport(store), resolve=resolve)
+    async with httpx.AsyncClient(transport=pinned) as client:
+        for _ in range(3):
+            await client.get("https://shop.example:8443/wp-json/wc/v3/customers?page=1")
+    assert [str(r.url) for r in seen] == [
+        "https://93.184.216.34:8443/wp-json/wc/v3/customers?page=1"
+    ] * 3
+    assert {r.headers["host"] for r in seen} == {"shop.example:8443"}
+    assert {r.extensions["sni_hostname"] for r in seen} == {"shop.example"}
+
+
+async def test_pinned_transport_refuses_before_sending_anything() -> None:
+    import httpx
+
+    from shared.urlsafety import PinnedAddressTransport
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["93.184.216.34", "169.254.169.254"]  # one public, one inside: refused
+
+    def store(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing may reach the network")
+
+    pinned = PinnedAddressTransport(httpx.MockTransport(store), resolve=resolve)
+    async with httpx.AsyncClient(transport=pinned) as client:
+        with pytest.raises(StoreUrlNotAllowed):
+            await client.get("http://shop.example/wp-json/wc/v3/customers")
