@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # Per-org API token bucket: refills at rate_limit_per_minute, holds at most rate_limit_burst.
     rate_limit_per_minute: int = Field(120, ge=1)
     rate_limit_burst: int = Field(30, ge=1)
+    # Requests with a missing or refused API key, per client address (same kind of bucket).
+    refused_key_limit_per_minute: int = Field(30, ge=1)
+    refused_key_limit_burst: int = Field(10, ge=1)
     # Jobs of one org that may be draft, queued or processing at once (one per connection always).
     max_concurrent_syncs_per_org: int = Field(4, ge=1)
     log_level: str = "INFO"

@@ -148,4 +148,6 @@ def settings(database_url: str, app_database_url: str, clean_broker: Topology) -
         # Tests send bursts of requests; the rate limit has tests of its own with low limits.
         rate_limit_per_minute=100_000,
         rate_limit_burst=10_000,
+        refused_key_limit_per_minute=100_000,
+        refused_key_limit_burst=10_000,
     )

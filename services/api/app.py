@@ -31,7 +31,7 @@ from services.api import queries as q
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
 from services.api.openapi import build_openapi
-from services.api.ratelimit import OrgRateLimiter
+from services.api.ratelimit import RateLimiter
 from services.api.replay import replay_job
 from services.api.schemas import (
     ForceDoneRequest,
@@ -156,7 +156,10 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
                 secrets=SecretBox.from_settings(settings),
                 tokens=ProgressTokens.from_settings(settings),
                 store_client=store_client or store_client_factory(settings),
-                limiter=OrgRateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+                limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+                refusals=RateLimiter(
+                    settings.refused_key_limit_per_minute, settings.refused_key_limit_burst
+                ),
             )
             yield
         finally:

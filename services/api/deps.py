@@ -10,7 +10,7 @@ from typing import Protocol
 import asyncpg
 from faststream.rabbit import RabbitBroker
 
-from services.api.ratelimit import OrgRateLimiter
+from services.api.ratelimit import RateLimiter
 from shared.crypto import ProgressTokens, SecretBox
 from shared.settings import Settings
 from shared.topology import Topology
@@ -60,4 +60,5 @@ class Deps:
     secrets: SecretBox
     tokens: ProgressTokens
     store_client: StoreClientFactory
-    limiter: OrgRateLimiter
+    limiter: RateLimiter  # per org, for requests with a valid key
+    refusals: RateLimiter  # per client address, for refused keys

@@ -58,10 +58,20 @@ async def require_caller(request: Request, deps: Deps) -> Caller:
     """The key's org, after taking one token from its rate limit.
 
     401 with one message for missing, malformed, unknown and revoked keys; 429 with
-    ``Retry-After`` when the org's bucket is empty.
+    ``Retry-After`` when the org's bucket is empty, or when the client address has had too many
+    keys refused (then before any lookup, whatever key it sends now).
     """
+    client = request.client.host if request.client else "unknown"
+    if not deps.refusals.has_capacity(client):
+        raise ApiError(
+            429,
+            "rate_limited",
+            "too many requests with a missing or refused API key from this address; slow down",
+            headers={"Retry-After": str(deps.refusals.retry_after_s)},
+        )
     caller = await authenticate(deps.pool, request.headers.get("authorization"))
     if caller is None:
+        await deps.refusals.allow(client)
         raise ApiError(
             401,
             "unauthorized",

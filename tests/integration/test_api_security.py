@@ -490,6 +490,33 @@ async def test_rate_limit_per_org_answers_429_with_retry_after(
     assert other_org != api.org_id
 
 
+async def test_refused_keys_are_rate_limited_per_client_address(
+    settings: Settings, pool: asyncpg.Pool, clean_broker: Topology
+) -> None:
+    limited = settings.model_copy(
+        update={"refused_key_limit_per_minute": 6, "refused_key_limit_burst": 3}
+    )
+    async with serving(limited, pool, clean_broker) as api:
+        assert (await api.get(job_url(uuid4()))).status_code == 404  # a valid key takes none
+        guesses = [
+            await api.get(job_url(uuid4()), key="wsk_" + "A" * 43),
+            await api.client.get(job_url(uuid4())),  # no key at all
+            await api.get(job_url(uuid4()), key="not-even-a-key"),
+        ]
+        assert [error_of(r) for r in guesses] == [(401, "unauthorized")] * 3
+        # The address has spent its refusals: now even a valid key waits, without a lookup.
+        last_used_sql = "SELECT last_used_at FROM api_keys WHERE org_id = $1"
+        last_used = await pool.fetchval(last_used_sql, api.org_id)
+        for response in (
+            await api.get(job_url(uuid4()), key="wsk_" + "B" * 43),
+            await api.get(job_url(uuid4())),
+        ):
+            assert error_of(response) == (429, "rate_limited")
+            assert response.headers["retry-after"] == "10"
+        assert await pool.fetchval(last_used_sql, api.org_id) == last_used
+        assert (await api.client.get("/healthz")).status_code == 200  # health is never limited
+
+
 async def test_one_open_job_per_connection_even_for_simultaneous_starts(
     api: Api, store: SimHandle
 ) -> None:

@@ -96,6 +96,7 @@ def live_api(settings: Settings) -> Iterator[LiveApi]:
         "WOOSYNC_ALLOW_PRIVATE_URLS": "true",  # the simulator listens on 127.0.0.1
         "WOOSYNC_RATE_LIMIT_PER_MINUTE": "100000",
         "WOOSYNC_RATE_LIMIT_BURST": "100000",
+        "WOOSYNC_REFUSED_KEY_LIMIT_BURST": "100000",
         "WOOSYNC_MAX_CONCURRENT_SYNCS_PER_ORG": "2",  # so that 429 too_many_syncs happens too
         "WOOSYNC_LOG_LEVEL": "WARNING",
     }
