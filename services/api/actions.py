@@ -463,7 +463,12 @@ async def retry_job(request: RetryRequest, caller: Caller, deps: Deps) -> RetryR
             reason="retry",
         )
     status = await read_status(deps, org_id=org_id, job_id=job_id)
-    return RetryResult(**status.model_dump(), requeued=len(lines), fetch_resumed=needs_fetch)
+    return RetryResult(
+        **status.model_dump(),
+        requeued=len(lines),
+        fetch_resumed=needs_fetch,
+        job_reopened=previous_state in FINAL_STATES and new_state not in FINAL_STATES,
+    )
 
 
 async def force_done(request: ForceDoneRequest, caller: Caller, deps: Deps) -> StatusResult:

@@ -155,10 +155,11 @@ class StatusResult(JobStatus):
 class RetryResult(StatusResult):
     requeued: int  # lines sent to the syncer again
     fetch_resumed: bool  # the fetcher was asked to continue reading the store
+    job_reopened: bool  # a finished job is open again (the tracker finishes it anew)
 
     @property
     def changed_anything(self) -> bool:
-        return self.requeued > 0 or self.fetch_resumed
+        return self.requeued > 0 or self.fetch_resumed or self.job_reopened
 
 
 class Health(BaseModel):

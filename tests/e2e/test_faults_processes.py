@@ -400,10 +400,11 @@ async def test_job_stalled_after_its_fetch_is_resumed_with_retry(
             await wait_consumers(settings, "syncer", 1)
             note("syncer back")
             response = await action(stack, org, "retry", job_id)
-            # Neither re-sent nor re-read anything: the api answers 200, with the job open.
-            assert response.status_code == 200, response.text
-            assert response.json()["state"] == "processing"
-            assert response.json()["fetch_resumed"] is False
+            # Neither re-sent nor re-read anything, but the job is open again: 202.
+            assert response.status_code == 202, response.text
+            answer = response.json()
+            assert answer["state"] == "processing" and answer["job_reopened"] is True
+            assert (answer["fetch_resumed"], answer["requeued"]) == (False, 0)
 
             row = await wait_final(settings, job_id, timeout_s=60)
             assert row["state"] == "done", row["last_error"]
