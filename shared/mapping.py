@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
@@ -69,9 +69,14 @@ class CustomerRow:
     woo_date_modified: datetime | None
     raw: dict[str, Any]
     source_hash: str
+    # ``raw`` as its canonical JSON text, the one ``source_hash`` hashes: the syncer sends this
+    # text, so a customer is serialised once. Not a column of its own.
+    raw_json: str = field(repr=False, compare=False, metadata={"column": False})
 
 
-CUSTOMER_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CustomerRow))
+CUSTOMER_COLUMNS: tuple[str, ...] = tuple(
+    f.name for f in fields(CustomerRow) if f.metadata.get("column", True)
+)
 
 
 def map_customer(raw: Mapping[str, Any], *, org_id: UUID, connection_id: UUID) -> CustomerRow:
@@ -80,7 +85,7 @@ def map_customer(raw: Mapping[str, Any], *, org_id: UUID, connection_id: UUID) -
         raise MappingError(None, f"customer must be a JSON object, got {_type(raw)}")
     woo_id = _woo_id(raw.get("id"))
     source = {k: v for k, v in raw.items() if k != "_links"}
-    digest = _storable_digest(woo_id, source)
+    digest, source_json = _storable_digest(woo_id, source)
     billing = _object(woo_id, source, "billing")
     shipping = _object(woo_id, source, "shipping")
     return CustomerRow(
@@ -103,6 +108,7 @@ def map_customer(raw: Mapping[str, Any], *, org_id: UUID, connection_id: UUID) -
         woo_date_modified=_date_pair(woo_id, source, "date_modified"),
         raw=source,
         source_hash=digest,
+        raw_json=source_json,
     )
 
 
@@ -115,19 +121,6 @@ def canonical_json(value: Any) -> str:
 
 def source_hash(raw: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(raw).encode("utf-8")).hexdigest()
-
-
-def row_as_json(row: CustomerRow) -> dict[str, Any]:
-    """The row as a JSON object for ``jsonb_to_recordset``: ids as text, dates as ISO 8601."""
-    record: dict[str, Any] = {}
-    for name in CUSTOMER_COLUMNS:
-        value = getattr(row, name)
-        if isinstance(value, UUID):
-            value = str(value)
-        elif isinstance(value, datetime):
-            value = value.isoformat()
-        record[name] = value
-    return record
 
 
 def jsonb_storable(value: Any) -> bool:
@@ -259,20 +252,22 @@ def _zone(zone: str | None) -> timezone:
     return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
 
 
-def _storable_digest(woo_id: int | None, value: Mapping[str, Any]) -> str:
-    """The source hash, proving on the way that the object is storable.
+def _storable_digest(woo_id: int | None, value: Mapping[str, Any]) -> tuple[str, str]:
+    """The source hash and the canonical text it hashes, proving on the way that the object is
+    storable.
 
     The canonical serialisation refuses NaN and non-JSON types, its UTF-8 encoding refuses lone
     surrogates, and a NUL shows up escaped; only then does the slow walk run, to name the field.
     """
     try:
-        encoded = canonical_json(value).encode("utf-8")
+        text = canonical_json(value)
+        encoded = text.encode("utf-8")
     except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
         _check_json_storable(woo_id, value)
         raise MappingError(woo_id, "customer cannot be stored as JSON") from None
     if b"\\u0000" in encoded:
         _check_json_storable(woo_id, value)  # raises, unless the text merely spells "\\u0000"
-    return hashlib.sha256(encoded).hexdigest()
+    return hashlib.sha256(encoded).hexdigest(), text
 
 
 def _check_json_storable(woo_id: int | None, value: Any) -> None:

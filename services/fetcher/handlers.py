@@ -8,12 +8,12 @@ land at the end (ids ascend), so the crawl then re-reads the last page and goes 
 one. Last, it proves from the windows' id bounds that no customer slipped between two windows
 while customers were deleted, and reads again around any spot where one might have.
 
-Every window read is recorded the same way: in one transaction, the lines of the customers that
-have none yet are inserted and those customers published (the publish confirmed before the
-commit); then the page is marked fetched with its bounds (which also shows the job making
+Every window read is recorded the same way, in one transaction: the lines of the customers that
+have none yet are inserted, those customers published (the publish confirmed before the
+commit), and the page marked fetched with its bounds (which also shows the job making
 progress). So a committed line always means a published customer, and each customer is
 published once, even by overlapping windows recorded at the same time. A fetcher that dies
-anywhere in between re-reads that page when the message is redelivered and publishes what has
+before the commit re-reads that page when the message is redelivered and publishes what has
 no line: nothing is lost, and a customer is published twice at most across such a crash
 (harmless: lines and customers are upserts).
 
@@ -91,8 +91,8 @@ class _Job:
     async def record(
         self, page: int | None, offset: int, customers: list[dict[str, Any]]
     ) -> paging.Window:
-        """Insert the lines of customers that have none, publish those customers, commit, then
-        mark the page (see the module docstring)."""
+        """Insert the lines of customers that have none, publish those customers and mark the
+        page, in one transaction (see the module docstring)."""
         job_id = self.request.job_id
         ids = [int(c["id"]) for c in customers]
         window = paging.Window.of(offset, ids)
@@ -114,18 +114,19 @@ class _Job:
                         customers=new,
                     )
                 )
-        if page is None:
-            await self.db.execute(q.TOUCH_JOB, job_id)
-        else:
-            await self.db.execute(
-                q.MARK_PAGE_FETCHED,
-                job_id,
-                page,
-                window.count,
-                offset,
-                window.first_id,
-                window.last_id,
-            )
+            # The job row's lock is taken last, so concurrent windows hold it only to commit.
+            if page is None:
+                await conn.execute(q.TOUCH_JOB, job_id)
+            else:
+                await conn.execute(
+                    q.MARK_PAGE_FETCHED,
+                    job_id,
+                    page,
+                    window.count,
+                    offset,
+                    window.first_id,
+                    window.last_id,
+                )
         return window
 
 

@@ -52,7 +52,6 @@ from shared.mapping import (
     MappingError,
     jsonb_storable,
     map_customer,
-    row_as_json,
 )
 from shared.messages import CustomerBatch, LineFailure, LinesDone, LinesFailed
 from shared.topology import ATTEMPT_HEADER
@@ -187,7 +186,7 @@ async def upsert_isolating(
         return [], []
     try:
         async with conn.transaction():
-            await conn.execute(q.UPSERT_CUSTOMERS, [row_as_json(row) for row in rows])
+            await conn.execute(q.UPSERT_CUSTOMERS, *upsert_arguments(rows))
     except DATA_ERRORS as exc:
         if len(rows) == 1:
             return [], [(rows[0], describe_db_error(exc))]
@@ -196,6 +195,36 @@ async def upsert_isolating(
         good_right, bad_right = await upsert_isolating(conn, rows[middle:])
         return good_left + good_right, bad_left + bad_right
     return list(rows), []
+
+
+# The columns UPSERT_CUSTOMERS takes as arrays, in its parameter order ($3 onwards).
+UPSERT_COLUMNS = (
+    "woo_id",
+    "email",
+    "first_name",
+    "last_name",
+    "username",
+    "role",
+    "company",
+    "phone",
+    "is_paying_customer",
+    "avatar_url",
+    "woo_date_created",
+    "woo_date_modified",
+    "raw_json",
+    "source_hash",
+)
+
+
+def upsert_arguments(rows: Sequence[CustomerRow]) -> list[Any]:
+    """UPSERT_CUSTOMERS' parameters: the org and connection all ``rows`` share (one batch), then
+    one list per column."""
+    org_ids = {row.org_id for row in rows}
+    connection_ids = {row.connection_id for row in rows}
+    if len(org_ids) != 1 or len(connection_ids) != 1:
+        raise ValueError("an upsert takes the rows of one org and one connection")
+    columns = [[getattr(row, name) for row in rows] for name in UPSERT_COLUMNS]
+    return [org_ids.pop(), connection_ids.pop(), *columns]
 
 
 def describe_db_error(exc: asyncpg.PostgresError) -> str:

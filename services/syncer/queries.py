@@ -1,8 +1,9 @@
 """SQL of the syncer: one set-based upsert for a batch of customers, one for its lines.
 
-Both statements take their whole set as one ``jsonb`` array and read it with
-``jsonb_to_recordset``, ordered by ``woo_id`` so two syncers touching the same customers take
-their row locks in the same order and cannot deadlock each other.
+Both statements take their whole set at once (the customers as one array per column, read with
+``unnest``; the lines as one ``jsonb`` array, read with ``jsonb_to_recordset``), ordered by
+``woo_id`` so two syncers touching the same customers take their row locks in the same order and
+cannot deadlock each other.
 """
 
 # The job must exist and belong to the org and connection the batch names (tenant isolation).
@@ -11,7 +12,11 @@ SELECT 1 FROM woo_customer_sync_queue
 WHERE id = $1 AND org_id = $2 AND connection_id = $3
 """
 
-# $1: jsonb array of shared.mapping.row_as_json objects, woo_ids unique.
+# $1 org_id, $2 connection_id, then one array per column ($3 woo_id .. $16 source_hash, in the
+# order of UPSERT_COLUMNS in services/syncer/handlers.py), woo_ids unique. Arrays, not one jsonb
+# document: each customer travels once, as the canonical JSON text that source_hash hashes, and
+# billing, shipping and meta_data are taken from it here (objects, or empty when null or missing,
+# as shared.mapping.map_customer has them).
 # An unchanged customer (same source_hash) matches the conflict but fails the WHERE, so no new
 # row version is written. Text goes through the varchar columns, so the database still enforces
 # every length limit even if the mapping were to let one through.
@@ -21,15 +26,25 @@ INSERT INTO customer AS c (
     billing, shipping, meta_data, is_paying_customer, avatar_url, woo_date_created,
     woo_date_modified, raw, source_hash
 )
-SELECT r.org_id, r.connection_id, r.woo_id, r.email, r.first_name, r.last_name, r.username,
-       r.role, r.company, r.phone, r.billing, r.shipping, r.meta_data, r.is_paying_customer,
-       r.avatar_url, r.woo_date_created, r.woo_date_modified, r.raw, r.source_hash
-FROM jsonb_to_recordset($1::jsonb) AS r(
-    org_id uuid, connection_id uuid, woo_id bigint, email text, first_name text,
-    last_name text, username text, role text, company text, phone text, billing jsonb,
-    shipping jsonb, meta_data jsonb, is_paying_customer boolean, avatar_url text,
-    woo_date_created timestamptz, woo_date_modified timestamptz, raw jsonb, source_hash text
-)
+SELECT $1::uuid, $2::uuid, r.woo_id, r.email, r.first_name, r.last_name, r.username, r.role,
+       r.company, r.phone,
+       CASE WHEN jsonb_typeof(r.raw -> 'billing') = 'object' THEN r.raw -> 'billing'
+            ELSE '{}' END,
+       CASE WHEN jsonb_typeof(r.raw -> 'shipping') = 'object' THEN r.raw -> 'shipping'
+            ELSE '{}' END,
+       CASE WHEN jsonb_typeof(r.raw -> 'meta_data') = 'array' THEN r.raw -> 'meta_data'
+            ELSE '[]' END,
+       r.is_paying_customer, r.avatar_url, r.woo_date_created, r.woo_date_modified, r.raw,
+       r.source_hash
+FROM (
+    SELECT u.*, u.raw_json::jsonb AS raw
+    FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                $9::text[], $10::text[], $11::boolean[], $12::text[], $13::timestamptz[],
+                $14::timestamptz[], $15::text[], $16::text[])
+         AS u(woo_id, email, first_name, last_name, username, role, company, phone,
+              is_paying_customer, avatar_url, woo_date_created, woo_date_modified, raw_json,
+              source_hash)
+) AS r
 ORDER BY r.woo_id
 ON CONFLICT (org_id, connection_id, woo_id) DO UPDATE SET
     email = EXCLUDED.email,
