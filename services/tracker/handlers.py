@@ -60,6 +60,7 @@ from shared.messages import (
     LinesFailed,
     SyncCompleted,
 )
+from shared.outage import OutageLog
 from shared.topology import Topology
 
 log = logging.getLogger("woosync.tracker")
@@ -243,6 +244,7 @@ class Tracker:
         self._sweep_interval_s = sweep_interval_s
         self._full_sweep_interval_s = full_sweep_interval_s
         self._dirty: dict[UUID, UUID] = {}  # job id -> its org id
+        self._database = OutageLog(log, "the database")
         self._unannounced: list[SyncCompleted] = []
 
     @property
@@ -287,10 +289,11 @@ class Tracker:
         for job_id, org_id in jobs.items():
             try:
                 done = await recompute(for_org(self._pool, org_id), job_id)
-            except Exception:
-                log.exception("recompute of job %s failed; retrying on the next tick", job_id)
+            except Exception as exc:
+                self._database.failed(exc, f"recomputing job {job_id}")
                 self._dirty[job_id] = org_id
                 continue
+            self._database.succeeded()
             if done is not None:
                 log.info(
                     "job %s %s: %d done, %d failed of %d",
@@ -307,15 +310,17 @@ class Tracker:
         """Mark every job that could still finish as dirty (see the module docstring)."""
         try:
             self._dirty.update(await active_jobs(self._pool))
-        except Exception:
-            log.exception("sweep of active jobs failed; retrying later")
+        except Exception as exc:
+            self._database.failed(exc, "sweeping the open jobs")
+            return
+        self._database.succeeded()
 
     async def detect_stalls(self) -> None:
         """Fail every job that stalled (see the module docstring) and announce it."""
         try:
             await self._detect_stalls()
-        except Exception:
-            log.exception("stall detection failed; trying again at the next full sweep")
+        except Exception as exc:
+            self._database.failed(exc, "looking for stalled jobs")
 
     async def _detect_stalls(self) -> None:
         timeout_s = self._stall_timeout_s
