@@ -33,6 +33,17 @@ class Child:
     starts: list[float] = field(default_factory=list)
 
 
+# The schema owner's URL is for `woosync migrate` and the operator commands; the services run as
+# the role row-level security binds and never get it (SECURITY.md).
+OPERATOR_ONLY = ("WOOSYNC_ADMIN_DATABASE_URL",)
+
+
+def service_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """What a service process gets: ``env`` without operator-only settings, unbuffered output."""
+    kept = {k: v for k, v in env.items() if k not in OPERATOR_ONLY}
+    return {**kept, "PYTHONUNBUFFERED": "1"}
+
+
 class Supervisor:
     def __init__(
         self,
@@ -43,7 +54,7 @@ class Supervisor:
         out: object = None,
     ) -> None:
         self._children = [Child(name) for name in services]
-        self._env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        self._env = service_environment({**os.environ, **(env or {})})
         self._colour = colour
         self._stopping = asyncio.Event()
         self._out = out or sys.stdout
