@@ -3,48 +3,200 @@ security). One place for the inserts that many tests need; each returns the ids 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 
+from shared.crypto import SecretBox
+from shared.messages import CustomerBatch, SyncRequested
+from tools.woosim.testing import SimHandle
 
-async def make_job(
-    pool: asyncpg.Pool, org_id: UUID, *, state: str = "processing", store_total: int | None = None
+# The owner's pool, or one connection taken from it when a test holds one.
+Db = asyncpg.Pool | asyncpg.Connection
+
+
+@dataclass(frozen=True)
+class Job:
+    """The ids of a seeded job, so that a test can send the messages the fetcher would."""
+
+    org_id: UUID
+    connection_id: UUID
+    job_id: UUID
+
+    def batch(self, customers: list[dict[str, Any]], page: int | None = 1) -> CustomerBatch:
+        return CustomerBatch(
+            job_id=self.job_id,
+            org_id=self.org_id,
+            connection_id=self.connection_id,
+            page=page,
+            customers=customers,
+        )
+
+
+async def make_org(db: Db, name: str = "acme") -> UUID:
+    """An org without keys (``shared.auth.create_org`` also makes one, and audits it)."""
+    org_id = uuid4()
+    await db.execute("INSERT INTO orgs (id, name) VALUES ($1, $2)", org_id, name)
+    return org_id
+
+
+async def make_connection(
+    db: Db,
+    org_id: UUID,
+    *,
+    store_url: str | None = None,
+    auth_mode: str = "basic",
+    consumer_key: str = "ck_test",
+    consumer_secret_enc: bytes = b"\x00",
 ) -> UUID:
-    """A job of a new store connection of ``org_id``."""
-    connection_id, job_id = uuid4(), uuid4()
-    await pool.execute(
+    """A store connection of ``org_id``; by default at a URL of its own, with a dummy secret."""
+    connection_id = uuid4()
+    await db.execute(
         """INSERT INTO woo_connections (id, org_id, store_url, auth_mode, consumer_key,
                                         consumer_secret_enc)
-           VALUES ($1, $2, $3, 'basic', 'ck_test', '\\x00'::bytea)""",
+           VALUES ($1, $2, $3, $4, $5, $6)""",
         connection_id,
         org_id,
-        f"https://{connection_id.hex[:8]}.shop.example",
+        store_url or f"https://{connection_id.hex[:8]}.shop.example",
+        auth_mode,
+        consumer_key,
+        consumer_secret_enc,
     )
-    await pool.execute(
+    return connection_id
+
+
+async def make_job(
+    db: Db,
+    org_id: UUID,
+    *,
+    state: str = "processing",
+    store_total: int | None = None,
+    connection_id: UUID | None = None,
+    batch_size: int = 100,
+    concurrency: int = 4,
+    fetch_done: bool = False,
+    finished: bool = False,
+) -> UUID:
+    """A job of ``connection_id``, or of a new store connection of ``org_id``. ``fetch_done``:
+    every page is read; ``finished``: the job has its finishing time."""
+    connection_id = connection_id or await make_connection(db, org_id)
+    job_id = uuid4()
+    await db.execute(
         """INSERT INTO woo_customer_sync_queue (id, org_id, connection_id, state, batch_size,
-                                                concurrency, store_total)
-           VALUES ($1, $2, $3, $4, 100, 4, $5)""",
+                                                concurrency, store_total, fetch_done_at,
+                                                finished_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $8 THEN now() END,
+                   CASE WHEN $9 THEN now() END)""",
         job_id,
         org_id,
         connection_id,
         state,
+        batch_size,
+        concurrency,
         store_total,
+        fetch_done,
+        finished,
     )
     return job_id
 
 
+async def make_sync_job(
+    db: Db,
+    *,
+    org_id: UUID | None = None,
+    org_name: str = "acme",
+    store_url: str | None = None,
+    consumer_secret_enc: bytes = b"\x00",
+    state: str = "processing",
+    fetch_done: bool = False,
+    finished: bool = False,
+) -> Job:
+    """A job of a new store connection of ``org_id``, or of a new org named ``org_name``."""
+    org_id = org_id or await make_org(db, org_name)
+    connection_id = await make_connection(
+        db, org_id, store_url=store_url, consumer_secret_enc=consumer_secret_enc
+    )
+    job_id = await make_job(
+        db,
+        org_id,
+        connection_id=connection_id,
+        state=state,
+        fetch_done=fetch_done,
+        finished=finished,
+    )
+    return Job(org_id, connection_id, job_id)
+
+
+async def queue_store_sync(
+    db: Db,
+    org_id: UUID,
+    store: SimHandle,
+    box: SecretBox,
+    *,
+    auth_mode: str = "oauth1",
+    batch_size: int = 100,
+    concurrency: int = 4,
+) -> SyncRequested:
+    """A queued job of a new connection to a running simulated store, its secret sealed by
+    ``box``: what the api leaves behind for the fetcher, and the request it sends."""
+    connection_id = await make_connection(
+        db,
+        org_id,
+        store_url=store.url,
+        auth_mode=auth_mode,
+        consumer_key=store.consumer_key,
+        consumer_secret_enc=box.encrypt(store.consumer_secret),
+    )
+    job_id = await make_job(
+        db,
+        org_id,
+        connection_id=connection_id,
+        state="queued",
+        batch_size=batch_size,
+        concurrency=concurrency,
+    )
+    return SyncRequested(job_id=job_id, org_id=org_id, connection_id=connection_id)
+
+
 async def add_lines(
-    pool: asyncpg.Pool, job_id: UUID, org_id: UUID, woo_ids: Sequence[int], state: str = "pending"
+    db: Db,
+    job_id: UUID,
+    org_id: UUID,
+    woo_ids: Sequence[int],
+    state: str = "pending",
+    *,
+    page: int | None = None,
 ) -> None:
-    await pool.execute(
-        """INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, state)
-           SELECT $1, w, $2, $4 FROM unnest($3::bigint[]) AS w""",
+    await db.execute(
+        """INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, state, page)
+           SELECT $1, w, $2, $4, $5::int FROM unnest($3::bigint[]) AS w""",
         job_id,
         org_id,
         list(woo_ids),
         state,
+        page,
+    )
+
+
+async def add_failed_lines(
+    db: Db,
+    job_id: UUID,
+    org_id: UUID,
+    payloads: Mapping[int, Any],
+    *,
+    page: int | None = None,
+    attempts: int = 0,
+    last_error: str | None = None,
+) -> None:
+    """Failed lines keeping the customer (by woo id) that ``retry`` would send again."""
+    await db.executemany(
+        """INSERT INTO woo_customer_sync_queue_line
+               (job_id, woo_id, org_id, page, state, attempts, last_error, payload)
+           VALUES ($1, $2, $3, $4, 'failed', $5, $6, $7)""",
+        [(job_id, w, org_id, page, attempts, last_error, p) for w, p in payloads.items()],
     )
 
 

@@ -34,6 +34,7 @@ from shared.settings import Settings
 from shared.topology import Topology, declare_topology
 from shared.woocommerce import StoreConfig
 from tests.conftest import AMQP_URL
+from tests.helpers import listening_socket, uvicorn_serving
 from tools.woosim.testing import running_simulator
 
 WAIT_S = 10.0
@@ -107,38 +108,16 @@ async def serving(
     store_client: StoreClientFactory | None = None,
 ) -> AsyncIterator[Api]:
     """The api under uvicorn on a free port, with one org and its key."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket()
     port = sock.getsockname()[1]
     settings = settings.model_copy(update={"api_port": port})
     app = build_app(settings, store_client=store_client)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(WAIT_S):
-            while not server.started:
-                assert not task.done(), "the api did not start"
-                await asyncio.sleep(0.02)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    async with uvicorn_serving(config, sock, failure="the api did not start", wait_s=WAIT_S):
         org_id, key = await create_org(pool, "acme")
         url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as client:
             yield Api(url, client, settings, pool, topology, org_id, key, app)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, WAIT_S)
-        sock.close()
-
-
-@pytest.fixture
-async def api(settings: Settings, pool: asyncpg.Pool, clean_broker: Topology) -> AsyncIterator[Api]:
-    async with serving(settings, pool, clean_broker) as served:
-        yield served
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[Any]:
-    async with running_simulator(customers=5, seed=1) as sim:
-        yield sim
 
 
 async def assert_nothing_written(api: Api) -> None:

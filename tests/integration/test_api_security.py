@@ -28,12 +28,13 @@ from services.api.app import JOB_PATH, SYNC_PATH
 from services.fetcher.handlers import FetcherDeps, PageReader, handle_sync_requested
 from shared import auth
 from shared.auth import create_key, create_org
-from shared.broker import make_broker, publish_to_queue
 from shared.crypto import SecretBox
-from shared.messages import CustomerBatch, FetchFailed, Message, SyncRequested
+from shared.messages import CustomerBatch, FetchFailed, Message
 from shared.settings import Settings
-from shared.topology import PARKED_ATTEMPTS_HEADER, PARKED_ERROR_HEADER, Topology
+from shared.topology import Topology
 from shared.woocommerce import StoreConfig, WooClient
+from tests.factories import add_failed_lines, queue_store_sync
+from tests.helpers import park_like_the_syncer
 from tests.integration.test_api import Api, assert_nothing_written, error_of, serving, start_body
 from tests.integration.test_tracker import serve as serve_tracker
 from tools.woosim.testing import SimHandle, running_simulator
@@ -44,18 +45,6 @@ WOOSYNC = [sys.executable, "-m", "woosync.cli"]
 
 def job_url(job_id: object) -> str:
     return JOB_PATH.format(job_id=job_id)
-
-
-@pytest.fixture
-async def api(settings: Settings, pool: asyncpg.Pool, clean_broker: Topology) -> AsyncIterator[Api]:
-    async with serving(settings, pool, clean_broker) as served:
-        yield served
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[SimHandle]:
-    async with running_simulator(customers=5, seed=1) as sim:
-        yield sim
 
 
 async def started_job(api: Api, store: SimHandle, **options: Any) -> dict[str, Any]:
@@ -70,21 +59,6 @@ def action(name: str, org_id: UUID, job_id: object, **extra: Any) -> dict[str, A
     if name == "force-done":
         body.setdefault("reason", "closing")
     return body
-
-
-async def park(settings: Settings, topology: Topology, batch: CustomerBatch) -> None:
-    """Put a batch in the syncer's parking queue the way the syncer parks one."""
-    broker = make_broker(settings)
-    await broker.connect()
-    try:
-        await publish_to_queue(
-            broker,
-            topology.parking(topology.syncer_queue).name,
-            batch,
-            headers={PARKED_ATTEMPTS_HEADER: 4, PARKED_ERROR_HEADER: "customer: refused"},
-        )
-    finally:
-        await broker.stop()
 
 
 # --- API keys ----------------------------------------------------------------------------------
@@ -221,12 +195,7 @@ async def test_another_orgs_jobs_are_404_and_its_org_id_is_403_for_every_action(
 ) -> None:
     job_id = UUID((await started_job(api, store))["job_id"])
     # A failed line with a payload: a retry by the wrong org must not send it again.
-    await api.pool.execute(
-        """INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, state, payload)
-           VALUES ($1, 99, $2, 'failed', '{"id": 99}'::jsonb)""",
-        job_id,
-        api.org_id,
-    )
+    await add_failed_lines(api.pool, job_id, api.org_id, {99: {"id": 99}})
     await api.drain(api.topology.fetcher_queue.name)
     before = await api.pool.fetchrow("SELECT * FROM woo_customer_sync_queue WHERE id = $1", job_id)
     audit_before = await api.pool.fetchval("SELECT count(*) FROM woo_sync_activity")
@@ -314,7 +283,7 @@ async def test_replay_moves_only_the_callers_parked_batches(api: Api, store: Sim
     job = await started_job(api, store)
     job_id = UUID(job["job_id"])
     connection_id = await api.pool.fetchval("SELECT connection_id FROM woo_customer_sync_queue")
-    await park(
+    await park_like_the_syncer(
         api.settings,
         api.topology,
         CustomerBatch(
@@ -387,24 +356,8 @@ async def test_fetcher_checks_the_address_again_before_crawling(
     """A URL that was fine when the job started can resolve elsewhere by the time it is read."""
     org_id, _ = await create_org(pool, "acme")
     box = SecretBox("test-secret-key")
-    connection_id, job_id = uuid4(), uuid4()
-    await pool.execute(
-        """INSERT INTO woo_connections (id, org_id, store_url, auth_mode, consumer_key,
-                                        consumer_secret_enc)
-           VALUES ($1, $2, $3, 'basic', $4, $5)""",
-        connection_id,
-        org_id,
-        store.url,
-        store.consumer_key,
-        box.encrypt(store.consumer_secret),
-    )
-    await pool.execute(
-        """INSERT INTO woo_customer_sync_queue (id, org_id, connection_id, state, batch_size,
-                                                concurrency)
-           VALUES ($1, $2, $3, 'queued', 10, 1)""",
-        job_id,
-        org_id,
-        connection_id,
+    request = await queue_store_sync(
+        pool, org_id, store, box, auth_mode="basic", batch_size=10, concurrency=1
     )
     published: list[Message] = []
 
@@ -417,7 +370,6 @@ async def test_fetcher_checks_the_address_again_before_crawling(
             yield client
 
     deps = FetcherDeps(pool=pool, secrets=box, open_client=open_client, publish=publish)
-    request = SyncRequested(job_id=job_id, org_id=org_id, connection_id=connection_id)
     await handle_sync_requested(request, deps)
 
     assert [type(m) for m in published] == [FetchFailed]
@@ -425,7 +377,7 @@ async def test_fetcher_checks_the_address_again_before_crawling(
     assert (await store.stats())["requests"] == 0
     failed = await pool.fetchrow(
         "SELECT details FROM woo_sync_activity WHERE event = 'fetch.failed' AND job_id = $1",
-        job_id,
+        request.job_id,
     )
     assert "not public" in failed["details"]["error"]
 
@@ -591,12 +543,7 @@ async def test_operator_actions_are_audited_with_the_key_that_asked(
         "UPDATE woo_customer_sync_queue SET state = 'failed', fetch_done_at = now() WHERE id = $1",
         job_id,
     )
-    await api.pool.execute(
-        """INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, state, payload)
-           VALUES ($1, 7, $2, 'failed', '{"id": 7}'::jsonb)""",
-        job_id,
-        api.org_id,
-    )
+    await add_failed_lines(api.pool, job_id, api.org_id, {7: {"id": 7}})
     retried = await api.post(action("retry", api.org_id, job_id), key=second_key)
     assert retried.status_code == 202, retried.text
     forced = await api.post(action("force-done", api.org_id, job_id, reason="test"))
@@ -606,7 +553,7 @@ async def test_operator_actions_are_audited_with_the_key_that_asked(
         job_id=job_id, org_id=api.org_id, connection_id=connection_id, page=None,
         customers=[{"id": 7}],
     )
-    await park(api.settings, api.topology, batch)
+    await park_like_the_syncer(api.settings, api.topology, batch)
     replayed = await api.post(action("replay", api.org_id, job_id), key=second_key)
     assert replayed.status_code == 202, replayed.text
 

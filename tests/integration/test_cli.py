@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from shared.auth import authenticate
 from shared.db import APP_ROLE
 from shared.settings import Settings
 from tests.conftest import PG_ADMIN_URL
+from tests.helpers import free_port
 
 WOOSYNC = [sys.executable, "-m", "woosync.cli"]
 
@@ -97,12 +97,6 @@ async def test_migrate_creates_applies_once_and_reverts(fresh_database: str) -> 
     down = run("migrate", "--down", "--steps", "1000", env=env)  # every migration, newest first
     assert down.returncode == 0 and "reverted 0001_core" in down.stdout
     assert await tables(fresh_database) == {"schema_migrations"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_up_runs_all_services_and_stops_them_on_sigterm(settings: Settings) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,14 +20,15 @@ import aio_pika
 import asyncpg
 import pytest
 
-from services.syncer.app import build_app as build_syncer
 from services.tracker.app import build_app as build_tracker
 from shared.auth import create_org
-from shared.broker import make_broker, publish, publish_to_queue
-from shared.messages import CustomerBatch, LinesDone
+from shared.broker import make_broker, publish
+from shared.messages import LinesDone
 from shared.settings import Settings
-from shared.topology import PARKED_ATTEMPTS_HEADER, PARKED_ERROR_HEADER, Topology
+from shared.topology import Topology
 from tests.conftest import AMQP_URL
+from tests.factories import Job, add_failed_lines, add_lines, make_sync_job
+from tests.helpers import park_like_the_syncer, running_syncer, service_env
 from tests.integration.test_api import serving
 
 WAIT_S = 20.0
@@ -37,20 +37,6 @@ CONSTRAINT = "customer_not_poison"
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-class Job:
-    def __init__(self, org_id: UUID, connection_id: UUID, job_id: UUID) -> None:
-        self.org_id, self.connection_id, self.job_id = org_id, connection_id, job_id
-
-    def batch(self, customers: list[dict[str, Any]], page: int | None = 1) -> CustomerBatch:
-        return CustomerBatch(
-            job_id=self.job_id,
-            org_id=self.org_id,
-            connection_id=self.connection_id,
-            page=page,
-            customers=customers,
-        )
 
 
 async def seed_job(
@@ -63,44 +49,20 @@ async def seed_job(
 ) -> Job:
     """A job whose every page is read (``fetch_done_at``), with a pending line per customer;
     ``failed`` lines are stored as the syncer leaves parked customers (with their payload)."""
-    job = Job(org_id or uuid4(), uuid4(), uuid4())
-    if org_id is None:
-        await pool.execute("INSERT INTO orgs (id, name) VALUES ($1, 'acme')", job.org_id)
-    await pool.execute(
-        """INSERT INTO woo_connections (id, org_id, store_url, auth_mode, consumer_key,
-                                        consumer_secret_enc)
-           VALUES ($1, $2, $3, 'basic', 'ck_test', '\\x00ff'::bytea)""",
-        job.connection_id,
-        job.org_id,
-        f"https://{job.connection_id}.example",
-    )
-    await pool.execute(
-        """INSERT INTO woo_customer_sync_queue (id, org_id, connection_id, state, batch_size,
-                                                concurrency, fetch_done_at, finished_at)
-           VALUES ($1, $2, $3, $4, 100, 4, now(),
-                   CASE WHEN $4 IN ('done', 'failed') THEN now() END)""",
-        job.job_id,
-        job.org_id,
-        job.connection_id,
-        state,
+    job = await make_sync_job(
+        pool,
+        org_id=org_id,
+        consumer_secret_enc=b"\x00\xff",
+        state=state,
+        fetch_done=True,
+        finished=state in ("done", "failed"),
     )
     failed = failed or {}
-    await pool.executemany(
-        """INSERT INTO woo_customer_sync_queue_line
-               (job_id, woo_id, org_id, page, state, attempts, last_error, payload)
-           VALUES ($1, $2, $3, 1, $4, $5, $6, $7)""",
-        [
-            (
-                job.job_id,
-                w,
-                job.org_id,
-                "failed" if w in failed else "pending",
-                4 if w in failed else 0,
-                "refused" if w in failed else None,
-                failed.get(w),
-            )
-            for w in woo_ids
-        ],
+    pending = [w for w in woo_ids if w not in failed]
+    await add_lines(pool, job.job_id, job.org_id, pending, page=1)
+    payloads = {w: failed[w] for w in woo_ids if w in failed}
+    await add_failed_lines(
+        pool, job.job_id, job.org_id, payloads, page=1, attempts=4, last_error="refused"
     )
     return job
 
@@ -126,16 +88,6 @@ async def add_poison_rule(pool: asyncpg.Pool) -> None:
 
 async def fix_the_cause(pool: asyncpg.Pool) -> None:
     await pool.execute(f"ALTER TABLE customer DROP CONSTRAINT {CONSTRAINT}")
-
-
-@asynccontextmanager
-async def running_syncer(settings: Settings) -> AsyncIterator[None]:
-    app = build_syncer(settings)
-    await asyncio.wait_for(app.start(), WAIT_S)
-    try:
-        yield
-    finally:
-        await asyncio.wait_for(app.stop(), WAIT_S)
 
 
 @asynccontextmanager
@@ -226,14 +178,7 @@ async def snapshot(pool: asyncpg.Pool) -> tuple[Any, ...]:
 
 async def woosync(settings: Settings, *args: str) -> str:
     """Run the real ``woosync`` command; its stdout, after asserting it succeeded."""
-    env = {
-        **os.environ,
-        "WOOSYNC_DATABASE_URL": settings.database_url,
-        "WOOSYNC_ADMIN_DATABASE_URL": settings.admin_database_url,
-        "WOOSYNC_AMQP_URL": settings.amqp_url,
-        "WOOSYNC_NAMESPACE": settings.namespace,
-        "WOOSYNC_RETRY_DELAYS_MS": json.dumps(settings.retry_delays_ms),
-    }
+    env = service_env(settings, WOOSYNC_ADMIN_DATABASE_URL=settings.admin_database_url)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "woosync.cli", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -253,23 +198,6 @@ async def listed(settings: Settings, *args: str) -> list[dict[str, Any]]:
         await woosync(settings, "dlq", "list", "--json", *args)
     )["messages"]
     return messages
-
-
-async def park_like_the_syncer(
-    settings: Settings, topology: Topology, batch: CustomerBatch
-) -> None:
-    """Put a batch in the parking queue exactly as the syncer parks one."""
-    broker = make_broker(settings)
-    await broker.connect()
-    try:
-        await publish_to_queue(
-            broker,
-            topology.parking(topology.syncer_queue).name,
-            batch,
-            headers={PARKED_ATTEMPTS_HEADER: 4, PARKED_ERROR_HEADER: "customer: refused"},
-        )
-    finally:
-        await broker.stop()
 
 
 # -- the CLI ------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 
@@ -13,6 +13,7 @@ from services.fetcher.handlers import FetcherDeps, PageReader, handle_sync_reque
 from shared.crypto import SecretBox
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
 from shared.woocommerce import RetryPolicy, StoreConfig, WooClient
+from tests.factories import make_org, queue_store_sync
 from tools.woosim.testing import running_simulator
 
 BOX = SecretBox("test-secret-key")
@@ -22,21 +23,10 @@ FAST = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.05, budg
 async def seed_job(
     pool: asyncpg.Pool, sim: Any, *, batch_size: int = 100, concurrency: int = 4
 ) -> SyncRequested:
-    org_id, connection_id, job_id = uuid4(), uuid4(), uuid4()
-    await pool.execute("INSERT INTO orgs (id, name) VALUES ($1, 'acme')", org_id)
-    await pool.execute(
-        """INSERT INTO woo_connections (id, org_id, store_url, auth_mode, verify_tls, consumer_key,
-                                        consumer_secret_enc)
-           VALUES ($1, $2, $3, 'oauth1', true, $4, $5)""",
-        connection_id, org_id, sim.url, sim.consumer_key, BOX.encrypt(sim.consumer_secret),
+    org_id = await make_org(pool)
+    return await queue_store_sync(
+        pool, org_id, sim, BOX, batch_size=batch_size, concurrency=concurrency
     )
-    await pool.execute(
-        """INSERT INTO woo_customer_sync_queue (id, org_id, connection_id, state, batch_size,
-                                                concurrency)
-           VALUES ($1, $2, $3, 'queued', $4, $5)""",
-        job_id, org_id, connection_id, batch_size, concurrency,
-    )
-    return SyncRequested(job_id=job_id, org_id=org_id, connection_id=connection_id)
 
 
 class Recorder:

@@ -32,6 +32,7 @@ from tests.conftest import AMQP_URL
 from tests.e2e.fault_stack import started_stack
 from tests.e2e.harness import Stack, assert_exact, new_org, start_sync, wait_final
 from tests.e2e.processes import infra_shared_lock
+from tests.factories import queue_store_sync
 from tools.woosim.testing import running_simulator, spawn_simulator
 
 WAIT_S = 20.0
@@ -109,21 +110,8 @@ async def broker_channel() -> AsyncIterator[aio_pika.abc.AbstractChannel]:
 
 async def seed_job(pool: asyncpg.Pool, settings: Settings, sim: Any) -> SyncRequested:
     org_id, _ = await create_org(pool, "acme")
-    connection_id, job_id = uuid.uuid4(), uuid.uuid4()
     box = SecretBox.from_settings(settings)
-    await pool.execute(
-        """INSERT INTO woo_connections (id, org_id, store_url, auth_mode, verify_tls, consumer_key,
-                                        consumer_secret_enc)
-           VALUES ($1, $2, $3, 'oauth1', true, $4, $5)""",
-        connection_id, org_id, sim.url, sim.consumer_key, box.encrypt(sim.consumer_secret),
-    )  # fmt: skip
-    await pool.execute(
-        """INSERT INTO woo_customer_sync_queue (id, org_id, connection_id, state, batch_size,
-                                                concurrency)
-           VALUES ($1, $2, $3, 'queued', 10, 2)""",
-        job_id, org_id, connection_id,
-    )  # fmt: skip
-    return SyncRequested(job_id=job_id, org_id=org_id, connection_id=connection_id)
+    return await queue_store_sync(pool, org_id, sim, box, batch_size=10, concurrency=2)
 
 
 @pytest.mark.timeout(60)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from schemathesis.specs.openapi.checks import (
 
 from services.api.app import JOB_PATH, SYNC_PATH
 from shared.settings import Settings
+from tests.helpers import free_port
 from tools.woosim.testing import SimHandle, spawn_simulator
 
 EXAMPLES = 60  # per operation and generation mode: about 30 s in all on a 2-core machine
@@ -63,13 +63,6 @@ class LiveApi:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -85,7 +78,7 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def live_api(settings: Settings) -> Iterator[LiveApi]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "WOOSYNC_DATABASE_URL": settings.database_url,

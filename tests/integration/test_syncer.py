@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import aio_pika
 import asyncpg
 import pytest
 
-from services.syncer.app import build_app
 from services.syncer.handlers import (
     BatchOutcome,
     UnknownJob,
@@ -30,6 +25,8 @@ from shared.messages import CustomerBatch, LinesDone, LinesFailed
 from shared.settings import Settings
 from shared.topology import ATTEMPT_HEADER, Topology
 from tests.conftest import AMQP_URL
+from tests.factories import Job, add_lines, make_sync_job
+from tests.helpers import running_syncer, service_env
 
 MAX_ATTEMPTS = 3
 WAIT_S = 20.0
@@ -38,50 +35,14 @@ WAIT_S = 20.0
 # -- helpers ------------------------------------------------------------------------------------
 
 
-class Job:
-    def __init__(self, org_id: UUID, connection_id: UUID, job_id: UUID) -> None:
-        self.org_id, self.connection_id, self.job_id = org_id, connection_id, job_id
-
-    def batch(self, customers: list[dict[str, Any]], page: int | None = 1) -> CustomerBatch:
-        return CustomerBatch(
-            job_id=self.job_id,
-            org_id=self.org_id,
-            connection_id=self.connection_id,
-            page=page,
-            customers=customers,
-        )
-
-
 async def seed_job(pool: asyncpg.Pool) -> Job:
-    job = Job(uuid4(), uuid4(), uuid4())
-    await pool.execute("INSERT INTO orgs (id, name) VALUES ($1, 'acme')", job.org_id)
-    await pool.execute(
-        """INSERT INTO woo_connections (id, org_id, store_url, auth_mode, consumer_key,
-                                        consumer_secret_enc)
-           VALUES ($1, $2, 'https://shop.example', 'basic', 'ck_test', '\\x00ff'::bytea)""",
-        job.connection_id,
-        job.org_id,
+    return await make_sync_job(
+        pool, store_url="https://shop.example", consumer_secret_enc=b"\x00\xff"
     )
-    await pool.execute(
-        """INSERT INTO woo_customer_sync_queue (id, org_id, connection_id, state, batch_size,
-                                                concurrency)
-           VALUES ($1, $2, $3, 'processing', 100, 4)""",
-        job.job_id,
-        job.org_id,
-        job.connection_id,
-    )
-    return job
 
 
 async def seed_lines(pool: asyncpg.Pool, job: Job, woo_ids: list[int], page: int = 1) -> None:
-    await pool.execute(
-        """INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, page)
-           SELECT $1, w, $2, $3 FROM unnest($4::bigint[]) AS w""",
-        job.job_id,
-        job.org_id,
-        page,
-        woo_ids,
-    )
+    await add_lines(pool, job.job_id, job.org_id, woo_ids, page=page)
 
 
 def customer(woo_id: int, **overrides: Any) -> dict[str, Any]:
@@ -425,16 +386,6 @@ def test_read_attempt() -> None:
 # -- the whole app on the real broker ---------------------------------------------------------
 
 
-@asynccontextmanager
-async def running_syncer(settings: Settings) -> AsyncIterator[None]:
-    app = build_app(settings)
-    await asyncio.wait_for(app.start(), WAIT_S)
-    try:
-        yield
-    finally:
-        await asyncio.wait_for(app.stop(), WAIT_S)
-
-
 async def take(channel: aio_pika.abc.AbstractChannel, queue: str) -> aio_pika.IncomingMessage:
     """The next message of ``queue``, acked; fails the test after WAIT_S."""
     declared = await channel.declare_queue(queue, passive=True)
@@ -523,15 +474,8 @@ async def test_app_syncs_retries_parks_and_reports(
 
 
 async def test_process_stops_cleanly_on_sigterm(settings: Settings, clean_broker: Topology) -> None:
-    env = {
-        **os.environ,
-        "WOOSYNC_DATABASE_URL": settings.database_url,
-        "WOOSYNC_AMQP_URL": settings.amqp_url,
-        "WOOSYNC_NAMESPACE": settings.namespace,
-        "WOOSYNC_RETRY_DELAYS_MS": json.dumps(settings.retry_delays_ms),
-    }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.syncer", env=env,
+        sys.executable, "-m", "services.syncer", env=service_env(settings),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
-from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
@@ -22,6 +21,7 @@ from services.syncer.handlers import handle_customer_batch
 from shared.mapping import CustomerRow, MappingError, map_customer
 from shared.messages import CustomerBatch
 from tests.e2e.processes import infra_shared_lock
+from tests.factories import add_lines, make_sync_job
 from tests.unit.test_mapping_properties import customers
 
 MAX_ATTEMPTS = 3
@@ -56,24 +56,6 @@ batches = st.lists(
     min_size=1,
     max_size=8,
 )
-
-
-async def seed_job(conn: asyncpg.Connection) -> tuple[UUID, UUID, UUID]:
-    org_id, connection_id, job_id = uuid4(), uuid4(), uuid4()
-    await conn.execute("INSERT INTO orgs (id, name) VALUES ($1, 'prop')", org_id)
-    await conn.execute(
-        """INSERT INTO woo_connections (id, org_id, store_url, auth_mode, consumer_key,
-                                        consumer_secret_enc)
-           VALUES ($1, $2, 'https://shop.example', 'basic', 'ck_test', '\\x00ff'::bytea)""",
-        connection_id, org_id,
-    )  # fmt: skip
-    await conn.execute(
-        """INSERT INTO woo_customer_sync_queue (id, org_id, connection_id, state, batch_size,
-                                                concurrency)
-           VALUES ($1, $2, $3, 'processing', 100, 4)""",
-        job_id, org_id, connection_id,
-    )  # fmt: skip
-    return org_id, connection_id, job_id
 
 
 def line_id(customer: dict[str, Any]) -> int | None:
@@ -135,17 +117,14 @@ async def test_any_batch_stores_the_valid_and_fails_the_rest(
     travelling = [as_sent(c) for c in drawn if isinstance(c, dict)]
     assume(travelling)
     async with pool.acquire() as conn:
-        org_id, connection_id, job_id = await seed_job(conn)
-    sent = CustomerBatch(
-        job_id=job_id, org_id=org_id, connection_id=connection_id, page=1, customers=travelling
-    )
+        job = await make_sync_job(
+            conn, org_name="prop", store_url="https://shop.example", consumer_secret_enc=b"\x00\xff"
+        )
+    org_id, job_id = job.org_id, job.job_id
+    sent = job.batch(travelling, page=1)
     batch = CustomerBatch.model_validate_json(sent.model_dump_json())
     line_ids = sorted({i for c in batch.customers if (i := line_id(c)) is not None})
-    await pool.execute(
-        """INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, page)
-           SELECT $1, w, $2, 1 FROM unnest($3::bigint[]) AS w""",
-        job_id, org_id, line_ids,
-    )  # fmt: skip
+    await add_lines(pool, job_id, org_id, line_ids, page=1)
 
     attempt = MAX_ATTEMPTS if final else 0
     # Nothing may escape but an infrastructure error, and the database is up.

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -51,6 +49,7 @@ from shared.settings import Settings
 from shared.topology import Topology, declare_topology
 from tests.conftest import AMQP_URL
 from tests.factories import add_lines, make_job
+from tests.helpers import free_port, listening_socket, service_env, uvicorn_serving
 
 WAIT_S = 10.0
 
@@ -98,24 +97,13 @@ async def wait_for_state(pool: asyncpg.Pool, job_id: UUID, states: set[str]) -> 
 @asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[str]:
     """The tracker app under uvicorn on a free port; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket()
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         build_app(settings), log_config=None, lifespan="on", timeout_graceful_shutdown=2
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(WAIT_S):
-            while not server.started:
-                assert not task.done(), "the tracker failed to start"
-                await asyncio.sleep(0.02)
+    async with uvicorn_serving(config, sock, failure="the tracker failed to start", wait_s=WAIT_S):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, WAIT_S)
-        sock.close()
 
 
 @asynccontextmanager
@@ -615,19 +603,12 @@ async def test_sigterm_stops_the_service_with_a_stream_open(
 ) -> None:
     org_id, _ = await create_org(pool, "acme")
     job_id = await make_job(pool, org_id)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    env = {
-        **os.environ,
-        "WOOSYNC_DATABASE_URL": settings.database_url,
-        "WOOSYNC_AMQP_URL": settings.amqp_url,
-        "WOOSYNC_NAMESPACE": settings.namespace,
-        "WOOSYNC_RETRY_DELAYS_MS": json.dumps(settings.retry_delays_ms),
-        "WOOSYNC_SECRET_KEY": settings.secret_key.get_secret_value(),
-        "WOOSYNC_TRACKER_PORT": str(port),
-    }
+    port = free_port()
+    env = service_env(
+        settings,
+        WOOSYNC_SECRET_KEY=settings.secret_key.get_secret_value(),
+        WOOSYNC_TRACKER_PORT=str(port),
+    )
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
