@@ -150,7 +150,8 @@ async def recompute(scope: OrgScope, job_id: UUID) -> SyncCompleted | None:
     """Bring the job's counts up to date; the ``SyncCompleted`` to announce if it just finished.
 
     Returns None when nothing finished (or the job does not exist). The activity row of a
-    transition is written in the same transaction, so there is exactly one per finished job.
+    transition is written in the same transaction, so there is exactly one per transition: a
+    failed job that recovers (see ``RECOMPUTE_JOB``) finishes a second time, as done.
     """
     async with scope.transaction() as conn:
         if await conn.fetchval(q.LOCK_JOB, job_id) is None:
@@ -159,7 +160,10 @@ async def recompute(scope: OrgScope, job_id: UUID) -> SyncCompleted | None:
         if row is None or not row["finished"]:
             return None
         done = _completed(job_id, row)
-        await _record_final(conn, done)
+        if row["recovered"]:  # it had failed: say why it is done now
+            await _record_final(conn, done, recovered_from="failed")
+        else:
+            await _record_final(conn, done)
     return done
 
 

@@ -29,9 +29,12 @@ SELECT state FROM woo_customer_sync_queue WHERE id = $1 FOR NO KEY UPDATE
 
 # $1 job id. Writes the job row only when a count changed or the job finishes (no churn from
 # the sweeps). The job finishes once every page is read (fetch_done_at) and no line is open:
-# 'done' when none failed, else 'failed'. The state guard is repeated in the WHERE clause, which
-# PostgreSQL re-checks against the newest row version after waiting for a concurrent writer, so
-# of two racing recomputes exactly one returns finished = true. No row: nothing changed.
+# 'done' when none failed, else 'failed'. A 'failed' job whose pages were all read recovers to
+# 'done' once every line is done: its parked customers were moved back (say from the RabbitMQ
+# console) and synced, or its stalled services came back and finished. The state guards are
+# repeated in the WHERE clause, which PostgreSQL re-checks against the newest row version after
+# waiting for a concurrent writer, so of two racing recomputes exactly one returns
+# finished = true. No row: nothing changed.
 RECOMPUTE_JOB = (
     "WITH "
     + _LINE_COUNTS
@@ -40,6 +43,8 @@ decided AS (
     SELECT j.id, c.total, c.done, c.failed,
            (j.fetch_done_at IS NOT NULL AND c.open = 0
             AND j.state IN ('queued', 'processing')) AS finishing,
+           (j.fetch_done_at IS NOT NULL AND c.open = 0 AND c.failed = 0
+            AND j.state = 'failed') AS recovering,
            (j.total, j.done_count, j.failed_count)
                IS DISTINCT FROM (c.total, c.done, c.failed) AS changed
     FROM woo_customer_sync_queue j, counts c
@@ -49,20 +54,24 @@ UPDATE woo_customer_sync_queue j
 SET total = d.total,
     done_count = d.done,
     failed_count = d.failed,
-    state = CASE WHEN NOT d.finishing THEN j.state
+    state = CASE WHEN d.recovering THEN 'done'
+                 WHEN NOT d.finishing THEN j.state
                  WHEN d.failed = 0 THEN 'done'
                  ELSE 'failed' END,
-    last_error = CASE WHEN NOT d.finishing THEN j.last_error
+    last_error = CASE WHEN d.recovering THEN NULL
+                      WHEN NOT d.finishing THEN j.last_error
                       WHEN d.failed = 0 THEN NULL
                       ELSE d.failed || ' customers failed; see the failed lines, replay the '
                            'dead-letter queue or use the retry action' END,
-    finished_at = CASE WHEN d.finishing THEN now() ELSE j.finished_at END,
+    finished_at = CASE WHEN d.finishing OR d.recovering THEN now() ELSE j.finished_at END,
     updated_at = now()
 FROM decided d
 WHERE j.id = d.id
-  AND (d.changed OR d.finishing)
+  AND (d.changed OR d.finishing OR d.recovering)
   AND (NOT d.finishing OR j.state IN ('queued', 'processing'))
-RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count, d.finishing AS finished
+  AND (NOT d.recovering OR j.state = 'failed')
+RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count,
+          d.finishing OR d.recovering AS finished, d.recovering AS recovered
 """
 )
 

@@ -375,8 +375,8 @@ async def test_job_stalled_after_its_fetch_is_resumed_with_retry(
     settings: Settings, tmp_path: Path
 ) -> None:
     """The syncer dies for good while the fetcher reads on: every page is read, customers wait
-    in the queue, the job stalls. A syncer started again syncs them; ``retry`` reopens the job,
-    which the tracker then finishes."""
+    in the queue, the job stalls. ``retry`` reopens the job (nothing to re-send or re-read), a
+    syncer started again syncs the waiting customers, and the tracker finishes the job."""
     note = Timeline()
     org = await new_org(settings)
     with slow_store(36) as sim:
@@ -396,15 +396,15 @@ async def test_job_stalled_after_its_fetch_is_resumed_with_retry(
             (details,) = await stalled_events(settings, job_id)
             assert details["fetch_complete"] is True
 
-            stack.start("syncer")
-            await wait_consumers(settings, "syncer", 1)
-            note("syncer back")
             response = await action(stack, org, "retry", job_id)
             # Neither re-sent nor re-read anything, but the job is open again: 202.
             assert response.status_code == 202, response.text
             answer = response.json()
             assert answer["state"] == "processing" and answer["job_reopened"] is True
             assert (answer["fetch_resumed"], answer["requeued"]) == (False, 0)
+            stack.start("syncer")
+            await wait_consumers(settings, "syncer", 1)
+            note("syncer back")
 
             row = await wait_final(settings, job_id, timeout_s=60)
             assert row["state"] == "done", row["last_error"]

@@ -270,13 +270,44 @@ async def test_fetch_failed_fails_the_job_once(
     row = await job_row(pool, job_id)
     assert (row["state"], row["last_error"]) == ("failed", "store answered 401 Unauthorized")
     assert await fail_job(app_pool, event) is None  # duplicate event
+    # Its customers all synced, but pages were left unread: the job stays failed.
     await set_lines(pool, job_id, [4, 5], "done")
-    await finish_fetch(pool, job_id)
-    assert await recompute(for_org(app_pool, org_id), job_id) is None  # a failed job is not revived
+    assert await recompute(for_org(app_pool, org_id), job_id) is None
     assert (await job_row(pool, job_id))["state"] == "failed"
     [entry] = await activities(pool, job_id)
     assert (entry["level"], entry["event"]) == ("error", "job.failed")
     assert entry["details"]["error"] == "store answered 401 Unauthorized"
+
+
+async def test_a_failed_job_whose_lines_all_end_done_recovers_once(
+    pool: asyncpg.Pool, app_pool: asyncpg.Pool
+) -> None:
+    """Parked customers moved back from the console and synced: the job becomes done."""
+    org_id, _ = await create_org(pool, "acme")
+    job_id = await make_job(pool, org_id)
+    await add_lines(pool, job_id, org_id, range(1, 4), "done")
+    await add_lines(pool, job_id, org_id, [4], "failed")
+    await finish_fetch(pool, job_id)
+    scope = for_org(app_pool, org_id)
+    failed = await recompute(scope, job_id)
+    assert failed is not None and (failed.state, failed.failed) == ("failed", 1)
+
+    await set_lines(pool, job_id, [4], "processing")  # on its way back: still failed, no change
+    assert await recompute(scope, job_id) is None
+    assert (await job_row(pool, job_id))["state"] == "failed"
+    await set_lines(pool, job_id, [4], "done")
+    results = await asyncio.gather(*(recompute(scope, job_id) for _ in range(4)))
+
+    [recovered] = [r for r in results if r is not None]  # announced once, by one recompute
+    assert (recovered.state, recovered.total, recovered.done, recovered.failed) == (
+        "done", 4, 4, 0,
+    )  # fmt: skip
+    row = await job_row(pool, job_id)
+    assert (row["state"], row["last_error"]) == ("done", None)
+    entries = await activities(pool, job_id)
+    events = [(a["event"], a["details"].get("recovered_from")) for a in entries]
+    assert events == [("job.failed", None), ("job.completed", "failed")]
+    assert await recompute(scope, job_id) is None  # done stays done
 
 
 async def test_jobs_without_progress_are_failed_as_stalled_once(
