@@ -1,0 +1,2 @@
+CREATE INDEX woo_customer_sync_queue_line_state_idx ON woo_customer_sync_queue_line (job_id, state);
+DROP INDEX woo_customer_sync_queue_line_state_org_idx;
