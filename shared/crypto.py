@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -144,3 +145,29 @@ def new_api_key() -> str:
 def hash_api_key(key: str) -> bytes:
     # Keys carry 256 random bits, so a plain SHA-256 is enough; no slow KDF needed.
     return hashlib.sha256(key.encode()).digest()
+
+
+SCRAM_ITERATIONS = 4096  # PostgreSQL's default (scram_iterations)
+
+
+def scram_sha256_verifier(
+    password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS
+) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802 and 7677).
+
+    ``woosync migrate`` sends this instead of the password in ``ALTER ROLE … PASSWORD``, so the
+    password itself never reaches the server, its statement log or its statistics. ASCII only:
+    PostgreSQL would first normalise other text (SASLprep), which this does not reproduce.
+    """
+    if not password.isascii():
+        raise ValueError("the database password must be ASCII")
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("ascii"), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"

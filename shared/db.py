@@ -19,6 +19,8 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.crypto import scram_sha256_verifier
+
 APP_ROLE = "woosync_app"
 SET_ORG = "SELECT set_config('woosync.org_id', $1, true)"
 
@@ -192,13 +194,18 @@ def app_password(app_dsn: str | None) -> str | None:
             f"WOOSYNC_DATABASE_URL must connect as {APP_ROLE}, the role row-level security "
             f"binds; it names {unquote(parts.username or '') or 'no user'}"
         )
-    return unquote(parts.password)
+    password = unquote(parts.password)
+    if not password.isascii():
+        raise ValueError("the password in WOOSYNC_DATABASE_URL must be ASCII")
+    return password
 
 
 async def _set_app_password(conn: asyncpg.Connection, password: str) -> None:
-    # ALTER ROLE takes no parameters: quote the password with PostgreSQL's own quote_literal.
+    # Only the SCRAM verifier travels (and could show in a statement log), never the password.
+    # ALTER ROLE takes no parameters: it is quoted with PostgreSQL's own quote_literal.
     statement = await conn.fetchval(
-        f"SELECT format('ALTER ROLE {APP_ROLE} PASSWORD %L', $1::text)", password
+        f"SELECT format('ALTER ROLE {APP_ROLE} PASSWORD %L', $1::text)",
+        scram_sha256_verifier(password),
     )
     await conn.execute(statement)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import psutil
 import pytest
 
 from shared.auth import authenticate
+from shared.crypto import scram_sha256_verifier
 from shared.db import APP_ROLE
 from shared.settings import Settings
 from tests.conftest import PG_ADMIN_URL
@@ -76,7 +78,10 @@ async def test_migrate_creates_applies_once_and_reverts(fresh_database: str) -> 
         )
     finally:
         await conn.close()
-    assert stored is not None and "app-pw" not in stored
+    # Only a SCRAM verifier reached the server; recomputed with its salt, it is app-pw's.
+    assert stored is not None and stored.startswith("SCRAM-SHA-256$4096:")
+    salt = base64.b64decode(stored.split("$")[1].split(":")[1])
+    assert stored == scram_sha256_verifier("app-pw", salt=salt)
     other_user = run("migrate", env={**env, "WOOSYNC_DATABASE_URL": fresh_database.replace(
         "://", "://someone:pw@", 1)})
     assert other_user.returncode != 0 and APP_ROLE in other_user.stderr

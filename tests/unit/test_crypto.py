@@ -124,3 +124,44 @@ def test_api_keys_are_random_and_hashed() -> None:
     assert first.startswith("wsk_") and first != second
     assert hash_api_key(first) != hash_api_key(second)
     assert first.encode() not in hash_api_key(first)
+
+
+def test_scram_verifier_authenticates_rfc_7677s_exchange() -> None:
+    """The server side of RFC 7677's example exchange, run on our verifier: the client's proof
+    checks out against StoredKey, and ServerKey signs exactly the RFC's server signature."""
+    import base64
+    import hashlib
+    import hmac
+
+    from shared.crypto import scram_sha256_verifier
+
+    salt = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
+    verifier = scram_sha256_verifier("pencil", salt=salt, iterations=4096)
+    method, rest = verifier.split("$", 1)
+    iterations_salt, keys = rest.split("$")
+    stored_key, server_key = (base64.b64decode(k) for k in keys.split(":"))
+    assert (method, iterations_salt) == ("SCRAM-SHA-256", "4096:W22ZaJ0SNY7soEsUEjb6gQ==")
+
+    nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+    auth_message = (
+        f"n=user,r=rOprNGfwEbeRWgbNEkqO,r={nonce},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,"
+        f"c=biws,r={nonce}"
+    ).encode()
+    proof = base64.b64decode("dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
+    client_signature = hmac.digest(stored_key, auth_message, "sha256")
+    client_key = bytes(a ^ b for a, b in zip(proof, client_signature, strict=True))
+    assert hashlib.sha256(client_key).digest() == stored_key
+    server_signature = hmac.digest(server_key, auth_message, "sha256")
+    assert base64.b64encode(server_signature).decode() == (
+        "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+    )
+    assert scram_sha256_verifier("pencil") != verifier  # a fresh random salt each time
+
+
+def test_scram_verifier_refuses_what_postgres_would_normalise() -> None:
+    import pytest
+
+    from shared.crypto import scram_sha256_verifier
+
+    with pytest.raises(ValueError, match="ASCII"):
+        scram_sha256_verifier("pässword")
