@@ -109,12 +109,12 @@ WHERE l.job_id = x.job_id AND l.woo_id = x.woo_id AND l.org_id = x.org_id
 RETURNING l.job_id
 """
 
-# $1 uuid[]: jobs already checked against their org; $2 uuid[]: those whose failed lines this
-# replay just re-opened. A job that failed after every page was read failed because of its lines
-# (a fetch failure never sets fetch_done_at): it is re-opened when this replay re-opened some of
-# its lines, or when none of its lines is failed or open any more (they were moved back another
-# way). Counts are brought up to date so the status answered right away is right; the tracker
-# finishes the job later.
+# $1 uuid[]: jobs already checked against their org, $3 uuid[]: their orgs, in the same order; $2
+# uuid[]: the jobs whose failed lines this replay just re-opened. A job that failed after every
+# page was read failed because of its lines (a fetch failure never sets fetch_done_at): it is re-
+# opened when this replay re-opened some of its lines, or when none of its lines is failed or open
+# any more (they were moved back another way). Counts are brought up to date so the status
+# answered right away is right; the tracker finishes the job later.
 REOPEN_JOBS = """
 UPDATE woo_customer_sync_queue AS j
 SET state = 'processing',
@@ -124,15 +124,16 @@ SET state = 'processing',
     done_count = c.done,
     failed_count = c.failed
 FROM (
-    SELECT job.id AS job_id,
+    SELECT job.id AS job_id, job.org_id,
            count(l.woo_id) FILTER (WHERE l.state = 'done') AS done,
            count(l.woo_id) FILTER (WHERE l.state = 'failed') AS failed,
            count(l.woo_id) FILTER (WHERE l.state IN ('pending', 'processing')) AS open
-    FROM unnest($1::uuid[]) AS job(id)
-    LEFT JOIN woo_customer_sync_queue_line AS l ON l.job_id = job.id
-    GROUP BY job.id
+    FROM unnest($1::uuid[], $3::uuid[]) AS job(id, org_id)
+    LEFT JOIN woo_customer_sync_queue_line AS l
+           ON l.job_id = job.id AND l.org_id = job.org_id
+    GROUP BY job.id, job.org_id
 ) AS c
-WHERE j.id = c.job_id
+WHERE j.id = c.job_id AND j.org_id = c.org_id
   AND j.state = 'failed'
   AND j.fetch_done_at IS NOT NULL
   AND (j.id = ANY($2::uuid[]) OR (c.open = 0 AND c.failed = 0))
@@ -525,6 +526,8 @@ async def _reopen(
                 reopened_lines[row["job_id"]] = reopened_lines.get(row["job_id"], 0) + 1
         reopened: set[UUID] = set()
         if jobs:
-            rows = await conn.fetch(REOPEN_JOBS, list(jobs), list(reopened_lines))
+            ids = list(jobs)
+            orgs = [jobs[job]["org_id"] for job in ids]
+            rows = await conn.fetch(REOPEN_JOBS, ids, list(reopened_lines), orgs)
             reopened = {r["id"] for r in rows}
     return jobs, reopened_lines, reopened

@@ -182,11 +182,11 @@ async def _hand_to_fetcher(
     )
     try:
         async with for_org(deps.pool, org_id).transaction() as conn:
-            state: str = await conn.fetchval(q.LOCK_JOB_STATE, job_id)
+            state: str = await conn.fetchval(q.LOCK_JOB_STATE, job_id, org_id)
             if state != "draft":
                 return state
             await _publish(deps, [message])
-            await conn.execute(q.MARK_QUEUED, job_id)
+            await conn.execute(q.MARK_QUEUED, job_id, org_id)
             await activity.record(
                 conn,
                 org_id=org_id,
@@ -408,7 +408,7 @@ async def retry_job(request: RetryRequest, caller: Caller, deps: Deps) -> RetryR
             )
             if busy is not None:
                 raise connection_busy(busy)
-        lines = await conn.fetch(q.REQUEUE_FAILED_LINES, job_id)
+        lines = await conn.fetch(q.REQUEUE_FAILED_LINES, job_id, org_id)
         # A job failed as stalled (its services were down) failed no customer itself, and may
         # still have customers on their way: open again, the tracker finishes it once every
         # customer is settled (at its next sweep if they already are).
@@ -425,12 +425,12 @@ async def retry_job(request: RetryRequest, caller: Caller, deps: Deps) -> RetryR
                 limit = deps.settings.max_concurrent_syncs_per_org
                 if await conn.fetchval(q.COUNT_OPEN_JOBS, org_id) >= limit:
                     raise too_many_syncs(limit)  # rolls back the lines re-queued above
-            unrecoverable = await conn.fetchval(q.COUNT_UNRECOVERABLE_LINES, job_id)
+            unrecoverable = await conn.fetchval(q.COUNT_UNRECOVERABLE_LINES, job_id, org_id)
             if needs_fetch:
                 new_state = "draft"  # becomes queued once sync.requested is confirmed
             elif previous_state in FINAL_STATES:
                 new_state = "processing"
-            await conn.execute(q.RESUME_JOB, job_id, new_state)
+            await conn.execute(q.RESUME_JOB, job_id, new_state, org_id)
         # Audited even when there was nothing to do: it is an operator's action.
         await activity.record(
             conn,
@@ -480,7 +480,7 @@ async def force_done(request: ForceDoneRequest, caller: Caller, deps: Deps) -> S
             raise job_not_found()
         if job["state"] in FINAL_STATES:
             raise ApiError(409, "job_final", f"the job is already {job['state']}")
-        await conn.execute(q.FORCE_DONE, job_id, f"forced done: {request.reason}")
+        await conn.execute(q.FORCE_DONE, job_id, f"forced done: {request.reason}", org_id)
         await activity.record(
             conn,
             org_id=org_id,

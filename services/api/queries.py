@@ -60,13 +60,15 @@ WHERE org_id = $1 AND idempotency_key = $2
 """
 
 # Held while sync.requested is published, so a draft is handed to the fetcher once.
-LOCK_JOB_STATE = "SELECT state FROM woo_customer_sync_queue WHERE id = $1 FOR UPDATE"
+LOCK_JOB_STATE = """
+SELECT state FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR UPDATE
+"""
 
 # The job is locked (LOCK_JOB_STATE) and a draft: the fetcher cannot have taken it further.
 MARK_QUEUED = """
 UPDATE woo_customer_sync_queue
 SET state = 'queued', queued_at = now(), updated_at = now()
-WHERE id = $1 AND state = 'draft'
+WHERE id = $1 AND org_id = $2 AND state = 'draft'
 """
 
 # Locks the job so that two retries, or a retry and a force-done, cannot interleave.
@@ -85,20 +87,20 @@ REQUEUE_FAILED_LINES = """
 WITH requeued AS (
     UPDATE woo_customer_sync_queue_line
     SET state = 'pending', attempts = 0, last_error = NULL, updated_at = now()
-    WHERE job_id = $1 AND state = 'failed' AND payload IS NOT NULL
+    WHERE job_id = $1 AND org_id = $2 AND state = 'failed' AND payload IS NOT NULL
     RETURNING woo_id, payload
 )
 SELECT woo_id, payload FROM requeued
 UNION ALL
 SELECT woo_id, payload
 FROM woo_customer_sync_queue_line
-WHERE job_id = $1 AND state = 'pending' AND payload IS NOT NULL
+WHERE job_id = $1 AND org_id = $2 AND state = 'pending' AND payload IS NOT NULL
 ORDER BY woo_id
 """
 
 COUNT_UNRECOVERABLE_LINES = """
 SELECT count(*) FROM woo_customer_sync_queue_line
-WHERE job_id = $1 AND state = 'failed' AND payload IS NULL
+WHERE job_id = $1 AND org_id = $2 AND state = 'failed' AND payload IS NULL
 """
 
 # Counts are recomputed from the lines (as the tracker does), so the status answered right
@@ -115,15 +117,15 @@ FROM (
     SELECT count(*) FILTER (WHERE state = 'done') AS done,
            count(*) FILTER (WHERE state = 'failed') AS failed
     FROM woo_customer_sync_queue_line
-    WHERE job_id = $1
+    WHERE job_id = $1 AND org_id = $3
 ) AS c
-WHERE j.id = $1
+WHERE j.id = $1 AND j.org_id = $3
 """
 
 FORCE_DONE = """
 UPDATE woo_customer_sync_queue
 SET state = 'done', finished_at = now(), updated_at = now(), last_error = $2
-WHERE id = $1 AND state NOT IN ('done', 'failed')
+WHERE id = $1 AND org_id = $3 AND state NOT IN ('done', 'failed')
 """
 
 CHECK_DATABASE = "SELECT 1"

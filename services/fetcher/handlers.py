@@ -116,7 +116,7 @@ class _Job:
                 )
             # The job row's lock is taken last, so concurrent windows hold it only to commit.
             if page is None:
-                await conn.execute(q.TOUCH_JOB, job_id)
+                await conn.execute(q.TOUCH_JOB, job_id, self.request.org_id)
             else:
                 await conn.execute(
                     q.MARK_PAGE_FETCHED,
@@ -126,6 +126,7 @@ class _Job:
                     offset,
                     window.first_id,
                     window.last_id,
+                    self.request.org_id,
                 )
         return window
 
@@ -144,7 +145,7 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     if row["state"] in ("done", "failed") and request.reason != "retry":
         log.info("job %s is already %s; nothing to fetch", request.job_id, row["state"])
         return
-    processed = await scope.fetchval(q.MARK_JOB_PROCESSING, request.job_id)
+    processed = await scope.fetchval(q.MARK_JOB_PROCESSING, request.job_id, request.org_id)
     if processed is None:
         return
     log.info("job %s: reading its store (taken up %d times)", request.job_id, processed)
@@ -183,7 +184,7 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
             FetchFailed(job_id=request.job_id, org_id=request.org_id, error=str(exc))
         )
         return
-    lines = await scope.fetchval(q.MARK_FETCH_DONE, request.job_id, pages)
+    lines = await scope.fetchval(q.MARK_FETCH_DONE, request.job_id, pages, request.org_id)
     await activity.record(
         scope,
         org_id=request.org_id,
@@ -226,8 +227,11 @@ async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
         first, window = await job.read(client, 1, 0)
         # Without X-WP-Total (a proxy may strip it) the tail loop below reads page by page.
         total_pages = paging.pages_for(first.total, per_page)
-        await job.db.execute(q.RECORD_STORE_TOTALS, job_id, first.total, total_pages)
-        fetched = {r["page"]: r for r in await job.db.fetch(q.SELECT_FETCHED_PAGES, job_id)}
+        org_id = job.request.org_id
+        await job.db.execute(q.RECORD_STORE_TOTALS, job_id, first.total, total_pages, org_id)
+        fetched = {
+            r["page"]: r for r in await job.db.fetch(q.SELECT_FETCHED_PAGES, job_id, org_id)
+        }
         windows = [window]
         windows += [
             paging.Window(r["start_offset"], r["customers"], r["first_id"], r["last_id"])

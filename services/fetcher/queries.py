@@ -1,6 +1,9 @@
-"""SQL of the fetcher: load a job with its connection, and record what was read, idempotently."""
+"""SQL of the fetcher: load a job with its connection, and record what was read, idempotently.
 
-# Org-scoped: a message can only ever reach its own org's connection.
+Every statement names the job's org as well as its id (row-level security is the second wall).
+"""
+
+# A message can only ever reach its own org's connection.
 SELECT_JOB_WITH_CONNECTION = """
 SELECT j.id, j.org_id, j.state, j.batch_size, j.concurrency, j.fetch_done_at,
        c.id AS connection_id, c.store_url, c.auth_mode, c.verify_tls, c.consumer_key,
@@ -14,7 +17,7 @@ MARK_JOB_PROCESSING = """
 UPDATE woo_customer_sync_queue
 SET state = 'processing', started_at = coalesce(started_at, now()),
     process_count = process_count + 1, updated_at = now()
-WHERE id = $1 AND state IN ('draft', 'queued', 'processing')
+WHERE id = $1 AND org_id = $2 AND state IN ('draft', 'queued', 'processing')
 RETURNING process_count
 """
 
@@ -22,12 +25,15 @@ RECORD_STORE_TOTALS = """
 UPDATE woo_customer_sync_queue
 SET store_total = coalesce(store_total, $2), pages_total = greatest(coalesce(pages_total, 0), $3),
     updated_at = now()
-WHERE id = $1
+WHERE id = $1 AND org_id = $4
 """
 
+# Pages have no org of their own: they are the org's through their job.
 SELECT_FETCHED_PAGES = """
-SELECT page, customers, start_offset, first_id, last_id
-FROM woo_customer_sync_page WHERE job_id = $1
+SELECT p.page, p.customers, p.start_offset, p.first_id, p.last_id
+FROM woo_customer_sync_page p
+JOIN woo_customer_sync_queue j ON j.id = p.job_id AND j.org_id = $2
+WHERE p.job_id = $1
 """
 
 # Adding a line twice is a no-op; a line already settled keeps its state. Returns the lines
@@ -40,24 +46,29 @@ ON CONFLICT (job_id, woo_id) DO NOTHING
 RETURNING woo_id
 """
 
-# The page, its window's offset and id bounds (the first read of a page is kept), and a sign of
-# life for the tracker's stall detection: the job's updated_at.
+# $7 org id. A sign of life for the tracker's stall detection (the job's updated_at), then the
+# page, its window's offset and id bounds (the first read of a page is kept), for the org's job
+# only.
 MARK_PAGE_FETCHED = """
-WITH page AS (
-    INSERT INTO woo_customer_sync_page (job_id, page, customers, start_offset, first_id, last_id)
-    VALUES ($1, $2, $3, $4, $5, $6)
-    ON CONFLICT (job_id, page) DO NOTHING
+WITH job AS (
+    UPDATE woo_customer_sync_queue SET updated_at = now()
+    WHERE id = $1 AND org_id = $7
+    RETURNING id
 )
-UPDATE woo_customer_sync_queue SET updated_at = now() WHERE id = $1
+INSERT INTO woo_customer_sync_page (job_id, page, customers, start_offset, first_id, last_id)
+SELECT id, $2, $3, $4, $5, $6 FROM job
+ON CONFLICT (job_id, page) DO NOTHING
 """
 
-TOUCH_JOB = "UPDATE woo_customer_sync_queue SET updated_at = now() WHERE id = $1"
+TOUCH_JOB = "UPDATE woo_customer_sync_queue SET updated_at = now() WHERE id = $1 AND org_id = $2"
 
 MARK_FETCH_DONE = """
 UPDATE woo_customer_sync_queue
 SET fetch_done_at = coalesce(fetch_done_at, now()),
     pages_total = greatest(coalesce(pages_total, 0), $2),
     updated_at = now()
-WHERE id = $1
-RETURNING (SELECT count(*) FROM woo_customer_sync_queue_line WHERE job_id = $1) AS lines
+WHERE id = $1 AND org_id = $3
+RETURNING (
+    SELECT count(*) FROM woo_customer_sync_queue_line WHERE job_id = $1 AND org_id = $3
+) AS lines
 """

@@ -154,9 +154,9 @@ async def recompute(scope: OrgScope, job_id: UUID) -> SyncCompleted | None:
     failed job that recovers (see ``RECOMPUTE_JOB``) finishes a second time, as done.
     """
     async with scope.transaction() as conn:
-        if await conn.fetchval(q.LOCK_JOB, job_id) is None:
+        if await conn.fetchval(q.LOCK_JOB, job_id, scope.org_id) is None:
             return None
-        row = await conn.fetchrow(q.RECOMPUTE_JOB, job_id)
+        row = await conn.fetchrow(q.RECOMPUTE_JOB, job_id, scope.org_id)
         if row is None or not row["finished"]:
             return None
         done = _completed(job_id, row)
@@ -190,9 +190,11 @@ async def stall_job(scope: OrgScope, job_id: UUID, timeout_s: float) -> SyncComp
     """Fail a job that made no progress for ``timeout_s``, unless progress came meanwhile or it
     is final already; the ``job.stalled`` activity row is written in the same transaction."""
     async with scope.transaction() as conn:
-        if await conn.fetchval(q.LOCK_JOB, job_id) is None:
+        if await conn.fetchval(q.LOCK_JOB, job_id, scope.org_id) is None:
             return None
-        row = await conn.fetchrow(q.STALL_JOB, job_id, timeout_s, stall_error(timeout_s))
+        row = await conn.fetchrow(
+            q.STALL_JOB, job_id, scope.org_id, timeout_s, stall_error(timeout_s)
+        )
         if row is None:
             return None
         done = _completed(job_id, row)

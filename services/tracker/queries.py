@@ -1,5 +1,7 @@
 """The tracker's SQL. Counts always come from the line table, never from event deltas.
 
+Statements about one job take the job id as $1 and its org id as $2, and name both.
+
 A job's counts are a pure function of its lines, so recomputing them is idempotent: a duplicated,
 late or reordered event can at worst cause one extra recompute, never a wrong number. The line
 index ``(job_id, state)`` makes the count an index scan, even for a 100k-customer job.
@@ -7,7 +9,7 @@ index ``(job_id, state)`` makes the count an index scan, even for a 100k-custome
 
 from __future__ import annotations
 
-# The job's lines by state, in one pass over the (job_id, state) index.
+# The job's lines by state ($1 job id, $2 org id), in one pass over the (job_id, state) index.
 _LINE_COUNTS = """
 counts AS (
     SELECT count(*)::int                                                    AS total,
@@ -15,7 +17,7 @@ counts AS (
            (count(*) FILTER (WHERE state = 'failed'))::int                  AS failed,
            (count(*) FILTER (WHERE state IN ('pending', 'processing')))::int AS open
     FROM woo_customer_sync_queue_line
-    WHERE job_id = $1
+    WHERE job_id = $1 AND org_id = $2
 )
 """
 
@@ -24,17 +26,17 @@ counts AS (
 # trackers can never write counts that go backwards. NO KEY UPDATE does not block the fetcher's
 # line inserts (their foreign-key check takes KEY SHARE).
 LOCK_JOB = """
-SELECT state FROM woo_customer_sync_queue WHERE id = $1 FOR NO KEY UPDATE
+SELECT state FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR NO KEY UPDATE
 """
 
-# $1 job id. Writes the job row only when a count changed or the job finishes (no churn from
-# the sweeps). The job finishes once every page is read (fetch_done_at) and no line is open:
+# $1 job id, $2 org id. Writes the job row only when a count changed or the job finishes (no churn
+# from the sweeps). The job finishes once every page is read (fetch_done_at) and no line is open:
 # 'done' when none failed, else 'failed'. A 'failed' job whose pages were all read recovers to
 # 'done' once every line is done: its parked customers were moved back (say from the RabbitMQ
-# console) and synced, or its stalled services came back and finished. The state guards are
-# repeated in the WHERE clause, which PostgreSQL re-checks against the newest row version after
-# waiting for a concurrent writer, so of two racing recomputes exactly one returns
-# finished = true. No row: nothing changed.
+# console) and synced, or its stalled services came back and finished. The state guards are repeated
+# in the WHERE clause, which PostgreSQL re-checks against the newest row version after waiting for a
+# concurrent writer, so of two racing recomputes exactly one returns finished = true. No row:
+# nothing changed.
 RECOMPUTE_JOB = (
     "WITH "
     + _LINE_COUNTS
@@ -48,7 +50,7 @@ decided AS (
            (j.total, j.done_count, j.failed_count)
                IS DISTINCT FROM (c.total, c.done, c.failed) AS changed
     FROM woo_customer_sync_queue j, counts c
-    WHERE j.id = $1
+    WHERE j.id = $1 AND j.org_id = $2
 )
 UPDATE woo_customer_sync_queue j
 SET total = d.total,
@@ -66,7 +68,7 @@ SET total = d.total,
     finished_at = CASE WHEN d.finishing OR d.recovering THEN now() ELSE j.finished_at END,
     updated_at = now()
 FROM decided d
-WHERE j.id = d.id
+WHERE j.id = d.id AND j.org_id = $2
   AND (d.changed OR d.finishing OR d.recovering)
   AND (NOT d.finishing OR j.state IN ('queued', 'processing'))
   AND (NOT d.recovering OR j.state = 'failed')
@@ -101,31 +103,31 @@ RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count
 # function (migration 0005, where its query is), as the services' role sees one org at a time.
 SELECT_STALL_CANDIDATES = "SELECT id, org_id, state FROM woosync_stall_candidates($1)"
 
-# $1 job id, $2 stall timeout in seconds, $3 error. Run after LOCK_JOB, so the statement sees
-# the newest job row and lines: progress that came meanwhile, or a job already final, leaves no
+# $1 job id, $2 org id, $3 stall timeout in seconds, $4 error. Run after LOCK_JOB, so the statement
+# sees the newest job row and lines: progress that came meanwhile, or a job already final, leaves no
 # row. Counts are brought up to date as by FAIL_JOB.
 STALL_JOB = (
     "WITH "
     + _LINE_COUNTS
     + """,
 before AS (
-    SELECT state, updated_at FROM woo_customer_sync_queue WHERE id = $1
+    SELECT state, updated_at FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2
 )
 UPDATE woo_customer_sync_queue j
 SET state = 'failed',
-    last_error = $3,
+    last_error = $4,
     finished_at = now(),
     updated_at = now(),
     total = c.total,
     done_count = c.done,
     failed_count = c.failed
 FROM counts c, before b
-WHERE j.id = $1
+WHERE j.id = $1 AND j.org_id = $2
   AND j.state IN ('queued', 'processing')
-  AND j.updated_at < now() - make_interval(secs => $2)
+  AND j.updated_at < now() - make_interval(secs => $3)
   AND NOT EXISTS (
       SELECT 1 FROM woo_customer_sync_queue_line l
-      WHERE l.job_id = $1 AND l.updated_at >= now() - make_interval(secs => $2)
+      WHERE l.job_id = $1 AND l.org_id = $2 AND l.updated_at >= now() - make_interval(secs => $3)
   )
 RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count,
           b.state AS previous_state, b.updated_at AS last_progress_at,
