@@ -60,7 +60,7 @@ async def _median_ms(pool: asyncpg.Pool, org_id: object, job_id: object) -> floa
     async with db.for_org(pool, org_id).transaction() as conn:
         for _ in range(REPEATS):
             started = time.perf_counter()
-            await conn.fetchrow(COUNT, job_id)
+            await conn.fetchrow(COUNT, job_id, org_id)
             timings.append((time.perf_counter() - started) * 1000)
     return statistics.median(timings)
 
