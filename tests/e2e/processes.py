@@ -36,17 +36,20 @@ AMQP_TIMEOUT_S = 10.0
 
 
 @contextlib.asynccontextmanager
-async def infra_shared_lock() -> AsyncIterator[None]:
+async def infra_lock(*, exclusive: bool, wait_s: float = LOCK_WAIT_S) -> AsyncIterator[None]:
+    """The lock on PostgreSQL and RabbitMQ being up, with a bounded wait: tests that take a
+    server down hold it exclusively, tests that need both servers up share it."""
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     fd = os.open(INFRA_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        deadline = time.monotonic() + LOCK_WAIT_S
+        deadline = time.monotonic() + wait_s
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"{INFRA_LOCK} locked for {LOCK_WAIT_S:.0f}s") from None
+                    raise AssertionError(f"{INFRA_LOCK} locked for {wait_s:.0f}s") from None
                 await asyncio.sleep(0.2)
         try:
             yield
@@ -54,6 +57,10 @@ async def infra_shared_lock() -> AsyncIterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def infra_shared_lock() -> contextlib.AbstractAsyncContextManager[None]:
+    return infra_lock(exclusive=False)
 
 
 @contextlib.asynccontextmanager

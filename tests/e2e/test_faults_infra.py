@@ -6,15 +6,14 @@ endpoints report the outage, and then that the job ends ``done`` with exactly th
 customers, no service having been restarted by hand.
 
 The restarts disturb every other test that uses the same server, so they are serialised with
-an exclusive lock on ``INFRA_LOCK`` (shared with other fault tests), kept short, and the server
-is always started again in a ``finally``.
+an exclusive hold of ``tests.e2e.processes.infra_lock`` (other fault tests share it), kept
+short, and the server is always started again in a ``finally``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import socket
 import time
@@ -34,38 +33,20 @@ from shared.messages import LinesDone
 from shared.settings import Settings
 from tests.e2e.fault_stack import started_stack
 from tests.e2e.harness import Stack, assert_exact, new_org, start_sync, wait_final
+from tests.e2e.processes import infra_lock
 from tools.woosim.testing import spawn_simulator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-INFRA_LOCK = "/tmp/woosync-infra.lock"
 LOCK_WAIT_S = 180.0
 CUSTOMERS = 2_000
 # 20 pages of 100 read one at a time, 350 ms each: the crawl lasts about 7 s.
 SLOW_PAGE_MS = 350
 
 
-@contextlib.asynccontextmanager
-async def infra_lock() -> AsyncIterator[None]:
+def exclusive_infra_lock() -> contextlib.AbstractAsyncContextManager[None]:
     """Exclusive, bounded wait: no two tests take a server down at the same time."""
-    fd = os.open(INFRA_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{INFRA_LOCK} stayed locked for {LOCK_WAIT_S:.0f}s")
-            await asyncio.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    return infra_lock(exclusive=True, wait_s=LOCK_WAIT_S)
 
 
 async def run(*argv: str, timeout_s: float = 60.0) -> None:
@@ -98,7 +79,7 @@ During = Callable[[], Awaitable[None]]
 
 async def restart_rabbitmq(during: During) -> None:
     """``stop_app``, run ``during`` while it is down, ``start_app`` (always) and wait for it.
-    The caller holds :func:`infra_lock`."""
+    The caller holds :func:`exclusive_infra_lock`."""
     try:
         await run("rabbitmqctl", "stop_app")
         await during()
@@ -110,7 +91,7 @@ async def restart_rabbitmq(during: During) -> None:
 
 async def restart_postgresql(during: During) -> None:
     """Stop the cluster (fast: sessions are terminated), run ``during``, start it (always).
-    The caller holds :func:`infra_lock`."""
+    The caller holds :func:`exclusive_infra_lock`."""
     cluster = ("pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main")
     try:
         await run(*cluster, "stop", "--", "-m", "fast")
@@ -251,7 +232,7 @@ async def test_rabbitmq_restart_mid_sync(settings: Settings, stack: Stack) -> No
             seen.update(await readiness(stack))
             await asyncio.sleep(1)
 
-        async with infra_lock(), publishing_probe(settings) as probe:
+        async with exclusive_infra_lock(), publishing_probe(settings) as probe:
             # The lock first, so the outage surely falls mid-sync.
             job = await start_sync(stack, org, sim, concurrency=1)
             await wait_mid_sync(settings, job["job_id"])
@@ -288,7 +269,7 @@ async def test_postgresql_restart_mid_sync(settings: Settings, stack: Stack) -> 
             seen.update(await readiness(stack))
             await asyncio.sleep(1)
 
-        async with infra_lock():  # taken first, so the outage surely falls mid-sync
+        async with exclusive_infra_lock():  # taken first, so the outage surely falls mid-sync
             job = await start_sync(stack, org, sim, concurrency=1)
             await wait_mid_sync(settings, job["job_id"])
             await restart_postgresql(while_down)
