@@ -31,7 +31,6 @@ from services.api import queries as q
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
 from services.api.openapi import build_openapi
-from services.api.ratelimit import RateLimiter
 from services.api.replay import replay_job
 from services.api.schemas import (
     ForceDoneRequest,
@@ -46,6 +45,7 @@ from services.api.web import deps_of, guarded, parse_action, read_json_object, r
 from shared import db
 from shared.broker import make_broker
 from shared.crypto import ProgressTokens, SecretBox
+from shared.ratelimit import RateLimiter
 from shared.settings import Settings
 from shared.topology import Topology, declare_topology
 

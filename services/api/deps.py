@@ -10,8 +10,8 @@ from typing import Protocol
 import asyncpg
 from faststream.rabbit import RabbitBroker
 
-from services.api.ratelimit import RateLimiter
 from shared.crypto import ProgressTokens, SecretBox
+from shared.ratelimit import RateLimiter
 from shared.settings import Settings
 from shared.topology import Topology
 from shared.woocommerce import RetryPolicy, StoreConfig, WooClient

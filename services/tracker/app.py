@@ -26,6 +26,7 @@ from shared.broker import make_broker
 from shared.consuming import Parking, raw_body
 from shared.crypto import ProgressTokens
 from shared.db import create_pool
+from shared.ratelimit import RateLimiter
 from shared.settings import Settings
 from shared.topology import Topology, declare_topology
 
@@ -44,6 +45,7 @@ class State(TypedDict):
     broker: RabbitBroker
     settings: Settings
     tokens: ProgressTokens
+    refusals: RateLimiter  # per client address, for refused keys and tokens
 
 
 async def healthz(request: Request) -> Response:
@@ -115,6 +117,10 @@ def build_app(settings: Settings) -> Starlette:
                         broker=broker,
                         settings=settings,
                         tokens=ProgressTokens.from_settings(settings),
+                        refusals=RateLimiter(
+                            settings.refused_key_limit_per_minute,
+                            settings.refused_key_limit_burst,
+                        ),
                     )
                 finally:
                     # Stop taking events, stop the loop, settle what was acked (which may still

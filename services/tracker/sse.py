@@ -35,6 +35,7 @@ from shared.auth import authenticate
 from shared.crypto import ProgressTokens
 from shared.db import for_org
 from shared.jobs import JobStatus, get_status
+from shared.ratelimit import RateLimiter
 
 log = logging.getLogger("woosync.tracker.sse")
 
@@ -125,8 +126,18 @@ async def progress(request: Request) -> Response:
     if job_id is None:
         return error_response(422, "invalid_job_id", "job_id must be a UUID")
     pool: asyncpg.Pool = request.state.pool
+    refusals: RateLimiter = request.state.refusals
+    client = request.client.host if request.client else "unknown"
+    if not refusals.has_capacity(client):
+        return error_response(
+            429,
+            "rate_limited",
+            "too many requests with a refused API key or token from this address; slow down",
+            headers={"Retry-After": str(refusals.retry_after_s)},
+        )
     org_id = await _caller_org(request, pool, request.state.tokens, job_id)
     if org_id is None:
+        await refusals.allow(client)
         return error_response(
             401,
             "unauthorized",

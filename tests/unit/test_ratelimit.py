@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.api.ratelimit import RateLimiter
+from shared.ratelimit import RateLimiter
 
 
 async def test_each_key_has_its_own_bucket() -> None:

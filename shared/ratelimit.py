@@ -1,5 +1,5 @@
-"""Request rate limits of the api: a token bucket per key (an org, or a client address), in this
-api process.
+"""Request rate limits of the api and the tracker: a token bucket per key (an org, or a client
+address), in one process.
 
 aiolimiter's ``AsyncLimiter`` is a leaky bucket, which is the token bucket seen from the other
 side (its level is the tokens spent): it holds ``burst`` requests and refills at
@@ -7,11 +7,12 @@ side (its level is the tokens spent): it holds ``burst`` requests and refills at
 instead of waiting, with ``Retry-After`` set to the time one token takes to come back, which is
 an upper bound on the wait since a refused request finds less than one token missing.
 
-Two limiters use it (``services.api.web.require_caller``): one per org for authenticated
-requests, and one per client address for refused keys, so that guessing keys or flooding the
-key lookup is slowed down too. The buckets live in the process: with N api replicas a key gets
-up to N times the rate. The map is bounded: past ``max_keys`` buckets, idle ones (full again)
-are dropped, which forgets nothing that limits anyone.
+The api uses two (``services.api.web.require_caller``): one per org for authenticated requests,
+and one per client address for refused keys, so that guessing keys or flooding the key lookup is
+slowed down too; the tracker's progress stream uses the second kind for refused keys and tokens.
+The buckets live in the process: with N replicas a key gets up to N times the rate. The map is
+bounded: past ``max_keys`` buckets, idle ones (full again) are dropped, which forgets nothing
+that limits anyone.
 """
 
 from __future__ import annotations
