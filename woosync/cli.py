@@ -34,13 +34,12 @@ def migrate(down: bool, steps: int) -> None:
         done = asyncio.run(db.migrate_down(settings.admin_database_url, steps))
         verb = "reverted"
     else:
-        try:
-            db.app_password(settings.database_url)
+        try:  # a bad WOOSYNC_DATABASE_URL is refused before anything is applied
+            done = asyncio.run(
+                db.migrate_up(settings.admin_database_url, app_dsn=settings.database_url)
+            )
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
-        done = asyncio.run(
-            db.migrate_up(settings.admin_database_url, app_dsn=settings.database_url)
-        )
         verb = "applied"
     for migration in done:
         click.echo(f"{verb} {migration.version:04d}_{migration.name}")
