@@ -1,9 +1,28 @@
 """WooCommerce customer (as the REST API sends it) -> one row of MantisNXT's ``customer`` table.
 
 A pure function with no I/O, so every rule can be unit- and property-tested without a database,
-and the syncer stays a thin loop around one SQL statement. Everything PostgreSQL would refuse
-(over-long strings, NUL characters, lone surrogates, NaN in jsonb) is refused here instead, with a
-:class:`MappingError` naming the field, so one bad customer fails alone and never aborts a batch.
+and the syncer stays a thin loop around one SQL statement.
+
+What the store's content may hold, and what becomes of it (issue 8, "no customer is lost for its
+content"):
+
+- **Long text** is stored whole: the text columns are ``text`` (migration 0007), so there is no
+  length rule except the e-mail's (an address longer than 320 characters is no address).
+- **NUL characters** (``\\u0000``), which neither ``text`` nor ``jsonb`` can hold, are removed
+  from every column, including ``billing``, ``shipping`` and ``meta_data``; the row carries a
+  warning naming the fields (the syncer stores it on the customer's line). ``raw`` keeps the
+  customer as sent with each NUL written as the six characters ``\\u0000`` (a backslash, ``u``
+  and four zeros), the way the store's JSON spelled it; ``source_hash`` is computed from the
+  customer as sent, NUL included.
+- **Emoji, right-to-left and other 4-byte text** round-trips exactly.
+- **Nesting**: a customer document nested up to :data:`MAX_JSON_DEPTH` levels (the customer
+  object itself is level 1) is stored exactly; deeper, the customer fails alone with a
+  :class:`MappingError`. 512 is well within what PostgreSQL's ``jsonb`` (thousands of levels
+  with the default ``max_stack_depth``) and Python's ``json`` (about 990 levels under the
+  default recursion limit of 1000) both handle.
+- What no storage can hold (lone surrogates, NaN or infinite numbers, non-JSON values, a
+  non-integer id) fails that customer alone with a :class:`MappingError` naming the field. A
+  mapping error is never retried: the same content fails the same way.
 """
 
 from __future__ import annotations
@@ -18,13 +37,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
-# Column limits of table ``customer`` (migrations/0001_core.up.sql).
-MAX_EMAIL = 320
-MAX_NAME = 255  # first_name, last_name, username, company
-MAX_ROLE = 100
-MAX_PHONE = 100
-MAX_AVATAR_URL = 2048
+MAX_EMAIL = 320  # RFC 5321's bound on an address: longer is not an e-mail address
 MAX_WOO_ID = 2**63 - 1  # bigint
+MAX_JSON_DEPTH = 512  # levels of nested objects and arrays in one customer, itself included
+NUL_ESCAPE = "\\u0000"  # what stands for a NUL character in ``raw``
+MAX_WARNING_FIELDS = 5
 
 _DATE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:?\d{2})?",
@@ -69,9 +86,14 @@ class CustomerRow:
     woo_date_modified: datetime | None
     raw: dict[str, Any]
     source_hash: str
-    # ``raw`` as its canonical JSON text, the one ``source_hash`` hashes: the syncer sends this
-    # text, so a customer is serialised once. Not a column of its own.
+    # ``raw`` as its canonical JSON text: the syncer sends this text, so a customer is serialised
+    # once. Not a column of its own.
     raw_json: str = field(repr=False, compare=False, metadata={"column": False})
+    # The customer without its NUL characters, as canonical JSON, when it differs from
+    # ``raw_json`` (else None): where the syncer takes billing, shipping and meta_data from.
+    clean_json: str | None = field(default=None, repr=False, metadata={"column": False})
+    # What was changed to store the customer (NUL characters removed), for its line.
+    warnings: tuple[str, ...] = field(default=(), metadata={"column": False})
 
 
 CUSTOMER_COLUMNS: tuple[str, ...] = tuple(
@@ -85,30 +107,44 @@ def map_customer(raw: Mapping[str, Any], *, org_id: UUID, connection_id: UUID) -
         raise MappingError(None, f"customer must be a JSON object, got {_type(raw)}")
     woo_id = _woo_id(raw.get("id"))
     source = {k: v for k, v in raw.items() if k != "_links"}
-    digest, source_json = _storable_digest(woo_id, source)
-    billing = _object(woo_id, source, "billing")
-    shipping = _object(woo_id, source, "shipping")
+    digest, source_json, nul_paths = _storable_digest(woo_id, source)
+    warnings: tuple[str, ...] = ()
+    stored, stored_json, clean, clean_json = source, source_json, source, None
+    if nul_paths:
+        clean = _replace_nul(source, "")
+        clean_json = canonical_json(clean)
+        stored = _replace_nul(source, NUL_ESCAPE)
+        stored_json = canonical_json(stored)
+        shown = ", ".join(nul_paths[:MAX_WARNING_FIELDS])
+        more = len(nul_paths) - MAX_WARNING_FIELDS
+        warnings = (
+            f"NUL characters removed from {shown}" + (f" and {more} more" if more > 0 else ""),
+        )
+    billing = _object(woo_id, clean, "billing")
+    shipping = _object(woo_id, clean, "shipping")
     return CustomerRow(
         org_id=org_id,
         connection_id=connection_id,
         woo_id=woo_id,
-        email=_email(woo_id, source.get("email")),
-        first_name=_string(woo_id, source, "first_name", MAX_NAME),
-        last_name=_string(woo_id, source, "last_name", MAX_NAME),
-        username=_string(woo_id, source, "username", MAX_NAME),
-        role=_string(woo_id, source, "role", MAX_ROLE),
-        company=_string(woo_id, billing, "company", MAX_NAME, prefix="billing."),
-        phone=_string(woo_id, billing, "phone", MAX_PHONE, prefix="billing."),
+        email=_email(woo_id, clean.get("email")),
+        first_name=_string(woo_id, clean, "first_name"),
+        last_name=_string(woo_id, clean, "last_name"),
+        username=_string(woo_id, clean, "username"),
+        role=_string(woo_id, clean, "role"),
+        company=_string(woo_id, billing, "company", prefix="billing."),
+        phone=_string(woo_id, billing, "phone", prefix="billing."),
         billing=billing,
         shipping=shipping,
-        meta_data=_list(woo_id, source, "meta_data"),
-        is_paying_customer=_paying(woo_id, source.get("is_paying_customer")),
-        avatar_url=_string(woo_id, source, "avatar_url", MAX_AVATAR_URL),
-        woo_date_created=_date_pair(woo_id, source, "date_created"),
-        woo_date_modified=_date_pair(woo_id, source, "date_modified"),
-        raw=source,
+        meta_data=_list(woo_id, clean, "meta_data"),
+        is_paying_customer=_paying(woo_id, clean.get("is_paying_customer")),
+        avatar_url=_string(woo_id, clean, "avatar_url"),
+        woo_date_created=_date_pair(woo_id, clean, "date_created"),
+        woo_date_modified=_date_pair(woo_id, clean, "date_modified"),
+        raw=stored,
         source_hash=digest,
-        raw_json=source_json,
+        raw_json=stored_json,
+        clean_json=clean_json,
+        warnings=warnings,
     )
 
 
@@ -124,12 +160,11 @@ def source_hash(raw: Mapping[str, Any]) -> str:
 
 
 def jsonb_storable(value: Any) -> bool:
-    """True when PostgreSQL ``jsonb`` can hold ``value`` exactly (see :func:`map_customer`)."""
+    """True when PostgreSQL ``jsonb`` can hold ``value`` exactly (no NUL, see the module)."""
     try:
-        _check_json_storable(None, value)
+        return not _check_json_storable(None, value)
     except MappingError:
         return False
-    return True
 
 
 # -- field rules ---------------------------------------------------------------------------------
@@ -151,7 +186,9 @@ def _email(woo_id: int, value: Any) -> str:
     if not isinstance(value, str):
         raise MappingError(woo_id, f"email must be a string, got {_type(value)}")
     if len(value) > MAX_EMAIL:
-        raise MappingError(woo_id, f"email is {len(value)} characters, the limit is {MAX_EMAIL}")
+        raise MappingError(
+            woo_id, f"email is {len(value)} characters, an address has at most {MAX_EMAIL}"
+        )
     local, at, domain = value.partition("@")
     if not at or not local or not domain or "@" in domain or _WHITESPACE.search(value):
         raise MappingError(
@@ -161,18 +198,13 @@ def _email(woo_id: int, value: Any) -> str:
     return value
 
 
-def _string(
-    woo_id: int, source: Mapping[str, Any], key: str, limit: int, *, prefix: str = ""
-) -> str:
+def _string(woo_id: int, source: Mapping[str, Any], key: str, *, prefix: str = "") -> str:
     value = source.get(key)
     if value is None:
         return ""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise MappingError(woo_id, f"{prefix}{key} must be a string, got {_type(value)}")
-    text = value if isinstance(value, str) else _number_text(woo_id, f"{prefix}{key}", value)
-    if len(text) > limit:
-        raise MappingError(woo_id, f"{prefix}{key} is {len(text)} characters, the limit is {limit}")
-    return text
+    return value if isinstance(value, str) else _number_text(woo_id, f"{prefix}{key}", value)
 
 
 def _number_text(woo_id: int, field: str, value: int | float) -> str:
@@ -252,12 +284,15 @@ def _zone(zone: str | None) -> timezone:
     return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
 
 
-def _storable_digest(woo_id: int | None, value: Mapping[str, Any]) -> tuple[str, str]:
-    """The source hash and the canonical text it hashes, proving on the way that the object is
-    storable.
+def _storable_digest(
+    woo_id: int | None, value: Mapping[str, Any]
+) -> tuple[str, str, list[str]]:
+    """The source hash, the canonical text it hashes, and the paths of the strings holding a NUL
+    character, proving on the way that the object is storable (once its NULs are handled).
 
     The canonical serialisation refuses NaN and non-JSON types, its UTF-8 encoding refuses lone
-    surrogates, and a NUL shows up escaped; only then does the slow walk run, to name the field.
+    surrogates, and a NUL shows up escaped; a document with more brackets than the depth limit
+    may be too deep. Only then does the slow walk run, to name the field.
     """
     try:
         text = canonical_json(value)
@@ -265,47 +300,87 @@ def _storable_digest(woo_id: int | None, value: Mapping[str, Any]) -> tuple[str,
     except (ValueError, TypeError, RecursionError, UnicodeEncodeError):
         _check_json_storable(woo_id, value)
         raise MappingError(woo_id, "customer cannot be stored as JSON") from None
-    if b"\\u0000" in encoded:
-        _check_json_storable(woo_id, value)  # raises, unless the text merely spells "\\u0000"
-    return hashlib.sha256(encoded).hexdigest(), text
+    nul_paths: list[str] = []
+    if b"\\u0000" in encoded or encoded.count(b"[") + encoded.count(b"{") > MAX_JSON_DEPTH:
+        nul_paths = _check_json_storable(woo_id, value)
+    return hashlib.sha256(encoded).hexdigest(), text, nul_paths
 
 
-def _check_json_storable(woo_id: int | None, value: Any) -> None:
-    """Refuse what ``jsonb`` and ``text`` cannot hold: NUL, lone surrogates, NaN, non-JSON types."""
-    stack: list[tuple[str, Any]] = [("", value)]
+def _check_json_storable(woo_id: int | None, value: Any) -> list[str]:
+    """Refuse what ``jsonb`` and ``text`` cannot hold (lone surrogates, NaN, non-JSON types,
+    nesting past :data:`MAX_JSON_DEPTH`); return the paths of the strings and keys holding NUL
+    characters, which the mapping removes. Iterative, so no depth can exhaust the stack."""
+    nul_paths: list[str] = []
+    stack: list[tuple[str, Any, int]] = [("", value, 1)]
     while stack:
-        path, item = stack.pop()
+        path, item, depth = stack.pop()
         if isinstance(item, str):
-            _check_text(woo_id, path, item)
-        elif isinstance(item, Mapping):
-            for key, child in item.items():
-                if not isinstance(key, str):
-                    raise MappingError(woo_id, f"{path or 'customer'} has a non-string key")
-                child_path = f"{path}.{_printable(key)}" if path else _printable(key)
-                _check_text(woo_id, child_path, key)
-                stack.append((child_path, child))
-        elif isinstance(item, list | tuple):
-            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(item))
+            if _check_text(woo_id, path, item):
+                nul_paths.append(path or "key")
+        elif isinstance(item, Mapping | list | tuple):
+            if depth > MAX_JSON_DEPTH:
+                raise MappingError(
+                    woo_id,
+                    f"{_cut_path(path)} is nested deeper than {MAX_JSON_DEPTH} levels, the "
+                    "most woosync stores",
+                )
+            if isinstance(item, Mapping):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        raise MappingError(woo_id, f"{path or 'customer'} has a non-string key")
+                    child_path = f"{path}.{_printable(key)}" if path else _printable(key)
+                    if _check_text(woo_id, child_path, key):
+                        nul_paths.append(f"a key of {path or 'customer'}")
+                    stack.append((child_path, child, depth + 1))
+            else:
+                stack.extend((f"{path}[{i}]", child, depth + 1) for i, child in enumerate(item))
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise MappingError(woo_id, f"{path} is not a finite number")
+        elif isinstance(item, int) and not isinstance(item, bool):
+            _number_text(woo_id, _cut_path(path), item)  # too many digits for JSON text
         elif item is not None and not isinstance(item, bool | int):
             raise MappingError(woo_id, f"{path} holds a {_type(item)}, which is not JSON")
     try:
         canonical_json(value)
     except (ValueError, TypeError, RecursionError) as exc:
         raise MappingError(woo_id, "customer cannot be stored as JSON") from exc
+    return sorted(set(nul_paths))
+
+
+def _replace_nul(value: Any, by: str) -> Any:
+    """A copy of ``value`` with every NUL in its strings and keys replaced by ``by``.
+
+    Only called on documents within :data:`MAX_JSON_DEPTH`, so the recursion is bounded.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", by)
+    if isinstance(value, Mapping):
+        return {key.replace("\x00", by): _replace_nul(child, by) for key, child in value.items()}
+    if isinstance(value, list | tuple):
+        return [_replace_nul(child, by) for child in value]
+    return value
+
+
+def _cut_path(path: str) -> str:
+    if not path:
+        return "customer"
+    return path if len(path) <= 80 else path[:80] + "…"
 
 
 def _printable(key: str) -> str:
     """A key as it may appear in an error text (which is stored and logged)."""
+    key = key.replace("\x00", "")
     return key if key.isprintable() and len(key) <= 40 else repr(key[:40])
 
 
-def _check_text(woo_id: int | None, path: str, text: str) -> None:
-    if "\x00" in text:
-        raise MappingError(woo_id, f"{path or 'key'} contains a NUL character")
+def _check_text(woo_id: int | None, path: str, text: str) -> bool:
+    """Refuse text that is not valid Unicode; True when it holds a NUL character."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise MappingError(woo_id, f"{path or 'key'} is not valid Unicode") from exc
+        raise MappingError(
+            woo_id,
+            f"{_cut_path(path) if path else 'key'} is not valid Unicode (a lone surrogate)",
+        ) from exc
+    return "\x00" in text

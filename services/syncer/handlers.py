@@ -3,9 +3,19 @@ to publish. No broker here, so tests drive it with a real database and plain arg
 
 Attempts and parking
 --------------------
+A failure that retrying cannot fix is not retried: a customer the mapping refuses
+(``MappingError``: a lone surrogate, nesting past ``MAX_JSON_DEPTH``, no usable id, a wrong
+type) or whose values PostgreSQL refuses (``DATA_ERRORS``: a data exception, a constraint, a
+program limit) is parked at once, on the delivery that found it: its line becomes ``failed``
+with ``attempts`` 1 (for a first delivery) and an error that ends with
+:data:`NOT_RETRYABLE`. Only a failure that could pass later goes through the retry tiers: today
+a customer row locked by another transaction for longer than ``lock_timeout_ms``
+(``RETRYABLE_ROW_ERRORS``).
+
 ``attempt`` is how many times these customers have already failed: 0 on the first delivery of a
 batch, then the ``retry-attempt`` header (``shared.topology.ATTEMPT_HEADER``) of a batch
-re-published by a retry tier. With ``max_attempts = len(retry tiers)`` (3 by default):
+re-published by a retry tier. With ``max_attempts = len(retry tiers)`` (3 by default), a
+retryable failure goes:
 
 ========  ==========================================  ===========================
 attempt   customers that fail again go to              with header
@@ -16,30 +26,36 @@ attempt   customers that fail again go to              with header
 3         the parking queue, line ``failed``            ``parked-attempts: 4``
 ========  ==========================================  ===========================
 
-So "three attempts, then the parking queue" counts *retries*: a customer is tried
-``max_attempts + 1`` times in all (the first delivery and one per tier) before it is parked, and
-``parked-attempts`` and ``LineFailure.attempts`` give that total. Each retry batch carries only
-the customers that failed; the good ones of a batch are committed on the first delivery.
+``parked-attempts`` and ``LineFailure.attempts`` give the deliveries made in all. Each retry
+batch carries only the customers that failed; the good ones of a batch are committed on the
+first delivery.
 
 While retries remain, a failed line is ``processing`` with ``last_error`` set (not failed yet, so
 the job cannot finish early); once parked it is ``failed`` with ``payload`` = the customer as
 sent, which is what an operator's retry re-publishes. A customer without a usable ``id`` has no
-line: it travels through the tiers and into the parking queue, but the tracker never hears of it.
+line: it is parked, but the tracker never hears of it.
+
+Done, with a warning
+--------------------
+A customer stored with its NUL characters removed, or a payload older than the stored version
+(``date_modified_gmt`` before the stored one: a replay or late retry) which is left alone, still
+makes its line ``done``; the line's ``warning`` says which (``NUL characters removed from
+first_name``, ``stale payload: ...``).
 
 Failures
 --------
-Mapping errors fail one customer. If the batch upsert is refused by PostgreSQL for data reasons
-(a value a column or constraint refuses), the batch is bisected inside savepoints until the bad
-customers are alone; the rest commit. Anything else (connection lost, pool closed, deadlock) is
-raised, so the edge requeues the whole delivery, which is safe: unchanged customers write nothing
-and ``done`` lines are never touched again.
+If the batch upsert is refused by PostgreSQL for a row's sake, the batch is bisected inside
+savepoints until the bad customers are alone; the rest commit. Anything else (connection lost,
+pool closed, deadlock) is raised, so the edge requeues the whole delivery, which is safe:
+unchanged customers write nothing and ``done`` lines are never touched again.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -58,12 +74,19 @@ from shared.topology import ATTEMPT_HEADER
 
 log = logging.getLogger("woosync.syncer")
 
-# Errors about the values of a row: bisecting the batch isolates the customers behind them.
+# Errors about the values of a row: bisecting the batch isolates the customers behind them, and
+# the same values would be refused again, so they are not retried.
 DATA_ERRORS: tuple[type[asyncpg.PostgresError], ...] = (
     asyncpg.DataError,
     asyncpg.IntegrityConstraintViolationError,
     asyncpg.ProgramLimitExceededError,
 )
+# Errors about one row that may pass later: isolated the same way, then sent to a retry tier.
+RETRYABLE_ROW_ERRORS: tuple[type[asyncpg.PostgresError], ...] = (asyncpg.LockNotAvailableError,)
+# How long the upsert waits for a customer row another transaction holds (an application editing
+# it); past this the row is isolated and retried through the tiers instead of holding the batch.
+LOCK_TIMEOUT_MS = 5_000
+NOT_RETRYABLE = "not retried: the same content would be refused again"
 PARKED_ERROR_LIMIT = 1000
 _ERROR_LIMIT = 500
 
@@ -77,6 +100,23 @@ class CustomerFailure:
     woo_id: int | None
     error: str
     customer: dict[str, Any]
+    retryable: bool = False
+
+
+@dataclass(frozen=True)
+class Stale:
+    """A customer whose payload is older than the stored version, which was kept."""
+
+    woo_id: int
+    kept_modified: datetime
+    payload_modified: datetime | None
+
+    def warning(self) -> str:
+        sent = self.payload_modified.isoformat() if self.payload_modified else "never modified"
+        return (
+            f"stale payload: date_modified_gmt {sent} is older than the stored version's "
+            f"{self.kept_modified.isoformat()}; kept the newer version"
+        )
 
 
 @dataclass(frozen=True)
@@ -103,6 +143,7 @@ class BatchOutcome:
     park: Parked | None = None
     failed: LinesFailed | None = None
     failures: tuple[CustomerFailure, ...] = ()
+    stale: tuple[Stale, ...] = ()
 
 
 def read_attempt(headers: Mapping[str, Any] | None) -> int:
@@ -122,7 +163,12 @@ def read_attempt(headers: Mapping[str, Any] | None) -> int:
 
 
 async def handle_customer_batch(
-    batch: CustomerBatch, *, attempt: int, pool: asyncpg.Pool, max_attempts: int
+    batch: CustomerBatch,
+    *,
+    attempt: int,
+    pool: asyncpg.Pool,
+    max_attempts: int,
+    lock_timeout_ms: int = LOCK_TIMEOUT_MS,
 ) -> BatchOutcome:
     """Sync one delivery of a batch; see the module docstring for attempts and failures."""
     rows, failures, customers = map_batch(batch)
@@ -134,20 +180,31 @@ async def handle_customer_batch(
                 f"job {batch.job_id} of org {batch.org_id} and connection "
                 f"{batch.connection_id} does not exist"
             )
-        synced, refused = await upsert_isolating(conn, rows)
-        failures += [CustomerFailure(r.woo_id, error, customers[r.woo_id]) for r, error in refused]
-        lines = _line_updates(synced, failures, final=final)
+        await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+        synced, refused, stale = await upsert_isolating(conn, rows)
+        await conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+        failures += [
+            CustomerFailure(r.woo_id, error, customers[r.woo_id], retryable)
+            for r, error, retryable in refused
+        ]
+        lines = _line_updates(synced, failures, stale, final=final)
         if lines:
             await conn.execute(q.SETTLE_LINES, batch.job_id, batch.org_id, lines)
     outcome = build_outcome(batch, synced, failures, attempt=attempt, final=final)
+    if stale:
+        outcome = replace(outcome, stale=tuple(stale.values()))
     log.info(
-        "job %s batch %s attempt %d: %d synced, %d failed%s",
+        "job %s batch %s attempt %d: %d synced (%d stale left alone, %d with warnings), "
+        "%d failed%s%s",
         batch.job_id,
         batch.message_id,
         attempt,
         len(synced),
+        len(stale),
+        sum(1 for row in synced if row.warnings),
         len(failures),
-        " (parked)" if outcome.park else " (retrying)" if outcome.retry else "",
+        " (parked)" if outcome.park else "",
+        " (retrying)" if outcome.retry else "",
     )
     return outcome
 
@@ -164,7 +221,7 @@ def map_batch(
         except MappingError as exc:
             key: object = exc.woo_id if exc.woo_id is not None else ("no id", index)
             settled.pop(key, None)  # re-insert so the order follows the last copy
-            settled[key] = CustomerFailure(exc.woo_id, exc.message, raw)
+            settled[key] = CustomerFailure(exc.woo_id, _not_retryable(exc.message), raw)
             continue
         settled.pop(row.woo_id, None)
         settled[row.woo_id] = row
@@ -176,25 +233,33 @@ def map_batch(
 
 async def upsert_isolating(
     conn: asyncpg.Connection, rows: Sequence[CustomerRow]
-) -> tuple[list[CustomerRow], list[tuple[CustomerRow, str]]]:
-    """Upsert ``rows`` in one statement; on a data error, bisect to find the rows behind it.
+) -> tuple[list[CustomerRow], list[tuple[CustomerRow, str, bool]], dict[int, Stale]]:
+    """Upsert ``rows`` in one statement; on a row's error, bisect to find the rows behind it.
 
-    Each try runs in its own savepoint, so a refused half leaves the caller's transaction usable.
-    A batch with k bad rows costs about ``2·k·log2(n)`` statements instead of one.
+    Returns the rows stored (or left alone: unchanged, or ``stale`` because the stored version
+    is newer), and the refused rows with the reason and whether retrying could help. Each try
+    runs in its own savepoint, so a refused half leaves the caller's transaction usable. A batch
+    with k bad rows costs about ``2·k·log2(n)`` statements instead of one.
     """
     if not rows:
-        return [], []
+        return [], [], {}
     try:
         async with conn.transaction():
-            await conn.execute(q.UPSERT_CUSTOMERS, *upsert_arguments(rows))
-    except DATA_ERRORS as exc:
+            records = await conn.fetch(q.UPSERT_CUSTOMERS, *upsert_arguments(rows))
+    except (*DATA_ERRORS, *RETRYABLE_ROW_ERRORS) as exc:
         if len(rows) == 1:
-            return [], [(rows[0], describe_db_error(exc))]
+            retryable = isinstance(exc, RETRYABLE_ROW_ERRORS)
+            error = describe_db_error(exc)
+            return [], [(rows[0], error if retryable else _not_retryable(error), retryable)], {}
         middle = len(rows) // 2
-        good_left, bad_left = await upsert_isolating(conn, rows[:middle])
-        good_right, bad_right = await upsert_isolating(conn, rows[middle:])
-        return good_left + good_right, bad_left + bad_right
-    return list(rows), []
+        good_left, bad_left, stale_left = await upsert_isolating(conn, rows[:middle])
+        good_right, bad_right, stale_right = await upsert_isolating(conn, rows[middle:])
+        return good_left + good_right, bad_left + bad_right, stale_left | stale_right
+    stale = {
+        r["woo_id"]: Stale(r["woo_id"], r["kept_modified"], r["payload_modified"])
+        for r in records
+    }
+    return list(rows), [], stale
 
 
 # The columns UPSERT_CUSTOMERS takes as arrays, in its parameter order ($3 onwards).
@@ -213,6 +278,7 @@ UPSERT_COLUMNS = (
     "woo_date_modified",
     "raw_json",
     "source_hash",
+    "clean_json",
 )
 
 
@@ -247,62 +313,76 @@ def build_outcome(
     attempt: int,
     final: bool,
 ) -> BatchOutcome:
+    """Retryable failures go to the next tier while tiers remain; the rest are parked now."""
     ids = {"job_id": batch.job_id, "org_id": batch.org_id}
     done = LinesDone(woo_ids=[row.woo_id for row in synced], **ids) if synced else None
     if not failures:
         return BatchOutcome(done=done)
     next_attempt = attempt + 1
-    failed_batch = CustomerBatch(
-        # Derived, not random: a redelivered batch re-publishes under the same id.
-        message_id=_derived_id(batch.message_id, f"attempt-{next_attempt}"),
-        connection_id=batch.connection_id,
-        page=None,
-        customers=[f.customer for f in failures],
-        **ids,
-    )
-    if not final:
-        return BatchOutcome(
-            done=done,
-            retry=failed_batch,
-            retry_attempt=next_attempt,
-            failures=tuple(failures),
-        )
-    known = [f for f in failures if f.woo_id is not None]
-    failed = (
-        LinesFailed(
-            failures=[
-                LineFailure(woo_id=f.woo_id, error=f.error, attempts=next_attempt)
-                for f in known
-                if f.woo_id is not None
-            ],
+    retrying = [f for f in failures if f.retryable and not final]
+    parking = [f for f in failures if not (f.retryable and not final)]
+    retry = park = failed = None
+    if retrying:
+        retry = CustomerBatch(
+            # Derived, not random: a redelivered batch re-publishes under the same id.
+            message_id=_derived_id(batch.message_id, f"attempt-{next_attempt}"),
+            connection_id=batch.connection_id,
+            page=None,
+            customers=[f.customer for f in retrying],
             **ids,
         )
-        if known
-        else None
-    )
+    if parking:
+        parked_batch = CustomerBatch(
+            message_id=_derived_id(batch.message_id, f"parked-{next_attempt}"),
+            connection_id=batch.connection_id,
+            page=None,
+            customers=[f.customer for f in parking],
+            **ids,
+        )
+        park = Parked(parked_batch, next_attempt, tuple(parking))
+        known = [
+            LineFailure(woo_id=f.woo_id, error=f.error, attempts=next_attempt)
+            for f in parking
+            if f.woo_id is not None
+        ]
+        failed = LinesFailed(failures=known, **ids) if known else None
     return BatchOutcome(
         done=done,
-        park=Parked(failed_batch, next_attempt, tuple(failures)),
+        retry=retry,
+        retry_attempt=next_attempt if retry is not None else None,
+        park=park,
         failed=failed,
         failures=tuple(failures),
     )
 
 
 def _line_updates(
-    synced: Sequence[CustomerRow], failures: Sequence[CustomerFailure], *, final: bool
+    synced: Sequence[CustomerRow],
+    failures: Sequence[CustomerFailure],
+    stale: Mapping[int, Stale],
+    *,
+    final: bool,
 ) -> list[dict[str, Any]]:
-    lines: dict[int, dict[str, Any]] = {
-        row.woo_id: {"woo_id": row.woo_id, "state": "done", "error": None, "payload": None}
-        for row in synced
-    }
+    lines: dict[int, dict[str, Any]] = {}
+    for row in synced:
+        notes = [stale[row.woo_id].warning()] if row.woo_id in stale else list(row.warnings)
+        lines[row.woo_id] = {
+            "woo_id": row.woo_id,
+            "state": "done",
+            "error": None,
+            "warning": "; ".join(notes) or None,
+            "payload": None,
+        }
     for failure in failures:
         if failure.woo_id is None:
             continue
-        keep = final and jsonb_storable(failure.customer)
+        parked = final or not failure.retryable
+        keep = parked and jsonb_storable(failure.customer)
         lines[failure.woo_id] = {
             "woo_id": failure.woo_id,
-            "state": "failed" if final else "processing",
+            "state": "failed" if parked else "processing",
             "error": failure.error,
+            "warning": None,
             "payload": failure.customer if keep else None,
         }
     return [lines[woo_id] for woo_id in sorted(lines)]
@@ -324,6 +404,10 @@ def _labelled(failure: CustomerFailure) -> str:
 def _storable(text: str) -> str:
     """Text PostgreSQL and AMQP headers accept: no NUL, valid UTF-8."""
     return text.replace("\x00", "\\0").encode("utf-8", "replace").decode("utf-8")
+
+
+def _not_retryable(error: str) -> str:
+    return f"{error} ({NOT_RETRYABLE})"
 
 
 def _cut(text: str, limit: int) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -14,18 +16,19 @@ import asyncpg
 import pytest
 
 from services.syncer.handlers import (
+    NOT_RETRYABLE,
     BatchOutcome,
     UnknownJob,
     handle_customer_batch,
     read_attempt,
 )
 from shared.broker import make_broker, publish
-from shared.mapping import CUSTOMER_COLUMNS, map_customer
+from shared.mapping import CUSTOMER_COLUMNS, MAX_JSON_DEPTH, map_customer
 from shared.messages import CustomerBatch, LinesDone, LinesFailed
 from shared.settings import Settings
 from shared.topology import ATTEMPT_HEADER, Topology
 from tests.conftest import AMQP_URL
-from tests.factories import Job, add_lines, make_sync_job
+from tests.factories import Job, add_lines, make_job, make_sync_job
 from tests.helpers import running_syncer, service_env
 
 MAX_ATTEMPTS = 3
@@ -67,8 +70,12 @@ def customer(woo_id: int, **overrides: Any) -> dict[str, Any]:
     return base
 
 
-async def sync(pool: asyncpg.Pool, batch: CustomerBatch, attempt: int = 0) -> BatchOutcome:
-    return await handle_customer_batch(batch, attempt=attempt, pool=pool, max_attempts=MAX_ATTEMPTS)
+async def sync(
+    pool: asyncpg.Pool, batch: CustomerBatch, attempt: int = 0, **options: Any
+) -> BatchOutcome:
+    return await handle_customer_batch(
+        batch, attempt=attempt, pool=pool, max_attempts=MAX_ATTEMPTS, **options
+    )
 
 
 async def lines_of(pool: asyncpg.Pool, job: Job) -> dict[int, asyncpg.Record]:
@@ -182,7 +189,8 @@ async def test_changed_customer_updates_only_its_row(pool: asyncpg.Pool) -> None
     assert new["updated_at"] > old["updated_at"] and new["synced_at"] > old["synced_at"]
 
 
-async def test_unmappable_and_refused_customers_fail_alone(pool: asyncpg.Pool) -> None:
+async def test_unmappable_and_refused_customers_fail_alone_at_once(pool: asyncpg.Pool) -> None:
+    # Issue 8: a refusal retrying cannot fix skips the tiers and is parked on its first delivery.
     job = await seed_job(pool)
     await refuse_email(pool, "refused@example.com")
     customers = [customer(i) for i in range(1, 9)]
@@ -193,22 +201,27 @@ async def test_unmappable_and_refused_customers_fail_alone(pool: asyncpg.Pool) -
     outcome = await sync(pool, job.batch(customers))
 
     assert outcome.done is not None and sorted(outcome.done.woo_ids) == [1, 2, 4, 5, 7, 8]
-    assert outcome.retry is not None and outcome.retry_attempt == 1
-    assert sorted(c["id"] for c in outcome.retry.customers) == [3, 6]
-    assert outcome.retry.customers == [customers[2], customers[5]]  # exactly as sent
-    assert outcome.retry.page is None
-    assert (outcome.retry.job_id, outcome.retry.org_id, outcome.retry.connection_id) == (
+    assert outcome.retry is None and outcome.park is not None
+    parked = outcome.park.batch
+    assert sorted(c["id"] for c in parked.customers) == [3, 6]
+    assert parked.customers == [customers[2], customers[5]]  # exactly as sent
+    assert parked.page is None
+    assert (parked.job_id, parked.org_id, parked.connection_id) == (
         job.job_id, job.org_id, job.connection_id,
     )  # fmt: skip
-    assert outcome.park is None and outcome.failed is None
+    assert outcome.park.attempts == 1
+    assert outcome.failed is not None
+    assert sorted((f.woo_id, f.attempts) for f in outcome.failed.failures) == [(3, 1), (6, 1)]
+    assert NOT_RETRYABLE in outcome.park.error_text()
     stored = {r["woo_id"] for r in await pool.fetch("SELECT woo_id FROM customer")}
     assert stored == {1, 2, 4, 5, 7, 8}
     lines = await lines_of(pool, job)
     assert {w for w, ln in lines.items() if ln["state"] == "done"} == {1, 2, 4, 5, 7, 8}
     for woo_id in (3, 6):
-        assert lines[woo_id]["state"] == "processing"
+        assert lines[woo_id]["state"] == "failed"
         assert lines[woo_id]["attempts"] == 1
-        assert lines[woo_id]["payload"] is None
+        assert lines[woo_id]["payload"] == customers[woo_id - 1]
+        assert lines[woo_id]["last_error"].endswith(f"({NOT_RETRYABLE})")
     assert lines[3]["last_error"].startswith("email is not an address")
     refused = lines[6]["last_error"]
     assert "customer_email_not_blocked" in refused and "23514" in refused
@@ -228,13 +241,13 @@ async def test_bisect_finds_every_refused_row(pool: asyncpg.Pool) -> None:
 
     assert outcome.done is not None
     assert sorted(outcome.done.woo_ids) == [i for i in range(1, 41) if i not in bad]
-    assert outcome.retry is not None
-    assert sorted(c["id"] for c in outcome.retry.customers) == sorted(bad)
+    assert outcome.park is not None and outcome.retry is None
+    assert sorted(c["id"] for c in outcome.park.batch.customers) == sorted(bad)
     assert await pool.fetchval("SELECT count(*) FROM customer") == 40 - len(bad)
 
 
 async def test_database_length_limit_is_a_refusal_not_a_crash(pool: asyncpg.Pool) -> None:
-    """If the table were narrower than the mapping thinks, the row fails alone."""
+    """If the table were narrower than the mapping thinks, the row fails alone, at once."""
     job = await seed_job(pool)
     await pool.execute("ALTER TABLE customer ALTER COLUMN phone TYPE varchar(5)")
     customers = [customer(1, billing={"phone": "12345"}), customer(2, billing={"phone": "123456"})]
@@ -242,55 +255,74 @@ async def test_database_length_limit_is_a_refusal_not_a_crash(pool: asyncpg.Pool
     outcome = await sync(pool, job.batch(customers))
 
     assert outcome.done is not None and outcome.done.woo_ids == [1]
-    assert outcome.retry is not None and [c["id"] for c in outcome.retry.customers] == [2]
+    assert outcome.park is not None and [c["id"] for c in outcome.park.batch.customers] == [2]
+    assert outcome.retry is None
     error = outcome.failures[0].error
     assert "value too long for type character varying(5)" in error and "22001" in error
 
 
-async def test_attempts_progress_through_the_tiers_to_the_parking_queue(
+@asynccontextmanager
+async def rows_locked(pool: asyncpg.Pool, woo_ids: list[int]) -> AsyncIterator[None]:
+    """Another transaction (an application editing these customers) holds their rows."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "SELECT 1 FROM customer WHERE woo_id = ANY($1::bigint[]) FOR UPDATE", woo_ids
+        )
+        yield
+
+
+async def test_retryable_failures_progress_through_the_tiers_to_the_parking_queue(
     pool: asyncpg.Pool,
 ) -> None:
+    """A row locked by someone else may be free later: only such a failure uses the tiers."""
     job = await seed_job(pool)
-    await refuse_email(pool, "refused@example.com")
-    poison = [customer(2, email="nope"), customer(3, email="refused@example.com")]
     await seed_lines(pool, job, [1, 2, 3])
-    batch = job.batch([customer(1), *poison])
+    locked = [customer(2, first_name="Changed"), customer(3, first_name="Changed")]
+    earlier = Job(
+        job.org_id,
+        job.connection_id,
+        await make_job(pool, job.org_id, connection_id=job.connection_id, fetch_done=True),
+    )
+    await sync(pool, earlier.batch([customer(2), customer(3)]))  # the rows exist, to be locked
+    batch = job.batch([customer(1), *locked])
 
     seen_ids = {batch.message_id}
-    for attempt in range(MAX_ATTEMPTS):
-        outcome = await sync(pool, batch, attempt=attempt)
-        assert outcome.park is None and outcome.failed is None
-        assert outcome.retry is not None and outcome.retry_attempt == attempt + 1
-        assert outcome.retry.customers == poison
-        assert outcome.retry.message_id not in seen_ids
-        seen_ids.add(outcome.retry.message_id)
-        lines = await lines_of(pool, job)
-        assert [(lines[w]["state"], lines[w]["attempts"]) for w in (2, 3)] == [
-            ("processing", attempt + 1)
-        ] * 2
-        assert lines[1]["state"] == "done" and lines[1]["attempts"] == 1
-        batch = outcome.retry
+    async with rows_locked(pool, [2, 3]):
+        for attempt in range(MAX_ATTEMPTS):
+            outcome = await sync(pool, batch, attempt=attempt, lock_timeout_ms=100)
+            assert outcome.park is None and outcome.failed is None
+            assert outcome.retry is not None and outcome.retry_attempt == attempt + 1
+            assert outcome.retry.customers == locked
+            assert outcome.retry.message_id not in seen_ids
+            seen_ids.add(outcome.retry.message_id)
+            lines = await lines_of(pool, job)
+            assert [lines[w]["state"] for w in (2, 3)] == ["processing"] * 2
+            assert "lock" in lines[2]["last_error"] and NOT_RETRYABLE not in lines[2]["last_error"]
+            assert lines[1]["state"] == "done"
+            batch = outcome.retry
 
-    outcome = await sync(pool, batch, attempt=MAX_ATTEMPTS)
+        outcome = await sync(pool, batch, attempt=MAX_ATTEMPTS, lock_timeout_ms=100)
 
     assert outcome.retry is None and outcome.done is None
     assert outcome.park is not None
     assert outcome.park.attempts == MAX_ATTEMPTS + 1
-    assert outcome.park.batch.customers == poison
+    assert outcome.park.batch.customers == locked
     text = outcome.park.error_text()
-    assert "customer 2: email is not an address" in text
-    assert "customer 3: database refused the customer" in text
+    assert "customer 2: database refused the customer" in text and "55P03" in text
     assert len(outcome.park.error_text(limit=40)) == 40
     assert isinstance(outcome.failed, LinesFailed)
     assert [(f.woo_id, f.attempts) for f in outcome.failed.failures] == [(2, 4), (3, 4)]
     lines = await lines_of(pool, job)
-    for raw in poison:
+    for raw in locked:
         line = lines[raw["id"]]
         assert line["state"] == "failed"
-        assert line["attempts"] == MAX_ATTEMPTS + 1
         assert line["payload"] == raw  # what an operator's retry re-publishes
         assert line["last_error"]
-    assert lines[1]["state"] == "done"
+
+    # Once the lock is gone, a retry of the parked batch (attempt 0 again) stores them.
+    outcome = await sync(pool, outcome.park.batch)
+    assert outcome.done is not None and sorted(outcome.done.woo_ids) == [2, 3]
+    assert await pool.fetchval("SELECT first_name FROM customer WHERE woo_id = 2") == "Changed"
 
 
 async def test_done_line_is_never_failed_by_a_late_copy(pool: asyncpg.Pool) -> None:
@@ -312,7 +344,7 @@ async def test_replayed_batch_creates_missing_lines(pool: asyncpg.Pool) -> None:
     assert outcome.done is not None and outcome.done.woo_ids == [7]
     lines = await lines_of(pool, job)
     assert (lines[7]["state"], lines[7]["org_id"]) == ("done", job.org_id)
-    assert lines[8]["state"] == "processing"
+    assert lines[8]["state"] == "failed"
 
 
 async def test_duplicate_ids_in_a_batch_keep_the_last_copy(pool: asyncpg.Pool) -> None:
@@ -323,29 +355,116 @@ async def test_duplicate_ids_in_a_batch_keep_the_last_copy(pool: asyncpg.Pool) -
     assert await pool.fetchval("SELECT first_name FROM customer WHERE woo_id = 5") == "New"
 
     outcome = await sync(pool, job.batch([customer(9), customer(9, email="bad")]))
-    assert outcome.done is None and outcome.retry is not None
-    assert outcome.retry.customers == [customer(9, email="bad")]
+    assert outcome.done is None and outcome.park is not None
+    assert outcome.park.batch.customers == [customer(9, email="bad")]
 
 
-async def test_customer_without_id_is_retried_but_has_no_line(pool: asyncpg.Pool) -> None:
+async def test_customer_without_id_is_parked_at_once_without_a_line(pool: asyncpg.Pool) -> None:
     job = await seed_job(pool)
     nameless = {"email": "a@b.example"}
     outcome = await sync(pool, job.batch([customer(1), nameless]))
-    assert outcome.retry is not None and outcome.retry.customers == [nameless]
+    assert outcome.retry is None and outcome.park is not None and outcome.failed is None
+    assert outcome.park.batch.customers == [nameless]
+    assert "customer without id: id must be a positive integer" in outcome.park.error_text()
     assert set(await lines_of(pool, job)) == {1}
 
-    outcome = await sync(pool, outcome.retry, attempt=MAX_ATTEMPTS)
-    assert outcome.park is not None and outcome.failed is None
-    assert "customer without id: id must be a positive integer" in outcome.park.error_text()
+
+# -- odd content (issue 8): stored, not lost ------------------------------------------------------
 
 
-async def test_unstorable_customer_is_failed_without_payload(pool: asyncpg.Pool) -> None:
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+async def test_odd_content_is_stored_and_only_the_too_deep_customer_fails(
+    pool: asyncpg.Pool,
+) -> None:
     job = await seed_job(pool)
-    outcome = await sync(pool, job.batch([customer(4, last_name="Nul\x00")]), attempt=MAX_ATTEMPTS)
-    assert outcome.park is not None
-    line = (await lines_of(pool, job))[4]
-    assert line["state"] == "failed" and line["payload"] is None
-    assert "last_name contains a NUL character" in line["last_error"]
+    deep_ok = [{"id": 1, "key": "_serialized", "value": nested(200)}]
+    deepest_ok = [{"id": 1, "key": "_serialized", "value": nested(MAX_JSON_DEPTH - 3)}]
+    too_deep = [{"id": 1, "key": "_serialized", "value": nested(MAX_JSON_DEPTH)}]
+    text = "Zoë 🦊 𝕏𠜎 שלום مرحبا 👩🏽‍🚀"
+    customers = [
+        customer(1, first_name="Jo\x00hn", billing={"company": "A\x00B", "phone": "1"}),
+        customer(2, last_name="L" * 70_000),
+        customer(3, meta_data=deep_ok),
+        customer(4, meta_data=deepest_ok),
+        customer(5, meta_data=too_deep),
+        customer(6, first_name=text, last_name=text, meta_data=[{"id": 1, "key": text}]),
+        customer(7, last_name="D\udc80e"),
+    ]
+    await seed_lines(pool, job, list(range(1, 8)))
+
+    outcome = await sync(pool, job.batch(customers))
+
+    assert outcome.done is not None and outcome.done.woo_ids == [1, 2, 3, 4, 6]
+    assert outcome.retry is None and outcome.park is not None
+    assert [c["id"] for c in outcome.park.batch.customers] == [5, 7]
+    rows = {r["woo_id"]: r for r in await pool.fetch("SELECT * FROM customer")}
+    assert rows[1]["first_name"] == "John" and rows[1]["company"] == "AB"
+    assert rows[1]["billing"]["company"] == "AB"
+    assert rows[1]["raw"]["first_name"] == "Jo\\u0000hn"  # NUL escaped, as the store spelled it
+    assert rows[2]["last_name"] == "L" * 70_000
+    assert rows[3]["meta_data"] == deep_ok and rows[3]["raw"]["meta_data"] == deep_ok
+    assert rows[4]["meta_data"] == deepest_ok
+    assert rows[6]["first_name"] == text and rows[6]["last_name"] == text
+    assert rows[6]["meta_data"] == [{"id": 1, "key": text}]
+    lines = await lines_of(pool, job)
+    assert lines[1]["state"] == "done"
+    assert lines[1]["warning"] == "NUL characters removed from billing.company, first_name"
+    assert all(lines[w]["warning"] is None for w in (2, 3, 4, 6))
+    for woo_id, reason in ((5, "nested deeper than 512 levels"), (7, "not valid Unicode")):
+        line = lines[woo_id]
+        assert (line["state"], line["attempts"]) == ("failed", 1)
+        assert reason in line["last_error"] and NOT_RETRYABLE in line["last_error"]
+        assert line["payload"] is None  # jsonb cannot hold it exactly
+
+
+async def test_an_older_payload_never_overwrites_a_newer_version(pool: asyncpg.Pool) -> None:
+    # Issue 8, item 9: compare date_modified_gmt.
+    job = await seed_job(pool)
+    await seed_lines(pool, job, [1, 2, 3])
+    old = {"date_modified_gmt": "2024-05-01T08:00:00", "first_name": "Old"}
+    new = {"date_modified_gmt": "2024-06-01T08:00:00", "first_name": "New"}
+    await sync(pool, job.batch([customer(1, **new), customer(2, **new), customer(3)]))
+
+    # A later job of the same store (a retry or replay): its lines are new, so they tell.
+    replay = Job(
+        job.org_id,
+        job.connection_id,
+        await make_job(pool, job.org_id, connection_id=job.connection_id, fetch_done=True),
+    )
+    before = await versions(pool, "customer", key="woo_id")
+    outcome = await sync(
+        pool,
+        replay.batch(
+            [
+                customer(1, **old),  # older: left alone
+                customer(2, **{**new, "first_name": "Same date"}),  # equal: updates
+                customer(3, **old),  # the stored one was never modified: updates
+            ]
+        ),
+    )
+
+    assert outcome.done is not None and outcome.done.woo_ids == [1, 2, 3]
+    assert [s.woo_id for s in outcome.stale] == [1]
+    names = dict(await pool.fetch("SELECT woo_id, first_name FROM customer"))
+    assert names == {1: "New", 2: "Same date", 3: "Old"}
+    after = await versions(pool, "customer", key="woo_id")
+    assert after[1] == before[1] and after[2] != before[2]
+    lines = await lines_of(pool, replay)
+    assert lines[1]["state"] == "done"
+    assert lines[1]["warning"].startswith("stale payload: date_modified_gmt 2024-05-01T08:00:00")
+    assert "kept the newer version" in lines[1]["warning"]
+    assert lines[2]["warning"] is None
+
+    # A payload that was never modified is older than a stored one that was.
+    outcome = await sync(pool, replay.batch([customer(1, date_modified_gmt=None)]))
+    assert [s.woo_id for s in outcome.stale] == [1]
+    assert await pool.fetchval("SELECT first_name FROM customer WHERE woo_id = 1") == "New"
 
 
 async def test_batch_of_another_org_is_refused(pool: asyncpg.Pool) -> None:
@@ -409,7 +528,7 @@ async def wait_for_rows(pool: asyncpg.Pool, sql: str, expected: Any, *args: Any)
     pytest.fail(f"{sql!r} gave {value!r}, expected {expected!r}, after {WAIT_S}s")
 
 
-async def test_app_syncs_retries_parks_and_reports(
+async def test_app_syncs_parks_at_once_and_reports(
     settings: Settings, clean_broker: Topology, pool: asyncpg.Pool
 ) -> None:
     topology = clean_broker
@@ -429,8 +548,9 @@ async def test_app_syncs_retries_parks_and_reports(
             channel = await connection.channel()
 
             parked = await take(channel, parking)
-            assert parked.headers["parked-attempts"] == 4
+            assert parked.headers["parked-attempts"] == 1  # not retryable: no tier
             assert "customer 4: email is not an address" in str(parked.headers["parked-error"])
+            assert NOT_RETRYABLE in str(parked.headers["parked-error"])
             assert ATTEMPT_HEADER not in parked.headers
             assert [c["id"] for c in CustomerBatch.model_validate_json(parked.body).customers] == [
                 4
@@ -447,7 +567,7 @@ async def test_app_syncs_retries_parks_and_reports(
                 "SELECT * FROM woo_customer_sync_queue_line WHERE job_id = $1 AND woo_id = 4",
                 job.job_id,
             )
-            assert line["attempts"] == 4 and line["payload"] == poison
+            assert line["attempts"] == 1 and line["payload"] == poison
 
             events = [await take(channel, topology.tracker_queue.name) for _ in range(2)]
             by_key = {e.routing_key: e for e in events}
@@ -455,7 +575,7 @@ async def test_app_syncs_retries_parks_and_reports(
             done = LinesDone.model_validate_json(by_key["line.done"].body)
             assert sorted(done.woo_ids) == [1, 2, 3]
             failed = LinesFailed.model_validate_json(by_key["line.failed"].body)
-            assert [(f.woo_id, f.attempts) for f in failed.failures] == [(4, 4)]
+            assert [(f.woo_id, f.attempts) for f in failed.failures] == [(4, 1)]
 
             # Not JSON at all: parked by the queue's dead-letter route, and the consumer lives on.
             await channel.default_exchange.publish(

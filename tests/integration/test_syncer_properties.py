@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, event, example, given, settings
 from hypothesis import strategies as st
 
-from services.syncer.handlers import handle_customer_batch
+from services.syncer.handlers import NOT_RETRYABLE, handle_customer_batch
 from shared.mapping import CustomerRow, MappingError, map_customer
 from shared.messages import CustomerBatch
 from tests.e2e.processes import infra_shared_lock
@@ -159,7 +159,8 @@ async def test_any_batch_stores_the_valid_and_fails_the_rest(
     for failure in outcome.failures:
         assert failure.error.strip()
         if failure.woo_id is not None:
-            assert failure.error == refused[failure.woo_id]
+            # The mapping's refusal is not retried (issue 8), and says so.
+            assert failure.error == f"{refused[failure.woo_id]} ({NOT_RETRYABLE})"
 
     lines = {
         r["woo_id"]: r
@@ -172,17 +173,14 @@ async def test_any_batch_stores_the_valid_and_fails_the_rest(
     for woo_id in rows:
         assert lines[woo_id]["state"] == "done" and lines[woo_id]["last_error"] is None
     for woo_id, message in refused.items():
-        assert lines[woo_id]["state"] == ("failed" if final else "processing")
-        assert lines[woo_id]["last_error"] == message
+        assert lines[woo_id]["state"] == "failed"
+        assert lines[woo_id]["last_error"] == f"{message} ({NOT_RETRYABLE})"
 
     if not outcome.failures:
         assert outcome.retry is None and outcome.park is None
-    elif final:
+    else:  # parked on this delivery, whichever it is: no tier can fix content
         assert outcome.park is not None and outcome.retry is None
-        assert outcome.park.attempts == MAX_ATTEMPTS + 1 and outcome.park.error_text()
+        assert outcome.park.attempts == attempt + 1 and outcome.park.error_text()
         assert sorted(f.woo_id for f in (outcome.failed.failures if outcome.failed else [])) == (
             sorted(refused)
         )
-    else:
-        assert outcome.retry is not None and outcome.retry_attempt == 1
-        assert len(outcome.retry.customers) == len(outcome.failures)
