@@ -3,10 +3,18 @@
 A message that cannot be decoded into its model (not JSON, wrong schema, unknown version) is
 parked: copied as it came to its queue's parking queue with a ``parked-error`` header naming
 the reason, then acked; the reason is also logged with the message id. It is never requeued
-forever and never crashes the consumer. A handler that fails because PostgreSQL or RabbitMQ is
-unreachable gets the message back (nack + requeue) after a pause. Anything else that escapes a
-handler is a bug: it is logged and the message parked the same way, so one bad message cannot
-stall a queue.
+forever and never crashes the consumer. Bodies are parsed with the standard library's ``json``
+and then validated, not with pydantic's JSON parser, whose nesting limit (about 200 levels) would
+make one deeply nested customer spoil its whole batch; a body nested past what ``json`` parses
+(about 1000 levels) is parked like any malformed one.
+
+Only a handler that fails because PostgreSQL or RabbitMQ is unreachable (``INFRASTRUCTURE_ERRORS``)
+gets the message back (nack + requeue), after a pause that grows with the message's
+``x-delivery-count`` (:func:`requeue_pause_s`), so a database outage of many minutes does not use
+up the work queue's delivery limit (``shared.topology.DELIVERY_LIMIT``). Anything else that
+escapes a handler is the data's fault or a bug (a ``RecursionError``, a ``ValidationError``, a
+message too large for the broker, a value the database refuses): it is logged and the message
+parked at once, with the reason, so one bad message can neither stall nor loop.
 
 Settling (ack, nack, reject) can itself fail when the broker connection was lost while the
 handler ran: the channel that delivered the message is gone. That is logged, not raised; the
@@ -17,8 +25,10 @@ harmless.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -38,8 +48,15 @@ from shared.topology import ATTEMPT_HEADER, PARKED_ERROR_HEADER
 
 M = TypeVar("M", bound=BaseModel)
 
+# A lost or refused connection, a server that is restarting or overloaded: the same message will
+# pass once it is back. Deliberately not here: OSError in general (a file or resource error of the
+# handler's own making would requeue forever; only network errnos count, see NETWORK_ERRNOS),
+# RecursionError, pydantic errors and asyncpg's data errors (the data's fault: parked).
 INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
+    ConnectionError,  # refused, reset, aborted: the socket to PostgreSQL or RabbitMQ
+    socket.gaierror,  # the broker's or database's host name does not resolve (DNS outage)
+    # Connecting to the database or broker, or waiting for a publisher confirm, timed out.
+    asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
@@ -51,10 +68,28 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     aio_pika.exceptions.AMQPError,
     aiormq.exceptions.AMQPError,
     aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: the channel died with the link
-    asyncio.TimeoutError,
 )
 
-REQUEUE_PAUSE_S = 1.0
+# OSErrors of a socket (asyncio's "Multiple exceptions: ... Connect call failed" has no errno).
+NETWORK_ERRNOS = frozenset(
+    {
+        None,
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+        errno.ENOTCONN,
+        errno.EADDRNOTAVAIL,
+    }
+)
+
+REQUEUE_PAUSE_S = 1.0  # before the first requeue; doubled per earlier delivery, up to the max
+REQUEUE_PAUSE_MAX_S = 30.0
+DELIVERY_COUNT_HEADER = "x-delivery-count"
 REASON_LIMIT = 1000
 
 Settlement = Literal["ack", "requeue", "reject"]
@@ -78,7 +113,9 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     whose tasks lost the database): retrying the whole message later is then the answer."""
     if isinstance(exc, BaseExceptionGroup):
         return any(is_infrastructure_error(inner) for inner in exc.exceptions)
-    return isinstance(exc, INFRASTRUCTURE_ERRORS)
+    if isinstance(exc, INFRASTRUCTURE_ERRORS):
+        return True
+    return isinstance(exc, OSError) and exc.errno in NETWORK_ERRNOS
 
 
 async def raw_body(message: StreamMessage[Any]) -> bytes:
@@ -96,6 +133,8 @@ def malformed_reason(model: type[BaseModel], body: bytes) -> str:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return f"malformed {model.__name__}: body is not JSON"
+    except RecursionError:
+        return f"malformed {model.__name__}: body is nested too deeply to parse"
     if not isinstance(data, dict):
         return f"malformed {model.__name__}: body is not a JSON object"
     version = data.get("schema_version")
@@ -113,11 +152,39 @@ def malformed_reason(model: type[BaseModel], body: bytes) -> str:
 
 
 def decode(model: type[M], msg: RabbitMessage) -> M | str:
-    """The message as ``model``, or the reason it is not one."""
+    """The message as ``model``, or the reason it is not one.
+
+    Parsed by ``json`` then validated as Python objects: no nesting limit of pydantic's parser
+    applies to the free-form parts (a customer's ``meta_data``), which the syncer checks itself.
+    """
     try:
-        return model.model_validate_json(msg.body)
+        data = json.loads(msg.body)
+    except RecursionError:
+        return f"malformed {model.__name__}: body is nested too deeply to parse"
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return malformed_reason(model, msg.body)
+    try:
+        return model.model_validate(data)
     except ValidationError:
         return malformed_reason(model, msg.body)
+    except RecursionError:
+        return f"malformed {model.__name__}: body is nested too deeply to validate"
+
+
+def delivery_count(headers: dict[str, Any] | None) -> int:
+    """How many earlier deliveries of this message were returned (RabbitMQ's quorum queues say
+    so in ``x-delivery-count``; absent on the first delivery)."""
+    value = (headers or {}).get(DELIVERY_COUNT_HEADER, 0)
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def requeue_pause_s(count: int) -> float:
+    """The pause before requeueing a message returned ``count`` times already:
+    1, 2, 4, 8, 16, then 30 s each (see ``shared.topology.DELIVERY_LIMIT`` for the arithmetic)."""
+    return min(REQUEUE_PAUSE_S * 2 ** min(count, 16), REQUEUE_PAUSE_MAX_S)
 
 
 async def consume(
@@ -145,8 +212,11 @@ async def consume(
         return
     except Exception as exc:
         if is_infrastructure_error(exc):
-            log.warning("infrastructure error on %s, requeueing: %r", msg.message_id, exc)
-            await asyncio.sleep(REQUEUE_PAUSE_S)
+            pause = requeue_pause_s(delivery_count(msg.headers))
+            log.warning(
+                "infrastructure error on %s, requeueing in %.0fs: %r", msg.message_id, pause, exc
+            )
+            await asyncio.sleep(pause)
             await settle(msg, "requeue", log)
             return
         log.exception("handler failed on %s; parking it", msg.message_id)

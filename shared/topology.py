@@ -12,7 +12,22 @@
     <queue>.parking          one per work queue: rejected (malformed) and exhausted messages
 
 Every work queue is a quorum queue whose own dead-letter target is its parking queue, so a message
-rejected by a consumer is kept, never dropped. Retry tiers use at-least-once dead-lettering so a
+rejected by a consumer is kept, never dropped.
+
+Delivery limit. Every work queue declares ``x-delivery-limit`` = :data:`DELIVERY_LIMIT` (50)
+explicitly, so it behaves the same on RabbitMQ 3.x (no default: unlimited) and 4.x (default 20);
+a negative value is never sent (3.x would dead-letter on the first requeue). A message returned
+more often than that is dead-lettered (reason ``delivery_limit``) to its parking queue: nothing
+loops forever, nothing is dropped. What counts as a return: a consumer's requeue (up to 4.2; 4.3
+counts only rejects), a channel or connection lost with the message unacked (a crash, a broker
+connection loss, ``consumer_timeout``). Data errors never requeue (``shared.consuming``), so the
+returns are outages and crashes. A consumer pauses before each requeue for 1, 2, 4, 8, 16, then
+30 s (``shared.consuming.requeue_pause_s``, by ``x-delivery-count``), so 50 deliveries span at
+least 1+2+4+8+16+30*45 s = 1381 s: a database outage of about 23 minutes is outlasted by every
+message, while a message that can never be processed reaches its parking queue within the hour.
+Parking queues and retry tiers have no delivery limit: a parking queue is only read by people
+(peeking in the management console counts as a delivery), a tier is never consumed.
+ Retry tiers use at-least-once dead-lettering so a
 message in flight between a tier and the work queue survives a broker restart. Queue arguments
 cannot change in place: a change here is a migration (new names, or delete and re-declare).
 """
@@ -26,6 +41,7 @@ from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExcha
 
 from shared import messages as m
 
+DELIVERY_LIMIT = 50
 ATTEMPT_HEADER = "retry-attempt"
 PARKED_ATTEMPTS_HEADER = "parked-attempts"
 PARKED_ERROR_HEADER = "parked-error"
@@ -40,12 +56,14 @@ def _work_queue(name: str) -> RabbitQueue:
         arguments={
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": f"{name}.parking",
+            "x-delivery-limit": DELIVERY_LIMIT,
         },
     )
 
 
 def _parking_queue(work: RabbitQueue) -> RabbitQueue:
-    # No delivery limit: peeking in the management console counts as a delivery.
+    # No delivery limit: peeking in the management console counts as a delivery. On 4.x, whose
+    # default is 20, "declared without one" means that default; peeks are rare and never loop.
     return RabbitQueue(f"{work.name}.parking", queue_type=QueueType.QUORUM, durable=True)
 
 

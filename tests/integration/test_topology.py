@@ -10,7 +10,7 @@ import aio_pika
 from shared import messages as m
 from shared.broker import make_broker, publish
 from shared.settings import Settings
-from shared.topology import Topology, declare_topology
+from shared.topology import DELIVERY_LIMIT, Topology, declare_topology
 from tests.conftest import AMQP_URL
 
 
@@ -42,3 +42,51 @@ async def test_declare_is_idempotent_and_routes(settings: Settings, clean_broker
         assert await _depth(channel, clean_broker.tracker_queue.name) == 2
         for tier in clean_broker.retry_tiers:
             assert await _depth(channel, tier.name) == 0
+
+
+async def test_work_queue_dead_letters_past_its_delivery_limit(clean_broker: Topology) -> None:
+    """Issue 8: an explicit limit on every work queue, the same on 3.x and 4.x; a message
+    returned more often is parked (dead-lettered), not dropped and not looping."""
+    assert DELIVERY_LIMIT > 0  # never -1: RabbitMQ 3.x would dead-letter on the first requeue
+    for queue in clean_broker.work_queues:
+        assert (queue.arguments or {})["x-delivery-limit"] == DELIVERY_LIMIT
+    for queue in [*(clean_broker.parking(q) for q in clean_broker.work_queues)]:
+        assert "x-delivery-limit" not in (queue.arguments or {})
+    broker = make_broker(Settings(namespace=clean_broker.namespace))
+    await broker.connect()
+    try:
+        await declare_topology(broker, clean_broker)
+    finally:
+        await broker.stop()
+    name = clean_broker.tracker_queue.name
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(aio_pika.Message(b"{}"), routing_key=name)
+        queue = await channel.declare_queue(name, passive=True)
+        deliveries = 0
+        counts = []
+        for _ in range(DELIVERY_LIMIT + 5):
+            message = None
+            for _ in range(100):
+                message = await queue.get(no_ack=False, fail=False)
+                if message is not None:
+                    break
+                await asyncio.sleep(0.02)
+            if message is None:
+                break
+            deliveries += 1
+            counts.append((message.headers or {}).get("x-delivery-count", 0))
+            await message.nack(requeue=True)
+        parking = await channel.declare_queue(f"{name}.parking", passive=True)
+        parked = None
+        for _ in range(100):
+            parked = await parking.get(no_ack=True, fail=False)
+            if parked is not None:
+                break
+            await asyncio.sleep(0.05)
+    print(f"deliveries before parking: {deliveries}; last x-delivery-count {counts[-1]}")
+    assert deliveries == DELIVERY_LIMIT + 1
+    assert counts[:3] == [0, 1, 2]  # what the consumer's growing pause reads
+    assert parked is not None and parked.body == b"{}"
+    assert parked.headers["x-death"][0]["reason"] == "delivery_limit"

@@ -1,0 +1,107 @@
+"""The consumer edge: what is requeued (only lost connections) and how bodies are decoded."""
+
+from __future__ import annotations
+
+import json
+import socket
+from types import SimpleNamespace
+from typing import Any
+from uuid import uuid4
+
+import asyncpg
+import pytest
+from pydantic import ValidationError
+
+from shared.consuming import decode, delivery_count, is_infrastructure_error, requeue_pause_s
+from shared.messages import CustomerBatch
+from shared.topology import DELIVERY_LIMIT
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def body(customers: list[Any]) -> bytes:
+    ids = {"job_id": str(uuid4()), "org_id": str(uuid4()), "connection_id": str(uuid4())}
+    return json.dumps({"schema_version": 1, **ids, "customers": customers}).encode()
+
+
+@pytest.mark.parametrize("depth", [200, 600])
+def test_batch_with_a_deeply_nested_customer_still_decodes(depth: int) -> None:
+    # pydantic's own JSON parser stops at about 200 levels and would spoil the whole batch.
+    customers = [{"id": 1, "meta_data": nested(depth)}, {"id": 2}]
+    decoded = decode(CustomerBatch, SimpleNamespace(body=body(customers)))  # type: ignore[arg-type]
+    assert isinstance(decoded, CustomerBatch)
+    assert decoded.customers == customers
+
+
+def test_body_too_deep_for_json_is_malformed_not_a_crash() -> None:
+    text = body([{"id": 1, "meta_data": "X"}]).replace(b'"X"', b"[" * 5000 + b"]" * 5000)
+    reason = decode(CustomerBatch, SimpleNamespace(body=text))  # type: ignore[arg-type]
+    assert reason == "malformed CustomerBatch: body is nested too deeply to parse"
+
+
+def test_malformed_body_gives_a_reason() -> None:
+    reason = decode(CustomerBatch, SimpleNamespace(body=b'{"schema_version": 1}'))  # type: ignore[arg-type]
+    assert isinstance(reason, str) and reason.startswith("malformed CustomerBatch: ")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionRefusedError(),
+        ConnectionResetError(),
+        OSError("Multiple exceptions: [Errno 111] Connect call failed"),
+        OSError(113, "No route to host"),
+        socket.gaierror(-2, "Name or service not known"),
+        TimeoutError(),
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        asyncpg.InterfaceError("connection is closed"),
+        ExceptionGroup("tasks", [ValueError(), ConnectionResetError()]),
+    ],
+)
+def test_lost_connections_are_infrastructure(exc: BaseException) -> None:
+    assert is_infrastructure_error(exc)
+
+
+def _validation_error() -> ValidationError:
+    try:
+        CustomerBatch.model_validate({})
+    except ValidationError as exc:
+        return exc
+    raise AssertionError
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RecursionError(),
+        _validation_error(),
+        ValueError("bad"),
+        FileNotFoundError(2, "No such file"),
+        OSError(28, "No space left on device"),
+        asyncpg.DataError("value out of range"),
+        asyncpg.NumericValueOutOfRangeError("bigint out of range"),
+        asyncpg.ProgramLimitExceededError("index row size"),
+        asyncpg.UniqueViolationError("duplicate key"),
+    ],
+)
+def test_data_errors_are_not_infrastructure(exc: BaseException) -> None:
+    assert not is_infrastructure_error(exc)
+
+
+def test_requeue_pause_grows_and_outlasts_a_long_outage() -> None:
+    pauses = [requeue_pause_s(n) for n in range(DELIVERY_LIMIT)]
+    assert pauses[:6] == [1, 2, 4, 8, 16, 30] and max(pauses) == 30
+    total = sum(pauses)
+    print(f"requeue pauses before the delivery limit: {total:.0f} s")
+    assert total >= 20 * 60  # a 20-minute database outage does not exhaust the limit
+
+
+def test_delivery_count_header() -> None:
+    assert delivery_count(None) == 0
+    assert delivery_count({"x-delivery-count": 3}) == 3
+    assert delivery_count({"x-delivery-count": "junk"}) == 0
