@@ -14,23 +14,33 @@ lost with it, raises; the publishers here retry it with exponential backoff and 
 to ``PUBLISH_RETRY_BUDGET_S``, which outlasts a broker restart. A retried publish may have
 reached the queue the first time (a lost confirm is not a refusal), so every consumer treats
 duplicates as harmless; the message keeps its ``message_id`` across attempts.
+
+Size. RabbitMQ closes the channel of a publisher whose message exceeds its ``max_message_size``
+(16 MiB by default on 4.x, 128 MiB on 3.x), which would look like a broker failure and be retried.
+So every publish first checks the body against ``WOOSYNC_MAX_MESSAGE_BYTES`` (16 MiB by default;
+keep it at or below the broker's) and raises :class:`MessageTooLarge`, which is the data's fault
+and never retried. :func:`split_customer_batch` cuts a ``CustomerBatch`` into parts under the
+limit and names the customers too large to travel even alone, so they can fail alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from uuid import uuid5
 
 import aiormq.exceptions as amqp
 import tenacity
 from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker
 
-from shared.messages import Message
+from shared.messages import CustomerBatch, Message
 from shared.settings import Settings
 from shared.topology import Topology
 
@@ -40,6 +50,7 @@ RECONNECT_FIRST_S = 0.5
 RECONNECT_MAX_S = 5.0
 PUBLISH_TIMEOUT_S = 10.0  # one attempt, confirm included
 PUBLISH_RETRY_BUDGET_S = 60.0
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # RabbitMQ 4's default max_message_size
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 2.0
 
@@ -59,6 +70,26 @@ _PERMANENT: tuple[type[BaseException], ...] = (
     amqp.ChannelAccessRefused,
     amqp.ChannelPreconditionFailed,
 )
+
+
+_limits: weakref.WeakKeyDictionary[RabbitBroker, int] = weakref.WeakKeyDictionary()
+
+
+class MessageTooLarge(ValueError):
+    """A body larger than ``WOOSYNC_MAX_MESSAGE_BYTES``, refused before it reached the broker."""
+
+    def __init__(self, size: int, limit: int, target: str) -> None:
+        super().__init__(
+            f"message to {target} is {size} bytes, more than the {limit} bytes a message may "
+            "carry (WOOSYNC_MAX_MESSAGE_BYTES)"
+        )
+        self.size = size
+        self.limit = limit
+        self.target = target
+
+
+def max_message_bytes(broker: RabbitBroker) -> int:
+    return _limits.get(broker, DEFAULT_MAX_MESSAGE_BYTES)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -102,7 +133,7 @@ def make_broker(settings: Settings, *, logger: logging.Logger | None = None) -> 
     """A broker with manual acks and confirmed publishes that logs losing and regaining
     its connection to ``logger`` (``woosync.broker`` when not given)."""
     watch = ConnectionWatch(logger or log)
-    return RabbitBroker(
+    broker = RabbitBroker(
         settings.amqp_url,
         default_channel=Channel(
             prefetch_count=settings.prefetch, publisher_confirms=True, on_return_raises=True
@@ -114,10 +145,75 @@ def make_broker(settings: Settings, *, logger: logging.Logger | None = None) -> 
         graceful_timeout=10.0,
         logger=watch.log,
     )
+    _limits[broker] = settings.max_message_bytes
+    return broker
 
 
 def encode(message: Message) -> bytes:
+    """The message's JSON body. A ``CustomerBatch``'s customers are written by the standard
+    library's ``json``: pydantic's serializer stops at about 250 levels of nesting, and customers
+    are free-form (``meta_data``); the mapping decides what is too deep to store."""
+    if isinstance(message, CustomerBatch):
+        envelope = message.model_dump(mode="json", exclude={"customers"})
+        return _dumps({**envelope, "customers": message.customers}).encode()
     return message.model_dump_json().encode()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Oversize:
+    """A customer that cannot travel, even alone in a batch, and why."""
+
+    customer: dict[str, Any]
+    error: str
+
+
+def split_customer_batch(
+    batch: CustomerBatch, limit: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> tuple[list[CustomerBatch], list[Oversize]]:
+    """``batch`` as batches whose bodies fit in ``limit`` bytes, in order, plus the customers
+    that fit in no message (too large, or nested too deeply to encode).
+
+    A batch that fits comes back as it is; parts of a split one get ids derived from its id, so
+    a re-published split yields the same messages.
+    """
+    envelope = len(encode(batch.model_copy(update={"customers": []})))
+    parts: list[list[dict[str, Any]]] = [[]]
+    oversize: list[Oversize] = []
+    size = envelope
+    for customer in batch.customers:
+        try:
+            length = len(_dumps(customer).encode())
+        except (RecursionError, ValueError, TypeError) as exc:
+            oversize.append(Oversize(customer, f"customer cannot be encoded as JSON: {exc}"[:200]))
+            continue
+        if envelope + length > limit:
+            oversize.append(
+                Oversize(
+                    customer,
+                    f"customer is {length} bytes as JSON, more than a message may carry "
+                    f"({limit} bytes, WOOSYNC_MAX_MESSAGE_BYTES)",
+                )
+            )
+            continue
+        separator = 1 if parts[-1] else 0
+        if parts[-1] and size + separator + length > limit:
+            parts.append([])
+            size, separator = envelope, 0
+        parts[-1].append(customer)
+        size += separator + length
+    parts = [part for part in parts if part]
+    if len(parts) == 1 and not oversize:
+        return [batch], []
+    return [
+        batch.model_copy(
+            update={"customers": part, "message_id": uuid5(batch.message_id, f"part-{index}")}
+        )
+        for index, part in enumerate(parts)
+    ], oversize
 
 
 async def publish(
@@ -183,6 +279,9 @@ async def _confirmed(
     **where: Any,
 ) -> None:
     """One persistent, mandatory, confirmed publish, repeated while the failure is transient."""
+    limit = max_message_bytes(broker)
+    if len(body) > limit:
+        raise MessageTooLarge(len(body), limit, target)
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_delay(PUBLISH_RETRY_BUDGET_S),
         wait=tenacity.wait_random_exponential(multiplier=_BACKOFF_FIRST_S, max=_BACKOFF_MAX_S),

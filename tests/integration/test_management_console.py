@@ -19,7 +19,7 @@ import pytest
 
 from shared.broker import make_broker, publish
 from shared.settings import Settings
-from shared.topology import Topology, declare_topology
+from shared.topology import DELIVERY_LIMIT, Topology, declare_topology
 from tests.integration.test_dlq_replay import (
     CONSTRAINT,
     POISON,
@@ -83,6 +83,7 @@ def expected_arguments(topology: Topology) -> dict[str, dict[str, Any]]:
             "x-queue-type": "quorum",
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": f"{name}.parking",
+            "x-delivery-limit": DELIVERY_LIMIT,  # explicit, the same on 3.x and 4.x (issue 8)
         }
         expected[f"{name}.parking"] = {"x-queue-type": "quorum"}
     for delay in topology.retry_delays_ms:

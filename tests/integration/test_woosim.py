@@ -19,7 +19,7 @@ from oauthlib.oauth1 import (
 )
 
 from tools.woosim.store import collate
-from tools.woosim.testing import SimHandle, running_simulator, spawn_simulator
+from tools.woosim.testing import ControlError, SimHandle, running_simulator, spawn_simulator
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -410,3 +410,34 @@ def test_spawned_simulator_serves_and_stops() -> None:
         assert sim.stats_sync()["requests"] == 2
         process = sim.process
     assert process.returncode == 0
+
+
+async def test_odd_customers_are_served_as_a_broken_database_would(
+    sim: SimHandle, http: httpx.AsyncClient
+) -> None:
+    """Issue 8's content: NUL, 70,000-character names, emoji and RTL, a lone surrogate, deep
+    meta_data; set through the control API (the CLI's --odd-customers does the same at start)."""
+    chosen = await sim.make_odd(
+        "nul", "long_name", "unicode", "lone_surrogate", "deep_meta:200", "deep_meta:2000"
+    )
+    assert len(set(chosen.values())) == 6
+    # json parses up to about 990 levels; 2000 is spliced text, so it is read as text only
+    by_id = {
+        user_id: (await http.get(f"/wp-json/wc/v3/customers/{user_id}")).json()
+        for kind, user_id in chosen.items()
+        if kind != "deep_meta:2000"
+    }
+    assert "\x00" in by_id[chosen["nul"]]["first_name"]
+    assert by_id[chosen["long_name"]]["last_name"] == "Ł" * 70_000
+    assert by_id[chosen["unicode"]]["first_name"] == "👩🏽‍🚀 Zoë 𝕏"
+    assert by_id[chosen["lone_surrogate"]]["last_name"] == "D\udc80e"
+    value = by_id[chosen["deep_meta:200"]]["meta_data"][-1]["value"]
+    depth = 0
+    while isinstance(value, list):
+        value, depth = value[0], depth + 1
+    assert (depth, value) == (200, "deep")
+    response = await http.get(f"/wp-json/wc/v3/customers/{chosen['deep_meta:2000']}")
+    assert response.status_code == 200 and response.text.count("[") >= 2000
+    with pytest.raises(ControlError) as info:
+        await sim.make_odd("deep_meta:x")
+    assert info.value.status == 400

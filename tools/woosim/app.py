@@ -485,6 +485,22 @@ async def sim_customer(request: Request) -> Response:
         return _control_error(error.message, error.status)
 
 
+async def sim_odd_customers(request: Request) -> Response:
+    """``{"kinds": ["nul", "long_name", "unicode", "lone_surrogate", "deep_meta:200"]}``: one
+    customer per kind made odd (``data.odd_customer``); answers ``{kind: id}``."""
+    sim: Simulator = request.app.state.sim
+    try:
+        body = await _json_body(request)
+        kinds = body.get("kinds") if isinstance(body, dict) else None
+        if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+            return _control_error('body must be {"kinds": [<kind>, ...]}')
+        return _control(sim.store.make_odd(kinds))
+    except json.JSONDecodeError:
+        return _control_error("body is not JSON")
+    except StoreError as error:
+        return _control_error(error.message, error.status)
+
+
 async def sim_faults(request: Request) -> Response:
     sim: Simulator = request.app.state.sim
     if request.method == "PUT":
@@ -540,6 +556,7 @@ def create_app(sim: Simulator) -> Starlette:
                 methods=["GET", "PUT", "PATCH", "DELETE"],
             ),
             Route("/__sim/faults", sim_faults, methods=["GET", "PUT"]),
+            Route("/__sim/odd-customers", sim_odd_customers, methods=["POST"]),
             Route("/__sim/stats", sim_stats, methods=["GET", "DELETE"]),
             Route("/__sim/keys", sim_keys, methods=["GET"]),
             Route("/__sim/keys/{action:str}", sim_keys, methods=["POST"]),

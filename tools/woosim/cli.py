@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--slow-ms", type=int, default=2000, help="delay of a slow response")
     add("--rate-bad-json", type=float, default=0.0, help="share answered 200 with invalid JSON")
     add("--fault-seed", type=int, default=0, help="seed of the fault random stream")
+    add(
+        "--odd-customers",
+        default="",
+        help="comma-separated kinds of odd customers to serve, one customer each: nul, "
+        "long_name, unicode, lone_surrogate, deep_meta:N (e.g. nul,deep_meta:200)",
+    )
     add("--log-level", default="warning", help="uvicorn log level (logs go to stderr)")
     return parser
 
@@ -81,6 +87,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         allow_basic_over_http=args.allow_basic_over_http,
         tz_offset=args.tz_offset,
         faults=faults,
+        odd_customers=tuple(k.strip() for k in args.odd_customers.split(",") if k.strip()),
     )
 
 
@@ -109,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = options_from_args(args)
         data.parse_tz_offset(options.tz_offset)
+        for kind in options.odd_customers:
+            data.parse_odd_kind(kind)
     except ValueError as error:
         print(f"woosim: {error}", file=sys.stderr)
         return 2

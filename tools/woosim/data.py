@@ -594,3 +594,62 @@ def _compiled(pattern: str) -> tuple[tuple[str, str], ...]:
         (match.group()[0] if match.group()[0] in "#A" else "", match.group())
         for match in re.finditer(r"#+|A+|[^#A]+", pattern)
     )
+
+
+# --- odd content (issue 8): customers a real store's database may well hold -----------------
+
+ODD_KINDS = ("nul", "long_name", "unicode", "lone_surrogate", "deep_meta:N")
+LONG_NAME_CHARS = 70_000
+ODD_UNICODE = {
+    "first_name": "👩🏽‍🚀 Zoë 𝕏",  # a ZWJ emoji sequence, a 4-byte mathematical letter
+    "last_name": "שָׁלוֹם مرحبا \u200f𠜎",  # right-to-left scripts, a RTL mark, a CJK Ext-B
+    "company": "🦊 株式会社 🇿🇦",
+}
+# Stands in for a value that json cannot write (too deep, a lone surrogate) until the record's
+# JSON text is built; then the text is put in its place (see CustomerStore.make_odd).
+ODD_MARK = "__woosim_odd_value__"
+
+
+def parse_odd_kind(kind: str) -> tuple[str, int]:
+    """``"deep_meta:200"`` -> ("deep_meta", 200); the other kinds carry no number."""
+    name, _, number = kind.partition(":")
+    if name == "deep_meta":
+        if not number.isdigit() or not 1 <= int(number) <= 100_000:
+            raise ValueError("deep_meta takes a depth, e.g. deep_meta:200 (1 to 100000)")
+        return name, int(number)
+    if name not in ODD_KINDS or number:
+        raise ValueError(f"odd customer kinds are {', '.join(ODD_KINDS)}; got {kind!r}")
+    return name, 0
+
+
+def odd_customer(customer: dict[str, Any], kind: str) -> tuple[dict[str, Any], str | None]:
+    """``customer`` made odd in the way ``kind`` names, and the JSON text that replaces
+    :data:`ODD_MARK` in its serialisation (None when it holds no mark).
+
+    - ``nul``: a NUL character in the first name and in billing's first address line
+    - ``long_name``: a last name of 70,000 characters (two bytes each in UTF-8)
+    - ``unicode``: emoji, right-to-left and 4-byte characters in names and company
+    - ``lone_surrogate``: a last name with an unpaired UTF-16 surrogate (``\\udc80``)
+    - ``deep_meta:N``: a ``meta_data`` entry whose value is nested N arrays deep, as plugins that
+      store serialized structures produce
+    """
+    name, depth = parse_odd_kind(kind)
+    odd = dict(customer)
+    odd["billing"] = dict(customer.get("billing") or {})
+    if name == "nul":
+        odd["first_name"] = "Nul\u0000" + (customer.get("first_name") or "Name")
+        odd["billing"]["address_1"] = (customer["billing"].get("address_1") or "") + "\u0000"
+        return odd, None
+    if name == "long_name":
+        odd["last_name"] = "Ł" * LONG_NAME_CHARS
+        return odd, None
+    if name == "unicode":
+        odd["first_name"], odd["last_name"] = ODD_UNICODE["first_name"], ODD_UNICODE["last_name"]
+        odd["billing"]["company"] = ODD_UNICODE["company"]
+        return odd, None
+    if name == "lone_surrogate":
+        odd["last_name"] = ODD_MARK
+        return odd, '"D\\udc80e"'
+    entry = {"id": 900_000 + depth, "key": "_serialized_structure", "value": ODD_MARK}
+    odd["meta_data"] = [*(customer.get("meta_data") or []), entry]
+    return odd, "[" * depth + '"deep"' + "]" * depth

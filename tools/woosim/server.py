@@ -45,6 +45,8 @@ class SimOptions:
     tz_offset: str = data.DEFAULT_TZ_OFFSET
     base_time: datetime | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
+    # Customers made odd at start, one per kind (tools.woosim.data.odd_customer).
+    odd_customers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ def build_simulator(options: SimOptions) -> Simulator:
         ),
         tz_offset=options.tz_offset,
     )
+    if options.odd_customers:
+        store.make_odd(options.odd_customers)
     keys = KeyRing(options.consumer_key or default_key, options.consumer_secret or default_secret)
     return Simulator(
         store=store,

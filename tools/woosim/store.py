@@ -18,7 +18,7 @@ import re
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -306,6 +306,37 @@ class CustomerStore:
         self._remove(record)
         self._put(_record(customer, roles, user_url))
         return customer
+
+    def make_odd(self, kinds: Sequence[str]) -> dict[str, int]:
+        """Turn customers (role ``customer``, spread evenly by id) into odd ones, one per kind
+        (``data.odd_customer``); returns each kind's user id. A deep or unpaired-surrogate
+        value is spliced into the record's JSON text, since ``json`` cannot write it; such a
+        record is served as it is but cannot be edited through the control API."""
+        for kind in kinds:
+            try:
+                data.parse_odd_kind(kind)
+            except ValueError as error:
+                raise StoreError(str(error)) from None
+        taken: set[int] = set()
+        candidates = [i for i in self._ids if self._by_id[i].role == "customer"]
+        if len(candidates) < len(kinds):
+            raise StoreError(f"the store has fewer than {len(kinds)} customers to make odd")
+        chosen: dict[str, int] = {}
+        for n, kind in enumerate(kinds):
+            position = (n + 1) * len(candidates) // (len(kinds) + 1)
+            while candidates[position] in taken:
+                position = (position + 1) % len(candidates)
+            user_id = candidates[position]
+            taken.add(user_id)
+            record = self._by_id[user_id]
+            customer, splice = data.odd_customer(record.customer(), kind)
+            odd = _record(customer, record.roles, record.user_url)
+            if splice is not None:
+                odd.json_open = odd.json_open.replace(wp.dumps(data.ODD_MARK), splice)
+            self._remove(record)
+            self._put(odd)
+            chosen[kind] = user_id
+        return chosen
 
     def delete(self, user_id: int) -> dict[str, Any]:
         record = self._require(user_id)

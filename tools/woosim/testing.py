@@ -137,6 +137,14 @@ class SimHandle:
         result: dict[str, Any] = await self._call("DELETE", f"/__sim/customers/{user_id}")
         return result
 
+    async def make_odd(self, *kinds: str) -> dict[str, int]:
+        """Turns one customer per kind into an odd one (``nul``, ``long_name``, ``unicode``,
+        ``lone_surrogate``, ``deep_meta:N``); returns each kind's id."""
+        result: dict[str, int] = await self._call(
+            "POST", "/__sim/odd-customers", {"kinds": list(kinds)}
+        )
+        return result
+
     async def set_faults(self, **config: Any) -> dict[str, Any]:
         """Changes only the given fault settings; returns the whole configuration."""
         result: dict[str, Any] = await self._call("PUT", "/__sim/faults", config)

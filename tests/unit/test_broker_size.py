@@ -1,0 +1,77 @@
+"""Message size: refused before publishing, and batches split to fit (issue 8, item 3)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from shared.broker import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MessageTooLarge,
+    encode,
+    make_broker,
+    publish_body_to_queue,
+    split_customer_batch,
+)
+from shared.messages import CustomerBatch
+from shared.settings import Settings
+
+
+def batch(customers: list[dict[str, Any]]) -> CustomerBatch:
+    return CustomerBatch(job_id=uuid4(), org_id=uuid4(), connection_id=uuid4(), customers=customers)
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_default_limit_is_rabbitmq_4s() -> None:
+    assert DEFAULT_MAX_MESSAGE_BYTES == Settings().max_message_bytes == 16 * 1024 * 1024
+
+
+async def test_publish_refuses_a_body_over_the_limit_before_the_broker_sees_it() -> None:
+    broker = make_broker(Settings(max_message_bytes=64 * 1024))  # never connected
+    with pytest.raises(MessageTooLarge) as info:
+        await publish_body_to_queue(broker, "q", b"x" * (64 * 1024 + 1), message_id=None)
+    assert (info.value.size, info.value.limit) == (64 * 1024 + 1, 64 * 1024)
+    assert "WOOSYNC_MAX_MESSAGE_BYTES" in str(info.value)
+
+
+def test_encode_writes_customers_nested_past_pydantics_serializer() -> None:
+    customers = [{"id": 1, "meta_data": nested(600)}]
+    body = encode(batch(customers))
+    assert json.loads(body)["customers"] == customers
+    assert CustomerBatch.model_validate(json.loads(body)).customers == customers
+
+
+def test_a_batch_that_fits_is_not_split() -> None:
+    whole = batch([{"id": i} for i in range(10)])
+    assert split_customer_batch(whole, 64 * 1024) == ([whole], [])
+
+
+def test_split_keeps_every_customer_in_order_under_the_limit() -> None:
+    limit = 64 * 1024
+    customers = [{"id": i, "last_name": "x" * 9_000} for i in range(1, 21)]
+    customers.insert(5, {"id": 99, "last_name": "y" * 70_000})  # too large even alone
+    original = batch(customers)
+    parts, oversize = split_customer_batch(original, limit)
+    assert len(parts) > 1
+    assert all(len(encode(part)) <= limit for part in parts)
+    assert [c["id"] for p in parts for c in p.customers] == list(range(1, 21))
+    assert [o.customer["id"] for o in oversize] == [99]
+    assert "bytes as JSON, more than a message may carry" in oversize[0].error
+    assert len({p.message_id for p in parts}) == len(parts)
+    assert split_customer_batch(original, limit)[0] == parts  # the same ids every time
+    print(f"{len(customers)} customers of ~9 kB in {len(parts)} messages under {limit} bytes")
+
+
+def test_a_customer_too_deep_to_encode_is_reported_alone() -> None:
+    parts, oversize = split_customer_batch(batch([{"id": 1}, {"id": 2, "m": nested(5000)}]))
+    assert [c["id"] for c in parts[0].customers] == [1]
+    assert [o.customer["id"] for o in oversize] == [2]
