@@ -155,12 +155,17 @@ def encode(message: Message) -> bytes:
     are free-form (``meta_data``); the mapping decides what is too deep to store."""
     if isinstance(message, CustomerBatch):
         envelope = message.model_dump(mode="json", exclude={"customers"})
-        return _dumps({**envelope, "customers": message.customers}).encode()
+        return _json_bytes({**envelope, "customers": message.customers})
     return message.model_dump_json().encode()
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+def _json_bytes(value: Any) -> bytes:
+    """Compact UTF-8 JSON; text that is not valid Unicode (a lone surrogate a store sent) is
+    written as ``\\u`` escapes instead, so it travels and fails only its own customer."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -186,7 +191,7 @@ def split_customer_batch(
     size = envelope
     for customer in batch.customers:
         try:
-            length = len(_dumps(customer).encode())
+            length = len(_json_bytes(customer))
         except (RecursionError, ValueError, TypeError) as exc:
             oversize.append(Oversize(customer, f"customer cannot be encoded as JSON: {exc}"[:200]))
             continue

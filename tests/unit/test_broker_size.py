@@ -75,3 +75,10 @@ def test_a_customer_too_deep_to_encode_is_reported_alone() -> None:
     parts, oversize = split_customer_batch(batch([{"id": 1}, {"id": 2, "m": nested(5000)}]))
     assert [c["id"] for c in parts[0].customers] == [1]
     assert [o.customer["id"] for o in oversize] == [2]
+
+
+def test_a_lone_surrogate_travels_escaped() -> None:
+    customers = [{"id": 1, "last_name": "D\udc80e", "first_name": "Zoë 🦊"}]
+    body = encode(batch(customers))
+    assert json.loads(body)["customers"] == customers
+    assert split_customer_batch(batch(customers))[1] == []
