@@ -19,6 +19,7 @@ from typing import Any, Self
 import httpx
 import tenacity
 
+from shared import jsondepth
 from shared.logs import redact
 from shared.settings import Settings
 from shared.urlsafety import PinnedAddressTransport, Resolver, system_resolve
@@ -197,7 +198,8 @@ class WooClient:
     ) -> tuple[list[dict[str, Any]], httpx.Headers]:
         response = await self._send("GET", CUSTOMERS_PATH, params)
         try:
-            body = response.json()
+            # Any nesting depth: a customer nested too deeply fails alone at the syncer.
+            body = jsondepth.loads(response.content)
         except ValueError:  # Includes bad UTF-8; typically a cut proxy or a PHP notice.
             raise TransientFailure("invalid JSON body", status=response.status_code) from None
         if not isinstance(body, list):
