@@ -625,3 +625,58 @@ async def test_process_stops_cleanly_on_sigterm(settings: Settings, clean_broker
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_replayed_old_payload_leaves_the_newer_customer(
+    settings: Settings, clean_broker: Topology, pool: asyncpg.Pool
+) -> None:
+    """Issue 8, item 9, through the real syncer and ``woosync dlq replay``: a parked old
+    version, replayed after a newer one was synced, changes nothing and its line says why."""
+    from tests.integration.test_dlq_replay import woosync
+
+    job = await seed_job(pool)
+    await seed_lines(pool, job, [1])
+    await pool.execute(
+        "ALTER TABLE customer ADD CONSTRAINT customer_not_poison CHECK (first_name <> 'POISON')"
+    )
+    old = customer(1, first_name="POISON", date_modified_gmt="2024-05-01T08:00:00")
+    new = customer(1, first_name="New", date_modified_gmt="2024-06-01T08:00:00")
+    nightly = Job(
+        job.org_id,
+        job.connection_id,
+        await make_job(pool, job.org_id, connection_id=job.connection_id, fetch_done=True),
+    )
+
+    async with running_syncer(settings):
+        publisher = make_broker(settings)
+        await publisher.connect()
+        try:
+            await publish(publisher, clean_broker, job.batch([old]))  # refused: parked
+            await wait_for_rows(
+                pool,
+                "SELECT state FROM woo_customer_sync_queue_line WHERE job_id = $1 AND woo_id = 1",
+                "failed",
+                job.job_id,
+            )
+            await publish(publisher, clean_broker, nightly.batch([new]))  # the next sync
+            await wait_for_rows(pool, "SELECT first_name FROM customer WHERE woo_id = 1", "New")
+            await pool.execute("ALTER TABLE customer DROP CONSTRAINT customer_not_poison")
+            before = await versions(pool, "customer")
+
+            out = await woosync(settings, "dlq", "replay", "--job", str(job.job_id))
+            assert "replayed 1 message(s) (1 customer(s))" in out, out
+            await wait_for_rows(
+                pool,
+                "SELECT state FROM woo_customer_sync_queue_line WHERE job_id = $1 AND woo_id = 1",
+                "done",
+                job.job_id,
+            )
+        finally:
+            await publisher.stop()
+
+    row = await pool.fetchrow("SELECT first_name, woo_date_modified FROM customer")
+    assert row["first_name"] == "New"
+    assert row["woo_date_modified"] == datetime(2024, 6, 1, 8, tzinfo=UTC)
+    assert await versions(pool, "customer") == before  # not even rewritten
+    line = (await lines_of(pool, job))[1]
+    assert line["warning"].startswith("stale payload: date_modified_gmt 2024-05-01T08:00:00")
