@@ -379,3 +379,19 @@ def test_store_writes_validate_and_invalidate_cached_queries() -> None:
     assert store.page(ListQuery(role="all", orderby="id", number=100))[1] == before
     with pytest.raises(StoreError):
         store.update(created["id"], {})
+
+
+def test_odd_customers_from_the_command_line() -> None:
+    from tools.woosim.cli import build_parser, options_from_args
+    from tools.woosim.server import build_simulator
+
+    args = build_parser().parse_args(
+        ["--customers", "60", "--odd-customers", "nul, long_name,deep_meta:300"]
+    )
+    options = options_from_args(args)
+    assert options.odd_customers == ("nul", "long_name", "deep_meta:300")
+    store = build_simulator(options).store
+    texts = {record.id: record.json_open for record in store.records()}
+    assert sum("\\u0000" in text for text in texts.values()) == 1
+    assert sum("[" * 300 in text for text in texts.values()) == 1
+    assert sum(text.count("\\u0141") == 70_000 for text in texts.values()) == 1  # "Ł"
