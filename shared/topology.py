@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiormq.exceptions
 from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 
 from shared import messages as m
@@ -131,11 +132,22 @@ class Topology:
         return [q.name for q in self.all_queues()]
 
 
+class TopologyMismatch(RuntimeError):
+    """A queue exists with other arguments than this version declares (an upgrade step)."""
+
+
 async def declare_topology(broker: RabbitBroker, topology: Topology) -> None:
     """Declare everything idempotently; every service calls this before it consumes."""
     exchange = await broker.declare_exchange(topology.exchange)
     for queue in topology.all_queues():
-        declared = await broker.declare_queue(_declarable(queue))
+        try:
+            declared = await broker.declare_queue(_declarable(queue))
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise TopologyMismatch(
+                f"queue {queue.name} exists with other arguments than this version declares "
+                f"({exc}); queue arguments cannot change in place: see docs/operations.md, "
+                "'Delivery limit', for the upgrade steps"
+            ) from exc
         for key in topology.bindings.get(queue.name, ()):
             await declared.bind(exchange, routing_key=key)
 

@@ -6,11 +6,12 @@ import asyncio
 from uuid import uuid4
 
 import aio_pika
+import pytest
 
 from shared import messages as m
 from shared.broker import make_broker, publish
 from shared.settings import Settings
-from shared.topology import DELIVERY_LIMIT, Topology, declare_topology
+from shared.topology import DELIVERY_LIMIT, Topology, TopologyMismatch, declare_topology
 from tests.conftest import AMQP_URL
 
 
@@ -90,3 +91,32 @@ async def test_work_queue_dead_letters_past_its_delivery_limit(clean_broker: Top
     assert counts[:3] == [0, 1, 2]  # what the consumer's growing pause reads
     assert parked is not None and parked.body == b"{}"
     assert parked.headers["x-death"][0]["reason"] == "delivery_limit"
+
+
+async def test_a_queue_declared_by_an_older_version_is_a_clear_error(
+    clean_broker: Topology,
+) -> None:
+    """Upgrading: the work queues of an older deployment have no delivery limit, and RabbitMQ
+    refuses to change arguments in place; the services say what to do instead of crashing."""
+    name = clean_broker.fetcher_queue.name
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": f"{name}.parking",
+            },
+        )
+    broker = make_broker(Settings(namespace=clean_broker.namespace))
+    await broker.connect()
+    try:
+        with pytest.raises(TopologyMismatch) as info:
+            await declare_topology(broker, clean_broker)
+    finally:
+        await broker.stop()
+    assert name in str(info.value) and "docs/operations.md" in str(info.value)
+    assert "x-delivery-limit" in str(info.value)
