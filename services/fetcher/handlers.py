@@ -540,8 +540,8 @@ async def _close_gaps(
             reads += 1
             windows.append(window)
             walk.saw(window)
-            if job.sliced:
-                raise SliceOver()
+            # No hand-on here: re-reads are not recorded as pages, so a next slice would start
+            # the walk over. The budget bounds this phase instead.
     if gaps:
         await activity.record(
             job.db,
