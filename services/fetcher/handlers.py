@@ -109,6 +109,8 @@ class FetcherDeps:
     max_store_customers: int = 10_000_000  # WOOSYNC_MAX_STORE_CUSTOMERS
     slice_s: float = 900.0  # WOOSYNC_CRAWL_SLICE_S
     check_interval_s: float = 0.5  # WOOSYNC_CRAWL_CHECK_INTERVAL_S
+    # One customer.batch message at most (RabbitMQ 4 refuses messages above 16 MiB by default).
+    max_batch_bytes: int = items.MAX_BATCH_BYTES
 
 
 @dataclass
@@ -180,14 +182,17 @@ class _Job:
             new = list({int(c["id"]): c for c in customers if int(c["id"]) in created}.values())
             if rejected:
                 await self._reject(conn, page, rejected)
-            if new:
+            batches, unsendable = items.batches_within(new, self.deps.max_batch_bytes)
+            if unsendable:
+                await self._fail_unsendable(conn, page, unsendable)
+            for batch in batches:
                 await self.deps.publish(
                     CustomerBatch(
                         job_id=job_id,
                         org_id=org_id,
                         connection_id=self.request.connection_id,
                         page=page,
-                        customers=new,
+                        customers=batch,
                     )
                 )
             # The job row's lock is taken last, so concurrent windows hold it only to commit.
@@ -207,6 +212,37 @@ class _Job:
             if not still_open:
                 raise JobClosed()
         return window
+
+    async def _fail_unsendable(
+        self, conn: asyncpg.Connection, page: int | None, unsendable: list[items.Rejected]
+    ) -> None:
+        """Customers no message can carry (too large, nested too deep): their lines fail now."""
+        await conn.execute(
+            q.FAIL_LINES,
+            self.request.job_id,
+            self.request.org_id,
+            [r.woo_id for r in unsendable],
+            [r.error for r in unsendable],
+        )
+        log.warning(
+            "job %s: %d customers of page %s cannot be sent: %s",
+            self.request.job_id,
+            len(unsendable),
+            page,
+            unsendable[0].error,
+        )
+        await activity.record(
+            conn,
+            org_id=self.request.org_id,
+            job_id=self.request.job_id,
+            event="fetch.rejected",
+            level="error",
+            details={
+                "page": page,
+                "rejected": len(unsendable),
+                "lines": [{"woo_id": r.woo_id, "error": r.error} for r in unsendable[:20]],
+            },
+        )
 
     async def _reject(
         self, conn: asyncpg.Connection, page: int | None, rejected: list[items.Rejected]

@@ -17,11 +17,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic_core
+
 from shared.logs import redact
 
 MAX_WOO_ID = 2**63 - 1  # woo_id is a PostgreSQL bigint
 INT4_MAX = 2**31 - 1  # store_total and pages_total are int columns
 EXCERPT_CHARS = 300
+# A customer.batch stays below this (RabbitMQ 4 refuses messages above 16 MiB by default; 3.x
+# above 128 MiB): a page is split into several batches, and a customer larger than this alone
+# fails (a message the broker refuses would come back forever).
+MAX_BATCH_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,49 @@ def split(items: list[Any]) -> tuple[list[dict[str, Any]], list[Rejected]]:
         else:
             rejected.append(Rejected(synthetic_id(item), _error(problem, item)))
     return customers, rejected
+
+
+def batches_within(
+    customers: list[dict[str, Any]], limit: int
+) -> tuple[list[list[dict[str, Any]]], list[Rejected]]:
+    """``customers`` in order, in batches whose JSON stays below ``limit`` bytes, and those that
+    cannot be sent at all (under their own ids): larger than ``limit``, or nested deeper than
+    the message encoder goes (about 250 levels)."""
+    batches: list[list[dict[str, Any]]] = []
+    too_large: list[Rejected] = []
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for customer in customers:
+        woo_id = int(customer["id"])
+        try:
+            length = len(pydantic_core.to_json({"customers": [customer]})) - len('{"customers":[]}')
+        except (pydantic_core.PydanticSerializationError, ValueError, RecursionError) as exc:
+            reason = "nests too deep" if "depth" in str(exc) else "cannot be encoded"
+            too_large.append(
+                Rejected(
+                    woo_id,
+                    f"rejected by the fetcher: customer {woo_id} {reason} to be sent to the "
+                    "syncer as JSON; not synced",
+                )
+            )
+            continue
+        if length > limit:
+            too_large.append(
+                Rejected(
+                    woo_id,
+                    f"rejected by the fetcher: customer {woo_id} is {length:,} bytes as JSON, "
+                    f"more than one message may hold ({limit:,}); not synced",
+                )
+            )
+            continue
+        if batch and size + length > limit:
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(customer)
+        size += length + 1
+    if batch:
+        batches.append(batch)
+    return batches, too_large
 
 
 def synthetic_id(item: Any) -> int:

@@ -88,6 +88,14 @@ ON CONFLICT (job_id, woo_id) DO NOTHING
 RETURNING woo_id
 """
 
+# Lines of customers that cannot be sent (too large for a message): failed at once, no payload.
+FAIL_LINES = """
+UPDATE woo_customer_sync_queue_line l
+SET state = 'failed', attempts = 1, last_error = r.error, updated_at = now()
+FROM unnest($3::bigint[], $4::text[]) AS r(woo_id, error)
+WHERE l.job_id = $1 AND l.org_id = $2 AND l.woo_id = r.woo_id
+"""
+
 # The store answers fewer customers per page than asked (a caching plugin's cap): the job reads
 # with the store's page size from now on. Pages recorded with the old size are forgotten (their
 # lines stay), so every window of the crawl has the same size.

@@ -205,3 +205,29 @@ async def test_a_crawl_hands_itself_on_after_its_slice(pool: asyncpg.Pool) -> No
     (completed,) = recorder.of(FetchCompleted)
     assert completed.customers == 900
     assert (await job_row(pool, request.job_id))["process_count"] == deliveries
+
+
+async def test_customers_no_message_can_carry_fail_alone(pool: asyncpg.Pool) -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(300):
+        deep = {"a": deep}
+    async with running_simulator(customers=150, seed=21) as sim:
+        large = await sim.add_customer(email="large@example.com", first_name="x" * 50_000)
+        nested = await sim.add_customer(
+            email="nested@example.com", meta_data=[{"id": 1, "key": "k", "value": deep}]
+        )
+        request = await seed_job(pool, sim, batch_size=100)
+        recorder = Recorder()
+        deps = dataclasses.replace(deps_for(pool, recorder), max_batch_bytes=40_000)
+        await handle_sync_requested(request, deps)
+        store_ids = [c["id"] for c in await sim.customers()]
+
+    (completed,) = recorder.of(FetchCompleted)
+    assert completed.customers == 152
+    bad = {large["id"], nested["id"]}
+    assert sorted(recorder.customer_ids()) == [i for i in store_ids if i not in bad]
+    assert all(len(b.model_dump_json()) < 45_000 for b in recorder.of(CustomerBatch))
+    failed = {r["woo_id"]: r for r in await lines(pool, request.job_id) if r["state"] == "failed"}
+    assert failed.keys() == bad
+    assert "more than one message may hold" in failed[large["id"]]["last_error"]
+    assert "nests too deep" in failed[nested["id"]]["last_error"]

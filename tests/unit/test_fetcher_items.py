@@ -3,6 +3,7 @@ the client's parsing of a page whose items are not all customers."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -139,3 +140,28 @@ async def test_a_total_of_thousands_of_digits_stays_absurd() -> None:
     async with WooClient(CONFIG, policy=FAST, transport=httpx.MockTransport(answer)) as client:
         page = await client.list_customers(page=1, per_page=10)
     assert page.total == 10**30 and page.total_pages is None
+
+
+def test_batches_stay_within_the_message_limit_and_oversized_customers_fail_alone() -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(400):
+        deep = {"a": deep}
+    customers = [{"id": n, "bio": "x" * 300} for n in range(1, 11)]
+    customers.insert(3, {"id": 50, "bio": "y" * 5_000})
+    customers.insert(6, {"id": 60, "meta_data": deep})
+    batches, failed = items.batches_within(customers, 1_000)
+    assert [c["id"] for b in batches for c in b] == list(range(1, 11))  # order kept
+    assert all(len(json.dumps(b, separators=(",", ":"))) <= 1_000 for b in batches)
+    assert len(batches) > 1
+    assert {f.woo_id: f.error for f in failed}.keys() == {50, 60}
+    by_id = {f.woo_id: f.error for f in failed}
+    assert "more than one message may hold (1,000)" in by_id[50]
+    assert "nests too deep" in by_id[60]
+
+
+def test_a_customer_nested_200_deep_is_sent_whole() -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(200):
+        deep = {"a": deep}
+    batches, failed = items.batches_within([{"id": 1, "meta_data": deep}], items.MAX_BATCH_BYTES)
+    assert failed == [] and batches == [[{"id": 1, "meta_data": deep}]]
