@@ -436,6 +436,14 @@ async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
         count = len(first.customers)
         if paging.short_page_contradicts(0, count, job.batch_size, first.total) and count:
             await _adapt_page_size(job, count)
+        elif (
+            first.total is None
+            and 0 < count < job.batch_size
+            and (await job.fetch(client, None, count)).customers
+        ):
+            # No total to compare with: a short first page is the whole store, or a cap; the
+            # read past it told.
+            await _adapt_page_size(job, count)
         if paging.short_page_contradicts(0, count, job.batch_size, first.total):
             raise CrawlFailed(
                 f"the store answered no customer on its first page while reporting "

@@ -47,6 +47,19 @@ async def test_a_store_capping_its_page_size_is_read_with_that_size(pool: asyncp
     assert [dict(e["details"]) for e in events] == [{"asked": 100, "store_page_size": 50}]
 
 
+async def test_a_capped_store_without_totals_is_read_completely(pool: asyncpg.Pool) -> None:
+    faults = {"per_page_cap": 50, "hide_totals": True}
+    async with running_simulator(customers=420, seed=22, faults=faults) as sim:
+        request = await seed_job(pool, sim, batch_size=100, concurrency=2)
+        recorder = Recorder()
+        await handle_sync_requested(request, deps_for(pool, recorder))
+        store_ids = [c["id"] for c in await sim.customers()]
+
+    assert recorder.of(FetchFailed) == []
+    assert sorted(recorder.customer_ids()) == store_ids
+    assert (await job_row(pool, request.job_id))["batch_size"] == 50
+
+
 async def test_a_cap_after_the_first_page_fails_the_job_saying_why(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=600, seed=12) as sim:
         request = await seed_job(pool, sim, batch_size=100, concurrency=1)

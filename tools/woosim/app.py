@@ -286,6 +286,8 @@ async def _list_customers(ctx: _Context) -> Response:
         f"{ctx.base}/wp-json/wc/v3/customers", ctx.query, page, total_pages
     )
     headers["Link"] = link or f'<{ctx.base}/wp-json/>; rel="https://api.w.org/"'
+    if config.hide_totals:
+        del headers["X-WP-Total"], headers["X-WP-TotalPages"]
     return _json_response(body, headers=ctx.headers(headers))
 
 

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--claimed-total", type=int, default=0, help="X-WP-Total claims N customers")
     add("--unordered-pages", action="store_true", help="each page in descending id order")
     add("--ignore-offset", action="store_true", help="every page answers the first page")
+    add("--hide-totals", action="store_true", help="send no X-WP-Total / X-WP-TotalPages")
     add(
         "--bad-ids",
         default="",
@@ -81,6 +82,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         claimed_total=args.claimed_total,
         unordered_pages=args.unordered_pages,
         ignore_offset=args.ignore_offset,
+        hide_totals=args.hide_totals,
         bad_ids=tuple(kind for kind in args.bad_ids.split(",") if kind),
         seed=args.fault_seed,
     )

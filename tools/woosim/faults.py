@@ -49,6 +49,7 @@ class FaultConfig:
     claimed_total: int = 0  # X-WP-Total claims this many (TotalPages follows); 0: the truth.
     unordered_pages: bool = False  # Each page's customers come in descending id order.
     ignore_offset: bool = False  # Every page answers the first page (full pages forever).
+    hide_totals: bool = False  # No X-WP-Total / X-WP-TotalPages (a proxy stripping them).
     bad_ids: tuple[str, ...] = ()  # BAD_ID_KINDS given to the lowest customers' ids.
     seed: int = 0
     script: tuple[str, ...] = field(default=())

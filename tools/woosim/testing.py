@@ -46,7 +46,9 @@ _FAULT_FLAGS = {
     "seed": "--fault-seed",
 }
 
-_HOSTILE_SETTINGS = ("per_page_cap", "claimed_total", "unordered_pages", "ignore_offset", "bad_ids")
+_HOSTILE_SETTINGS = (
+    "per_page_cap", "claimed_total", "unordered_pages", "ignore_offset", "hide_totals", "bad_ids",
+)
 
 
 class ControlError(RuntimeError):
