@@ -244,3 +244,34 @@ async def test_customers_no_message_can_carry_fail_alone(pool: asyncpg.Pool) -> 
     assert failed.keys() == bad
     assert "more than one message may hold" in failed[large["id"]]["last_error"]
     assert "nests too deep" in failed[nested["id"]]["last_error"]
+
+
+async def test_a_gap_left_unproven_fails_the_job(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in test_fetcher's deletion test, but without reads to spare for closing the gap: the
+    job must fail, not end done with customers perhaps missing."""
+    monkeypatch.setattr("services.fetcher.handlers.GAP_READS_SPARE", -1_000)
+    async with running_simulator(customers=300, seed=8) as sim:
+        request = await seed_job(pool, sim, batch_size=50, concurrency=1)
+        recorder = Recorder()
+        deleted: list[int] = []
+
+        async def publish_then_delete(message: Message) -> None:
+            await recorder(message)
+            if isinstance(message, CustomerBatch) and message.page == 1 and not deleted:
+                for customer in message.customers[5:15]:
+                    await sim.delete_customer(customer["id"])
+                    deleted.append(customer["id"])
+
+        deps = dataclasses.replace(deps_for(pool, recorder), publish=publish_then_delete)
+        await handle_sync_requested(request, deps)
+
+    (failed,) = recorder.of(FetchFailed)
+    assert "changed faster than it could be read" in failed.error
+    assert recorder.of(FetchCompleted) == []
+    events = await pool.fetch(
+        "SELECT level FROM woo_sync_activity WHERE job_id = $1 AND event = 'fetch.unverified'",
+        request.job_id,
+    )
+    assert [e["level"] for e in events] == ["error"]
