@@ -324,6 +324,9 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
         return
     except JobClosed:
         log.info("job %s became final while its store was read; crawl stopped", request.job_id)
+        await activity.record(
+            scope, org_id=request.org_id, job_id=request.job_id, event="fetch.stopped"
+        )
         return
     except SliceOver:
         await _hand_on(job)
@@ -555,6 +558,9 @@ async def _check_complete(job: _Job) -> None:
         return
     lines = await job.db.fetchval(q.COUNT_LINES, job.request.job_id, job.request.org_id)
     if lines < job.latest_total:
+        # Its pages held other customers than their offsets promise: a retry reads them all
+        # again (publishing only customers that have no line yet).
+        await job.db.execute(q.FORGET_PAGES, job.request.job_id, job.request.org_id)
         raise CrawlFailed(
             f"the store reports {job.latest_total:,} customers (X-WP-Total) but its pages held "
             f"only {lines:,} distinct ones: it leaves customers out of its pages (a cache, or "

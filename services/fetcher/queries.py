@@ -108,6 +108,13 @@ WITH job AS (
 DELETE FROM woo_customer_sync_page p USING job WHERE p.job_id = job.id
 """
 
+# The job's pages are forgotten (their lines stay): the next crawl of the job reads them all.
+FORGET_PAGES = """
+DELETE FROM woo_customer_sync_page p
+USING woo_customer_sync_queue j
+WHERE p.job_id = $1 AND j.id = p.job_id AND j.org_id = $2
+"""
+
 # Distinct customers (and rejected items) recorded for the job: the completeness check.
 COUNT_LINES = """
 SELECT count(*) FROM woo_customer_sync_queue_line WHERE job_id = $1 AND org_id = $2

@@ -5,7 +5,9 @@ hands itself on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -13,6 +15,7 @@ import pytest
 
 from services.fetcher.handlers import handle_sync_requested
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
+from shared.woocommerce import CustomerPage
 from tests.integration.test_fetcher import Recorder, deps_for, job_row, seed_job
 from tools.woosim.testing import running_simulator
 
@@ -105,6 +108,74 @@ async def test_a_claimed_total_within_the_limit_but_false_fails_the_job(
     (failed,) = recorder.of(FetchFailed)
     assert "X-WP-Total" in failed.error and "5,000" in failed.error
     assert recorder.of(FetchCompleted) == []
+
+
+async def test_a_false_total_fails_and_retry_reads_only_what_is_missing(
+    pool: asyncpg.Pool,
+) -> None:
+    """A store whose X-WP-Total counts two users its pages never show (a plugin filtering the
+    list but not the count): its short last page agrees with nothing, so the job fails; once
+    the store is fixed, a retry reads page 1, the page that failed and the tail."""
+    async with running_simulator(customers=300, seed=23) as sim:
+        request = await seed_job(pool, sim, batch_size=100, concurrency=2)
+        recorder = Recorder()
+        await sim.set_faults(claimed_total=302)
+        await handle_sync_requested(request, deps_for(pool, recorder))
+        (failed,) = recorder.of(FetchFailed)
+        await sim.set_faults(claimed_total=0)
+        await sim.reset_stats()
+        again = Recorder()
+        retry = request.model_copy(update={"reason": "retry"})
+        await handle_sync_requested(retry, deps_for(pool, again))
+        requests = (await sim.stats())["requests"]
+        store_ids = [c["id"] for c in await sim.customers()]
+
+    assert "302" in failed.error and "the short page cannot end the crawl" in failed.error
+    (completed,) = again.of(FetchCompleted)
+    assert completed.customers == 300
+    assert sorted(recorder.customer_ids() + again.customer_ids()) == store_ids
+    assert requests == 3
+
+
+class SkippingStore:
+    """Pages that leave one customer out and show the next page's first instead: each page
+    full and ascending, the last one short as its total says, the windows' id ranges joined;
+    only the count shows that a customer is missing."""
+
+    def __init__(self, total: int, missing: int) -> None:
+        self.ids = [n for n in range(1, total + 2) if n != missing]
+        self.total = total
+
+    async def list_customers(self, page: int, per_page: int, *, offset: int | None = None) -> Any:
+        start = offset or 0
+        chunk = self.ids[start : start + per_page]
+        if start + per_page >= self.total:  # the last page: as short as the total says
+            chunk = [i for i in range(start + 1, self.total + 1) if i in set(self.ids)]
+        customers = [{"id": i, "email": f"c{i}@example.com"} for i in chunk]
+        return CustomerPage(customers, self.total, None, page)
+
+
+async def test_pages_holding_fewer_than_the_total_fail_and_are_read_again_on_retry(
+    pool: asyncpg.Pool,
+) -> None:
+    async with running_simulator(customers=1, seed=24) as sim:
+        request = await seed_job(pool, sim, batch_size=100, concurrency=1)
+    store = SkippingStore(total=250, missing=150)
+
+    @contextlib.asynccontextmanager
+    async def open_client(config: Any, concurrency: int) -> AsyncIterator[Any]:
+        yield store
+
+    recorder = Recorder()
+    deps = dataclasses.replace(deps_for(pool, recorder), open_client=open_client)
+    await handle_sync_requested(request, deps)
+
+    (failed,) = recorder.of(FetchFailed)
+    assert "reports 250 customers (X-WP-Total) but its pages held only 249" in failed.error
+    pages = await pool.fetchval(
+        "SELECT count(*) FROM woo_customer_sync_page WHERE job_id = $1", request.job_id
+    )
+    assert pages == 0  # forgotten: a retry reads every page again
 
 
 async def test_a_store_that_always_answers_full_pages_is_cut_off(pool: asyncpg.Pool) -> None:
