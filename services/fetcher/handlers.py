@@ -121,7 +121,6 @@ class _Job:
     db: OrgScope
     deadline: float  # loop time at which the crawl's slice is over
     latest_total: int | None = None  # X-WP-Total of the latest answer that had one
-    short_pages: list[str] = field(default_factory=list)
 
     @property
     def sliced(self) -> bool:
