@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     # the store retry budget and the longest retry tier.
     stall_timeout_s: float = Field(600.0, gt=0)
 
+    # The fetcher's crawl. A store claiming more customers than this fails its job at once
+    # (X-WP-Total is the store's word; an int column holds at most 2^31 - 1).
+    max_store_customers: int = Field(10_000_000, ge=1, le=2**31 - 1)
+    # A crawl running this long hands its job on (a fresh sync.requested) and acks its message,
+    # well within RabbitMQ's consumer_timeout (30 min by default).
+    crawl_slice_s: float = Field(900.0, gt=0)
+    # How often a crawl checks, between page records, that its job is still open.
+    crawl_check_interval_s: float = Field(0.5, gt=0)
+
     # Stores on private, loopback, link-local or reserved addresses (demo and tests only).
     allow_private_urls: bool = False
 

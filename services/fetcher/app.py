@@ -48,6 +48,10 @@ def build_app(settings: Settings) -> FastStream:
             publish=functools.partial(publish, broker, topology),
             allow_private_urls=settings.allow_private_urls,
             stopping=stopping,
+            max_store_customers=settings.max_store_customers,
+            slice_s=settings.crawl_slice_s,
+            check_interval_s=settings.crawl_check_interval_s,
+            max_message_bytes=settings.max_message_bytes,
         )
 
     async def stop_crawls() -> None:

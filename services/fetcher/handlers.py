@@ -19,23 +19,46 @@ no line: nothing is lost, and a customer is published twice at most across such 
 
 A fetcher asked to stop (SIGTERM) cancels its crawls and gives their messages back to the queue
 at once (:class:`shared.consuming.Requeue`); the next fetcher resumes from the recorded pages.
+
+What the store says is checked, not trusted (see docs/architecture.md, "A store's word"):
+
+* ``X-WP-Total`` above ``WOOSYNC_MAX_STORE_CUSTOMERS`` fails the job at once; pages are read by
+  ``concurrency`` workers pulling page numbers, so memory does not grow with the claim.
+* A page shorter than asked while its own ``X-WP-Total`` says there is more: on page 1 the
+  store caps its page size, and the job reads with that size from then on (recorded as its
+  batch size); on a later page, the job fails saying so. At the end, the job's distinct lines
+  must reach the store's latest total, and a gap the re-reads could not close fails the job:
+  ``done`` means every customer was read.
+* Ids must ascend within a page (``orderby=id&order=asc``), or the window proof means nothing:
+  the job fails naming the page.
+* An item without a usable id fails alone (:mod:`services.fetcher.items`).
+* Any other error that is not the database's or the broker's fails the job with its text,
+  instead of parking the request and leaving the job in ``processing``.
+
+A crawl stops within a page when its job becomes final (forced done, failed as stalled): each
+page's record checks the job in its transaction, and a watcher checks every
+``WOOSYNC_CRAWL_CHECK_INTERVAL_S`` while requests are in flight and cancels the workers. After
+``WOOSYNC_CRAWL_SLICE_S`` a crawl stops taking pages, publishes a fresh ``sync.requested`` for
+its job and returns, so its delivery is acked long before RabbitMQ's ``consumer_timeout``; the
+next delivery resumes from the recorded pages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
-from services.fetcher import paging
+from services.fetcher import items, paging
 from services.fetcher import queries as q
 from shared import activity
-from shared.consuming import Requeue
+from shared.broker import DEFAULT_MAX_MESSAGE_BYTES, split_customer_batch
+from shared.consuming import Requeue, is_infrastructure_error
 from shared.crypto import SecretBox, UndecryptableSecret
 from shared.db import OrgScope, for_org
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
@@ -53,11 +76,25 @@ class PageReader(Protocol):
     ) -> Any: ...
 
 
-ClientFactory = Callable[[StoreConfig, int], AbstractAsyncContextManager[PageReader]]
 T = TypeVar("T")
+ClientFactory = Callable[[StoreConfig, int], AbstractAsyncContextManager[PageReader]]
 
 # Extra reads allowed to close gaps, beyond two per page of the store.
 GAP_READS_SPARE = 4
+FINAL = frozenset({"done", "failed"})
+ERROR_LIMIT = 1000
+
+
+class CrawlFailed(Exception):
+    """The store's answers cannot be read completely (or not proven so): the job fails."""
+
+
+class JobClosed(Exception):
+    """The job became final (forced done, failed) while its crawl ran: the crawl stops."""
+
+
+class SliceOver(Exception):
+    """The crawl used its time slice: it hands the job on to a fresh delivery."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +107,11 @@ class FetcherDeps:
     allow_private_urls: bool = False
     # Set when the service is asked to stop: running crawls give their message back.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    max_store_customers: int = 10_000_000  # WOOSYNC_MAX_STORE_CUSTOMERS
+    slice_s: float = 900.0  # WOOSYNC_CRAWL_SLICE_S
+    check_interval_s: float = 0.5  # WOOSYNC_CRAWL_CHECK_INTERVAL_S
+    # WOOSYNC_MAX_MESSAGE_BYTES: a page's customers go out in as many batches as that needs.
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
 @dataclass
@@ -78,47 +120,93 @@ class _Job:
     batch_size: int
     deps: FetcherDeps
     db: OrgScope
+    deadline: float  # loop time at which the crawl's slice is over
+    latest_total: int | None = None  # X-WP-Total of the latest answer that had one
+
+    @property
+    def sliced(self) -> bool:
+        return asyncio.get_running_loop().time() >= self.deadline
+
+    async def fetch(self, client: PageReader, page: int | None, offset: int) -> Any:
+        """Read one window; checks what the answer claims (see the module docstring)."""
+        result = await client.list_customers(
+            page=page or 1, per_page=self.batch_size, offset=offset
+        )
+        for name, value in (("X-WP-Total", result.total), ("X-WP-TotalPages", result.total_pages)):
+            problem = items.total_problem(name, value, self.deps.max_store_customers)
+            if problem:
+                raise CrawlFailed(problem)
+        if result.total is not None:
+            self.latest_total = result.total
+        return result
 
     async def read(
         self, client: PageReader, page: int | None, offset: int
     ) -> tuple[Any, paging.Window]:
         """Read one window and record it; ``page`` None for a re-read that closes a gap."""
-        result = await client.list_customers(
-            page=page or 1, per_page=self.batch_size, offset=offset
-        )
+        result = await self.fetch(client, page, offset)
+        count = len(result.customers)
+        if paging.short_page_contradicts(offset, count, self.batch_size, result.total):
+            raise CrawlFailed(
+                f"the store answered {count} customers at offset {offset} where {self.batch_size} "
+                f"were asked for, while reporting {result.total:,} in all (X-WP-Total): its total "
+                "is wrong, or it caps its page size (a caching plugin?); the short page cannot "
+                "end the crawl"
+            )
         return result, await self.record(page, offset, result.customers)
 
-    async def record(
-        self, page: int | None, offset: int, customers: list[dict[str, Any]]
-    ) -> paging.Window:
+    async def record(self, page: int | None, offset: int, page_items: list[Any]) -> paging.Window:
         """Insert the lines of customers that have none, publish those customers and mark the
-        page, in one transaction (see the module docstring)."""
-        job_id = self.request.job_id
+        page, in one transaction (see the module docstring); raises JobClosed when the job is
+        final by then."""
+        job_id, org_id = self.request.job_id, self.request.org_id
+        customers, rejected = items.split(page_items)
         ids = [int(c["id"]) for c in customers]
-        window = paging.Window.of(offset, ids)
+        disorder = items.out_of_order(ids)
+        if disorder is not None:
+            where = f"page {page}" if page else "a re-read"
+            raise CrawlFailed(
+                f"the store does not return customers in ascending id order ({where} at offset "
+                f"{offset}: id {disorder[1]} after id {disorder[0]}), although asked for "
+                "orderby=id&order=asc; woosync cannot prove it read every customer of such a "
+                "store (a plugin or cache changing the order?)"
+            )
+        window = paging.Window.of(offset, ids, count=len(page_items))
         async with self.db.transaction() as conn:
+            if await conn.fetchval(q.SELECT_JOB_STATE, job_id, org_id) in FINAL:
+                raise JobClosed()
             # An overlapping window being recorded concurrently holds its new lines until it
             # commits; this insert waits for it and then finds them there.
-            rows = await conn.fetch(
-                q.INSERT_LINES, job_id, self.request.org_id, page, sorted(set(ids))
-            )
+            rows = await conn.fetch(q.INSERT_LINES, job_id, org_id, page, sorted(set(ids)))
             created = {r["woo_id"] for r in rows}
             new = list({int(c["id"]): c for c in customers if int(c["id"]) in created}.values())
+            if rejected:
+                await self._reject(conn, page, rejected)
             if new:
-                await self.deps.publish(
-                    CustomerBatch(
-                        job_id=job_id,
-                        org_id=self.request.org_id,
-                        connection_id=self.request.connection_id,
-                        page=page,
-                        customers=new,
-                    )
+                whole = CustomerBatch(
+                    job_id=job_id,
+                    org_id=org_id,
+                    connection_id=self.request.connection_id,
+                    page=page,
+                    customers=new,
                 )
+                batches, oversize = split_customer_batch(whole, self.deps.max_message_bytes)
+                if oversize:
+                    unsendable = [
+                        items.Rejected(
+                            int(o.customer["id"]),
+                            f"rejected by the fetcher: {o.error}; not synced",
+                        )
+                        for o in oversize
+                    ]
+                    await self._fail_unsendable(conn, page, unsendable)
+                for batch in batches:
+                    await self.deps.publish(batch)
             # The job row's lock is taken last, so concurrent windows hold it only to commit.
             if page is None:
-                await conn.execute(q.TOUCH_JOB, job_id, self.request.org_id)
+                still_open = await conn.fetchval(q.TOUCH_JOB, job_id, org_id)
             else:
-                await conn.execute(
+                still_open = await conn.fetchval(
                     q.MARK_PAGE_FETCHED,
                     job_id,
                     page,
@@ -126,15 +214,83 @@ class _Job:
                     offset,
                     window.first_id,
                     window.last_id,
-                    self.request.org_id,
+                    org_id,
                 )
+            if not still_open:
+                raise JobClosed()
         return window
+
+    async def _fail_unsendable(
+        self, conn: asyncpg.Connection, page: int | None, unsendable: list[items.Rejected]
+    ) -> None:
+        """Customers no message can carry (too large, nested too deep): their lines fail now."""
+        await conn.execute(
+            q.FAIL_LINES,
+            self.request.job_id,
+            self.request.org_id,
+            [r.woo_id for r in unsendable],
+            [r.error for r in unsendable],
+        )
+        log.warning(
+            "job %s: %d customers of page %s cannot be sent: %s",
+            self.request.job_id,
+            len(unsendable),
+            page,
+            unsendable[0].error,
+        )
+        await activity.record(
+            conn,
+            org_id=self.request.org_id,
+            job_id=self.request.job_id,
+            event="fetch.rejected",
+            level="error",
+            details={
+                "page": page,
+                "rejected": len(unsendable),
+                "lines": [{"woo_id": r.woo_id, "error": r.error} for r in unsendable[:20]],
+            },
+        )
+
+    async def _reject(
+        self, conn: asyncpg.Connection, page: int | None, rejected: list[items.Rejected]
+    ) -> None:
+        unique = {r.woo_id: r for r in rejected}
+        created = await conn.fetch(
+            q.INSERT_REJECTED_LINES,
+            self.request.job_id,
+            self.request.org_id,
+            page,
+            list(unique),
+            [r.error for r in unique.values()],
+        )
+        if created:
+            fresh = [unique[r["woo_id"]] for r in created]
+            log.warning(
+                "job %s: %d items of page %s are no storable customer: %s",
+                self.request.job_id,
+                len(fresh),
+                page,
+                fresh[0].error[:200],
+            )
+            await activity.record(
+                conn,
+                org_id=self.request.org_id,
+                job_id=self.request.job_id,
+                event="fetch.rejected",
+                level="error",
+                details={
+                    "page": page,
+                    "rejected": len(fresh),
+                    "lines": [{"woo_id": r.woo_id, "error": r.error} for r in fresh[:20]],
+                },
+            )
 
 
 async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> None:
     """Fetch every page not yet fetched for this job. Returns normally when the job is settled
-    for the fetcher (completed or failed); raises only for infrastructure errors (retry later),
-    or :class:`Requeue` when the service stops mid-crawl."""
+    for the fetcher (completed, failed, closed by someone else, or handed on to a fresh
+    delivery); raises only for infrastructure errors (retry later), or :class:`Requeue` when
+    the service stops mid-crawl."""
     if deps.stopping.is_set():
         raise Requeue("the fetcher is stopping")
     scope = for_org(deps.pool, request.org_id)
@@ -142,7 +298,7 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     if row is None:
         log.warning("job %s not found for its org; dropping the request", request.job_id)
         return
-    if row["state"] in ("done", "failed") and request.reason != "retry":
+    if row["state"] in FINAL and request.reason != "retry":
         log.info("job %s is already %s; nothing to fetch", request.job_id, row["state"])
         return
     processed = await scope.fetchval(q.MARK_JOB_PROCESSING, request.job_id, request.org_id)
@@ -156,7 +312,8 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
         event="fetch.started",
         details={"process_count": processed},
     )
-    job = _Job(request, row["batch_size"], deps, scope)
+    deadline = asyncio.get_running_loop().time() + deps.slice_s
+    job = _Job(request, row["batch_size"], deps, scope, deadline)
     try:
         config = StoreConfig(
             url=row["store_url"],
@@ -167,24 +324,30 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
         )
         # DNS may have changed since the api checked the URL.
         await ensure_public_url(config.url, allow_private=deps.allow_private_urls)
-        pages = await _unless_stopping(
-            _crawl(job, config, concurrency=row["concurrency"]), deps.stopping
-        )
-    except (StoreError, StoreUrlError, UndecryptableSecret) as exc:
-        log.warning("job %s: store failed: %s", request.job_id, exc)
+        pages = await _supervised(job, _crawl(job, config, concurrency=row["concurrency"]))
+        lines = await scope.fetchval(q.MARK_FETCH_DONE, request.job_id, pages, request.org_id)
+    except (StoreError, StoreUrlError, UndecryptableSecret, CrawlFailed) as exc:
+        await _fail(job, str(exc), "store failed")
+        return
+    except JobClosed:
+        log.info("job %s became final while its store was read; crawl stopped", request.job_id)
         await activity.record(
-            scope,
-            org_id=request.org_id,
-            job_id=request.job_id,
-            event="fetch.failed",
-            level="error",
-            details={"error": str(exc)},
-        )
-        await deps.publish(
-            FetchFailed(job_id=request.job_id, org_id=request.org_id, error=str(exc))
+            scope, org_id=request.org_id, job_id=request.job_id, event="fetch.stopped"
         )
         return
-    lines = await scope.fetchval(q.MARK_FETCH_DONE, request.job_id, pages, request.org_id)
+    except SliceOver:
+        await _hand_on(job)
+        return
+    except Requeue:
+        raise
+    except Exception as exc:
+        if is_infrastructure_error(exc):
+            raise
+        log.exception("job %s: the crawl failed", request.job_id)
+        cause = _first_leaf(exc)
+        error = f"the fetcher failed reading this job: {type(cause).__name__}: {cause}"
+        await _fail(job, error, "error")
+        return
     await activity.record(
         scope,
         org_id=request.org_id,
@@ -197,37 +360,109 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     )
 
 
-async def _unless_stopping(work: Awaitable[T], stopping: asyncio.Event) -> T:
-    """``work``'s result; if the service is asked to stop first, cancel it and raise Requeue.
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def _fail(job: _Job, error: str, what: str) -> None:
+    request = job.request
+    error = error[:ERROR_LIMIT]
+    log.warning("job %s: %s: %s", request.job_id, what, error)
+    await activity.record(
+        job.db,
+        org_id=request.org_id,
+        job_id=request.job_id,
+        event="fetch.failed",
+        level="error",
+        details={"error": error},
+    )
+    await job.deps.publish(FetchFailed(job_id=request.job_id, org_id=request.org_id, error=error))
+
+
+async def _hand_on(job: _Job) -> None:
+    """The slice is over: a fresh, confirmed sync.requested resumes the job from its recorded
+    pages; this delivery is then acked."""
+    request = job.request
+    slice_s = job.deps.slice_s
+    log.info("job %s: crawl slice of %gs over; handing the job on", request.job_id, slice_s)
+    await activity.record(
+        job.db,
+        org_id=request.org_id,
+        job_id=request.job_id,
+        event="fetch.handed_on",
+        details={"slice_s": job.deps.slice_s},
+    )
+    await job.deps.publish(
+        SyncRequested(
+            job_id=request.job_id, org_id=request.org_id, connection_id=request.connection_id
+        )
+    )
+
+
+async def _supervised(job: _Job, work: Awaitable[T]) -> T:
+    """``work``'s result, unless the service is asked to stop (Requeue) or the job becomes
+    final (JobClosed) first: then ``work`` is cancelled at once, in-flight requests with it.
 
     Cancelling anywhere is safe: a page is marked fetched only after its customers are
     published and their lines inserted."""
     task = asyncio.ensure_future(work)
-    stop = asyncio.ensure_future(stopping.wait())
+    stop = asyncio.ensure_future(job.deps.stopping.wait())
+    watch = asyncio.ensure_future(_until_final(job))
     try:
-        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, stop, watch}, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:
         task.cancel()
         raise
     finally:
         stop.cancel()
-    if not task.done():
-        task.cancel()
-        with suppress(asyncio.CancelledError, Exception):
-            await task
-        raise Requeue("the fetcher is stopping; the crawl resumes from its recorded pages")
-    return task.result()
+        watch.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with suppress(asyncio.CancelledError, Exception):
+        await task
+    if watch.done() and not watch.cancelled():
+        watch.result()  # the watcher's own error (the database): raised
+        raise JobClosed()
+    raise Requeue("the fetcher is stopping; the crawl resumes from its recorded pages")
+
+
+async def _until_final(job: _Job) -> str | None:
+    """Returns once the job is final (or gone); polls while the crawl runs."""
+    while True:
+        await asyncio.sleep(job.deps.check_interval_s)
+        state = await job.db.fetchval(q.SELECT_JOB_STATE, job.request.job_id, job.request.org_id)
+        if state is None or state in FINAL:
+            return state
 
 
 async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
     """Fetch all pages, prove none was missed; returns the number of pages the store had."""
-    per_page = job.batch_size
-    job_id = job.request.job_id
+    job_id, org_id = job.request.job_id, job.request.org_id
     async with job.deps.open_client(config, concurrency) as client:
-        first, window = await job.read(client, 1, 0)
+        first = await job.fetch(client, 1, 0)
+        count = len(first.customers)
+        if paging.short_page_contradicts(0, count, job.batch_size, first.total) and count:
+            await _adapt_page_size(job, count)
+        elif (
+            first.total is None
+            and 0 < count < job.batch_size
+            and (await job.fetch(client, None, count)).customers
+        ):
+            # No total to compare with: a short first page is the whole store, or a cap; the
+            # read past it told.
+            await _adapt_page_size(job, count)
+        if paging.short_page_contradicts(0, count, job.batch_size, first.total):
+            raise CrawlFailed(
+                f"the store answered no customer on its first page while reporting "
+                f"{first.total:,} (X-WP-Total)"
+            )
+        window = await job.record(1, 0, first.customers)
+        per_page = job.batch_size
         # Without X-WP-Total (a proxy may strip it) the tail loop below reads page by page.
         total_pages = paging.pages_for(first.total, per_page)
-        org_id = job.request.org_id
         await job.db.execute(q.RECORD_STORE_TOTALS, job_id, first.total, total_pages, org_id)
         fetched = {
             r["page"]: r for r in await job.db.fetch(q.SELECT_FETCHED_PAGES, job_id, org_id)
@@ -238,25 +473,14 @@ async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
             for r in fetched.values()
             if r["start_offset"] is not None and r["page"] > 1
         ]
+        done = set(fetched)
+        todo = (page for page in range(2, total_pages + 1) if page not in done)
+        await _read_pages(job, client, todo, windows, concurrency)
 
-        limit = asyncio.Semaphore(concurrency)
-
-        async def fetch(page: int) -> None:
-            offset = paging.page_offset(page, per_page)
-            async with limit:
-                _, window = await job.read(client, page, offset)
-            windows.append(window)
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                for page in range(2, total_pages + 1):
-                    if page not in fetched:
-                        group.create_task(fetch(page))
-        except* StoreError as errors:
-            raise errors.exceptions[0] from None
-
-        # The store may have grown while we read: re-read the last page, go on to a short one.
+        # The store may have grown while we read: re-read the last page, go on to a short one,
+        # but never past what a store of the allowed size can hold.
         page, last_seen = total_pages, total_pages
+        limit = paging.max_pages(job.deps.max_store_customers, per_page)
         while True:
             result, window = await job.read(client, page, paging.page_offset(page, per_page))
             windows.append(window)
@@ -265,16 +489,98 @@ async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
             if len(result.customers) < per_page:
                 break
             page += 1
+            if page > limit:
+                raise CrawlFailed(
+                    f"the store kept answering full pages past {job.deps.max_store_customers:,} "
+                    "customers (WOOSYNC_MAX_STORE_CUSTOMERS); refusing to read further"
+                )
+            if job.sliced:
+                raise SliceOver()
 
         await _close_gaps(job, client, windows, budget=GAP_READS_SPARE + 2 * last_seen)
+        await _check_complete(job)
         return last_seen
+
+
+async def _adapt_page_size(job: _Job, store_page_size: int) -> None:
+    """The store answers at most ``store_page_size`` per page: read with that size."""
+    asked = job.batch_size
+    log.warning(
+        "job %s: the store answers %d customers per page where %d were asked for; "
+        "reading with its page size",
+        job.request.job_id,
+        store_page_size,
+        asked,
+    )
+    async with job.db.transaction() as conn:
+        await conn.execute(
+            q.ADAPT_BATCH_SIZE, job.request.job_id, job.request.org_id, store_page_size
+        )
+        await activity.record(
+            conn,
+            org_id=job.request.org_id,
+            job_id=job.request.job_id,
+            event="fetch.page_size",
+            level="warning",
+            details={"asked": asked, "store_page_size": store_page_size},
+        )
+    job.batch_size = store_page_size
+
+
+async def _read_pages(
+    job: _Job,
+    client: PageReader,
+    todo: Iterator[int],
+    windows: list[paging.Window],
+    concurrency: int,
+) -> None:
+    """Read the pages ``todo`` yields with ``concurrency`` workers, each pulling the next page
+    number when it is done with one: memory stays flat however many pages there are. Once the
+    slice is over, workers take no new page; SliceOver is raised when pages were left."""
+    per_page = job.batch_size
+    left = False
+
+    async def worker() -> None:
+        nonlocal left
+        for page in todo:
+            _, window = await job.read(client, page, paging.page_offset(page, per_page))
+            windows.append(window)
+            if job.sliced:
+                left = True
+                return
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(worker())
+    except* (StoreError, CrawlFailed, JobClosed) as errors:
+        raise errors.exceptions[0] from None
+    if left and next(todo, None) is not None:
+        raise SliceOver()
+
+
+async def _check_complete(job: _Job) -> None:
+    """A done job must hold every customer the store says it has."""
+    if job.latest_total is None:
+        return
+    lines = await job.db.fetchval(q.COUNT_LINES, job.request.job_id, job.request.org_id)
+    if lines < job.latest_total:
+        # Its pages held other customers than their offsets promise: a retry reads them all
+        # again (publishing only customers that have no line yet).
+        await job.db.execute(q.FORGET_PAGES, job.request.job_id, job.request.org_id)
+        raise CrawlFailed(
+            f"the store reports {job.latest_total:,} customers (X-WP-Total) but its pages held "
+            f"only {lines:,} distinct ones: it leaves customers out of its pages (a cache, or "
+            "a plugin filtering users?); retry reads it again"
+        )
 
 
 async def _close_gaps(
     job: _Job, client: PageReader, windows: list[paging.Window], *, budget: int
 ) -> None:
     """Read around every spot where a customer may have slipped between two windows until the
-    windows join (see :mod:`services.fetcher.paging`); at most ``budget`` reads."""
+    windows join (see :mod:`services.fetcher.paging`); at most ``budget`` reads, after which
+    the job fails: a done job must be complete."""
     per_page = job.batch_size
     reads = 0
     while (gaps := paging.find_gaps(windows, per_page)) and reads < budget:
@@ -291,17 +597,19 @@ async def _close_gaps(
             reads += 1
             windows.append(window)
             walk.saw(window)
+            # No hand-on here: re-reads are not recorded as pages, so a next slice would start
+            # the walk over. The budget bounds this phase instead.
     if gaps:
-        log.warning(
-            "job %s: the store changed faster than it could be read; %d spots unproven",
-            job.request.job_id,
-            len(gaps),
-        )
         await activity.record(
             job.db,
             org_id=job.request.org_id,
             job_id=job.request.job_id,
             event="fetch.unverified",
-            level="warning",
+            level="error",
             details={"gaps": [[g.after, g.before] for g in gaps[:20]], "reads": reads},
+        )
+        raise CrawlFailed(
+            f"the store changed faster than it could be read: after {reads} extra reads, no "
+            f"page proves {gaps[0].describe()} complete ({len(gaps)} such spots); retry "
+            "resumes the crawl"
         )

@@ -40,6 +40,18 @@ def page_offset(page: int, per_page: int) -> int:
     return (page - 1) * stride(per_page)
 
 
+def short_page_contradicts(offset: int, count: int, per_page: int, total: int | None) -> bool:
+    """A page with fewer than ``per_page`` items means "the store ends here", which its own
+    ``X-WP-Total`` (sent with it) must confirm; a store that caps its page size does not."""
+    return count < per_page and total is not None and total > offset + count
+
+
+def max_pages(limit: int, per_page: int) -> int:
+    """Windows a crawl may read in one pass over a store of at most ``limit`` customers, plus
+    the one short page that ends it: the bound of the loop that follows a growing store."""
+    return pages_for(limit, per_page) + 1
+
+
 def pages_for(total: int | None, per_page: int) -> int:
     """Windows needed to cover ``total`` customers; 1 when the total is unknown."""
     if not total or total <= per_page:
@@ -58,9 +70,12 @@ class Window:
     last_id: int | None
 
     @classmethod
-    def of(cls, offset: int, ids: Iterable[int]) -> Window:
+    def of(cls, offset: int, ids: Iterable[int], count: int | None = None) -> Window:
+        """``count``: the items the store returned, when some had no usable id (they hold a
+        rank all the same); the ids' bounds still prove what they prove."""
         seen = sorted(ids)
-        return cls(offset, len(seen), seen[0] if seen else None, seen[-1] if seen else None)
+        first, last = (seen[0], seen[-1]) if seen else (None, None)
+        return cls(offset, len(seen) if count is None else count, first, last)
 
     def span(self, per_page: int) -> tuple[int, int] | None:
         """The ids this window proves complete, or None (an empty window past the end)."""

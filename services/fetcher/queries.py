@@ -48,19 +48,77 @@ RETURNING woo_id
 
 # $7 org id. A sign of life for the tracker's stall detection (the job's updated_at), then the
 # page, its window's offset and id bounds (the first read of a page is kept), for the org's job
-# only.
+# only, and only while the job is open: returns 0 when it is final (forced done, failed), so the
+# crawl stops and this transaction is rolled back.
 MARK_PAGE_FETCHED = """
 WITH job AS (
     UPDATE woo_customer_sync_queue SET updated_at = now()
-    WHERE id = $1 AND org_id = $7
+    WHERE id = $1 AND org_id = $7 AND state NOT IN ('done', 'failed')
     RETURNING id
+), page AS (
+    INSERT INTO woo_customer_sync_page (job_id, page, customers, start_offset, first_id, last_id)
+    SELECT id, $2, $3, $4, $5, $6 FROM job
+    ON CONFLICT (job_id, page) DO NOTHING
 )
-INSERT INTO woo_customer_sync_page (job_id, page, customers, start_offset, first_id, last_id)
-SELECT id, $2, $3, $4, $5, $6 FROM job
-ON CONFLICT (job_id, page) DO NOTHING
+SELECT count(*) FROM job
 """
 
-TOUCH_JOB = "UPDATE woo_customer_sync_queue SET updated_at = now() WHERE id = $1 AND org_id = $2"
+# As MARK_PAGE_FETCHED, for a read that is no page of its own (a re-read closing a gap).
+TOUCH_JOB = """
+WITH job AS (
+    UPDATE woo_customer_sync_queue SET updated_at = now()
+    WHERE id = $1 AND org_id = $2 AND state NOT IN ('done', 'failed')
+    RETURNING id
+)
+SELECT count(*) FROM job
+"""
+
+# The job's state (None: gone), read without a lock: the crawl's check that it should go on.
+SELECT_JOB_STATE = "SELECT state FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2"
+
+# Items of a page that are no storable customer (see services.fetcher.items): failed lines at
+# once, under their synthetic negative ids, with the reason; no payload, as no retry can help.
+INSERT_REJECTED_LINES = """
+INSERT INTO woo_customer_sync_queue_line
+    (job_id, woo_id, org_id, page, state, attempts, last_error)
+SELECT $1, r.woo_id, $2, $3, 'failed', 1, r.error
+FROM unnest($4::bigint[], $5::text[]) AS r(woo_id, error)
+ORDER BY r.woo_id
+ON CONFLICT (job_id, woo_id) DO NOTHING
+RETURNING woo_id
+"""
+
+# Lines of customers that cannot be sent (too large for a message): failed at once, no payload.
+FAIL_LINES = """
+UPDATE woo_customer_sync_queue_line l
+SET state = 'failed', attempts = 1, last_error = r.error, updated_at = now()
+FROM unnest($3::bigint[], $4::text[]) AS r(woo_id, error)
+WHERE l.job_id = $1 AND l.org_id = $2 AND l.woo_id = r.woo_id
+"""
+
+# The store answers fewer customers per page than asked (a caching plugin's cap): the job reads
+# with the store's page size from now on. Pages recorded with the old size are forgotten (their
+# lines stay), so every window of the crawl has the same size.
+ADAPT_BATCH_SIZE = """
+WITH job AS (
+    UPDATE woo_customer_sync_queue SET batch_size = $3, updated_at = now()
+    WHERE id = $1 AND org_id = $2 AND state NOT IN ('done', 'failed')
+    RETURNING id
+)
+DELETE FROM woo_customer_sync_page p USING job WHERE p.job_id = job.id
+"""
+
+# The job's pages are forgotten (their lines stay): the next crawl of the job reads them all.
+FORGET_PAGES = """
+DELETE FROM woo_customer_sync_page p
+USING woo_customer_sync_queue j
+WHERE p.job_id = $1 AND j.id = p.job_id AND j.org_id = $2
+"""
+
+# Distinct customers (and rejected items) recorded for the job: the completeness check.
+COUNT_LINES = """
+SELECT count(*) FROM woo_customer_sync_queue_line WHERE job_id = $1 AND org_id = $2
+"""
 
 MARK_FETCH_DONE = """
 UPDATE woo_customer_sync_queue

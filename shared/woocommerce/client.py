@@ -51,11 +51,14 @@ _STORE_TEXT_LIMIT = 200
 class CustomerPage:
     """One page of customers, ``_links`` removed.
 
-    ``total`` and ``total_pages`` come from ``X-WP-Total`` / ``X-WP-TotalPages`` and are None
-    when the store (or a proxy in front of it) did not send a usable value.
+    ``customers`` holds the items as the store sent them: normally objects with an integer
+    ``id``, but a store's database can hold anything, and one bad item must not fail its page.
+    The caller checks each item (see ``services.fetcher.items``). ``total`` and ``total_pages``
+    come from ``X-WP-Total`` / ``X-WP-TotalPages`` and are None when the store (or a proxy in
+    front of it) did not send a usable value; they are the store's claim, not to be trusted.
     """
 
-    customers: list[dict[str, Any]]
+    customers: list[Any]
     total: int | None
     total_pages: int | None
     page: int
@@ -156,7 +159,9 @@ class WooClient:
             params["offset"] = offset
         customers, headers = await self._get_customers(params)
         return CustomerPage(
-            customers=[_without_links(customer) for customer in customers],
+            customers=[
+                _without_links(item) if isinstance(item, dict) else item for item in customers
+            ],
             total=_header_count(headers, "X-WP-Total"),
             total_pages=_header_count(headers, "X-WP-TotalPages"),
             page=page,
@@ -175,7 +180,7 @@ class WooClient:
 
     async def _get_customers(
         self, params: dict[str, str | int]
-    ) -> tuple[list[dict[str, Any]], httpx.Headers]:
+    ) -> tuple[list[Any], httpx.Headers]:
         path = self._path(CUSTOMERS_PATH)
         started = time.monotonic()
         controller = retrying(self._policy, self._log_retry("GET", path))
@@ -195,7 +200,10 @@ class WooClient:
 
     async def _attempt_customers(
         self, params: dict[str, str | int]
-    ) -> tuple[list[dict[str, Any]], httpx.Headers]:
+    ) -> tuple[list[Any], httpx.Headers]:
+        """The page's items as sent. Only a body that is not a JSON array fails the page (a cut
+        proxy or a PHP notice: transient); an item without a usable id is its caller's to judge,
+        as that customer alone is bad."""
         response = await self._send("GET", CUSTOMERS_PATH, params)
         try:
             # Any nesting depth: a customer nested too deeply fails alone at the syncer.
@@ -204,8 +212,6 @@ class WooClient:
             raise TransientFailure("invalid JSON body", status=response.status_code) from None
         if not isinstance(body, list):
             raise TransientFailure("body is not a JSON array", status=response.status_code)
-        if not all(isinstance(item, dict) and isinstance(item.get("id"), int) for item in body):
-            raise TransientFailure("array item without an integer id", status=response.status_code)
         return body, response.headers
 
     async def _send(
@@ -308,8 +314,12 @@ def _is_certificate_failure(exc: BaseException) -> bool:
 
 
 def _header_count(headers: httpx.Headers, name: str) -> int | None:
+    """The header's count, or None. Absurdly long values are kept absurd (not parsed: Python
+    refuses ints of thousands of digits), so the caller's limit check names them."""
     value = headers.get(name, "").strip()
-    return int(value) if value.isdigit() else None
+    if not (value.isascii() and value.isdigit()):
+        return None
+    return int(value) if len(value) <= 30 else 10**30
 
 
 def _location(response: httpx.Response) -> str:

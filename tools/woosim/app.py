@@ -71,11 +71,19 @@ _REASONS = {429: "Too Many Requests", 502: "Bad Gateway", 503: "Service Unavaila
 class Stats:
     """Counts of ``/wp-json`` requests only (control calls would blur what a client did)."""
 
-    requests: int = 0
+    requests: int = 0  # answered
+    # Arrived, answered or not yet, and when the latest arrived (Unix time): "did the client
+    # send anything after ...?" without counting the answers still on their way.
+    received: int = 0
+    last_received_at: float | None = None
     by_status: Counter[str] = field(default_factory=Counter)
     by_path: Counter[str] = field(default_factory=Counter)
     by_fault: Counter[str] = field(default_factory=Counter)
     by_auth: Counter[str] = field(default_factory=Counter)
+
+    def arrived(self) -> None:
+        self.received += 1
+        self.last_received_at = time.time()
 
     def record(self, path: str, status: int, fault: str, auth: str) -> None:
         self.requests += 1
@@ -87,6 +95,8 @@ class Stats:
     def snapshot(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
+            "received": self.received,
+            "last_received_at": self.last_received_at,
             "by_status": dict(self.by_status),
             "by_path": dict(self.by_path),
             "by_fault": dict(self.by_fault),
@@ -94,7 +104,8 @@ class Stats:
         }
 
     def reset(self) -> None:
-        self.requests = 0
+        self.requests = self.received = 0
+        self.last_received_at = None
         for counter in (self.by_status, self.by_path, self.by_fault, self.by_auth):
             counter.clear()
 
@@ -243,10 +254,12 @@ async def _list_customers(ctx: _Context) -> Response:
     store = ctx.sim.store
     params = wp.validate_list_params(ctx.query, store.registered_roles)
     _require(ctx, "list_users")
-    latency_ms = ctx.sim.faults.config.latency_ms
-    if latency_ms:
-        await asyncio.sleep(latency_ms / 1000)
-    offset = params.offset or (params.page - 1) * params.per_page
+    config = ctx.sim.faults.config
+    if config.latency_ms:
+        await asyncio.sleep(config.latency_ms / 1000)
+    # A caching plugin that caps per_page changes the query WordPress runs, offsets included.
+    number = min(params.per_page, config.per_page_cap or params.per_page)
+    offset = 0 if config.ignore_offset else params.offset or (params.page - 1) * number
     query = ListQuery(
         role=params.role,
         orderby=params.orderby,
@@ -256,18 +269,62 @@ async def _list_customers(ctx: _Context) -> Response:
         search=f"*{php.esc_attr(params.search)}*" if params.search else "",
         email=params.email,
         offset=offset,
-        number=params.per_page,
+        number=number,
     )
     records, total = store.page(query)
-    page = math.ceil(offset / params.per_page + 1)
-    total_pages = math.ceil(total / params.per_page)
-    body = "[" + ",".join(ctx.item_json(record, params.fields) for record in records) + "]"
+    total = config.claimed_total or total
+    page = math.ceil(offset / number + 1)
+    total_pages = math.ceil(total / number)
+    items = [ctx.item_json(record, params.fields) for record in records]
+    if config.bad_ids:
+        items = _with_bad_ids(store, records, items, config.bad_ids)
+    if config.unordered_pages:
+        items.reverse()
+    body = "[" + ",".join(items) + "]"
     headers = {"X-WP-Total": str(total), "X-WP-TotalPages": str(total_pages), "Allow": "GET, POST"}
     link = wp.pagination_links(
         f"{ctx.base}/wp-json/wc/v3/customers", ctx.query, page, total_pages
     )
     headers["Link"] = link or f'<{ctx.base}/wp-json/>; rel="https://api.w.org/"'
+    if config.hide_totals:
+        del headers["X-WP-Total"], headers["X-WP-TotalPages"]
     return _json_response(body, headers=ctx.headers(headers))
+
+
+_BAD_IDS: dict[str, Any] = {
+    "2^63": 2**63,
+    "huge": 10**30,
+    "abc": "abc",
+    "numeric_string": "123",
+    "null": None,
+    "zero": 0,
+    "negative": -5,
+    "bool": True,
+    "float": 1.5,
+}
+
+
+def _with_bad_ids(
+    store: CustomerStore, records: list[Record], items: list[str], kinds: tuple[str, ...]
+) -> list[str]:
+    """``items`` with the ids of the store's ``len(kinds)`` lowest customers broken, one kind
+    each, on every page they appear in (as a corrupt row of the store's database would)."""
+    lowest, _ = store.page(ListQuery(role="all", orderby="id", number=len(kinds)))
+    broken = {record.id: kind for record, kind in zip(lowest, kinds, strict=False)}
+    result = []
+    for record, text in zip(records, items, strict=True):
+        kind = broken.get(record.id)
+        if kind is None:
+            result.append(text)
+        elif kind == "non_object":
+            result.append(json.dumps(f"customer {record.id}"))
+        else:
+            item = json.loads(text)
+            del item["id"]
+            if kind != "missing":
+                item = {"id": _BAD_IDS[kind], **item}
+            result.append(json.dumps(item))
+    return result
 
 
 def _get_customer(ctx: _Context, user_id: int) -> Response:
@@ -408,6 +465,7 @@ def _corrupt(response: Response, variant: float) -> Response:
 
 async def wp_json(request: Request) -> Response:
     sim: Simulator = request.app.state.sim
+    sim.stats.arrived()
     ctx = _Context(sim, request)
     fault = sim.faults.decide()
     if fault.delay_s:

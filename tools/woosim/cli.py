@@ -18,7 +18,7 @@ from pathlib import Path
 import uvicorn
 
 from tools.woosim import data
-from tools.woosim.faults import FaultConfig
+from tools.woosim.faults import BAD_ID_KINDS, FaultConfig
 from tools.woosim.server import SimOptions, serve
 
 
@@ -51,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--rate-slow", type=float, default=0.0, help="share delayed by --slow-ms")
     add("--slow-ms", type=int, default=2000, help="delay of a slow response")
     add("--rate-bad-json", type=float, default=0.0, help="share answered 200 with invalid JSON")
+    add("--per-page-cap", type=int, default=0, help="answer at most N customers per page")
+    add("--claimed-total", type=int, default=0, help="X-WP-Total claims N customers")
+    add("--unordered-pages", action="store_true", help="each page in descending id order")
+    add("--ignore-offset", action="store_true", help="every page answers the first page")
+    add("--hide-totals", action="store_true", help="send no X-WP-Total / X-WP-TotalPages")
+    add(
+        "--bad-ids",
+        default="",
+        help="comma-separated kinds of broken ids for the lowest customers "
+        f"({', '.join(BAD_ID_KINDS)})",
+    )
     add("--fault-seed", type=int, default=0, help="seed of the fault random stream")
     add(
         "--odd-customers",
@@ -73,6 +84,12 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         slow_ms=args.slow_ms,
         rate_bad_json=args.rate_bad_json,
         latency_ms=args.latency_ms,
+        per_page_cap=args.per_page_cap,
+        claimed_total=args.claimed_total,
+        unordered_pages=args.unordered_pages,
+        ignore_offset=args.ignore_offset,
+        hide_totals=args.hide_totals,
+        bad_ids=tuple(kind for kind in args.bad_ids.split(",") if kind),
         seed=args.fault_seed,
     )
     return SimOptions(

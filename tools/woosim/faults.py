@@ -13,6 +13,21 @@ from typing import Any
 
 FIVE_XX = (500, 502, 503, 504)
 SCRIPT_ENTRIES = ("ok", "429", "500", "502", "503", "504", "cut", "slow", "bad_json")
+# What ``bad_ids`` does to the id of the store's lowest customers, one kind each (the lowest id
+# gets the first kind): a store's database or a plugin can send any of these.
+BAD_ID_KINDS = (
+    "2^63",  # 9223372036854775808, one past a PostgreSQL bigint
+    "huge",  # 10^30
+    "abc",  # a string
+    "numeric_string",  # "123"
+    "missing",  # no id at all
+    "null",  # "id": null
+    "zero",
+    "negative",
+    "bool",  # true
+    "float",  # 1.5
+    "non_object",  # the whole item is a JSON string instead of an object
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +44,13 @@ class FaultConfig:
     slow_ms: int = 2000
     rate_bad_json: float = 0.0  # 200 with a body that is not JSON (PHP notice or truncation).
     latency_ms: int = 0  # Added to every customers list page.
+    # Hostile or broken stores (see tools/woosim/README.md, "Hostile stores"):
+    per_page_cap: int = 0  # At most this many customers per page whatever per_page asks (0: off).
+    claimed_total: int = 0  # X-WP-Total claims this many (TotalPages follows); 0: the truth.
+    unordered_pages: bool = False  # Each page's customers come in descending id order.
+    ignore_offset: bool = False  # Every page answers the first page (full pages forever).
+    hide_totals: bool = False  # No X-WP-Total / X-WP-TotalPages (a proxy stripping them).
+    bad_ids: tuple[str, ...] = ()  # BAD_ID_KINDS given to the lowest customers' ids.
     seed: int = 0
     script: tuple[str, ...] = field(default=())
 
@@ -37,11 +59,14 @@ class FaultConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        for name in ("retry_after", "slow_ms", "latency_ms"):
+        for name in ("retry_after", "slow_ms", "latency_ms", "per_page_cap", "claimed_total"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if not self.statuses_5xx or not all(500 <= s <= 599 for s in self.statuses_5xx):
             raise ValueError("statuses_5xx must be a non-empty list of 5xx statuses")
+        for kind in self.bad_ids:
+            if kind not in BAD_ID_KINDS:
+                raise ValueError(f"bad_ids entries must be among {', '.join(BAD_ID_KINDS)}")
         for entry in self.script:
             if entry not in SCRIPT_ENTRIES:
                 raise ValueError(f"script entries must be among {', '.join(SCRIPT_ENTRIES)}")
@@ -50,6 +75,7 @@ class FaultConfig:
         result = asdict(self)
         result["statuses_5xx"] = list(self.statuses_5xx)
         result["script"] = list(self.script)
+        result["bad_ids"] = list(self.bad_ids)
         return result
 
     def updated(self, changes: dict[str, Any]) -> FaultConfig:

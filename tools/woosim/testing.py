@@ -46,6 +46,10 @@ _FAULT_FLAGS = {
     "seed": "--fault-seed",
 }
 
+_HOSTILE_SETTINGS = (
+    "per_page_cap", "claimed_total", "unordered_pages", "ignore_offset", "hide_totals", "bad_ids",
+)
+
 
 class ControlError(RuntimeError):
     """The control API refused a call (unknown id, duplicate email, bad fault setting)."""
@@ -354,6 +358,10 @@ def spawn_simulator(
                 late["script"] = list(config.script)
             if config.statuses_5xx != FIVE_XX:
                 late["statuses_5xx"] = list(config.statuses_5xx)
+            for name in _HOSTILE_SETTINGS:  # hostile stores: set through the control API
+                value = getattr(config, name)
+                if value != getattr(FaultConfig(), name):
+                    late[name] = list(value) if isinstance(value, tuple) else value
             if late:
                 handle.set_faults_sync(**late)
             yield handle
