@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--rate-slow", type=float, default=0.0, help="share delayed by --slow-ms")
     add("--slow-ms", type=int, default=2000, help="delay of a slow response")
     add("--rate-bad-json", type=float, default=0.0, help="share answered 200 with invalid JSON")
+    add("--rate-trickle", type=float, default=0.0, help="share whose body trickles byte by byte")
+    add("--trickle-ms", type=int, default=1000, help="delay between trickled body bytes")
     add("--fault-seed", type=int, default=0, help="seed of the fault random stream")
     add("--log-level", default="warning", help="uvicorn log level (logs go to stderr)")
     return parser
@@ -66,6 +68,8 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         rate_slow=args.rate_slow,
         slow_ms=args.slow_ms,
         rate_bad_json=args.rate_bad_json,
+        rate_trickle=args.rate_trickle,
+        trickle_ms=args.trickle_ms,
         latency_ms=args.latency_ms,
         seed=args.fault_seed,
     )
