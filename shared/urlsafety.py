@@ -191,11 +191,12 @@ async def public_address(
     *,
     resolve: Resolver = system_resolve,
     timeout_s: float = RESOLVE_TIMEOUT_S,
+    allow_private: bool = False,
 ) -> str:
     """The address to connect to for ``host``; raise :class:`StoreUrlError` unless it is public.
 
     Every resolved address must be public: a name with one public and one private address is
-    refused, since a client may connect to either.
+    refused, since a client may connect to either. ``allow_private`` skips that check only.
     """
     try:
         async with asyncio.timeout(timeout_s):
@@ -209,7 +210,7 @@ async def public_address(
             address = _parse_address(text)
         except ValueError:
             raise StoreUrlNotAllowed("the store's host resolves to an unusable address") from None
-        if not is_public_address(address):
+        if not allow_private and not is_public_address(address):
             raise StoreUrlNotAllowed(
                 "the store's address is not public (private, loopback, link-local or reserved "
                 "addresses are not allowed)"
@@ -223,7 +224,8 @@ class PinnedAddressTransport(httpx.AsyncBaseTransport):
     The request keeps its name for ``Host`` and, through httpcore's ``sni_hostname`` extension,
     for TLS (SNI and the certificate's host name check), so a store behaves as if reached by
     name. A client lives for one crawl or one check, so its stores' addresses are re-checked for
-    every crawl.
+    every crawl. ``allow_private`` (``WOOSYNC_ALLOW_PRIVATE_URLS``) skips the address check
+    but still resolves here, so no look-up goes through the system resolver's thread pool.
     """
 
     def __init__(
@@ -232,8 +234,10 @@ class PinnedAddressTransport(httpx.AsyncBaseTransport):
         *,
         resolve: Resolver = system_resolve,
         timeout_s: float = RESOLVE_TIMEOUT_S,
+        allow_private: bool = False,
     ) -> None:
         self._inner = inner
+        self._allow_private = allow_private
         self._resolve = resolve
         self._timeout_s = timeout_s
         self._pinned: dict[tuple[str, int], str] = {}
@@ -243,7 +247,11 @@ class PinnedAddressTransport(httpx.AsyncBaseTransport):
         async with self._lock:  # concurrent first requests share one resolution
             if (host, port) not in self._pinned:
                 self._pinned[host, port] = await public_address(
-                    host, port, resolve=self._resolve, timeout_s=self._timeout_s
+                    host,
+                    port,
+                    resolve=self._resolve,
+                    timeout_s=self._timeout_s,
+                    allow_private=self._allow_private,
                 )
             return self._pinned[host, port]
 

@@ -100,6 +100,7 @@ class WooClient:
         self._policy = policy or RetryPolicy()
         if config.auth == "query":
             guard_http_loggers()
+        network = transport is None
         if transport is None:
             transport = httpx.AsyncHTTPTransport(
                 verify=_tls_verification(config.verify_tls),
@@ -108,8 +109,12 @@ class WooClient:
                 ),
                 retries=0,  # Retries belong to the policy, which also sees statuses and bodies.
             )
-        if pin_public_address:
-            transport = PinnedAddressTransport(transport, resolve=resolve)
+        if pin_public_address or network:
+            # On the network every look-up is ours (c-ares, bounded), never the thread pool's;
+            # the flag decides only whether the addresses must be public.
+            transport = PinnedAddressTransport(
+                transport, resolve=resolve, allow_private=not pin_public_address
+            )
         self._http = httpx.AsyncClient(
             base_url=config.url,
             auth=request_auth(config),

@@ -203,3 +203,15 @@ async def test_hosts_file_names_and_numeric_hosts_resolve_without_a_name_server(
     assert await cares_resolve("0x7f.1", 80) == ["127.0.0.1"]
     with pytest.raises(OSError):
         await cares_resolve("no-such-host.invalid", 80)
+
+
+async def test_a_client_allowed_private_addresses_resolves_without_the_thread_pool(
+    sim: SimHandle,
+) -> None:
+    """With WOOSYNC_ALLOW_PRIVATE_URLS (the demo) the client still resolves the name itself."""
+    asyncio.get_running_loop().set_default_executor(CountingExecutor(max_workers=1))
+    CountingExecutor.submitted = 0
+    by_name = config(sim).model_copy(update={"url": sim.url.replace("127.0.0.1", "localhost")})
+    async with WooClient(by_name, pin_public_address=False, policy=QUICK) as client:
+        assert await client.check_connection() == 120
+    assert CountingExecutor.submitted == 0, "a look-up went through the thread pool"
