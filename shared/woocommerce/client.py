@@ -244,7 +244,7 @@ class WooClient:
                 response = await self._exchange(method, endpoint, params, path)
         except TimeoutError:
             raise TransientFailure(
-                f"no complete response within {self._deadline_s:g}s (the request deadline)"
+                f"no complete response within the {self._deadline_s:g}s request deadline"
             ) from None
         except httpx.HTTPError as exc:
             if _is_certificate_failure(exc):
