@@ -15,13 +15,15 @@ changes between the check and the connection (DNS rebinding) cannot steer a requ
 Redirects need no check of their own: the WooCommerce client never follows them
 (``follow_redirects=False``), so a store cannot bounce a request to an internal address.
 
-Names are resolved by c-ares (``aiodns``), on the event loop's own sockets, not by the
-system's ``getaddrinfo`` in the loop's thread pool: a resolver that never answers would hold one
-pool thread per look-up (the pool is small and shared with everything else the process runs),
-long after the caller gave up. A c-ares look-up holds no thread, and is cancelled (its sockets
-closed) when its time is up. c-ares reads ``/etc/hosts`` and ``/etc/resolv.conf`` as the system
-does; numeric hosts are read the way the system's resolver (``inet_aton``) reads them, so
-``0177.0.0.1`` is 127.0.0.1 here as it is to the socket layer.
+Names are resolved by c-ares (``aiodns``), not by the system's ``getaddrinfo`` in the loop's
+thread pool: there, a name server that never answers holds one pool thread per look-up (the
+pool is small and shared with everything else the process runs) long after the caller gave up,
+since a running ``getaddrinfo`` cannot be cancelled. c-ares sends the queries itself and waits on
+its sockets; each look-up gets its own channel, closed on the way out, also when the caller's
+timeout cancels it, which cancels its queries and ends the channel's event thread. c-ares reads
+``/etc/hosts`` and ``/etc/resolv.conf`` as the system does (NSS modules such as mDNS or LDAP are
+not consulted: a store has a public name). Numeric hosts are read the way the system's resolver
+(``inet_aton``) reads them, so ``0177.0.0.1`` is 127.0.0.1 here as it is to the socket layer.
 
 ``WOOSYNC_ALLOW_PRIVATE_URLS=true`` skips the address check (the demo and the tests run the store
 simulator on 127.0.0.1); the shape check applies always.
