@@ -75,6 +75,14 @@ async def test_a_trickling_store_is_cut_at_the_deadline_though_each_read_is_quic
           f"with a 1s deadline (a byte every 50 ms)")  # fmt: skip
 
 
+async def test_the_deadline_covers_the_wait_for_headers_too(sim: SimHandle) -> None:
+    """No byte for 3 s: inside the 30 s read timeout, past the 1 s deadline."""
+    await sim.set_faults(rate_slow=1.0, slow_ms=3000)
+    async with WooClient(config(sim), timeout_s=30.0, deadline_s=1.0, policy=QUICK) as client:
+        with pytest.raises(StoreUnavailable, match="within the 1s request deadline"):
+            await client.list_customers(page=1, per_page=10)
+
+
 async def test_a_store_that_trickles_once_is_read_exactly_on_the_retry(sim: SimHandle) -> None:
     expected = await sim.customers()
     await sim.set_faults(script=["ok", "trickle"], trickle_ms=50)
