@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     store_timeout_s: float = 30.0
     store_max_attempts: int = 6
     store_backoff_max_s: float = 30.0
+    # One attempt (connect, headers and the whole body) ends after this long, however the store
+    # trickles its bytes: store_timeout_s bounds each read, this bounds the whole response.
+    store_request_deadline_s: float = Field(60.0, gt=0)
+    # A response body (decoded) larger than this is refused, never buffered further.
+    store_max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # The api's connection test on `start` (DNS, address check and the store request) ends
+    # after this long with 422 store_unreachable; at most this many run at once per api process
+    # (beyond: 503 with Retry-After), and at most max_concurrent_syncs_per_org per org (429).
+    store_check_deadline_s: float = Field(15.0, gt=0)
+    max_concurrent_store_checks: int = Field(16, ge=1)
 
     progress_token_ttl_s: int = 600
     progress_interval_s: float = 0.25

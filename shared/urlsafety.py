@@ -15,6 +15,16 @@ changes between the check and the connection (DNS rebinding) cannot steer a requ
 Redirects need no check of their own: the WooCommerce client never follows them
 (``follow_redirects=False``), so a store cannot bounce a request to an internal address.
 
+Names are resolved by c-ares (``aiodns``), not by the system's ``getaddrinfo`` in the loop's
+thread pool: there, a name server that never answers holds one pool thread per look-up (the
+pool is small and shared with everything else the process runs) long after the caller gave up,
+since a running ``getaddrinfo`` cannot be cancelled. c-ares sends the queries itself and waits on
+its sockets; each look-up gets its own channel, closed on the way out, also when the caller's
+timeout cancels it, which cancels its queries and ends the channel's event thread. c-ares reads
+``/etc/hosts`` and ``/etc/resolv.conf`` as the system does (NSS modules such as mDNS or LDAP are
+not consulted: a store has a public name). Numeric hosts are read the way the system's resolver
+(``inet_aton``) reads them, so ``0177.0.0.1`` is 127.0.0.1 here as it is to the socket layer.
+
 ``WOOSYNC_ALLOW_PRIVATE_URLS=true`` skips the address check (the demo and the tests run the store
 simulator on 127.0.0.1); the shape check applies always.
 """
@@ -24,9 +34,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
+import aiodns
 import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -35,6 +46,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[Iterable[str]]]
 
 RESOLVE_TIMEOUT_S = 5.0
+RESOLVE_TRIES = 2  # per name server; c-ares' own bound, below the caller's timeout
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # RFC 6052's well-known NAT64 prefix is "global" to ipaddress, but a NAT64 gateway forwards
 # 64:ff9b::7f00:1 to 127.0.0.1 in its own network.
@@ -94,10 +106,55 @@ def _parse_address(text: str) -> IPAddress:
     return ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
 
 
+def _numeric_address(host: str) -> str | None:
+    """``host`` as an address if it is one, read as the socket layer reads it, else None."""
+    try:
+        return str(_parse_address(host))
+    except ValueError:
+        pass
+    try:  # the legacy IPv4 spellings: 2130706433, 0x7f.1, 0177.0.0.1, 0
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except (OSError, UnicodeError, ValueError):
+        return None
+
+
+async def cares_resolve(
+    host: str,
+    port: int,
+    *,
+    nameservers: Sequence[str] | None = None,
+    timeout_s: float = RESOLVE_TIMEOUT_S,
+) -> list[str]:
+    """Every address of ``host`` (IPv4 first), without a thread; raises OSError if none.
+
+    ``nameservers`` (``"ip"`` or ``"ip:port"``) replace the system's (tests). One c-ares
+    channel per look-up, closed on the way out, also when the caller's timeout cancels it.
+    """
+    numeric = _numeric_address(host)
+    if numeric is not None:
+        return [numeric]
+    name = host.rstrip(".").encode("idna").decode("ascii")  # UnicodeError for a bad name
+    resolver = aiodns.DNSResolver(
+        nameservers=nameservers, timeout=timeout_s / RESOLVE_TRIES, tries=RESOLVE_TRIES
+    )
+    try:
+        result = await resolver.getaddrinfo(name, port=port, type=socket.SOCK_STREAM)
+    except aiodns.error.DNSError as exc:
+        raise socket.gaierror(socket.EAI_NONAME, "the host name could not be resolved") from exc
+    finally:
+        await resolver.close()
+    found = [_node_address(node.addr) for node in result.nodes]
+    return sorted(dict.fromkeys(found), key=lambda text: ":" in text)  # IPv4 first, stable
+
+
+def _node_address(addr: tuple[object, ...]) -> str:
+    address = addr[0]
+    return address.decode("ascii") if isinstance(address, bytes) else str(address)
+
+
 async def system_resolve(host: str, port: int) -> list[str]:
-    """Every address the system resolver gives for ``host``, as the HTTP client would see them."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
+    """Every address of ``host`` with the system's hosts file and name servers (c-ares)."""
+    return await cares_resolve(host, port)
 
 
 def split_store_url(url: str) -> tuple[str, str, int]:
@@ -136,11 +193,12 @@ async def public_address(
     *,
     resolve: Resolver = system_resolve,
     timeout_s: float = RESOLVE_TIMEOUT_S,
+    allow_private: bool = False,
 ) -> str:
     """The address to connect to for ``host``; raise :class:`StoreUrlError` unless it is public.
 
     Every resolved address must be public: a name with one public and one private address is
-    refused, since a client may connect to either.
+    refused, since a client may connect to either. ``allow_private`` skips that check only.
     """
     try:
         async with asyncio.timeout(timeout_s):
@@ -154,7 +212,7 @@ async def public_address(
             address = _parse_address(text)
         except ValueError:
             raise StoreUrlNotAllowed("the store's host resolves to an unusable address") from None
-        if not is_public_address(address):
+        if not allow_private and not is_public_address(address):
             raise StoreUrlNotAllowed(
                 "the store's address is not public (private, loopback, link-local or reserved "
                 "addresses are not allowed)"
@@ -168,7 +226,8 @@ class PinnedAddressTransport(httpx.AsyncBaseTransport):
     The request keeps its name for ``Host`` and, through httpcore's ``sni_hostname`` extension,
     for TLS (SNI and the certificate's host name check), so a store behaves as if reached by
     name. A client lives for one crawl or one check, so its stores' addresses are re-checked for
-    every crawl.
+    every crawl. ``allow_private`` (``WOOSYNC_ALLOW_PRIVATE_URLS``) skips the address check
+    but still resolves here, so no look-up goes through the system resolver's thread pool.
     """
 
     def __init__(
@@ -177,8 +236,10 @@ class PinnedAddressTransport(httpx.AsyncBaseTransport):
         *,
         resolve: Resolver = system_resolve,
         timeout_s: float = RESOLVE_TIMEOUT_S,
+        allow_private: bool = False,
     ) -> None:
         self._inner = inner
+        self._allow_private = allow_private
         self._resolve = resolve
         self._timeout_s = timeout_s
         self._pinned: dict[tuple[str, int], str] = {}
@@ -188,7 +249,11 @@ class PinnedAddressTransport(httpx.AsyncBaseTransport):
         async with self._lock:  # concurrent first requests share one resolution
             if (host, port) not in self._pinned:
                 self._pinned[host, port] = await public_address(
-                    host, port, resolve=self._resolve, timeout_s=self._timeout_s
+                    host,
+                    port,
+                    resolve=self._resolve,
+                    timeout_s=self._timeout_s,
+                    allow_private=self._allow_private,
                 )
             return self._pinned[host, port]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -130,6 +131,26 @@ def _safe_store_message(error: StoreError, secret: str) -> str:
     return redact(error.message.replace(secret, "***"))
 
 
+def store_checks_busy(limit: int, retry_after_s: int) -> ApiError:
+    return ApiError(
+        503,
+        "store_checks_busy",
+        f"the api is already testing {limit} store connections, as many as it runs at once; "
+        "try again shortly",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def too_many_store_checks(limit: int, retry_after_s: int) -> ApiError:
+    return ApiError(
+        429,
+        "too_many_store_checks",
+        f"the organisation already has {limit} store connection tests running (the limit); "
+        "try again when one has finished",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
 async def check_store_url(deps: Deps, url: str) -> None:
     """Refuse a store the api and the fetcher must not talk to (internal addresses: SSRF)."""
     try:
@@ -144,8 +165,42 @@ def _url_refused(exc: StoreUrlError) -> ApiError:
     return ApiError(422, "store_url_not_allowed", f"config.url: {exc}")
 
 
-async def check_store(deps: Deps, config: StoreConfigIn) -> int:
-    """The store's customer count, after proving that the store answers and accepts the key."""
+async def check_store(deps: Deps, config: StoreConfigIn, org_id: UUID) -> int:
+    """The store's customer count, after proving that the store may be used (its URL and
+    addresses), answers and accepts the key.
+
+    The whole test (name look-ups, address checks, requests and their retries) ends at
+    ``store_check_deadline_s`` with 422 ``store_unreachable``; look-ups hold no thread (c-ares),
+    so nothing outlives it. Tests beyond the per-process or per-org cap are refused at once
+    (503 / 429 with ``Retry-After``): a slot frees within one deadline at the latest.
+    """
+    settings = deps.settings
+    deadline_s = settings.store_check_deadline_s
+    retry_after_s = max(1, math.ceil(deadline_s))
+    taken = deps.store_checks.take(org_id)
+    if taken == "org_busy":
+        raise too_many_store_checks(deps.store_checks.per_org, retry_after_s)
+    if taken == "busy":
+        raise store_checks_busy(deps.store_checks.limit, retry_after_s)
+    try:
+        async with asyncio.timeout(deadline_s) as scope:
+            await check_store_url(deps, config.url)
+            return await _probe_store(deps, config)
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        raise ApiError(
+            422,
+            "store_unreachable",
+            f"the store did not complete the connection test within {deadline_s:g}s "
+            "(name look-up and request); is it answering slowly or trickling its response?",
+        ) from None
+    finally:
+        deps.store_checks.release(org_id)
+
+
+async def _probe_store(deps: Deps, config: StoreConfigIn) -> int:
+    """One ``check_connection`` of the store, its failures as the api's answers."""
     secret = config.consumer_secret.get_secret_value()
     try:
         async with deps.store_client(_store_config(config)) as client:
@@ -256,8 +311,7 @@ async def start_sync(request: StartRequest, caller: Caller, deps: Deps) -> Start
         if existing is not None:
             return await _existing_job(deps, existing, caller)
 
-    await check_store_url(deps, request.config.url)
-    store_total = await check_store(deps, request.config)
+    store_total = await check_store(deps, request.config, org_id)
 
     new_job_id = uuid4()
     running: asyncpg.Record | None = None

@@ -8,6 +8,7 @@ their text embeds the full URL.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -45,6 +46,10 @@ logger = logging.getLogger(__name__)
 CUSTOMERS_PATH = "/wp-json/wc/v3/customers"
 MAX_PER_PAGE = 100  # WooCommerce answers 400 above this; it does not clamp.
 _STORE_TEXT_LIMIT = 200
+DEFAULT_DEADLINE_S = 60.0
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# Headers that described the body as sent; the buffered copy is decoded and sized anew.
+_BODY_FRAMING_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class WooClient:
         config: StoreConfig,
         *,
         timeout_s: float = 30.0,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_connections: int = 4,
         policy: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -81,13 +88,23 @@ class WooClient:
         """``transport`` replaces the network (a test double of the store); TLS verification
         and pool limits are then that transport's business. ``pin_public_address``: connect
         only to a checked public address of the store (see ``shared.urlsafety``); off only
-        where private addresses are allowed (``WOOSYNC_ALLOW_PRIVATE_URLS``)."""
+        where private addresses are allowed (``WOOSYNC_ALLOW_PRIVATE_URLS``).
+
+        ``timeout_s`` bounds each connect, read and write; ``deadline_s`` bounds one whole
+        attempt (the address look-up, connect, headers and the full body), so a store that
+        trickles a byte every few seconds is cut off too. A body (decoded) above
+        ``max_response_bytes`` is refused instead of buffered."""
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if deadline_s <= 0 or max_response_bytes < 1:
+            raise ValueError("deadline_s and max_response_bytes must be positive")
         self._config = config
+        self._deadline_s = deadline_s
+        self._max_response_bytes = max_response_bytes
         self._policy = policy or RetryPolicy()
         if config.auth == "query":
             guard_http_loggers()
+        network = transport is None
         if transport is None:
             transport = httpx.AsyncHTTPTransport(
                 verify=_tls_verification(config.verify_tls),
@@ -96,8 +113,12 @@ class WooClient:
                 ),
                 retries=0,  # Retries belong to the policy, which also sees statuses and bodies.
             )
-        if pin_public_address:
-            transport = PinnedAddressTransport(transport, resolve=resolve)
+        if pin_public_address or network:
+            # On the network every look-up is ours (c-ares, bounded), never the thread pool's;
+            # the flag decides only whether the addresses must be public.
+            transport = PinnedAddressTransport(
+                transport, resolve=resolve, allow_private=not pin_public_address
+            )
         self._http = httpx.AsyncClient(
             base_url=config.url,
             auth=request_auth(config),
@@ -111,10 +132,13 @@ class WooClient:
     def from_settings(
         cls, config: StoreConfig, settings: Settings, *, max_connections: int | None = None
     ) -> WooClient:
-        """Timeout and retry bounds from ``WOOSYNC_STORE_*``; pool sized for the concurrency."""
+        """Timeout, deadline, size and retry bounds from ``WOOSYNC_STORE_*``; pool sized for
+        the concurrency."""
         return cls(
             config,
             timeout_s=settings.store_timeout_s,
+            deadline_s=settings.store_request_deadline_s,
+            max_response_bytes=settings.store_max_response_bytes,
             max_connections=max_connections or settings.default_concurrency,
             policy=RetryPolicy.from_settings(settings),
             pin_public_address=not settings.allow_private_urls,
@@ -217,10 +241,19 @@ class WooClient:
     async def _send(
         self, method: str, endpoint: str, params: dict[str, str | int]
     ) -> httpx.Response:
-        """One HTTP exchange, classified: a 2xx response, or a safe exception."""
+        """One HTTP exchange, classified: a 2xx response, or a safe exception.
+
+        The whole exchange runs under the total deadline, and the body is read in chunks up to
+        the size limit; the response returned holds the body, so ``json()`` works as usual.
+        """
         path = self._path(endpoint)
         try:
-            response = await self._http.request(method, endpoint, params=params)
+            async with asyncio.timeout(self._deadline_s):
+                response = await self._exchange(method, endpoint, params, path)
+        except TimeoutError:
+            raise TransientFailure(
+                f"no complete response within the {self._deadline_s:g}s request deadline"
+            ) from None
         except httpx.HTTPError as exc:
             if _is_certificate_failure(exc):
                 raise StoreTLSError(
@@ -249,6 +282,43 @@ class WooClient:
             )
         raise StoreBadResponse.for_status(
             method=method, path=path, status=status, code=code, store_message=store_message
+        )
+
+    async def _exchange(
+        self, method: str, endpoint: str, params: dict[str, str | int], path: str
+    ) -> httpx.Response:
+        """Send, then buffer the body chunk by chunk, refusing it past the size limit."""
+        request = self._http.build_request(method, endpoint, params=params)
+        streamed = await self._http.send(request, stream=True)
+        try:
+            limit = self._max_response_bytes
+            if (_header_count(streamed.headers, "Content-Length") or 0) > limit:
+                raise self._too_large(method, path, streamed.status_code)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in streamed.aiter_bytes():  # decoded: a gzip bomb counts in full
+                size += len(chunk)
+                if size > limit:
+                    raise self._too_large(method, path, streamed.status_code)
+                chunks.append(chunk)
+        finally:
+            await streamed.aclose()
+        # Raw bytes: a store may send header values that are not ASCII.
+        headers = [
+            (name, value)
+            for name, value in streamed.headers.raw
+            if name.decode("latin-1").lower() not in _BODY_FRAMING_HEADERS
+        ]
+        return httpx.Response(
+            streamed.status_code, headers=headers, content=b"".join(chunks), request=request
+        )
+
+    def _too_large(self, method: str, path: str, status: int) -> StoreBadResponse:
+        limit_mib = self._max_response_bytes / (1024 * 1024)
+        return StoreBadResponse(
+            f"store sent a response larger than {limit_mib:g} MiB ({method} {path}); "
+            "the limit is WOOSYNC_STORE_MAX_RESPONSE_BYTES",
+            status=status,
         )
 
     def _path(self, endpoint: str) -> str:

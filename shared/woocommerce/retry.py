@@ -4,7 +4,8 @@ Retried: 408, 429, 500, 502, 503, 504 and the CDN statuses 520-524; timeouts, co
 errors, cut or undecodable responses; bodies that are not JSON or not the expected shape. Waits
 grow exponentially with full jitter; a ``Retry-After`` header raises the wait to at least its
 value (both capped by ``backoff_max_s``). Attempts stop at ``max_attempts`` or when the next wait
-would overrun ``budget_s`` (a request already in flight may still run up to its timeout).
+would overrun ``budget_s`` (a request already in flight may still run up to its deadline, the
+client's total bound on one attempt: a deadline hit is a transient failure like a timeout).
 """
 
 from __future__ import annotations

@@ -355,6 +355,20 @@ async def test_bad_json_is_a_200_that_does_not_parse(
             response.json()
 
 
+async def test_trickle_sends_headers_at_once_then_the_body_byte_by_byte(
+    sim: SimHandle, http: httpx.AsyncClient
+) -> None:
+    whole = (await http.get(LIST, params={"per_page": 1})).content
+    await sim.set_faults(script=["trickle"], trickle_ms=2)
+    async with http.stream("GET", LIST, params={"per_page": 1}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-length"] == str(len(whole))
+        chunks = [chunk async for chunk in response.aiter_raw()]
+    assert b"".join(chunks) == whole
+    assert len(chunks) > len(whole) // 4, "the body came in a few large pieces"
+    assert (await sim.stats())["by_fault"]["trickle"] == 1
+
+
 async def test_faults_leave_the_control_api_alone(sim: SimHandle) -> None:
     config = await sim.set_faults(rate_5xx=1.0)
     assert config["rate_5xx"] == 1.0

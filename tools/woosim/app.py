@@ -9,6 +9,7 @@ scope, route matching, parameter validation, the permission check, then the hand
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -136,6 +137,43 @@ class CutResponse(Response):
         await send({**start, "headers": self.raw_headers})
         partial = bytes(self.body[: self.keep])
         await send({"type": "http.response.body", "body": partial, "more_body": True})
+
+
+class TrickleResponse(Response):
+    """Sends the status and headers (with the full Content-Length) at once, then the body one
+    byte every ``interval_s``: a proxy that trickles. Stops when the client goes away."""
+
+    def __init__(self, inner: Response, interval_s: float) -> None:
+        super().__init__(status_code=inner.status_code)
+        self.raw_headers = inner.raw_headers
+        self.body = inner.body
+        self.interval_s = interval_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})  # fmt: skip
+            body = bytes(self.body)
+            for index in range(len(body)):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gone.wait(), self.interval_s)
+                if gone.is_set():
+                    return
+                last = index == len(body) - 1
+                chunk = body[index : index + 1]
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            if not body:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
 
 
 def _json_response(
@@ -481,6 +519,8 @@ async def wp_json(request: Request) -> Response:
             response = CutResponse(response, fault.variant)
         elif fault.kind == "bad_json":
             response = _corrupt(response, fault.variant)
+        elif fault.kind == "trickle":
+            response = TrickleResponse(response, sim.faults.config.trickle_ms / 1000)
     sim.stats.record(request.url.path, response.status_code, fault.kind, ctx.auth.method)
     return response
 

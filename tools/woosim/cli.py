@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated kinds of broken ids for the lowest customers "
         f"({', '.join(BAD_ID_KINDS)})",
     )
+    add("--rate-trickle", type=float, default=0.0, help="share whose body trickles byte by byte")
+    add("--trickle-ms", type=int, default=1000, help="delay between trickled body bytes")
     add("--fault-seed", type=int, default=0, help="seed of the fault random stream")
     add(
         "--odd-customers",
@@ -83,6 +85,8 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         rate_slow=args.rate_slow,
         slow_ms=args.slow_ms,
         rate_bad_json=args.rate_bad_json,
+        rate_trickle=args.rate_trickle,
+        trickle_ms=args.trickle_ms,
         latency_ms=args.latency_ms,
         per_page_cap=args.per_page_cap,
         claimed_total=args.claimed_total,

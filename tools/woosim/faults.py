@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 FIVE_XX = (500, 502, 503, 504)
-SCRIPT_ENTRIES = ("ok", "429", "500", "502", "503", "504", "cut", "slow", "bad_json")
+SCRIPT_ENTRIES = ("ok", "429", "500", "502", "503", "504", "cut", "slow", "bad_json", "trickle")
 # What ``bad_ids`` does to the id of the store's lowest customers, one kind each (the lowest id
 # gets the first kind): a store's database or a plugin can send any of these.
 BAD_ID_KINDS = (
@@ -43,6 +43,10 @@ class FaultConfig:
     rate_slow: float = 0.0
     slow_ms: int = 2000
     rate_bad_json: float = 0.0  # 200 with a body that is not JSON (PHP notice or truncation).
+    # Headers at once, then the body one byte every trickle_ms (a proxy that trickles bytes):
+    # every read gets a byte well within any per-read timeout, but the body takes ages.
+    rate_trickle: float = 0.0
+    trickle_ms: int = 1000
     latency_ms: int = 0  # Added to every customers list page.
     # Hostile or broken stores (see tools/woosim/README.md, "Hostile stores"):
     per_page_cap: int = 0  # At most this many customers per page whatever per_page asks (0: off).
@@ -55,11 +59,13 @@ class FaultConfig:
     script: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        for name in ("rate_429", "rate_5xx", "rate_cut", "rate_slow", "rate_bad_json"):
+        for name in ("rate_429", "rate_5xx", "rate_cut", "rate_slow", "rate_bad_json",
+                     "rate_trickle"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        for name in ("retry_after", "slow_ms", "latency_ms", "per_page_cap", "claimed_total"):
+        for name in ("retry_after", "slow_ms", "latency_ms", "trickle_ms", "per_page_cap",
+                     "claimed_total"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if not self.statuses_5xx or not all(500 <= s <= 599 for s in self.statuses_5xx):
@@ -111,7 +117,7 @@ def _coerce(name: str, value: Any, current: Any) -> Any:
 class Fault:
     """What to do to one request."""
 
-    kind: str = "none"  # none | 429 | 5xx | cut | bad_json
+    kind: str = "none"  # none | 429 | 5xx | cut | bad_json | trickle
     status: int = 200
     delay_s: float = 0.0  # Extra delay before answering ("slow").
     variant: float = 0.0  # A uniform draw for details (how much of a cut body is sent, ...).
@@ -152,6 +158,7 @@ class FaultInjector:
             ("5xx", config.rate_5xx),
             ("cut", config.rate_cut),
             ("bad_json", config.rate_bad_json),
+            ("trickle", config.rate_trickle),
         ):
             threshold += rate
             if draw < threshold:
@@ -162,7 +169,7 @@ class FaultInjector:
     def _scripted(self, entry: str, variant: float) -> Fault:
         if entry == "slow":
             return Fault("none", 200, self._config.slow_ms / 1000, variant)
-        if entry in ("cut", "bad_json"):
+        if entry in ("cut", "bad_json", "trickle"):
             return Fault(entry, 200, 0.0, variant)
         if entry == "429":
             return Fault("429", 429, 0.0, variant)

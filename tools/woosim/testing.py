@@ -42,6 +42,8 @@ _FAULT_FLAGS = {
     "rate_slow": "--rate-slow",
     "slow_ms": "--slow-ms",
     "rate_bad_json": "--rate-bad-json",
+    "rate_trickle": "--rate-trickle",
+    "trickle_ms": "--trickle-ms",
     "latency_ms": "--latency-ms",
     "seed": "--fault-seed",
 }
