@@ -35,7 +35,13 @@ def normalise_store_url(value: str) -> str:
 
 
 class StoreConfigIn(_Request):
-    url: str
+    url: str = Field(
+        description=(
+            "The store's address. Stored in one spelling (scheme and host lower-cased, IDNA "
+            "host, no default port, no trailing slash); an org has one connection per store "
+            "(http and https of one host are one store), whatever key reaches it."
+        )
+    )
     consumer_key: str = Field(min_length=1, max_length=200)
     consumer_secret: SecretStr
     auth: Literal["basic", "query", "oauth1"] = "basic"
