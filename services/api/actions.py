@@ -350,8 +350,13 @@ async def _open_job_or_new(
     """The connection's id, and its open job if it has one; else the new job is inserted.
 
     Runs under the org's sync lock, so the count of open jobs stays true until the commit.
+    The store's one connection (whatever key reached it before) takes the credentials the store
+    has just accepted, also when the start is answered with an open job: that job's next crawl
+    (a retry, a redelivery) loads the new key; a crawl already running keeps the key it began
+    with until it ends.
     """
     org_id, config, options = caller.org_id, request.config, request.options
+    previous = await conn.fetchrow(q.SELECT_CONNECTION_OF_STORE, org_id, config.url)
     connection_id: UUID = await conn.fetchval(
         q.UPSERT_CONNECTION,
         uuid4(),
@@ -363,6 +368,9 @@ async def _open_job_or_new(
         deps.secrets.encrypt(config.consumer_secret.get_secret_value()),
     )
     running = await conn.fetchrow(q.SELECT_OPEN_JOB_OF_CONNECTION, org_id, connection_id)
+    if previous is not None:
+        job_id = running["id"] if running is not None else new_job_id
+        await _record_connection_change(conn, previous, config, org_id, job_id, caller)
     if running is not None:
         await activity.record(
             conn,
@@ -408,6 +416,58 @@ async def _open_job_or_new(
         },
     )
     return connection_id, None
+
+
+def _key_ending(consumer_key: str) -> str:
+    # What WooCommerce itself shows of a key (its "truncated_key"): enough to tell keys apart.
+    return "…" + consumer_key[-7:]
+
+
+async def _record_connection_change(
+    conn: asyncpg.Connection,
+    previous: asyncpg.Record,
+    config: StoreConfigIn,
+    org_id: UUID,
+    job_id: UUID,
+    caller: Caller,
+) -> None:
+    """An activity row when a start changed a stored connection (never its secret)."""
+    changes: dict[str, Any] = {}
+    if previous["consumer_key"] != config.consumer_key:
+        changes["consumer_key"] = [
+            _key_ending(previous["consumer_key"]),
+            _key_ending(config.consumer_key),
+        ]
+    if previous["auth_mode"] != config.auth:
+        changes["auth"] = [previous["auth_mode"], config.auth]
+    if previous["verify_tls"] != config.verify_tls:
+        changes["verify_tls"] = [previous["verify_tls"], config.verify_tls]
+    if previous["store_url"] != config.url:
+        changes["store_url"] = [previous["store_url"], config.url]
+    if not changes:
+        return  # the same key again: only its secret was refreshed
+    # Less protection than before: plain http (http accepts only OAuth 1.0a, which never sends
+    # the secret, but the customers travel in clear), or no certificate check.
+    downgrade = (
+        config.url.startswith("http://") and not previous["store_url"].startswith("http://")
+    ) or (previous["verify_tls"] and not config.verify_tls)
+    await activity.record(
+        conn,
+        org_id=org_id,
+        job_id=job_id,
+        event=(
+            "connection.credentials_rotated"
+            if "consumer_key" in changes
+            else "connection.settings_changed"
+        ),
+        level="warning" if downgrade else "info",
+        details={
+            "connection_id": str(previous["id"]),
+            "store_url": config.url,
+            "changes": changes,
+            **caller.actor(),
+        },
+    )
 
 
 async def job_status(request: StatusRequest, caller: Caller, deps: Deps) -> StatusResult:

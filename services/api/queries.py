@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-# Same store, same key: one connection row, refreshed with the secret that was just verified.
+# A store (the org and its URL without the scheme, shared.storeurl) has one connection whatever
+# key, auth mode or scheme reaches it (migration 0009). What the store's connection holds before
+# a start changes it (for the audit trail), locked until the transaction ends.
+SELECT_CONNECTION_OF_STORE = """
+SELECT id, store_url, auth_mode, verify_tls, consumer_key
+FROM woo_connections
+WHERE org_id = $1 AND store_identity = regexp_replace($2::text, '^[^:/]*://', '')
+FOR UPDATE
+"""
+
+# Called only after the store accepted these credentials: they replace the stored ones.
 UPSERT_CONNECTION = """
-INSERT INTO woo_connections
+INSERT INTO woo_connections AS c
     (id, org_id, store_url, auth_mode, verify_tls, consumer_key, consumer_secret_enc)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (org_id, store_url, consumer_key) DO UPDATE
-SET auth_mode = EXCLUDED.auth_mode,
+ON CONFLICT (org_id, store_identity) DO UPDATE
+SET store_url = EXCLUDED.store_url,
+    auth_mode = EXCLUDED.auth_mode,
     verify_tls = EXCLUDED.verify_tls,
+    consumer_key = EXCLUDED.consumer_key,
     consumer_secret_enc = EXCLUDED.consumer_secret_enc,
     updated_at = now()
-RETURNING id
+RETURNING c.id
 """
 
 # No row back means the idempotency key is taken, or the connection has a job reading its

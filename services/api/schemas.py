@@ -7,7 +7,6 @@ Booleans and integers are strict: ``"verify_tls": "no"`` is refused rather than 
 from __future__ import annotations
 
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 from pydantic import (
@@ -21,8 +20,8 @@ from pydantic import (
 )
 
 from shared.jobs import JobState, JobStatus
+from shared.storeurl import normalize_store_url
 
-MAX_URL_LENGTH = 2048
 MAX_SECRET_LENGTH = 200
 
 
@@ -31,38 +30,18 @@ class _Request(BaseModel):
 
 
 def normalise_store_url(value: str) -> str:
-    """``scheme://host[:port][/path]`` with the scheme and host lower-cased, no trailing slash.
-
-    Userinfo is refused because credentials belong in ``consumer_key``/``consumer_secret``, and
-    a query or fragment because the client appends its own path and query to this base.
-    """
-    if len(value) > MAX_URL_LENGTH:
-        raise ValueError(f"must be at most {MAX_URL_LENGTH} characters")
-    if value != value.strip() or any(ch.isspace() or ord(ch) < 32 for ch in value):
-        raise ValueError("must not contain whitespace or control characters")
-    parts = urlsplit(value)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ValueError("must be an http or https URL")
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise ValueError("must not contain a user name or password")
-    host = parts.hostname
-    if not host:
-        raise ValueError("must name a host")
-    if "?" in value or "#" in value:
-        raise ValueError("must not contain a query or fragment")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("has an invalid port") from None
-    netloc = f"[{host}]" if ":" in host else host
-    if port is not None:
-        netloc = f"{netloc}:{port}"
-    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), "", ""))
+    """The store URL in its one spelling (``shared.storeurl``), which names the connection."""
+    return normalize_store_url(value)
 
 
 class StoreConfigIn(_Request):
-    url: str
+    url: str = Field(
+        description=(
+            "The store's address. Stored in one spelling (scheme and host lower-cased, IDNA "
+            "host, no default port, no trailing slash); an org has one connection per store "
+            "(http and https of one host are one store), whatever key reaches it."
+        )
+    )
     consumer_key: str = Field(min_length=1, max_length=200)
     consumer_secret: SecretStr
     auth: Literal["basic", "query", "oauth1"] = "basic"

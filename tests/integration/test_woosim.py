@@ -314,6 +314,35 @@ async def test_revoked_and_capability_less_keys(sim: SimHandle, http: httpx.Asyn
     assert (await http.get(LIST)).status_code == 200
 
 
+async def test_a_key_rotation_adds_a_key_then_removes_the_old_one(
+    sim: SimHandle, http: httpx.AsyncClient
+) -> None:
+    new_key, new_secret = await sim.add_key()
+    assert new_key.startswith("ck_") and new_secret.startswith("cs_")
+    assert new_key != sim.consumer_key
+    rotated = httpx.BasicAuth(new_key, new_secret)
+    async with httpx.AsyncClient(base_url=sim.url, auth=rotated, timeout=10) as new_http:
+        assert (await http.get(LIST)).status_code == 200  # both keys work during the rotation
+        assert (await new_http.get(LIST)).status_code == 200
+        signed = OAuth1(new_key, new_secret)
+        assert (await new_http.get(LIST, auth=signed)).status_code == 200
+        await sim.remove_key(sim.consumer_key)
+        assert (await http.get(LIST)).status_code == 401  # the old key is unknown now
+        assert (await new_http.get(LIST)).status_code == 200
+        wrong = httpx.BasicAuth(new_key, sim.consumer_secret)
+        assert (await new_http.get(LIST, auth=wrong)).json()["message"] == (
+            "Consumer secret is invalid."
+        )
+        await sim.remove_key(new_key)
+        assert (await new_http.get(LIST)).status_code == 401
+    with pytest.raises(ControlError, match="no such key"):
+        await sim.remove_key("ck_nobody")
+    given = await sim.add_key(consumer_key="ck_given", consumer_secret="cs_given")
+    assert given == ("ck_given", "cs_given")
+    with pytest.raises(ControlError, match="exists already"):
+        await sim.add_key(consumer_key="ck_given")
+
+
 # --- faults -----------------------------------------------------------------------------------
 
 

@@ -631,9 +631,24 @@ async def sim_keys(request: Request) -> Response:
             return _control_error(str(error))
     elif action == "restore":
         sim.keys.restore()
+    elif action in ("add", "remove"):
+        try:
+            body = await _json_body(request)
+            if not isinstance(body, dict):
+                return _control_error("body must be a JSON object")
+            if action == "remove":
+                sim.keys.remove(str(body.get("consumer_key", "")))
+            else:
+                key = sim.keys.add(body.get("consumer_key"), body.get("consumer_secret"))
+                return _control(
+                    {"consumer_key": key.consumer_key, "consumer_secret": key.consumer_secret},
+                    201,
+                )
+        except (json.JSONDecodeError, ValueError) as error:
+            return _control_error(str(error))
     elif action is not None:
         return _control_error(f"unknown action {action!r}", 404)
-    return _control({"revoked": sim.keys.revoked})
+    return _control({"revoked": sim.keys.revoked, "added": sorted(sim.keys.added)})
 
 
 async def sim_health(request: Request) -> Response:

@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -44,13 +45,33 @@ class ApiKey:
 
 @dataclass
 class KeyRing:
-    """The store's one API key, its revocation state and its used nonces."""
+    """The store's API key (revocable), keys added later (a shop owner rotating its key creates
+    a second one, then deletes the first), and the used nonces."""
 
     consumer_key: str
     consumer_secret: str
     clock: Callable[[], float] = time.time
     revoked: str | None = None  # One of REVOKE_MODES while revoked.
     _nonces: dict[int, str] = field(default_factory=dict)
+    added: dict[str, str] = field(default_factory=dict)  # consumer key -> secret
+
+    def add(self, consumer_key: str | None = None, consumer_secret: str | None = None) -> ApiKey:
+        """Another working key (random unless given); the existing keys keep working."""
+        consumer_key = consumer_key or f"ck_{secrets.token_hex(20)}"
+        consumer_secret = consumer_secret or f"cs_{secrets.token_hex(20)}"
+        if consumer_key == self.consumer_key or consumer_key in self.added:
+            raise ValueError("a key with this consumer_key exists already")
+        self.added[consumer_key] = consumer_secret
+        return ApiKey(consumer_key, consumer_secret)
+
+    def remove(self, consumer_key: str) -> None:
+        """Deletes a key: it is unknown from now on (the store's first key as ``deleted``)."""
+        if consumer_key in self.added:
+            del self.added[consumer_key]
+        elif consumer_key == self.consumer_key:
+            self.revoked = "deleted"
+        else:
+            raise ValueError("no such key")
 
     def revoke(self, mode: str = "secret") -> None:
         """``secret``: the secret was regenerated (401 "Consumer secret is invalid.");
@@ -65,6 +86,9 @@ class KeyRing:
         self.revoked = None
 
     def lookup(self, consumer_key: str) -> ApiKey | None:
+        for added_key, added_secret in self.added.items():
+            if hmac.compare_digest(consumer_key.encode(), added_key.encode()):
+                return ApiKey(added_key, added_secret)
         if not hmac.compare_digest(consumer_key.encode(), self.consumer_key.encode()):
             return None
         key = ApiKey(self.consumer_key, self.consumer_secret)

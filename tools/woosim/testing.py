@@ -176,6 +176,16 @@ class SimHandle:
     async def restore_keys(self) -> None:
         await self._call("POST", "/__sim/keys/restore")
 
+    async def add_key(self, **fields: str) -> tuple[str, str]:
+        """Another working key (``consumer_key``/``consumer_secret`` random unless given):
+        ``(consumer_key, consumer_secret)``. The existing keys keep working."""
+        result = await self._call("POST", "/__sim/keys/add", fields)
+        return result["consumer_key"], result["consumer_secret"]
+
+    async def remove_key(self, consumer_key: str) -> None:
+        """Deletes a key (also the store's first one): requests with it are unauthenticated."""
+        await self._call("POST", "/__sim/keys/remove", {"consumer_key": consumer_key})
+
     # -- sync helpers (spawned simulators) ---------------------------------------------------
 
     def customers_sync(self) -> list[dict[str, Any]]:
@@ -211,6 +221,13 @@ class SimHandle:
 
     def restore_keys_sync(self) -> None:
         self._call_sync("POST", "/__sim/keys/restore")
+
+    def add_key_sync(self, **fields: str) -> tuple[str, str]:
+        result = self._call_sync("POST", "/__sim/keys/add", fields)
+        return result["consumer_key"], result["consumer_secret"]
+
+    def remove_key_sync(self, consumer_key: str) -> None:
+        self._call_sync("POST", "/__sim/keys/remove", {"consumer_key": consumer_key})
 
 
 def _fault_config(
