@@ -118,6 +118,8 @@ def build_app(settings: Settings) -> Starlette:
                         settings=settings,
                         tokens=ProgressTokens.from_settings(settings),
                         refusals=RateLimiter(
+                            pool,
+                            "tracker:refused",
                             settings.refused_key_limit_per_minute,
                             settings.refused_key_limit_burst,
                         ),

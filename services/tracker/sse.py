@@ -128,7 +128,7 @@ async def progress(request: Request) -> Response:
     pool: asyncpg.Pool = request.state.pool
     refusals: RateLimiter = request.state.refusals
     client = request.client.host if request.client else "unknown"
-    if not refusals.has_capacity(client):
+    if not await refusals.has_capacity(client):
         return error_response(
             429,
             "rate_limited",
