@@ -1,3 +1,4 @@
+DROP TABLE woosync_stream_lease;
 DROP TABLE woosync_rate_limit;
 
 DROP POLICY operator_access ON orgs;

@@ -54,3 +54,14 @@ CREATE UNLOGGED TABLE woosync_rate_limit (
     tat     timestamptz NOT NULL
 );
 GRANT SELECT, INSERT, UPDATE, DELETE ON woosync_rate_limit TO woosync_app;
+
+-- Open progress streams, leased by the tracker that serves them and renewed while they stay
+-- open, so the per-org cap holds across tracker replicas; a crashed tracker's leases run out.
+-- Keyed by a bucket ("org:<id>"), not org data: no policy.
+CREATE UNLOGGED TABLE woosync_stream_lease (
+    id          uuid PRIMARY KEY,
+    bucket      text NOT NULL,
+    expires_at  timestamptz NOT NULL
+);
+CREATE INDEX woosync_stream_lease_bucket_idx ON woosync_stream_lease (bucket, expires_at);
+GRANT SELECT, INSERT, UPDATE, DELETE ON woosync_stream_lease TO woosync_app;

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -77,3 +78,50 @@ class RateLimiter:
         if random.randrange(CLEANUP_EVERY) == 0:
             await self._pool.execute(DELETE_FULL_BUCKETS)
         return bool(taken)
+
+
+# $1 bucket: one opener of a bucket at a time, so two trackers cannot both take the last slot.
+LOCK_STREAM_BUCKET = "SELECT pg_advisory_xact_lock(7428103, hashtext($1))"
+# $1 bucket, $2 lease id, $3 cap, $4 lease seconds. Expired leases (a tracker that died) go first.
+OPEN_STREAM = """
+WITH expired AS (
+    DELETE FROM woosync_stream_lease WHERE bucket = $1 AND expires_at <= now()
+)
+INSERT INTO woosync_stream_lease (id, bucket, expires_at)
+SELECT $2, $1, now() + make_interval(secs => $4)
+WHERE (SELECT count(*) FROM woosync_stream_lease
+       WHERE bucket = $1 AND expires_at > now()) < $3
+RETURNING id
+"""
+RENEW_STREAM = """
+UPDATE woosync_stream_lease SET expires_at = now() + make_interval(secs => $2) WHERE id = $1
+"""
+CLOSE_STREAM = "DELETE FROM woosync_stream_lease WHERE id = $1"
+
+
+class StreamSlots:
+    """At most ``limit`` open streams per key, counted across every process through leases in
+    PostgreSQL: taken when a stream opens, renewed while it is open (``renew`` at least every
+    ``lease_s``), given back when it ends. A process that dies leaves leases that run out."""
+
+    def __init__(self, pool: asyncpg.Pool, scope: str, limit: int, lease_s: float) -> None:
+        self._pool = pool
+        self._scope = scope
+        self.limit = limit
+        self.lease_s = lease_s
+
+    async def open(self, key: object) -> UUID | None:
+        """A lease for one more stream of ``key``, or None when ``limit`` are open."""
+        bucket = f"{self._scope}:{key}"
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_STREAM_BUCKET, bucket)
+            lease: UUID | None = await conn.fetchval(
+                OPEN_STREAM, bucket, uuid4(), self.limit, self.lease_s
+            )
+        return lease
+
+    async def renew(self, lease: UUID) -> None:
+        await self._pool.execute(RENEW_STREAM, lease, self.lease_s)
+
+    async def close(self, lease: UUID) -> None:
+        await self._pool.execute(CLOSE_STREAM, lease)
