@@ -17,11 +17,14 @@ Buckets that are full again are the same as no row, and are deleted now and then
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from uuid import UUID, uuid4
 
 import asyncpg
+
+log = logging.getLogger("woosync.ratelimit")
 
 # $1 bucket, $2 seconds per token, $3 seconds of burst (burst * $2). Takes a token, or changes
 # nothing and returns no row when the bucket is empty.
@@ -124,4 +127,8 @@ class StreamSlots:
         await self._pool.execute(RENEW_STREAM, lease, self.lease_s)
 
     async def close(self, lease: UUID) -> None:
-        await self._pool.execute(CLOSE_STREAM, lease)
+        """Give the slot back; if the database cannot be reached, the lease runs out by itself."""
+        try:
+            await self._pool.execute(CLOSE_STREAM, lease)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("a stream lease stays until it expires: %s", type(exc).__name__)

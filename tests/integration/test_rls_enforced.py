@@ -20,7 +20,9 @@ import pytest
 
 from shared import db
 from shared.auth import authenticate
+from shared.broker import make_broker
 from shared.settings import Settings
+from shared.topology import Topology, declare_topology
 from tests.conftest import PG_ADMIN_URL, _dsn
 from tests.e2e.harness import Stack
 from tests.helpers import service_env
@@ -167,6 +169,16 @@ async def plain_owner_database(template_database: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+async def declare(settings: Settings, topology: Topology) -> None:
+    """The test namespace's queues, so that the dlq commands find the parking queue."""
+    broker = make_broker(settings)
+    await broker.connect()
+    try:
+        await declare_topology(broker, topology)
+    finally:
+        await broker.stop()
+
+
 def _woosync(settings: Settings, admin_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = service_env(settings, WOOSYNC_ADMIN_DATABASE_URL=admin_url)
     return subprocess.run(
@@ -176,7 +188,7 @@ def _woosync(settings: Settings, admin_url: str, *args: str) -> subprocess.Compl
 
 
 async def test_operator_commands_work_for_an_owner_that_force_binds(
-    settings: Settings, plain_owner_database: str
+    settings: Settings, clean_broker: Topology, plain_owner_database: str
 ) -> None:
     owner_url = plain_owner_database
     owner = await asyncpg.connect(owner_url)
@@ -201,6 +213,11 @@ async def test_operator_commands_work_for_an_owner_that_force_binds(
             _woosync, settings, owner_url, "secrets", "rotate", "--dry-run"
         )
         assert rotated.returncode == 0, rotated.stderr
+        await declare(settings, clean_broker)
+        for dlq in (("dlq", "list"), ("dlq", "replay")):
+            done = await asyncio.to_thread(_woosync, settings, owner_url, *dlq)
+            assert done.returncode == 0, done.stderr
+        assert "replayed 0 message(s)" in done.stdout
 
         # FORCE binds the owner outside an operator session: no org's rows, no writes.
         assert await owner.fetchval("SELECT count(*) FROM orgs") == 0
