@@ -84,6 +84,9 @@ WHERE r.rolname = current_user
 """
 
 
+ROLE_CHECK_TIMEOUT_S = 10.0
+
+
 class WrongRoleError(RuntimeError):
     """The services' database connection is not bound by row-level security."""
 
@@ -112,7 +115,7 @@ async def app_role_problem(conn: asyncpg.Connection) -> str | None:
 
 async def check_app_role(dsn: str) -> None:
     """Raise WrongRoleError unless ``dsn`` connects as the RLS-bound services' role."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, timeout=ROLE_CHECK_TIMEOUT_S)
     try:
         problem = await app_role_problem(conn)
     finally:
@@ -127,7 +130,7 @@ async def check_app_role(dsn: str) -> None:
 
 def require_app_role(dsn: str, log: logging.Logger) -> None:
     """For a service's ``main()``: check the database role before anything starts; on a wrong
-    role (or a database that cannot be asked) log one line and exit with status 2."""
+    role log one line and exit with status 2 (status 1 when the database cannot be asked)."""
     try:
         asyncio.run(check_app_role(dsn))
     except WrongRoleError as exc:
@@ -139,7 +142,7 @@ def require_app_role(dsn: str, log: logging.Logger) -> None:
             type(exc).__name__,
             exc,
         )
-        raise SystemExit(2) from None
+        raise SystemExit(1) from None
 
 
 class OrgScope:
