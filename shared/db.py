@@ -1,13 +1,16 @@
 """PostgreSQL access: the pool, org-scoped transactions, and the runner behind ``woosync migrate``.
 
-Org data sits behind row-level security (migration 0005): the services connect as
-``woosync_app`` and see an org's rows only inside a transaction that names the org. ``OrgScope``
-is how they do that; there is no other way to reach org data from a service.
+Org data sits behind row-level security (migration 0005, forced by 0008): the services connect
+as ``woosync_app`` and see an org's rows only inside a transaction that names the org. ``OrgScope``
+is how they do that; there is no other way to reach org data from a service. A service refuses to
+start unless the server says it is that role and the policies bind it (``require_app_role``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +26,9 @@ from shared.crypto import scram_sha256_verifier
 
 APP_ROLE = "woosync_app"
 SET_ORG = "SELECT set_config('woosync.org_id', $1, true)"
+# Sessions of the schema's owner that act across orgs say so (migration 0008's operator policy):
+# the operator commands and the migrations. Nothing else sets it, and it binds no other role.
+OPERATOR_SETTINGS = {"woosync.operator": "on"}
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$")
@@ -34,23 +40,109 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "woosync"
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    name: str = "woosync",
+    operator: bool = False,
 ) -> asyncpg.Pool:
     """``name`` becomes the connections' application_name, so that an operator tells in
-    ``pg_stat_activity`` which service holds which connection."""
+    ``pg_stat_activity`` which service holds which connection. ``operator`` is for the operator
+    commands on the owner's URL: their sessions may span orgs (see ``OPERATOR_SETTINGS``)."""
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
-        server_settings={"application_name": name},
+        server_settings={"application_name": name, **(OPERATOR_SETTINGS if operator else {})},
     )
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn)
+async def connect(dsn: str, *, operator: bool = False) -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn, server_settings=OPERATOR_SETTINGS if operator else None)
     await _init_connection(conn)
     return conn
+
+
+# What the server says about the role a service connected as. Ownership counts through role
+# membership too (an owner's member bypasses row security like the owner); temporary and system
+# schemas are left out.
+_ROLE_FACTS = """
+SELECT current_user AS role, r.rolsuper AS superuser, r.rolbypassrls AS bypassrls,
+       ARRAY(
+           SELECT n.nspname || '.' || c.relname
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind IN ('r', 'p')
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND n.nspname NOT LIKE 'pg\\_%'
+             AND pg_has_role(current_user, c.relowner, 'USAGE')
+           ORDER BY 1
+       ) AS owned
+FROM pg_roles r
+WHERE r.rolname = current_user
+"""
+
+
+ROLE_CHECK_TIMEOUT_S = 10.0
+
+
+class WrongRoleError(RuntimeError):
+    """The services' database connection is not bound by row-level security."""
+
+
+async def app_role_problem(conn: asyncpg.Connection) -> str | None:
+    """Why ``conn`` is not the role row-level security binds, or None when it is.
+
+    Asked of the server, not read from the URL: a URL without a user name or password says
+    nothing about the role it ends up as.
+    """
+    facts = await conn.fetchrow(_ROLE_FACTS)
+    if facts is None:  # pragma: no cover - current_user always has a pg_roles row
+        return "the server does not know the current role"
+    role = facts["role"]
+    if role != APP_ROLE:
+        return f"it is connected as {role!r}, not as {APP_ROLE!r}"
+    if facts["superuser"]:
+        return f"{role!r} is a superuser, which row-level security never binds"
+    if facts["bypassrls"]:
+        return f"{role!r} has BYPASSRLS, which skips row-level security"
+    if facts["owned"]:
+        shown = ", ".join(facts["owned"][:5]) + (" …" if len(facts["owned"]) > 5 else "")
+        return f"{role!r} owns tables ({shown}); it must own none"
+    return None
+
+
+async def check_app_role(dsn: str) -> None:
+    """Raise WrongRoleError unless ``dsn`` connects as the RLS-bound services' role."""
+    conn = await asyncpg.connect(dsn, timeout=ROLE_CHECK_TIMEOUT_S)
+    try:
+        problem = await app_role_problem(conn)
+    finally:
+        await conn.close()
+    if problem is not None:
+        raise WrongRoleError(
+            f"refusing to start: WOOSYNC_DATABASE_URL must connect as {APP_ROLE}, the role "
+            f"row-level security binds (no superuser, no BYPASSRLS, owner of no table), but "
+            f"{problem}"
+        )
+
+
+def require_app_role(dsn: str, log: logging.Logger) -> None:
+    """For a service's ``main()``: check the database role before anything starts; on a wrong
+    role log one line and exit with status 2 (status 1 when the database cannot be asked)."""
+    try:
+        asyncio.run(check_app_role(dsn))
+    except WrongRoleError as exc:
+        log.critical("%s", exc)
+        raise SystemExit(2) from None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.critical(
+            "refusing to start: cannot check the role of WOOSYNC_DATABASE_URL: %s: %s",
+            type(exc).__name__,
+            exc,
+        )
+        raise SystemExit(1) from None
 
 
 class OrgScope:
@@ -157,7 +249,7 @@ async def migrate_up(
     """
     password = app_password(app_dsn)
     await ensure_database(dsn)
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, server_settings=OPERATOR_SETTINGS)
     applied: list[Migration] = []
     try:
         await conn.execute(_LEDGER)
@@ -214,7 +306,7 @@ async def migrate_down(
     dsn: str, steps: int = 1, directory: Path = MIGRATIONS_DIR
 ) -> list[Migration]:
     """Revert the newest ``steps`` applied migrations, newest first."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, server_settings=OPERATOR_SETTINGS)
     reverted: list[Migration] = []
     try:
         await conn.execute(_LEDGER)

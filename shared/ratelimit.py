@@ -1,63 +1,134 @@
 """Request rate limits of the api and the tracker: a token bucket per key (an org, or a client
-address), in one process.
+address), kept in PostgreSQL so that every replica spends from the same bucket.
 
-aiolimiter's ``AsyncLimiter`` is a leaky bucket, which is the token bucket seen from the other
-side (its level is the tokens spent): it holds ``burst`` requests and refills at
-``per_minute / 60`` per second. A request that finds the bucket empty is refused at once (429)
-instead of waiting, with ``Retry-After`` set to the time one token takes to come back, which is
-an upper bound on the wait since a refused request finds less than one token missing.
+Each bucket is one row of the unlogged table ``woosync_rate_limit`` (migration 0008) holding a
+GCRA "theoretical arrival time": a token bucket that holds ``burst`` requests and refills at
+``per_minute / 60`` per second, updated by one atomic statement per request (``INSERT … ON
+CONFLICT DO UPDATE … WHERE``), so two replicas taking the last token at once cannot both get it.
+The database's clock is the only clock. A request that finds the bucket empty is refused at once
+(429) instead of waiting, with ``Retry-After`` set to the time one token takes to come back,
+which is an upper bound on the wait since a refused request finds less than one token missing.
 
 The api uses two (``services.api.web.require_caller``): one per org for authenticated requests,
 and one per client address for refused keys, so that guessing keys or flooding the key lookup is
 slowed down too; the tracker's progress stream uses the second kind for refused keys and tokens.
-The buckets live in the process: with N replicas a key gets up to N times the rate. The map is
-bounded: past ``max_keys`` buckets, idle ones (full again) are dropped, which forgets nothing
-that limits anyone.
+Buckets that are full again are the same as no row, and are deleted now and then.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Hashable
+import random
+from uuid import UUID, uuid4
 
-from aiolimiter import AsyncLimiter
+import asyncpg
 
-MAX_KEYS = 10_000
+log = logging.getLogger("woosync.ratelimit")
+
+# $1 bucket, $2 seconds per token, $3 seconds of burst (burst * $2). Takes a token, or changes
+# nothing and returns no row when the bucket is empty.
+TAKE_TOKEN = """
+INSERT INTO woosync_rate_limit AS b (bucket, tat)
+VALUES ($1, now() + make_interval(secs => $2))
+ON CONFLICT (bucket) DO UPDATE
+SET tat = greatest(b.tat, now()) + make_interval(secs => $2)
+WHERE greatest(b.tat, now()) + make_interval(secs => $2) <= now() + make_interval(secs => $3)
+RETURNING true
+"""
+
+# Whether the bucket could give a token now (nothing is taken).
+HAS_TOKEN = """
+SELECT coalesce(
+    (SELECT greatest(tat, now()) + make_interval(secs => $2) <= now() + make_interval(secs => $3)
+     FROM woosync_rate_limit WHERE bucket = $1),
+    true)
+"""
+
+DELETE_FULL_BUCKETS = "DELETE FROM woosync_rate_limit WHERE tat < now()"
+
+# About one request in this many also deletes the buckets that are full again.
+CLEANUP_EVERY = 1000
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int, burst: int, *, max_keys: int = MAX_KEYS) -> None:
+    """Token buckets named ``<scope>:<key>``, shared through ``pool`` by every process."""
+
+    def __init__(self, pool: asyncpg.Pool, scope: str, per_minute: int, burst: int) -> None:
         if per_minute < 1 or burst < 1:
             raise ValueError("rate limits must be at least 1")
-        self._burst = burst
-        # A bucket of `burst` that drains completely in burst * 60 / per_minute seconds.
-        self._period_s = burst * 60.0 / per_minute
-        self._max_keys = max_keys
+        self._pool = pool
+        self._scope = scope
+        self._interval_s = 60.0 / per_minute
+        self._burst_s = burst * self._interval_s
         self.retry_after_s = math.ceil(60.0 / per_minute)
-        self._buckets: dict[Hashable, AsyncLimiter] = {}
 
-    def __len__(self) -> int:
-        return len(self._buckets)
+    def _bucket(self, key: object) -> str:
+        return f"{self._scope}:{key}"
 
-    def has_capacity(self, key: Hashable) -> bool:
+    async def has_capacity(self, key: object) -> bool:
         """Whether ``key`` could spend a token now (nothing is spent)."""
-        bucket = self._buckets.get(key)
-        return bucket is None or bucket.has_capacity()
+        allowed: bool = await self._pool.fetchval(
+            HAS_TOKEN, self._bucket(key), self._interval_s, self._burst_s
+        )
+        return allowed
 
-    async def allow(self, key: Hashable) -> bool:
+    async def allow(self, key: object) -> bool:
         """Take one token from the key's bucket; False (and nothing taken) when it is empty."""
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self._max_keys:
-                self._drop_idle()
-            bucket = self._buckets[key] = AsyncLimiter(self._burst, self._period_s)
-        if not bucket.has_capacity():
-            return False
-        # Has capacity, so this returns without suspending: no other request can slip in.
-        await bucket.acquire()
-        return True
+        taken = await self._pool.fetchval(
+            TAKE_TOKEN, self._bucket(key), self._interval_s, self._burst_s
+        )
+        if random.randrange(CLEANUP_EVERY) == 0:
+            await self._pool.execute(DELETE_FULL_BUCKETS)
+        return bool(taken)
 
-    def _drop_idle(self) -> None:
-        # A bucket that could take a whole burst again is the same as no bucket.
-        for key in [k for k, b in self._buckets.items() if b.has_capacity(self._burst)]:
-            del self._buckets[key]
+
+# $1 bucket: one opener of a bucket at a time, so two trackers cannot both take the last slot.
+LOCK_STREAM_BUCKET = "SELECT pg_advisory_xact_lock(7428103, hashtext($1))"
+# $1 bucket, $2 lease id, $3 cap, $4 lease seconds. Expired leases (a tracker that died) go first.
+OPEN_STREAM = """
+WITH expired AS (
+    DELETE FROM woosync_stream_lease WHERE bucket = $1 AND expires_at <= now()
+)
+INSERT INTO woosync_stream_lease (id, bucket, expires_at)
+SELECT $2, $1, now() + make_interval(secs => $4)
+WHERE (SELECT count(*) FROM woosync_stream_lease
+       WHERE bucket = $1 AND expires_at > now()) < $3
+RETURNING id
+"""
+RENEW_STREAM = """
+UPDATE woosync_stream_lease SET expires_at = now() + make_interval(secs => $2) WHERE id = $1
+"""
+CLOSE_STREAM = "DELETE FROM woosync_stream_lease WHERE id = $1"
+
+
+class StreamSlots:
+    """At most ``limit`` open streams per key, counted across every process through leases in
+    PostgreSQL: taken when a stream opens, renewed while it is open (``renew`` at least every
+    ``lease_s``), given back when it ends. A process that dies leaves leases that run out."""
+
+    def __init__(self, pool: asyncpg.Pool, scope: str, limit: int, lease_s: float) -> None:
+        self._pool = pool
+        self._scope = scope
+        self.limit = limit
+        self.lease_s = lease_s
+
+    async def open(self, key: object) -> UUID | None:
+        """A lease for one more stream of ``key``, or None when ``limit`` are open."""
+        bucket = f"{self._scope}:{key}"
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_STREAM_BUCKET, bucket)
+            lease: UUID | None = await conn.fetchval(
+                OPEN_STREAM, bucket, uuid4(), self.limit, self.lease_s
+            )
+        return lease
+
+    async def renew(self, lease: UUID) -> None:
+        await self._pool.execute(RENEW_STREAM, lease, self.lease_s)
+
+    async def close(self, lease: UUID) -> None:
+        """Give the slot back; if the database cannot be reached, the lease runs out by itself."""
+        try:
+            await self._pool.execute(CLOSE_STREAM, lease)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("a stream lease stays until it expires: %s", type(exc).__name__)

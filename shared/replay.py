@@ -1,6 +1,16 @@
 """Dead-letter replay: list the parking queues and move parked customer batches back to the syncer.
 
-Used by ``woosync dlq`` and the api's ``replay`` action, so both behave the same.
+Two ways in, one for each audience:
+
+* ``woosync dlq list|replay`` (the operator, across orgs) reads the parking queue itself, below.
+* The api's ``replay`` action (one org) never opens a parking queue: it replays from PostgreSQL
+  (``replay_job_from_lines``). The syncer records every customer it parks as a ``failed`` line
+  that keeps the customer's payload, so the lines are the org's own record of what is parked.
+  Reading the shared queue instead would take, hold and requeue every other org's parked messages
+  for the length of the scan (a requeue counts as a delivery on a quorum queue) and make one
+  org's replay wait behind another's. The parked copies of what the api replayed stay in the
+  parking queue for the operator; replaying them again is a harmless duplicate (the syncer never
+  touches a ``done`` line). ``rejected`` batches (no line records them) are the operator's.
 
 Reading a parking queue without consuming it
 --------------------------------------------
@@ -48,7 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -61,6 +71,7 @@ from pydantic import ValidationError
 
 from shared import messages as m
 from shared.db import for_org
+from shared.messages import CustomerBatch
 from shared.topology import (
     ATTEMPT_HEADER,
     PARKED_ATTEMPTS_HEADER,
@@ -147,6 +158,29 @@ SELECT id, org_id, state FROM woo_customer_sync_queue WHERE id = $1 AND org_id =
 
 SELECT_JOB_ANY_ORG = """
 SELECT id, org_id, state FROM woo_customer_sync_queue WHERE id = $1 FOR UPDATE
+"""
+
+# $1 uuid, $2 uuid: the job an org replays, locked like LOCK_REPLAYABLE_JOBS does.
+SELECT_JOB_TO_REPLAY = """
+SELECT id, org_id, state, connection_id, batch_size
+FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR UPDATE
+"""
+
+# $1 job, $2 org: the job's parked customers, from their lines. Failed lines that kept their
+# payload (what the syncer parked) go back to pending; pending lines that still keep a payload
+# (re-opened by a replay or retry whose publish may not have happened) are sent again too.
+REQUEUE_PARKED_LINES = """
+WITH reopened AS (
+    UPDATE woo_customer_sync_queue_line
+    SET state = 'pending', attempts = 0, last_error = NULL, updated_at = now()
+    WHERE job_id = $1 AND org_id = $2 AND state = 'failed' AND payload IS NOT NULL
+    RETURNING woo_id, payload
+)
+SELECT woo_id, payload, true AS reopened FROM reopened
+UNION ALL
+SELECT woo_id, payload, false FROM woo_customer_sync_queue_line
+WHERE job_id = $1 AND org_id = $2 AND state = 'pending' AND payload IS NOT NULL
+ORDER BY woo_id
 """
 
 # $1: jsonb array of {job_id, org_id, details}: one audit row per job, in one statement.
@@ -531,3 +565,69 @@ async def _reopen(
             rows = await conn.fetch(REOPEN_JOBS, ids, list(reopened_lines), orgs)
             reopened = {r["id"] for r in rows}
     return jobs, reopened_lines, reopened
+
+
+Publish = Callable[[Sequence[CustomerBatch]], Awaitable[None]]
+
+
+async def replay_job_from_lines(
+    pool: asyncpg.Pool,
+    publish: Publish,
+    *,
+    org_id: UUID,
+    job_id: UUID,
+    work_queue: str,
+    actor: Mapping[str, Any] | None = None,
+) -> ReplayReport | None:
+    """One org's replay of one job, from PostgreSQL alone (see the module docstring): its parked
+    customers go back to the syncer in batches of the job's size, their lines become pending, and
+    the job re-opens as ``replay`` does. None when the org has no such job.
+
+    The lines and the job change in one transaction under the org's row-level security, and the
+    batches are published (confirmed) after it commits: a failed publish leaves pending lines that
+    keep their payload, which the next replay sends again.
+    """
+    async with for_org(pool, org_id).transaction() as conn:
+        job = await conn.fetchrow(SELECT_JOB_TO_REPLAY, job_id, org_id)
+        if job is None:
+            return None
+        lines = await conn.fetch(REQUEUE_PARKED_LINES, job_id, org_id)
+        reopened_lines = sum(1 for line in lines if line["reopened"])
+        rows = await conn.fetch(
+            REOPEN_JOBS, [job_id], [job_id] if reopened_lines else [], [org_id]
+        )
+        job_reopened = bool(rows)
+        customers = [line["payload"] for line in lines]
+        size = job["batch_size"]
+        batches = [
+            CustomerBatch(
+                job_id=job_id,
+                org_id=org_id,
+                connection_id=job["connection_id"],
+                page=None,
+                customers=customers[start : start + size],
+            )
+            for start in range(0, len(customers), size)
+        ]
+        if batches or job_reopened:
+            details = {
+                "messages": len(batches),
+                "customers": len(customers),
+                "lines_reopened": reopened_lines,
+                "job_reopened": job_reopened,
+                "previous_state": job["state"],
+                "source": "lines",
+                **(actor or {}),
+            }
+            row = {"job_id": str(job_id), "org_id": str(org_id), "details": details}
+            await conn.execute(INSERT_REPLAYED_ACTIVITY, [row])
+    if batches:
+        await publish(batches)
+    return ReplayReport(
+        work_queue=work_queue,
+        replayed=len(batches),
+        customers=len(customers),
+        lines_reopened=reopened_lines,
+        jobs_reopened=(job_id,) if job_reopened else (),
+        by_job={job_id: len(batches)} if batches else {},
+    )

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
 
     progress_token_ttl_s: int = 600
     progress_interval_s: float = 0.25
+    # An open progress stream checks its API key (revoked?) or token (expired?) this often, and
+    # ends when it no longer holds; at most this many streams per org are open at once.
+    sse_recheck_interval_s: float = Field(5.0, gt=0)
+    max_sse_streams_per_org: int = Field(50, ge=1)
     tracker_sweep_interval_s: float = 0.25
     # A queued or processing job without progress (no page read, no line settled) for this long
     # is failed as stalled, so `retry` can resume it. Must exceed the longest legitimate pause:

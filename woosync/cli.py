@@ -59,7 +59,9 @@ def org_create(name: str) -> None:
     from shared.auth import create_org
 
     async def run() -> tuple[str, str]:
-        pool = await db.create_pool(Settings().admin_database_url, min_size=1, max_size=1)
+        pool = await db.create_pool(
+            Settings().admin_database_url, min_size=1, max_size=1, operator=True
+        )
         try:
             org_id, key = await create_org(pool, name)
         finally:

@@ -28,7 +28,7 @@ START_ROUTE = "/api/v1/integrations/woocommerce/sync/customers"
 
 
 async def count_customers(settings: Settings, org_id: str) -> tuple[int, int]:
-    conn = await db.connect(settings.admin_database_url)
+    conn = await db.connect(settings.admin_database_url, operator=True)
     try:
         rows = await conn.fetchval("SELECT count(*) FROM customer WHERE org_id = $1", org_id)
         distinct = await conn.fetchval(
@@ -52,7 +52,9 @@ async def run_demo(*, customers: int, seed: int, service_log: TextIO) -> int:
         try:
             await wait_ready(f"{settings.api_base()}/readyz")
             await wait_ready(f"{settings.tracker_base()}/readyz")
-            pool = await db.create_pool(settings.admin_database_url, min_size=1, max_size=1)
+            pool = await db.create_pool(
+                settings.admin_database_url, min_size=1, max_size=1, operator=True
+            )
             try:
                 org_id, api_key = await create_org(pool, "demo")
             finally:

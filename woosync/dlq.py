@@ -118,7 +118,9 @@ def replay_command(job_id: UUID | None, limit: int) -> None:
     settings = Settings()
 
     async def run() -> ReplayReport:
-        pool = await db.create_pool(settings.admin_database_url, min_size=1, max_size=2)
+        pool = await db.create_pool(
+            settings.admin_database_url, min_size=1, max_size=2, operator=True
+        )
         try:
             connection = await open_connection(settings.amqp_url)
             async with connection:

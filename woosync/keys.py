@@ -25,7 +25,9 @@ T = TypeVar("T")
 
 def _with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     async def run() -> T:
-        pool = await db.create_pool(Settings().admin_database_url, min_size=1, max_size=1)
+        pool = await db.create_pool(
+            Settings().admin_database_url, min_size=1, max_size=1, operator=True
+        )
         try:
             return await work(pool)
         finally:

@@ -107,7 +107,7 @@ def rotate(batch_size: int, dry_run: bool) -> None:
     settings = Settings()
 
     async def run() -> RotationReport:
-        conn = await db.connect(settings.admin_database_url)
+        conn = await db.connect(settings.admin_database_url, operator=True)
         try:
             return await rotate_secrets(
                 conn, SecretBox.from_settings(settings), batch_size=batch_size, dry_run=dry_run

@@ -156,9 +156,14 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
                 secrets=SecretBox.from_settings(settings),
                 tokens=ProgressTokens.from_settings(settings),
                 store_client=store_client or store_client_factory(settings),
-                limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+                limiter=RateLimiter(
+                    pool, "api:org", settings.rate_limit_per_minute, settings.rate_limit_burst
+                ),
                 refusals=RateLimiter(
-                    settings.refused_key_limit_per_minute, settings.refused_key_limit_burst
+                    pool,
+                    "api:refused",
+                    settings.refused_key_limit_per_minute,
+                    settings.refused_key_limit_burst,
                 ),
             )
             yield

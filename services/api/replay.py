@@ -1,43 +1,35 @@
-"""The api's ``replay`` action: move one job's parked batches back to the syncer.
+"""The api's ``replay`` action: send one job's parked customers back to the syncer.
 
-The work is :func:`shared.replay.replay`, the same as ``woosync dlq replay --job``, scoped to the
-caller's org: a job of another org is answered like a missing one, and only messages naming both
-the job and the org are moved. The broker connection is a short-lived one of its own (a parking
-queue is read with ``basic.get`` and its messages held until the scan ends, which the api's
-shared FastStream connection is not built for), and the whole replay is bounded in time.
+The work is :func:`shared.replay.replay_job_from_lines`, under the caller's org: the job's failed
+lines keep the customers the syncer parked, so the replay reads them from PostgreSQL and never
+opens the shared parking queue, whose other orgs' messages it must neither read, hold nor delay.
+A job of another org is answered like a missing one. The parked copies stay for the operator's
+``woosync dlq`` (replaying them again is harmless).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-
-import aio_pika.exceptions
+from collections.abc import Sequence
 
 from services.api.actions import broker_unavailable, job_not_found, read_status
 from services.api.deps import Deps
 from services.api.schemas import ReplayRequest, StatusResult
 from shared import replay as dlq
 from shared.auth import Caller
-from shared.db import for_org
-from shared.jobs import get_status
+from shared.broker import publish
+from shared.messages import CustomerBatch
 
 log = logging.getLogger("woosync.api.replay")
 
-# The broker is down, the parking queue is missing, a publish was refused, or time ran out.
-BROKER_FAILURES: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    aio_pika.exceptions.AMQPError,
-)
-
-# Answer within a client's patience; a replay that needs longer is better run from the CLI.
-REPLAY_TIMEOUT_S = 20.0
-CONNECT_TIMEOUT_S = 5.0
+# Answer within a client's patience; publishing is what can take time (confirms).
+PUBLISH_TIMEOUT_S = 20.0
 
 
 class ReplayResult(StatusResult):
-    replayed: int  # parked messages moved back to the syncer
-    customers: int  # customers in those messages
+    replayed: int  # batches sent back to the syncer
+    customers: int  # customers in those batches
     lines_reopened: int  # failed lines made pending again
     job_reopened: bool  # the job went from failed back to processing
 
@@ -47,25 +39,28 @@ class ReplayResult(StatusResult):
 
 
 async def replay_job(request: ReplayRequest, caller: Caller, deps: Deps) -> ReplayResult:
-    """Replay the job's parked batches; nothing parked is not an error (``replayed == 0``)."""
+    """Replay the job's parked customers; nothing parked is not an error (``replayed == 0``)."""
     org_id, job_id = caller.org_id, request.job_id
-    if await get_status(for_org(deps.pool, org_id), org_id=org_id, job_id=job_id) is None:
+
+    async def send(batches: Sequence[CustomerBatch]) -> None:
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                for batch in batches:
+                    await publish(deps.broker, deps.topology, batch)
+        except Exception as exc:  # not known to be queued; the lines keep their payload
+            log.warning("replay of job %s: publish failed: %s", job_id, type(exc).__name__)
+            raise broker_unavailable() from None
+
+    report = await dlq.replay_job_from_lines(
+        deps.pool,
+        send,
+        org_id=org_id,
+        job_id=job_id,
+        work_queue=deps.topology.syncer_queue.name,
+        actor=caller.actor(),
+    )
+    if report is None:
         raise job_not_found()
-    try:
-        connection = await dlq.open_connection(deps.settings.amqp_url, CONNECT_TIMEOUT_S)
-        async with connection:
-            report = await dlq.replay(
-                connection,
-                deps.pool,
-                deps.topology,
-                job_id=job_id,
-                org_id=org_id,
-                actor={"by": "api", "api_key_id": str(caller.key_id)},
-                timeout_s=REPLAY_TIMEOUT_S,
-            )
-    except BROKER_FAILURES as exc:  # what moved is synced; repeating is safe
-        log.warning("replay of job %s failed: %s", job_id, type(exc).__name__)
-        raise broker_unavailable() from None
     status = await read_status(deps, org_id=org_id, job_id=job_id)
     return ReplayResult(
         **status.model_dump(),

@@ -62,7 +62,7 @@ async def require_caller(request: Request, deps: Deps) -> Caller:
     keys refused (then before any lookup, whatever key it sends now).
     """
     client = request.client.host if request.client else "unknown"
-    if not deps.refusals.has_capacity(client):
+    if not await deps.refusals.has_capacity(client):
         raise ApiError(
             429,
             "rate_limited",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from services.tracker.app import build_app
+from shared.db import require_app_role
 from shared.logs import configure
 from shared.settings import Settings
 
@@ -14,7 +15,8 @@ GRACEFUL_SHUTDOWN_S = 5
 
 def main() -> None:
     settings = Settings()
-    configure("tracker", settings.log_level)
+    log = configure("tracker", settings.log_level)
+    require_app_role(settings.database_url, log)
     uvicorn.run(
         build_app(settings),
         host=settings.tracker_host,

@@ -26,7 +26,7 @@ from shared.broker import make_broker
 from shared.consuming import Parking, raw_body
 from shared.crypto import ProgressTokens
 from shared.db import create_pool
-from shared.ratelimit import RateLimiter
+from shared.ratelimit import RateLimiter, StreamSlots
 from shared.settings import Settings
 from shared.topology import Topology, declare_topology
 
@@ -36,6 +36,8 @@ READY_TIMEOUT_S = 2.0
 DRAIN_TIMEOUT_S = 2.0
 POOL_CLOSE_TIMEOUT_S = 3.0
 FULL_SWEEP_INTERVAL_S = 5.0
+# A stream renews its lease at every credential check; a lease outlives a few missed checks.
+STREAM_LEASE_PER_RECHECK = 4
 
 
 class State(TypedDict):
@@ -46,6 +48,7 @@ class State(TypedDict):
     settings: Settings
     tokens: ProgressTokens
     refusals: RateLimiter  # per client address, for refused keys and tokens
+    streams: StreamSlots  # open progress streams per org
 
 
 async def healthz(request: Request) -> Response:
@@ -118,8 +121,16 @@ def build_app(settings: Settings) -> Starlette:
                         settings=settings,
                         tokens=ProgressTokens.from_settings(settings),
                         refusals=RateLimiter(
+                            pool,
+                            "tracker:refused",
                             settings.refused_key_limit_per_minute,
                             settings.refused_key_limit_burst,
+                        ),
+                        streams=StreamSlots(
+                            pool,
+                            "tracker:streams",
+                            settings.max_sse_streams_per_org,
+                            lease_s=STREAM_LEASE_PER_RECHECK * settings.sse_recheck_interval_s,
                         ),
                     )
                 finally:

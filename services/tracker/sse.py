@@ -15,33 +15,46 @@ Wire format (``text/event-stream``)::
     id: <n>
     data: <JobStatus as JSON>
 
-``event: error`` (``{"error": {...}}``) ends the stream if the job disappears mid-stream.
+``event: error`` (``{"error": {...}}``) ends the stream if the job disappears mid-stream, or
+when its credential no longer holds: the stream checks its API key (revoked?) or progress token
+(expired?) every ``WOOSYNC_SSE_RECHECK_INTERVAL_S`` and then ends with code ``unauthorized``.
 Comment lines (``: ping``) keep idle connections open.
+
+An org has at most ``WOOSYNC_MAX_SSE_STREAMS_PER_ORG`` streams open at once, across every tracker
+(leases in PostgreSQL, ``shared.ratelimit.StreamSlots``); one more is answered 429.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from uuid import UUID
 
 import asyncpg
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from services.tracker import queries as q
 from shared.auth import authenticate
 from shared.crypto import ProgressTokens
 from shared.db import for_org
 from shared.jobs import JobStatus, get_status
-from shared.ratelimit import RateLimiter
+from shared.ratelimit import RateLimiter, StreamSlots
 
 log = logging.getLogger("woosync.tracker.sse")
 
 PING_INTERVAL_S = 15
 SEND_TIMEOUT_S = 30.0
 RECONNECT_MS = 2_000
+
+CREDENTIAL_GONE = (
+    '{"error": {"code": "unauthorized", "message": '
+    '"the API key was revoked or the progress token expired"}}'
+)
 
 
 def error_response(
@@ -59,16 +72,35 @@ def _job_id(request: Request) -> UUID | None:
         return None
 
 
-async def _caller_org(
+@dataclass(frozen=True)
+class Credential:
+    """What a stream was opened with: an API key (its id) or a progress token."""
+
+    org_id: UUID
+    key_id: UUID | None = None
+    token: str | None = None
+
+    async def still_valid(self, pool: asyncpg.Pool, tokens: ProgressTokens, job_id: UUID) -> bool:
+        """The key is not revoked, or the token has not expired (nor lost its signing key)."""
+        if self.key_id is not None:
+            active: bool = await for_org(pool, self.org_id).fetchval(
+                q.KEY_IS_ACTIVE, self.key_id, self.org_id
+            )
+            return active
+        return self.token is not None and tokens.verify(self.token, job_id) == self.org_id
+
+
+async def _credential(
     request: Request, pool: asyncpg.Pool, tokens: ProgressTokens, job_id: UUID
-) -> UUID | None:
-    """The org the request speaks for: an API key if one is sent, else a progress token."""
+) -> Credential | None:
+    """What the request speaks with: an API key if one is sent, else a progress token."""
     authorization = request.headers.get("authorization")
     if authorization is not None:
         caller = await authenticate(pool, authorization)
-        return caller.org_id if caller else None
+        return Credential(caller.org_id, key_id=caller.key_id) if caller else None
     token = request.query_params.get("token")
-    return tokens.verify(token, job_id) if token else None
+    org_id = tokens.verify(token, job_id) if token else None
+    return Credential(org_id, token=token) if org_id else None
 
 
 async def progress_events(
@@ -79,16 +111,21 @@ async def progress_events(
     first: JobStatus,
     interval_s: float,
     last_event_id: int = 0,
+    recheck: Callable[[], Awaitable[bool]] | None = None,
+    recheck_interval_s: float = 5.0,
 ) -> AsyncIterator[ServerSentEvent]:
     """The event stream of one job: progress now, progress on change, complete at the end.
 
-    Cancelled by sse-starlette when the client goes away; it holds nothing but a pool connection
-    for the length of one read, so there is nothing to clean up.
+    ``recheck`` is awaited every ``recheck_interval_s``: False ends the stream with an
+    ``unauthorized`` error event. Cancelled by sse-starlette when the client goes away; it holds
+    nothing but a pool connection for the length of one read, so there is nothing to clean up.
     """
+    loop = asyncio.get_running_loop()
     event_id = last_event_id
     status: JobStatus | None = first
     sent: JobStatus | None = None
     db_failing = False
+    next_check = loop.time() + recheck_interval_s
     while True:
         if status is None:
             yield ServerSentEvent(
@@ -111,6 +148,12 @@ async def progress_events(
             return
         await asyncio.sleep(interval_s)
         try:
+            if recheck is not None and loop.time() >= next_check:
+                next_check = loop.time() + recheck_interval_s
+                if not await recheck():
+                    event_id += 1
+                    yield ServerSentEvent(event="error", id=str(event_id), data=CREDENTIAL_GONE)
+                    return
             status = await get_status(for_org(pool, org_id), org_id=org_id, job_id=job_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if not db_failing:  # once per outage, not four times a second
@@ -128,15 +171,16 @@ async def progress(request: Request) -> Response:
     pool: asyncpg.Pool = request.state.pool
     refusals: RateLimiter = request.state.refusals
     client = request.client.host if request.client else "unknown"
-    if not refusals.has_capacity(client):
+    if not await refusals.has_capacity(client):
         return error_response(
             429,
             "rate_limited",
             "too many requests with a refused API key or token from this address; slow down",
             headers={"Retry-After": str(refusals.retry_after_s)},
         )
-    org_id = await _caller_org(request, pool, request.state.tokens, job_id)
-    if org_id is None:
+    tokens: ProgressTokens = request.state.tokens
+    credential = await _credential(request, pool, tokens, job_id)
+    if credential is None:
         await refusals.allow(client)
         return error_response(
             401,
@@ -144,6 +188,7 @@ async def progress(request: Request) -> Response:
             "send an API key as 'Authorization: Bearer <key>' or a valid progress token as ?token=",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    org_id = credential.org_id
     status = await get_status(for_org(pool, org_id), org_id=org_id, job_id=job_id)
     if status is None:
         return error_response(404, "job_not_found", "no such job")
@@ -151,6 +196,24 @@ async def progress(request: Request) -> Response:
         last_event_id = max(int(request.headers.get("last-event-id", "0")), 0)
     except ValueError:
         last_event_id = 0
+    streams: StreamSlots = request.state.streams
+    lease = await streams.open(org_id)
+    if lease is None:
+        return error_response(
+            429,
+            "too_many_streams",
+            f"this organisation already has {streams.limit} progress streams open; "
+            "close one and try again",
+            headers={"Retry-After": str(RECONNECT_MS // 1000)},
+        )
+
+    async def recheck() -> bool:
+        """The credential still holds; the lease is renewed while it does."""
+        if not await credential.still_valid(pool, tokens, job_id):
+            return False
+        await streams.renew(lease)
+        return True
+
     events = progress_events(
         pool,
         org_id=org_id,
@@ -158,8 +221,15 @@ async def progress(request: Request) -> Response:
         first=status,
         interval_s=request.state.settings.progress_interval_s,
         last_event_id=last_event_id,
+        recheck=recheck,
+        recheck_interval_s=request.state.settings.sse_recheck_interval_s,
     )
-    return EventSourceResponse(events, ping=PING_INTERVAL_S, send_timeout=SEND_TIMEOUT_S)
+    return EventSourceResponse(
+        events,
+        ping=PING_INTERVAL_S,
+        send_timeout=SEND_TIMEOUT_S,
+        background=BackgroundTask(streams.close, lease),
+    )
 
 
 PROGRESS_PAGE = """<!doctype html>

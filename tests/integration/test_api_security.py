@@ -283,6 +283,7 @@ async def test_replay_moves_only_the_callers_parked_batches(api: Api, store: Sim
     job = await started_job(api, store)
     job_id = UUID(job["job_id"])
     connection_id = await api.pool.fetchval("SELECT connection_id FROM woo_customer_sync_queue")
+    parked = {"id": 1, "email": "a@example.com"}
     await park_like_the_syncer(
         api.settings,
         api.topology,
@@ -291,9 +292,12 @@ async def test_replay_moves_only_the_callers_parked_batches(api: Api, store: Sim
             org_id=api.org_id,
             connection_id=connection_id,
             page=1,
-            customers=[{"id": 1, "email": "a@example.com"}],
+            customers=[parked],
         ),
     )
+    # As the syncer does when it parks: the customer's line is failed and keeps it (the api's
+    # replay reads the lines, not the shared parking queue).
+    await add_failed_lines(api.pool, job_id, api.org_id, {1: parked}, page=1)
     other_org, other_key = await create_org(api.pool, "other")
     async with running_simulator(customers=2, seed=9) as other_store:
         other_job = (await api.post(start_body(other_org, other_store), key=other_key)).json()

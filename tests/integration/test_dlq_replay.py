@@ -384,13 +384,14 @@ async def test_api_replays_only_the_callers_job(
             assert again.status_code == 200, again.text
             assert (again.json()["replayed"], again.json()["state"]) == (0, "done")
 
-            # The other org's batch was never touched; its owner can replay it.
-            assert await depth(parking) == 1
+            # The api replays from the failed lines and never opens the parking queue (issue 8,
+            # item 6): both parked copies stay there for the operator, the other org's untouched.
+            assert await depth(parking) == 2
             theirs_body = body(theirs) | {"org_id": str(other_org)}
             response = await api.post(theirs_body, key=other_key)
             assert response.status_code == 202, response.text
             await wait_state(pool, theirs, "done")
-            assert await depth(parking) == 0
+            assert await depth(parking) == 2
         events = await pool.fetch(
             "SELECT org_id, details FROM woo_sync_activity WHERE event = 'dlq.replayed'"
         )

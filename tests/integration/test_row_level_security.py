@@ -146,13 +146,21 @@ async def test_the_services_role_cannot_bypass_the_policies(pool: asyncpg.Pool) 
     }
     assert with_org_column <= set(ORG_TABLES)
     protected = await pool.fetch(
-        """SELECT c.relname, c.relrowsecurity, count(p.polname) AS policies
+        # One policy for every role (PUBLIC, oid 0); the owner's operator policy of 0008 is not
+        # woosync_app's.
+        """SELECT c.relname, c.relrowsecurity,
+                  count(p.polname) FILTER (WHERE p.polroles = '{0}') AS policies,
+                  count(p.polname) FILTER (
+                      WHERE $2::regrole = ANY(p.polroles)) AS app_policies
            FROM pg_class c LEFT JOIN pg_policy p ON p.polrelid = c.oid
            WHERE c.relname = ANY($1::text[]) GROUP BY c.relname, c.relrowsecurity""",
         list(ORG_TABLES),
+        APP_ROLE,
     )
     assert {r["relname"] for r in protected} == set(ORG_TABLES)
-    assert all(r["relrowsecurity"] and r["policies"] == 1 for r in protected), protected
+    assert all(
+        r["relrowsecurity"] and r["policies"] == 1 and r["app_policies"] == 0 for r in protected
+    ), protected
 
 
 async def test_the_audit_log_is_insert_only_for_the_services_role(
