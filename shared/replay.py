@@ -94,15 +94,15 @@ QUEUE_MODELS: dict[QueueName, tuple[type[m.Message], ...]] = {
     "tracker": (m.LinesDone, m.LinesFailed, m.FetchCompleted, m.FetchFailed),
 }
 
-# $1: jsonb array of {job_id, org_id, connection_id} named by the batches. Only jobs that exist
-# for that org and connection (what the syncer itself requires), locked so that a concurrent
+# $1: jsonb array of {job_id, org_id} named by the batches. Only jobs that exist for that org
+# (what the syncer itself requires; it writes to the job's connection), locked so that a concurrent
 # retry, force-done or replay of the same job waits for this one.
 LOCK_REPLAYABLE_JOBS = """
 SELECT j.id, j.org_id, j.state
 FROM woo_customer_sync_queue AS j
 JOIN (SELECT DISTINCT * FROM jsonb_to_recordset($1::jsonb)
-          AS x(job_id uuid, org_id uuid, connection_id uuid)) AS x
-  ON j.id = x.job_id AND j.org_id = x.org_id AND j.connection_id = x.connection_id
+          AS x(job_id uuid, org_id uuid)) AS x
+  ON j.id = x.job_id AND j.org_id = x.org_id
 ORDER BY j.id
 FOR UPDATE OF j
 """
@@ -535,8 +535,7 @@ async def _reopen(
     """Step 1, one transaction: the existing jobs (by id), lines re-opened per job, jobs
     re-opened. The job named by ``job_id`` is considered even when nothing of it is parked."""
     named = [
-        {"job_id": str(b.job_id), "org_id": str(b.org_id), "connection_id": str(b.connection_id)}
-        for b in batches
+        {"job_id": str(b.job_id), "org_id": str(b.org_id)} for b in batches
     ]
     async with _transaction(pool, org_id) as conn:
         jobs = {r["id"]: r for r in await conn.fetch(LOCK_REPLAYABLE_JOBS, named)}

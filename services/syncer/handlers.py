@@ -92,7 +92,7 @@ _ERROR_LIMIT = 500
 
 
 class UnknownJob(LookupError):
-    """The batch names a job that does not exist for its org and connection; it is parked."""
+    """The batch names a job that does not exist for its org; it is parked."""
 
 
 @dataclass(frozen=True)
@@ -174,12 +174,11 @@ async def handle_customer_batch(
     rows, failures, customers = map_batch(batch)
     final = attempt >= max_attempts
     async with for_org(pool, batch.org_id).transaction() as conn:
-        job = await conn.fetchval(q.SELECT_JOB, batch.job_id, batch.org_id, batch.connection_id)
-        if job is None:
-            raise UnknownJob(
-                f"job {batch.job_id} of org {batch.org_id} and connection "
-                f"{batch.connection_id} does not exist"
-            )
+        connection_id = await conn.fetchval(q.SELECT_JOB_CONNECTION, batch.job_id, batch.org_id)
+        if connection_id is None:
+            raise UnknownJob(f"job {batch.job_id} of org {batch.org_id} does not exist")
+        if connection_id != batch.connection_id:
+            rows = [replace(row, connection_id=connection_id) for row in rows]
         await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
         synced, refused, stale = await upsert_isolating(conn, rows)
         await conn.execute("SET LOCAL lock_timeout TO DEFAULT")

@@ -6,10 +6,12 @@ Both statements take their whole set at once (the customers as one array per col
 cannot deadlock each other.
 """
 
-# The job must exist and belong to the org and connection the batch names (tenant isolation).
-SELECT_JOB = """
-SELECT 1 FROM woo_customer_sync_queue
-WHERE id = $1 AND org_id = $2 AND connection_id = $3
+# The job must exist and belong to the org the batch names (tenant isolation). Its connection,
+# not the batch's, is where the customers go: a batch queued before migration 0009 merged its
+# store's connections names one that no longer exists, and the job was moved to the survivor.
+SELECT_JOB_CONNECTION = """
+SELECT connection_id FROM woo_customer_sync_queue
+WHERE id = $1 AND org_id = $2
 """
 
 # $1 org_id, $2 connection_id, then one array per column ($3 woo_id .. $17 clean_json, in the

@@ -481,6 +481,21 @@ async def test_batch_of_another_org_is_refused(pool: asyncpg.Pool) -> None:
     assert await pool.fetchval("SELECT count(*) FROM customer") == 0
 
 
+async def test_a_batch_naming_a_merged_connection_lands_in_its_jobs_connection(
+    pool: asyncpg.Pool,
+) -> None:
+    """Batches queued before migration 0009 merged a store's connections name a connection that
+    is gone; the job (moved to the survivor) decides where its customers go."""
+    job = await seed_job(pool)
+    stale = CustomerBatch(
+        job_id=job.job_id, org_id=job.org_id, connection_id=uuid4(), customers=[customer(1)]
+    )
+    outcome = await sync(pool, stale)
+    assert outcome.done is not None and outcome.done.woo_ids == [1]
+    rows = await pool.fetch("SELECT org_id, connection_id, woo_id FROM customer")
+    assert [tuple(r) for r in rows] == [(job.org_id, job.connection_id, 1)]
+
+
 async def test_lost_database_is_raised_not_counted_as_a_failure(database_url: str) -> None:
     from shared.db import create_pool
 
