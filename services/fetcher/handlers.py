@@ -223,7 +223,7 @@ class _Job:
     async def _fail_unsendable(
         self, conn: asyncpg.Connection, page: int | None, unsendable: list[items.Rejected]
     ) -> None:
-        """Customers no message can carry (too large, nested too deep): their lines fail now."""
+        """Customers no message can carry (too large): their lines fail now."""
         await conn.execute(
             q.FAIL_LINES,
             self.request.job_id,
@@ -231,29 +231,12 @@ class _Job:
             [r.woo_id for r in unsendable],
             [r.error for r in unsendable],
         )
-        log.warning(
-            "job %s: %d customers of page %s cannot be sent: %s",
-            self.request.job_id,
-            len(unsendable),
-            page,
-            unsendable[0].error,
-        )
-        await activity.record(
-            conn,
-            org_id=self.request.org_id,
-            job_id=self.request.job_id,
-            event="fetch.rejected",
-            level="error",
-            details={
-                "page": page,
-                "rejected": len(unsendable),
-                "lines": [{"woo_id": r.woo_id, "error": r.error} for r in unsendable[:20]],
-            },
-        )
+        await self._report_rejected(conn, page, unsendable)
 
     async def _reject(
         self, conn: asyncpg.Connection, page: int | None, rejected: list[items.Rejected]
     ) -> None:
+        """Items that are no storable customer become failed lines (once, however often read)."""
         unique = {r.woo_id: r for r in rejected}
         created = await conn.fetch(
             q.INSERT_REJECTED_LINES,
@@ -264,26 +247,30 @@ class _Job:
             [r.error for r in unique.values()],
         )
         if created:
-            fresh = [unique[r["woo_id"]] for r in created]
-            log.warning(
-                "job %s: %d items of page %s are no storable customer: %s",
-                self.request.job_id,
-                len(fresh),
-                page,
-                fresh[0].error[:200],
-            )
-            await activity.record(
-                conn,
-                org_id=self.request.org_id,
-                job_id=self.request.job_id,
-                event="fetch.rejected",
-                level="error",
-                details={
-                    "page": page,
-                    "rejected": len(fresh),
-                    "lines": [{"woo_id": r.woo_id, "error": r.error} for r in fresh[:20]],
-                },
-            )
+            await self._report_rejected(conn, page, [unique[r["woo_id"]] for r in created])
+
+    async def _report_rejected(
+        self, conn: asyncpg.Connection, page: int | None, rejected: list[items.Rejected]
+    ) -> None:
+        log.warning(
+            "job %s: %d customers of page %s are not synced: %s",
+            self.request.job_id,
+            len(rejected),
+            page,
+            rejected[0].error[:200],
+        )
+        await activity.record(
+            conn,
+            org_id=self.request.org_id,
+            job_id=self.request.job_id,
+            event="fetch.rejected",
+            level="error",
+            details={
+                "page": page,
+                "rejected": len(rejected),
+                "lines": [{"woo_id": r.woo_id, "error": r.error} for r in rejected[:20]],
+            },
+        )
 
 
 async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> None:

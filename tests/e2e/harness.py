@@ -243,3 +243,18 @@ async def assert_exact(
     assert {r["state"]: r["n"] for r in lines} == {"done": len(store)}
     assert job["state"] == "done", (job["state"], job["last_error"])
     assert (job["total"], job["done_count"], job["failed_count"]) == (len(store), len(store), 0)
+
+
+async def assert_good_synced(settings: Settings, org: Org, good: list[dict[str, Any]]) -> None:
+    """Exactly the ``good`` customers are in ``customer`` for the org, each as the store sent it."""
+    conn = await db.connect(settings.admin_database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT woo_id, raw FROM customer WHERE org_id = $1::uuid ORDER BY woo_id", org.org_id
+        )
+    finally:
+        await conn.close()
+    assert [r["woo_id"] for r in rows] == sorted(c["id"] for c in good)
+    by_id = {c["id"]: c for c in good}
+    for row in rows:
+        assert row["raw"] == by_id[row["woo_id"]]

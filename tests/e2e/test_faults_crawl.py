@@ -27,13 +27,13 @@ from tests.e2e.harness import (
     Stack,
     action,
     assert_exact,
+    assert_good_synced,
     new_org,
     start_sync,
     wait_final,
 )
 from tests.e2e.test_faults_store import (
     PATIENT_STORE,
-    assert_good_synced,
     pages_recorded,
     query,
     running,
