@@ -3,17 +3,21 @@ here: speed is never asserted in tests)."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 import subprocess
 import sys
 
 import pytest
 
+from tests.e2e.processes import infra_shared_lock
+
 pytestmark = pytest.mark.timeout(180)
 
 
-def run(*args: str) -> str:
+def run(*args: str, timeout_s: float = 170) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=170
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout_s
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -35,3 +39,44 @@ def test_throughput_runs_and_syncs_every_customer() -> None:
 def test_soak_runs_and_loses_nothing() -> None:
     out = run("bench.soak", "--customers", "300")
     assert "customers lost:        0" in out and "customers duplicated:  0" in out, out
+
+
+HOSTILE_TINY = (
+    "--customers", "300", "--repeats", "1", "--request-deadline-s", "1", "--attempts", "2",
+    "--check-deadline-s", "1.5", "--latency-ms", "200", "--force-after-pages", "3",
+    "--watch-s", "1",
+)  # fmt: skip
+
+
+def figure(out: str, label: str) -> str:
+    """The rest of the line starting with ``label`` (after the case number's indent)."""
+    [line] = [x.strip() for x in out.splitlines() if x.strip().startswith(label)]
+    return line[len(label) :]
+
+
+def number(text: str, after: str = "") -> float:
+    match = re.search(re.escape(after) + r"\s*([-+]?\d+(?:\.\d+)?)", text)
+    assert match, (after, text)
+    return float(match.group(1))
+
+
+@pytest.mark.timeout(300)
+async def test_hostile_runs_and_every_case_ends_as_it_must() -> None:
+    # Shares the lock that server restarts take, so none lands mid-run.
+    async with infra_shared_lock():
+        out = await asyncio.to_thread(run, "bench.hostile", *HOSTILE_TINY, timeout_s=240)
+    assert "PROBLEM" not in out, out
+    assert number(figure(out, "fetcher RSS after an honest sync")) > 10  # MiB
+    peak = figure(out, "fetcher peak RSS, liar until failed")
+    assert number(peak) > 10 and number(peak, "ratio") > 0, out
+    assert number(figure(out, "liar's job failed after")) > 0, out
+    assert "WOOSYNC_MAX_STORE_CUSTOMERS" in out, out
+    assert number(figure(out, "other org's honest sync beside liar"), "ratio") > 0, out
+    trickled = figure(out, "start to job failed")
+    assert number(trickled) > 0 and number(trickled, "ratio") > 0, out
+    assert "request deadline" in figure(out, "error: store unavailable"), out
+    assert number(figure(out, "start against it: 422 after"), "ratio") > 0, out
+    assert number(figure(out, "force-done answered 200 after")) >= 0, out
+    after = figure(out, "store requests during the call")
+    assert number(after, "after its answer") >= 0, out
+    assert number(figure(out, "last store request after the answer"), "ratio") >= 0, out
