@@ -321,7 +321,7 @@ def report(o: Options, f: Figures) -> None:
         f"{budget_s:g} s (request deadline x attempts)  ratio "
         f"{ratio(f.trickle_failed_s, budget_s)}",
         f"   error: {f.trickle_error[:200]}",
-        f"   start against it: {f.check_status} after        {f.check_s:8.2f} s    floor "
+        f"   start against it: {f.check_status} after            {f.check_s:8.2f} s    floor "
         f"{o.check_deadline_s:g} s (check deadline)  ratio {ratio(f.check_s, o.check_deadline_s)}"
         f"  ({f.trickled} trickled responses in all)",
         f"3. force-done on a crawl of a slow store ({o.latency_ms} ms per page, 20 per page, "
