@@ -181,7 +181,7 @@ def parse(
     if version != SCHEMA_VERSION:
         raise Malformed(f"malformed {label}: unsupported schema_version {version!r}"[:200])
     by_key = {getattr(model, "routing_key", None): model for model in candidates}
-    if routing_key in by_key:
+    if routing_key is not None and routing_key in by_key:
         candidates = (by_key[routing_key],)
         label = candidates[0].__name__
     matches: list[M] = []
