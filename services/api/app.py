@@ -56,7 +56,7 @@ def _readiness_body(database: bool, broker: bool) -> dict[str, str]:
     ).model_dump()
 
 
-readyz = web.readyz(lambda r: (deps_of(r).pool, deps_of(r).broker), _readiness_body)
+readyz = guarded(web.readyz(lambda r: (deps_of(r).pool, deps_of(r).broker), _readiness_body))
 
 
 @guarded
@@ -145,4 +145,5 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         exception_handlers={HTTPException: http_exception_handler},
     )
     app.state.openapi = build_openapi(sync_path=SYNC_PATH, job_path=JOB_PATH)
+    app.state.runtime = runtime
     return app
