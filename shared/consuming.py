@@ -1,5 +1,10 @@
 """The consumer edge shared by the fetcher, syncer and tracker: decode, run, then settle.
 
+Every broker message is read here: subscribers take the raw body (:func:`raw_body`, typed with
+:class:`Contract` so the AsyncAPI document shows their models), :func:`consume` decodes it with
+:func:`parse` (the dead-letter tools classify parked messages with the same function) and decides
+park or requeue.
+
 A message that cannot be decoded into its model (not JSON, wrong schema, unknown version) is
 parked: copied as it came to its queue's parking queue with a ``parked-error`` header naming
 the reason, then acked; the reason is also logged with the message id. It is never requeued
@@ -29,7 +34,7 @@ import errno
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -39,7 +44,7 @@ import asyncpg
 from faststream.message import StreamMessage
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.message import RabbitMessage
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, GetJsonSchemaHandler, ValidationError
 
 from shared.broker import publish_body_to_queue
 from shared.logs import redact
@@ -119,7 +124,7 @@ def is_infrastructure_error(exc: BaseException) -> bool:
 
 
 async def raw_body(message: StreamMessage[Any]) -> bytes:
-    """Subscriber decoder that leaves the body alone.
+    """The one subscriber decoder: it leaves the body alone.
 
     FastStream's own decoder parses JSON before the handler runs, and under the manual ack policy
     a body it cannot parse would stay unacked forever; :func:`consume` parses and parks instead.
@@ -127,48 +132,91 @@ async def raw_body(message: StreamMessage[Any]) -> bytes:
     return message.body
 
 
-def malformed_reason(model: type[BaseModel], body: bytes) -> str:
-    """Why ``body`` is not a ``model``, in words fit for a header and a log line."""
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return f"malformed {model.__name__}: body is not JSON"
-    except RecursionError:
-        return f"malformed {model.__name__}: body is nested too deeply to parse"
-    if not isinstance(data, dict):
-        return f"malformed {model.__name__}: body is not a JSON object"
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        return f"malformed {model.__name__}: unsupported schema_version {version!r}"[:200]
-    try:
-        model.model_validate(data)
-    except ValidationError as exc:
-        problems = [
-            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
-            for e in exc.errors(include_input=False, include_url=False)[:5]
-        ]
-        return f"malformed {model.__name__}: " + "; ".join(problems)
-    return f"malformed {model.__name__}"
+class Contract:
+    """The message models a subscriber's raw body carries, for FastStream's AsyncAPI document.
+
+    A subscriber takes ``Annotated[bytes, Contract(Model, ...)]``: FastStream hands it the raw
+    body (no validation, see :func:`raw_body`) while the generated schema shows the models of
+    ``shared.messages`` as the payload (``oneOf``: exactly one of them must match).
+    """
+
+    def __init__(self, *models: type[BaseModel]) -> None:
+        self.models = models
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: Any, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        return {"oneOf": [handler(model.__pydantic_core_schema__) for model in self.models]}
 
 
-def decode(model: type[M], msg: RabbitMessage) -> M | str:
-    """The message as ``model``, or the reason it is not one.
+class Malformed(ValueError):
+    """A body that is none of the messages expected: parked with this reason, never retried."""
 
+
+def parse(
+    body: bytes,
+    models: type[M] | Sequence[type[M]],
+    *,
+    routing_key: str | None = None,
+) -> M:
+    """The body as the one model of ``models`` it is valid for; raises :class:`Malformed`.
+
+    The routing key picks the model when it is one of theirs; a message replayed from a parking
+    queue through the default exchange carries the queue's name instead, and then the shape
+    decides (unambiguous: every message forbids extra fields and has a field of its own).
     Parsed by ``json`` then validated as Python objects: no nesting limit of pydantic's parser
     applies to the free-form parts (a customer's ``meta_data``), which the syncer checks itself.
     """
+    candidates = (models,) if isinstance(models, type) else tuple(models)
+    label = "|".join(model.__name__ for model in candidates)
     try:
-        data = json.loads(msg.body)
+        data = json.loads(body)
     except RecursionError:
-        return f"malformed {model.__name__}: body is nested too deeply to parse"
+        raise Malformed(f"malformed {label}: body is nested too deeply to parse") from None
     except ValueError:  # JSONDecodeError, UnicodeDecodeError
-        return malformed_reason(model, msg.body)
+        raise Malformed(f"malformed {label}: body is not JSON") from None
+    if not isinstance(data, dict):
+        raise Malformed(f"malformed {label}: body is not a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise Malformed(f"malformed {label}: unsupported schema_version {version!r}"[:200])
+    by_key = {getattr(model, "routing_key", None): model for model in candidates}
+    if routing_key is not None and routing_key in by_key:
+        candidates = (by_key[routing_key],)
+        label = candidates[0].__name__
+    matches: list[M] = []
+    problems: list[str] = []
+    for model in candidates:
+        try:
+            matches.append(model.model_validate(data))
+        except ValidationError as exc:
+            problems.append(_problems(model, exc, several=len(candidates) > 1))
+        except RecursionError:
+            raise Malformed(f"malformed {label}: body is nested too deeply to validate") from None
+    if len(matches) > 1:
+        raise Malformed(f"malformed {label}: matches several of them")
+    if not matches:
+        raise Malformed(f"malformed {label}: " + "; ".join(problems))
+    return matches[0]
+
+
+def _problems(model: type[BaseModel], exc: ValidationError, *, several: bool) -> str:
+    errors = exc.errors(include_input=False, include_url=False)[: 2 if several else 5]
+    text = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
+    return f"not a {model.__name__} ({text})" if several else text
+
+
+def decode(
+    models: type[M] | Sequence[type[M]],
+    msg: RabbitMessage,
+    *,
+    routing_key: str | None = None,
+) -> M | str:
+    """The message as one of ``models`` (see :func:`parse`), or the reason it is none."""
     try:
-        return model.model_validate(data)
-    except ValidationError:
-        return malformed_reason(model, msg.body)
-    except RecursionError:
-        return f"malformed {model.__name__}: body is nested too deeply to validate"
+        return parse(msg.body, models, routing_key=routing_key)
+    except Malformed as exc:
+        return str(exc)
 
 
 def delivery_count(headers: dict[str, Any] | None) -> int:
@@ -189,7 +237,7 @@ def requeue_pause_s(count: int) -> float:
 
 async def consume(
     msg: RabbitMessage,
-    model: type[M],
+    models: type[M] | Sequence[type[M]],
     handle: Callable[[M], Awaitable[None]],
     log: logging.Logger,
     *,
@@ -197,10 +245,13 @@ async def consume(
 ) -> None:
     """Decode, run ``handle``, settle. Never raises: every outcome ends in a settlement.
 
+    The one place that decides: a body none of ``models`` parked at once, ``Requeue`` and a lost
+    database or broker back to the queue (the latter after a pause), anything else parked.
+
     Without ``parking``, what should be parked is rejected instead, which dead-letters it to the
     same parking queue through the queue's own dead-letter route, without the reason header.
     """
-    message = decode(model, msg)
+    message = decode(models, msg, routing_key=_routing_key(msg))
     if isinstance(message, str):
         await park(msg, message, parking, log)
         return
@@ -283,6 +334,11 @@ async def settle(msg: RabbitMessage, how: Settlement, log: logging.Logger) -> No
             msg.message_id,
             exc,
         )
+
+
+def _routing_key(msg: RabbitMessage) -> str | None:
+    raw = getattr(msg, "raw_message", None)
+    return getattr(raw, "routing_key", None)
 
 
 def _storable(text: str) -> str:

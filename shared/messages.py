@@ -107,3 +107,6 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     FetchFailed,
     SyncCompleted,
 )
+
+# What the tracker's queue carries (routing keys line.done, line.failed, fetch.*).
+TRACKER_EVENTS: tuple[type[Message], ...] = (LinesDone, LinesFailed, FetchCompleted, FetchFailed)

@@ -57,7 +57,6 @@ name a job that does not exist stay parked, in their order.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -67,9 +66,9 @@ from uuid import UUID
 import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from pydantic import ValidationError
 
 from shared import messages as m
+from shared.consuming import Malformed, parse
 from shared.db import for_org
 from shared.messages import CustomerBatch
 from shared.topology import (
@@ -254,21 +253,11 @@ def _woo_id(customer: Mapping[str, Any]) -> int | None:
 
 
 def _parse(body: bytes, models: Sequence[type[m.Message]]) -> m.Message | str:
-    """The body as the first model it is valid for, or why it is malformed."""
+    """The body as the model it is valid for, or why it is malformed (the consumers' decoder)."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return "body is not JSON"
-    reason = "body is not a JSON object"
-    if isinstance(data, dict):
-        for model in models:
-            try:
-                return model.model_validate(data)
-            except ValidationError as exc:
-                first = exc.errors(include_input=False, include_url=False)[0]
-                where = ".".join(str(p) for p in first["loc"]) or "body"
-                reason = f"not a valid {model.__name__}: {where}: {first['msg']}"
-    return reason
+        return parse(body, models)
+    except Malformed as exc:
+        return str(exc)
 
 
 def describe(

@@ -5,15 +5,11 @@ from __future__ import annotations
 import uvicorn
 
 from services.api.app import build_app
-from shared.db import require_app_role
-from shared.logs import configure
-from shared.settings import Settings
+from shared.runtime import start_process
 
 
 def main() -> None:
-    settings = Settings()
-    log = configure("api", settings.log_level)
-    require_app_role(settings.database_url, log)
+    settings, _ = start_process("api")
     uvicorn.run(
         build_app(settings),
         host=settings.api_host,

@@ -1,4 +1,4 @@
-"""The api's routes and the lifespan that opens its pool and broker.
+"""The api's routes; its lifespan is the shared runtime (``shared.runtime``) plus its deps.
 
 Route table::
 
@@ -14,7 +14,6 @@ limit (services.api.web.require_caller).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import assert_never
@@ -27,14 +26,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.api import actions
-from services.api import queries as q
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
 from services.api.openapi import build_openapi
 from services.api.replay import replay_job
 from services.api.schemas import (
     ForceDoneRequest,
-    Health,
     Readiness,
     ReplayRequest,
     RetryRequest,
@@ -42,42 +39,24 @@ from services.api.schemas import (
     StatusRequest,
 )
 from services.api.web import deps_of, guarded, parse_action, read_json_object, require_caller
-from shared import db
-from shared.broker import make_broker
+from shared import web
 from shared.crypto import ProgressTokens, SecretBox
+from shared.paths import JOB_PATH, SYNC_PATH
 from shared.ratelimit import RateLimiter
+from shared.runtime import Runtime
 from shared.settings import Settings
-from shared.topology import Topology, declare_topology
-
-SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"
-JOB_PATH = "/api/v1/integrations/woocommerce/sync/jobs/{job_id}"
-
-READY_TIMEOUT_S = 2.0
+from shared.web import RefusedCallers
 
 
-async def healthz(request: Request) -> Response:
-    return JSONResponse(Health(status="ok").model_dump())
+def _readiness_body(database: bool, broker: bool) -> dict[str, str]:
+    return Readiness(
+        status="ready" if database and broker else "unavailable",
+        database="ok" if database else "unavailable",
+        broker="ok" if broker else "unavailable",
+    ).model_dump()
 
 
-@guarded
-async def readyz(request: Request) -> Response:
-    deps = deps_of(request)
-    try:
-        async with asyncio.timeout(READY_TIMEOUT_S):
-            database_ok = await deps.pool.fetchval(q.CHECK_DATABASE) == 1
-    except Exception:  # not ready, whatever the reason
-        database_ok = False
-    try:
-        broker_ok = await deps.broker.ping(timeout=READY_TIMEOUT_S)
-    except Exception:
-        broker_ok = False
-    ready = database_ok and broker_ok
-    body = Readiness(
-        status="ready" if ready else "unavailable",
-        database="ok" if database_ok else "unavailable",
-        broker="ok" if broker_ok else "unavailable",
-    )
-    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+readyz = guarded(web.readyz(lambda r: (deps_of(r).pool, deps_of(r).broker), _readiness_body))
 
 
 @guarded
@@ -129,7 +108,7 @@ async def get_job(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/healthz", healthz, methods=["GET"]),
+    Route("/healthz", web.healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
@@ -140,36 +119,25 @@ ROUTES = [
 def build_app(settings: Settings, *, store_client: StoreClientFactory | None = None) -> Starlette:
     """The api as an ASGI app; ``store_client`` replaces the WooCommerce client factory."""
 
+    runtime = Runtime("api", settings)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
-        pool = await db.create_pool(settings.database_url, name="woosync-api")
-        broker = make_broker(settings)
-        try:
-            await broker.connect()
-            await declare_topology(broker, topology)
+        async with runtime.serving() as pool:
             app.state.deps = Deps(
                 settings=settings,
                 pool=pool,
-                broker=broker,
-                topology=topology,
+                broker=runtime.broker,
+                topology=runtime.topology,
                 secrets=SecretBox.from_settings(settings),
                 tokens=ProgressTokens.from_settings(settings),
                 store_client=store_client or store_client_factory(settings),
                 limiter=RateLimiter(
                     pool, "api:org", settings.rate_limit_per_minute, settings.rate_limit_burst
                 ),
-                refusals=RateLimiter(
-                    pool,
-                    "api:refused",
-                    settings.refused_key_limit_per_minute,
-                    settings.refused_key_limit_burst,
-                ),
+                refusals=RefusedCallers(pool, "api", settings, "a missing or refused API key"),
             )
             yield
-        finally:
-            await broker.stop()
-            await pool.close()
 
     app = Starlette(
         routes=ROUTES,
@@ -177,4 +145,5 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         exception_handlers={HTTPException: http_exception_handler},
     )
     app.state.openapi = build_openapi(sync_path=SYNC_PATH, job_path=JOB_PATH)
+    app.state.runtime = runtime
     return app

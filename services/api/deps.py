@@ -16,6 +16,7 @@ from shared.crypto import ProgressTokens, SecretBox
 from shared.ratelimit import RateLimiter
 from shared.settings import Settings
 from shared.topology import Topology
+from shared.web import RefusedCallers
 from shared.woocommerce import RetryPolicy, StoreConfig, WooClient
 
 # Testing a store before accepting a job: answer the client within seconds, so retry briefly
@@ -96,7 +97,7 @@ class Deps:
     tokens: ProgressTokens
     store_client: StoreClientFactory
     limiter: RateLimiter  # per org, for requests with a valid key
-    refusals: RateLimiter  # per client address, for refused keys
+    refusals: RefusedCallers  # per client address, for missing or refused keys
     # Connection tests on `start`, bounded per process (from the settings).
     store_checks: StoreChecks = field(init=False)
 

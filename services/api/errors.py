@@ -1,17 +1,20 @@
 """The one error shape every api response uses: ``{"error": {"code", "message"}}``.
 
-Actions raise :class:`ApiError`; the HTTP edge turns it, routing errors and any unexpected
-exception into this envelope, so no stack trace, SQL text or submitted secret reaches a client.
+Actions raise :class:`ApiError` (defined with the envelope in ``shared.web``, which the tracker
+answers with too); the HTTP edge turns it, routing errors and any unexpected exception into this
+envelope, so no stack trace, SQL text or submitted secret reaches a client.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+
+from shared.web import ApiError, error_response
+
+__all__ = ["ApiError", "describe_validation_error", "error_response", "http_exception_handler"]
 
 # Pydantic's own wording for these names the offending input; ours does not.
 _FRIENDLY_MESSAGES: dict[str, str] = {
@@ -27,35 +30,6 @@ _HTTP_CODES: dict[int, str] = {
     404: "not_found",
     405: "method_not_allowed",
 }
-
-
-class ApiError(Exception):
-    """A failure the client should see, with its HTTP status and a stable machine code."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-
-    def response(self) -> JSONResponse:
-        return error_response(self.status, self.code, self.message, headers=self.headers)
-
-
-def error_response(
-    status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
-    )
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -140,4 +140,3 @@ SET state = 'done', finished_at = now(), updated_at = now(), last_error = $2
 WHERE id = $1 AND org_id = $3 AND state NOT IN ('done', 'failed')
 """
 
-CHECK_DATABASE = "SELECT 1"

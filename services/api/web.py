@@ -61,17 +61,10 @@ async def require_caller(request: Request, deps: Deps) -> Caller:
     ``Retry-After`` when the org's bucket is empty, or when the client address has had too many
     keys refused (then before any lookup, whatever key it sends now).
     """
-    client = request.client.host if request.client else "unknown"
-    if not await deps.refusals.has_capacity(client):
-        raise ApiError(
-            429,
-            "rate_limited",
-            "too many requests with a missing or refused API key from this address; slow down",
-            headers={"Retry-After": str(deps.refusals.retry_after_s)},
-        )
+    await deps.refusals.check(request)
     caller = await authenticate(deps.pool, request.headers.get("authorization"))
     if caller is None:
-        await deps.refusals.allow(client)
+        await deps.refusals.refused(request)
         raise ApiError(
             401,
             "unauthorized",

@@ -1,19 +1,15 @@
-"""``python -m services.fetcher``: settings, logging, and the FastStream app; nothing else."""
+"""``python -m services.fetcher``: ``shared.runtime.start_process``, then the FastStream app."""
 
 from __future__ import annotations
 
 import asyncio
 
 from services.fetcher.app import build_app
-from shared.db import require_app_role
-from shared.logs import configure
-from shared.settings import Settings
+from shared.runtime import start_process
 
 
 def main() -> None:
-    settings = Settings()
-    log = configure("fetcher", settings.log_level)
-    require_app_role(settings.database_url, log)
+    settings, _ = start_process("fetcher")
     asyncio.run(build_app(settings).run())
 
 

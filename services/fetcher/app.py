@@ -1,4 +1,4 @@
-"""Wiring of the fetcher: settings, pool, broker, the one subscriber."""
+"""The fetcher's one subscriber and its deps; the wiring is ``shared.runtime``."""
 
 from __future__ import annotations
 
@@ -7,27 +7,26 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Annotated
 
-import asyncpg
 from faststream import FastStream
 from faststream.rabbit.annotations import RabbitMessage
 
 from services.fetcher.handlers import FetcherDeps, PageReader, handle_sync_requested
-from shared import db
-from shared.broker import make_broker, publish
-from shared.consuming import Parking, consume, raw_body
+from shared.broker import publish
+from shared.consuming import Contract, Parking, consume, raw_body
 from shared.crypto import SecretBox
 from shared.messages import SyncRequested
+from shared.runtime import Runtime
 from shared.settings import Settings
-from shared.topology import Topology, declare_topology
 from shared.woocommerce import StoreConfig, WooClient
 
 log = logging.getLogger("woosync.fetcher")
 
 
 def build_app(settings: Settings) -> FastStream:
-    broker = make_broker(settings, logger=logging.getLogger("woosync.fetcher.broker"))
-    topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
+    runtime = Runtime("fetcher", settings)
+    broker, topology = runtime.broker, runtime.topology
     state: dict[str, FetcherDeps] = {}
     stopping = asyncio.Event()
     parking = Parking(broker, topology.parking(topology.fetcher_queue).name)
@@ -37,12 +36,9 @@ def build_app(settings: Settings) -> FastStream:
         async with WooClient.from_settings(config, settings, max_connections=concurrency) as client:
             yield client
 
-    async def startup() -> None:
-        pool: asyncpg.Pool = await db.create_pool(settings.database_url, name="woosync-fetcher")
-        await broker.connect()
-        await declare_topology(broker, topology)
+    async def started() -> None:
         state["deps"] = FetcherDeps(
-            pool=pool,
+            pool=runtime.pool,
             secrets=SecretBox.from_settings(settings),
             open_client=open_client,
             publish=functools.partial(publish, broker, topology),
@@ -59,21 +55,18 @@ def build_app(settings: Settings) -> FastStream:
         instead of running on for the whole graceful timeout."""
         stopping.set()
 
-    async def shutdown() -> None:
-        if "deps" in state:
-            await state.pop("deps").pool.close()
-
-    @broker.subscriber(topology.fetcher_queue, decoder=raw_body)
-    async def on_sync_requested(msg: RabbitMessage) -> None:
+    @broker.subscriber(
+        topology.fetcher_queue,
+        decoder=raw_body,
+        title="fetcher",
+        description="Sync requests: read the job's store page by page.",
+    )
+    async def on_sync_requested(
+        body: Annotated[bytes, Contract(SyncRequested)], msg: RabbitMessage
+    ) -> None:
         deps = state["deps"]
         await consume(
             msg, SyncRequested, lambda r: handle_sync_requested(r, deps), log, parking=parking
         )
 
-    return FastStream(
-        broker,
-        logger=log,
-        on_startup=[startup],
-        on_shutdown=[stop_crawls],
-        after_shutdown=[shutdown],
-    )
+    return runtime.faststream_app(started=[started], stopping=[stop_crawls])

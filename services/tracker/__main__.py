@@ -1,22 +1,18 @@
-"""``python -m services.tracker``: settings, logging, and uvicorn around the app; nothing else."""
+"""``python -m services.tracker``: ``shared.runtime.start_process``, then uvicorn."""
 
 from __future__ import annotations
 
 import uvicorn
 
 from services.tracker.app import build_app
-from shared.db import require_app_role
-from shared.logs import configure
-from shared.settings import Settings
+from shared.runtime import start_process
 
 # Open SSE streams are closed by sse-starlette on SIGTERM; this bounds anything else.
 GRACEFUL_SHUTDOWN_S = 5
 
 
 def main() -> None:
-    settings = Settings()
-    log = configure("tracker", settings.log_level)
-    require_app_role(settings.database_url, log)
+    settings, _ = start_process("tracker")
     uvicorn.run(
         build_app(settings),
         host=settings.tracker_host,

@@ -17,7 +17,8 @@ Why this is safe under at-least-once delivery and crashes:
   any number of concurrent recomputes (in one tracker or several) exactly one sees the
   transition, records the activity row in the same transaction, and publishes ``SyncCompleted``.
 * ``FetchFailed`` is not coalesced: it carries the error to store, so it is applied before the
-  ack. A malformed event is rejected, which dead-letters it to the parking queue.
+  ack. The consumer edge (``shared.consuming.consume``) parks a malformed event and requeues one
+  that met a lost database.
 
 * A job can also stop moving because the services that should move it are gone. At every full
   sweep, a job that could still finish but showed no progress for ``stall_timeout_s`` (no page
@@ -35,25 +36,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 from aio_pika.exceptions import PublishError
-from faststream.rabbit import RabbitBroker, RabbitMessage
-from pydantic import ValidationError
+from faststream.rabbit import RabbitBroker
 
 from services.tracker import queries as q
 from shared import activity
 from shared.broker import publish
-from shared.consuming import Parking, park, settle
 from shared.db import OrgScope, for_org
 from shared.logs import redact
 from shared.messages import (
-    SCHEMA_VERSION,
     FetchCompleted,
     FetchFailed,
     LinesDone,
@@ -66,49 +63,9 @@ from shared.topology import Topology
 log = logging.getLogger("woosync.tracker")
 
 TrackerEvent = LinesDone | LinesFailed | FetchCompleted | FetchFailed
-EVENT_TYPES: dict[str, type[TrackerEvent]] = {
-    cls.routing_key: cls for cls in (LinesDone, LinesFailed, FetchCompleted, FetchFailed)
-}
 MAX_ERROR_CHARS = 2_000
-REDELIVERY_DELAY_S = 1.0
 
 Publish = Callable[[SyncCompleted], Awaitable[None]]
-
-
-class MalformedEvent(ValueError):
-    """The event cannot be understood; it belongs in the parking queue, not in a retry loop."""
-
-
-def parse_event(body: bytes, routing_key: str | None) -> TrackerEvent:
-    """Decode one event body, choosing the model by routing key.
-
-    A message replayed from the parking queue through the default exchange arrives with the
-    queue's name as its routing key; then the shape decides, which is unambiguous because every
-    model forbids extra fields and has a required field of its own.
-    """
-    try:
-        data: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedEvent(f"body is not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise MalformedEvent("body is not a JSON object")
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise MalformedEvent(f"unsupported schema_version {version!r}")
-    known = EVENT_TYPES.get(routing_key or "")
-    candidates: Iterable[type[TrackerEvent]] = (known,) if known else EVENT_TYPES.values()
-    matches: list[TrackerEvent] = []
-    reason = "matches no tracker event"
-    for model in candidates:
-        try:
-            matches.append(model.model_validate(data))
-        except ValidationError as exc:
-            first = exc.errors(include_input=False, include_url=False)[0]
-            where = ".".join(str(part) for part in first["loc"]) or "body"
-            reason = f"not a valid {model.__name__}: {where}: {first['msg']}"
-    if len(matches) != 1:
-        raise MalformedEvent(reason if not matches else "matches several tracker events")
-    return matches[0]
 
 
 async def announce(broker: RabbitBroker, topology: Topology, done: SyncCompleted) -> None:
@@ -236,7 +193,6 @@ class Tracker:
         *,
         sweep_interval_s: float,
         full_sweep_interval_s: float = 5.0,
-        parking: Parking | None = None,
         stall_timeout_s: float | None = None,
         fetchers_consuming: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
@@ -245,7 +201,6 @@ class Tracker:
         self._pool = pool
         self._stall_timeout_s = stall_timeout_s
         self._fetchers_consuming = fetchers_consuming
-        self._parking = parking
         self._publish = publish
         self._sweep_interval_s = sweep_interval_s
         self._full_sweep_interval_s = full_sweep_interval_s
@@ -260,27 +215,13 @@ class Tracker:
     def mark_dirty(self, job_id: UUID, org_id: UUID) -> None:
         self._dirty[job_id] = org_id
 
-    async def on_event(self, body: bytes, msg: RabbitMessage) -> None:
-        """Broker handler for ``<ns>.tracker.events`` (manual acks)."""
-        routing_key = msg.raw_message.routing_key
-        try:
-            event = parse_event(body, routing_key)
-        except MalformedEvent as exc:
-            reason = f"malformed event (routing key {routing_key}): {exc}"
-            await park(msg, reason, self._parking, log)
-            return
+    async def on_event(self, event: TrackerEvent) -> None:
+        """One decoded event (``shared.consuming.consume`` decodes, parks and settles): mark its
+        job dirty, or fail the job now for a ``FetchFailed``, which carries the error to store."""
         if not isinstance(event, FetchFailed):
             self._dirty[event.job_id] = event.org_id
-            await settle(msg, "ack", log)
             return
-        try:
-            done = await fail_job(self._pool, event)
-        except Exception:
-            log.exception("could not fail job %s; the event will be redelivered", event.job_id)
-            await asyncio.sleep(REDELIVERY_DELAY_S)  # no tight redelivery loop while the DB is down
-            await settle(msg, "requeue", log)
-            return
-        await settle(msg, "ack", log)
+        done = await fail_job(self._pool, event)
         if done is not None:
             log.info("job %s failed: %s", event.job_id, redact(event.error)[:200])
             await self._announce([done])

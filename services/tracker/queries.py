@@ -140,8 +140,6 @@ RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count,
 # Open jobs of every org, through a security-definer function (migration 0005).
 SELECT_ACTIVE_JOBS = "SELECT id, org_id FROM woosync_open_jobs()"
 
-PING = "SELECT 1"
-
 # An open progress stream's API key, checked again while the stream is open ($1 key id, $2 org).
 KEY_IS_ACTIVE = """
 SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL)

@@ -36,14 +36,16 @@ import asyncpg
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 
 from services.tracker import queries as q
 from shared.auth import authenticate
 from shared.crypto import ProgressTokens
 from shared.db import for_org
 from shared.jobs import JobStatus, get_status
-from shared.ratelimit import RateLimiter, StreamSlots
+from shared.paths import PROGRESS_PATH
+from shared.ratelimit import StreamSlots
+from shared.web import ApiError, RefusedCallers, error_response
 
 log = logging.getLogger("woosync.tracker.sse")
 
@@ -55,14 +57,6 @@ CREDENTIAL_GONE = (
     '{"error": {"code": "unauthorized", "message": '
     '"the API key was revoked or the progress token expired"}}'
 )
-
-
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
-    )
 
 
 def _job_id(request: Request) -> UUID | None:
@@ -169,19 +163,15 @@ async def progress(request: Request) -> Response:
     if job_id is None:
         return error_response(422, "invalid_job_id", "job_id must be a UUID")
     pool: asyncpg.Pool = request.state.pool
-    refusals: RateLimiter = request.state.refusals
-    client = request.client.host if request.client else "unknown"
-    if not await refusals.has_capacity(client):
-        return error_response(
-            429,
-            "rate_limited",
-            "too many requests with a refused API key or token from this address; slow down",
-            headers={"Retry-After": str(refusals.retry_after_s)},
-        )
+    refusals: RefusedCallers = request.state.refusals
+    try:
+        await refusals.check(request)
+    except ApiError as exc:
+        return exc.response()
     tokens: ProgressTokens = request.state.tokens
     credential = await _credential(request, pool, tokens, job_id)
     if credential is None:
-        await refusals.allow(client)
+        await refusals.refused(request)
         return error_response(
             401,
             "unauthorized",
@@ -253,7 +243,7 @@ dl{display:grid;grid-template-columns:auto 1fr;gap:.2em 1em}dt{color:#666}dd{mar
 <script>
 "use strict";
 const jobId = location.pathname.split("/").filter(Boolean).pop();
-const url = new URL("../api/v1/integrations/sync/progress/" + encodeURIComponent(jobId),
+const url = new URL("..@PROGRESS_BASE@" + encodeURIComponent(jobId),
                     location.href);
 url.search = location.search;
 const el = (id) => document.getElementById(id);
@@ -274,7 +264,9 @@ source.addEventListener("error", (e) => {
   }
 });
 </script></body></html>
-"""
+""".replace(
+    "@PROGRESS_BASE@", PROGRESS_PATH.removesuffix("{job_id}")
+)  # the page lives one level below the root (PROGRESS_PAGE_PATH)
 
 # The page builds every URL from its own location: nothing from the request is echoed into it.
 PAGE_HEADERS = {

@@ -25,19 +25,15 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 from itsdangerous.timed import TimestampSigner
 
 from services.tracker.app import build_app
-from services.tracker.handlers import (
-    MalformedEvent,
-    Tracker,
-    announce,
-    fail_job,
-    parse_event,
-    recompute,
-)
+from services.tracker.handlers import Tracker, announce, fail_job, recompute
 from shared.auth import create_org
 from shared.broker import make_broker, publish
+from shared.consuming import Malformed as MalformedEvent
+from shared.consuming import parse
 from shared.crypto import ProgressTokens
 from shared.db import for_org
 from shared.messages import (
+    TRACKER_EVENTS,
     FetchCompleted,
     FetchFailed,
     LineFailure,
@@ -359,6 +355,11 @@ async def test_jobs_without_progress_are_failed_as_stalled_once(
     assert (await job_row(pool, waiting))["state"] == "failed"
     assert len(await activities(pool, stuck)) == 1  # failed once, recorded once
     assert [a.job_id for a in announced] == [stuck, waiting]
+
+
+def parse_event(body: bytes, routing_key: str) -> Any:
+    """The tracker's events as the consumer edge decodes them."""
+    return parse(body, TRACKER_EVENTS, routing_key=routing_key)
 
 
 def test_parse_event_by_routing_key_or_shape() -> None:

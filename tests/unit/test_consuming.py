@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
@@ -12,8 +14,17 @@ import asyncpg
 import pytest
 from pydantic import ValidationError
 
-from shared.consuming import decode, delivery_count, is_infrastructure_error, requeue_pause_s
-from shared.messages import CustomerBatch
+from shared.consuming import (
+    Malformed,
+    Requeue,
+    consume,
+    decode,
+    delivery_count,
+    is_infrastructure_error,
+    parse,
+    requeue_pause_s,
+)
+from shared.messages import TRACKER_EVENTS, CustomerBatch, FetchFailed, LinesDone
 from shared.topology import DELIVERY_LIMIT
 
 
@@ -105,3 +116,70 @@ def test_delivery_count_header() -> None:
     assert delivery_count(None) == 0
     assert delivery_count({"x-delivery-count": 3}) == 3
     assert delivery_count({"x-delivery-count": "junk"}) == 0
+
+
+# --- one decoder for every consumer and the dead-letter tools ----------------------------------
+
+
+def test_routing_key_picks_the_model_else_the_shape_decides() -> None:
+    ids = {"job_id": uuid4(), "org_id": uuid4()}
+    done = LinesDone(woo_ids=[1], **ids)
+    failed = FetchFailed(error="store said 503", **ids)
+    assert parse(done.model_dump_json().encode(), TRACKER_EVENTS, routing_key="line.done") == done
+    # Replayed through the default exchange: the routing key is a queue name.
+    assert parse(failed.model_dump_json().encode(), TRACKER_EVENTS, routing_key="q") == failed
+    with pytest.raises(Malformed, match=r"^malformed LinesFailed: "):
+        parse(done.model_dump_json().encode(), TRACKER_EVENTS, routing_key="line.failed")
+    with pytest.raises(Malformed, match=r"not a LinesDone \(.*not a FetchFailed \("):
+        parse(b'{"schema_version": 1}', TRACKER_EVENTS)
+
+
+class FakeDelivery:
+    """What ``consume`` needs of a RabbitMessage; records how it was settled."""
+
+    def __init__(self, body: bytes, headers: dict[str, Any] | None = None) -> None:
+        self.body = body
+        self.headers = headers or {}
+        self.message_id = "m-1"
+        self.content_type = "application/json"
+        self.raw_message = SimpleNamespace(routing_key="customer.batch")
+        self.settled: list[str] = []
+
+    async def ack(self) -> None:
+        self.settled.append("ack")
+
+    async def nack(self, requeue: bool = True) -> None:
+        self.settled.append("requeue" if requeue else "nack")
+
+    async def reject(self, requeue: bool = False) -> None:
+        self.settled.append("reject")
+
+
+def _raises(exc: BaseException) -> Callable[[Any], Awaitable[None]]:
+    async def handle(_: Any) -> None:
+        raise exc
+
+    return handle
+
+
+async def _ok(_: Any) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("body", "handle", "settled"),
+    [
+        (body([{"id": 1}]), _ok, "ack"),
+        (b"not json", _ok, "reject"),  # malformed: parked (rejected to the parking queue)
+        (body([{"id": 1}]), _raises(ValueError("a bug")), "reject"),  # the data's fault: parked
+        (body([{"id": 1}]), _raises(Requeue("shutting down")), "requeue"),
+        (body([{"id": 1}]), _raises(ConnectionResetError()), "requeue"),  # lost database
+    ],
+)
+async def test_consume_is_the_one_place_deciding_park_or_requeue(
+    body: bytes, handle: Callable[[Any], Awaitable[None]], settled: str
+) -> None:
+    delivery = FakeDelivery(body)
+    log = logging.getLogger("test.consume")
+    await consume(delivery, CustomerBatch, handle, log)  # type: ignore[arg-type]
+    assert delivery.settled == [settled]

@@ -1,0 +1,122 @@
+"""How every service is wired: one runtime opens settings, logging, the database pool, the broker
+and its topology in one order and closes them in the reverse one.
+
+``start_process(service)`` is a process's first step (settings, logging, the database role check
+that exits 2 on a wrong role); ``Runtime`` holds the broker from the start, so subscribers can be
+declared on it before anything connects (and the AsyncAPI document can be generated from it),
+and opens the rest when the service starts:
+
+    open:  pool -> broker connection -> topology declared -> (subscribers consume)
+    close: (the service's own stop: subscribers, loops, crawls) -> broker stopped -> pool closed
+
+The api and the tracker run ``serving()`` as their Starlette lifespan; the fetcher and the syncer
+run ``faststream_app()``, whose startup and shutdown hooks call the same ``open`` and ``close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+
+import asyncpg
+from faststream import FastStream
+from faststream.rabbit import RabbitBroker
+
+from shared import db
+from shared.broker import make_broker
+from shared.logs import configure
+from shared.settings import Settings
+from shared.topology import Topology, declare_topology
+
+POOL_CLOSE_TIMEOUT_S = 3.0
+
+Hook = Callable[[], Awaitable[None]]
+
+
+def start_process(service: str) -> tuple[Settings, logging.Logger]:
+    """A service process's first steps: settings, logging, and the database role check (exit 2
+    on a role row-level security does not bind, exit 1 when the database cannot be asked)."""
+    settings = Settings()
+    log = configure(service, settings.log_level)
+    db.require_app_role(settings.database_url, log)
+    return settings, log
+
+
+class Runtime:
+    """One service's settings, topology, broker and (once open) pool."""
+
+    def __init__(self, service: str, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self.log = logging.getLogger(f"woosync.{service}")
+        self.topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
+        self.broker: RabbitBroker = make_broker(
+            settings, logger=logging.getLogger(f"woosync.{service}.broker")
+        )
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError(f"the {self.service} runtime is not open")
+        return self._pool
+
+    async def open(self) -> asyncpg.Pool:
+        """Pool, broker connection, topology; subscribers start consuming only afterwards."""
+        self._pool = await db.create_pool(
+            self.settings.database_url, name=f"woosync-{self.service}"
+        )
+        await self.broker.connect()
+        await declare_topology(self.broker, self.topology)
+        return self._pool
+
+    async def start_consuming(self) -> None:
+        """Start the subscribers declared on the broker (FastStream apps do this themselves)."""
+        await self.broker.start()
+
+    async def stop_consuming(self) -> None:
+        """Stop taking messages; the connection stays up for what is still to publish."""
+        for subscriber in self.broker.subscribers:
+            await subscriber.stop()
+
+    async def close(self) -> None:
+        """Broker, then pool (bounded: a connection stuck on a dead server is terminated)."""
+        try:
+            await self.broker.stop()
+        finally:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                try:
+                    await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
+                except TimeoutError:
+                    pool.terminate()
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[asyncpg.Pool]:
+        """``open`` ... ``close``, for a Starlette lifespan."""
+        try:
+            yield await self.open()
+        finally:
+            await self.close()
+
+    def faststream_app(
+        self, *, started: Sequence[Hook] = (), stopping: Sequence[Hook] = ()
+    ) -> FastStream:
+        """A consumer process: ``open`` then ``started`` (the service's deps) before the
+        subscribers consume; ``stopping`` before FastStream's graceful stop waits for running
+        handlers; ``close`` after it."""
+
+        async def startup() -> None:
+            await self.open()
+            for hook in started:
+                await hook()
+
+        return FastStream(
+            self.broker,
+            logger=self.log,
+            on_startup=[startup],
+            on_shutdown=list(stopping),
+            after_shutdown=[self.close],
+        )
