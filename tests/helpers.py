@@ -53,7 +53,7 @@ async def wait_until(
     """Poll ``check`` (a function, or one returning an awaitable) until it gives something
     truthy, and return that; fail naming ``what`` after ``timeout_s``.
 
-    The one way tests wait. To show that something did NOT happen, wait on a positive sign that
+    To show that something did NOT happen, wait on a positive sign that
     the system has gone past the point where it would have (a later event, a queue drained, a
     count settled), then assert it is absent, rather than sleeping for a while."""
     deadline = time.monotonic() + timeout_s

@@ -126,7 +126,7 @@ async def test_sigkill_of_every_service_mid_sync_several_in_a_row(
 
                 row = await wait_final(settings, job_id, timeout_s=90)
                 note("job final")
-                events = await asyncio.wait_until(sse, 30)
+                events = await asyncio.wait_for(sse, 30)
             assert row["state"] == "done", row["last_error"]
             await assert_exact(settings, org, job_id, store)
             assert row["process_count"] == 3  # taken up by three fetchers in turn
