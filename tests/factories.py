@@ -219,3 +219,73 @@ async def add_customers(pool: asyncpg.Pool, job_id: UUID, woo_ids: Sequence[int]
         job_id,
         list(woo_ids),
     )
+
+
+async def make_read_job(
+    pool: asyncpg.Pool,
+    woo_ids: list[int],
+    *,
+    org_id: UUID | None = None,
+    state: str = "processing",
+    failed: dict[int, dict[str, Any]] | None = None,
+) -> Job:
+    """A job whose every page is read (``fetch_done_at``), with a pending line per customer;
+    ``failed`` lines are stored as the syncer leaves parked customers (with their payload)."""
+    job = await make_sync_job(
+        pool,
+        org_id=org_id,
+        consumer_secret_enc=b"\x00\xff",
+        state=state,
+        fetch_done=True,
+        finished=state in ("done", "failed"),
+    )
+    failed = failed or {}
+    pending = [w for w in woo_ids if w not in failed]
+    await add_lines(pool, job.job_id, job.org_id, pending, page=1)
+    payloads = {w: failed[w] for w in woo_ids if w in failed}
+    await add_failed_lines(
+        pool, job.job_id, job.org_id, payloads, page=1, attempts=4, last_error="refused"
+    )
+    return job
+
+
+def small_customer(woo_id: int, **overrides: Any) -> dict[str, Any]:
+    """A store's customer with few fields, as a batch carries it."""
+    return {
+        "id": woo_id,
+        "email": f"customer{woo_id}@example.com",
+        "first_name": f"First{woo_id}",
+        "last_name": "Last",
+        "username": f"user{woo_id}",
+        "date_created_gmt": "2024-05-01T07:00:00",
+        "date_modified_gmt": None,
+        **overrides,
+    }
+
+
+# A cause of parked customers that can be fixed: a CHECK constraint refusing this first name.
+POISON = "POISON"
+CONSTRAINT = "customer_not_poison"
+
+
+async def add_poison_rule(pool: asyncpg.Pool) -> None:
+    await pool.execute(
+        f"ALTER TABLE customer ADD CONSTRAINT {CONSTRAINT} CHECK (first_name <> '{POISON}')"
+    )
+
+
+async def fix_the_cause(pool: asyncpg.Pool) -> None:
+    await pool.execute(f"ALTER TABLE customer DROP CONSTRAINT {CONSTRAINT}")
+
+
+# Every table holding an org's rows, with the column naming the org (None: through its job).
+ORG_TABLES = {
+    "orgs": "id",
+    "api_keys": "org_id",
+    "woo_connections": "org_id",
+    "woo_customer_sync_queue": "org_id",
+    "woo_customer_sync_page": None,
+    "woo_customer_sync_queue_line": "org_id",
+    "woo_sync_activity": "org_id",
+    "customer": "org_id",
+}

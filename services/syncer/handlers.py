@@ -261,34 +261,14 @@ async def upsert_isolating(
     return list(rows), [], stale
 
 
-# The columns UPSERT_CUSTOMERS takes as arrays, in its parameter order ($3 onwards).
-UPSERT_COLUMNS = (
-    "woo_id",
-    "email",
-    "first_name",
-    "last_name",
-    "username",
-    "role",
-    "company",
-    "phone",
-    "is_paying_customer",
-    "avatar_url",
-    "woo_date_created",
-    "woo_date_modified",
-    "raw_json",
-    "source_hash",
-    "clean_json",
-)
-
-
 def upsert_arguments(rows: Sequence[CustomerRow]) -> list[Any]:
     """UPSERT_CUSTOMERS' parameters: the org and connection all ``rows`` share (one batch), then
-    one list per column."""
+    one list per field of ``queries.UPSERT_ARRAYS``, in its order."""
     org_ids = {row.org_id for row in rows}
     connection_ids = {row.connection_id for row in rows}
     if len(org_ids) != 1 or len(connection_ids) != 1:
         raise ValueError("an upsert takes the rows of one org and one connection")
-    columns = [[getattr(row, name) for row in rows] for name in UPSERT_COLUMNS]
+    columns = [[getattr(row, name) for row in rows] for name, _ in q.UPSERT_ARRAYS]
     return [org_ids.pop(), connection_ids.pop(), *columns]
 
 

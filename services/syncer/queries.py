@@ -6,6 +6,8 @@ Both statements take their whole set at once (the customers as one array per col
 cannot deadlock each other.
 """
 
+from shared.mapping import CUSTOMER_COLUMNS
+
 # The job must exist and belong to the org the batch names (tenant isolation). Its connection,
 # not the batch's, is where the customers go: a batch queued before migration 0009 merged its
 # store's connections names one that no longer exists, and the job was moved to the survivor.
@@ -14,12 +16,54 @@ SELECT connection_id FROM woo_customer_sync_queue
 WHERE id = $1 AND org_id = $2
 """
 
-# $1 org_id, $2 connection_id, then one array per column ($3 woo_id .. $17 clean_json, in the
-# order of UPSERT_COLUMNS in services/syncer/handlers.py), woo_ids unique. Arrays, not one jsonb
-# document: each customer travels once, as the canonical JSON text that goes into ``raw``, and
-# billing, shipping and meta_data are taken from it here (objects, or empty when null or missing,
-# as shared.mapping.map_customer has them); from ``clean_json`` instead when the customer held NUL
-# characters (raw keeps them escaped, the columns have them removed).
+# What each customer travels as: one array per field, $3 onwards in this order, with the type of
+# its elements. services/syncer/handlers.py builds the arrays from this tuple; the statement's
+# ``unnest`` below is built from it too, so the two cannot drift apart.
+UPSERT_ARRAYS: tuple[tuple[str, str], ...] = (
+    ("woo_id", "bigint"),
+    ("email", "text"),
+    ("first_name", "text"),
+    ("last_name", "text"),
+    ("username", "text"),
+    ("role", "text"),
+    ("company", "text"),
+    ("phone", "text"),
+    ("is_paying_customer", "boolean"),
+    ("avatar_url", "text"),
+    ("woo_date_created", "timestamptz"),
+    ("woo_date_modified", "timestamptz"),
+    ("raw_json", "text"),
+    ("source_hash", "text"),
+    ("clean_json", "text"),
+)
+
+# The columns of ``customer`` the upsert writes, in table order (shared.mapping's
+# CUSTOMER_COLUMNS, which a test holds to the table), each with its value read from an input row
+# ``r``: the same-named field unless written here.
+_DERIVED_VALUES = {
+    "org_id": "$1::uuid",
+    "connection_id": "$2::uuid",
+    "billing": "CASE WHEN jsonb_typeof(r.doc -> 'billing') = 'object' THEN r.doc -> 'billing'"
+    " ELSE '{}' END",
+    "shipping": "CASE WHEN jsonb_typeof(r.doc -> 'shipping') = 'object' THEN r.doc -> 'shipping'"
+    " ELSE '{}' END",
+    "meta_data": "CASE WHEN jsonb_typeof(r.doc -> 'meta_data') = 'array' THEN r.doc -> 'meta_data'"
+    " ELSE '[]' END",
+    "raw": "r.raw_json::jsonb",
+}
+_KEY = ("org_id", "connection_id", "woo_id")
+_INDENT = ",\n        "
+_ARRAYS = _INDENT.join(f"${n}::{kind}[]" for n, (_, kind) in enumerate(UPSERT_ARRAYS, start=3))
+_FIELDS = _INDENT.join(name for name, _ in UPSERT_ARRAYS)
+_COLUMNS = _INDENT.join(CUSTOMER_COLUMNS)
+_VALUES = _INDENT.join(_DERIVED_VALUES.get(c, f"r.{c}") for c in CUSTOMER_COLUMNS)
+_UPDATES = _INDENT.join(f"{c} = EXCLUDED.{c}" for c in CUSTOMER_COLUMNS if c not in _KEY)
+
+# $1 org_id, $2 connection_id, then the arrays of UPSERT_ARRAYS, woo_ids unique. Arrays, not one
+# jsonb document: each customer travels once, as the canonical JSON text that goes into ``raw``,
+# and billing, shipping and meta_data are taken from it here (objects, or empty when null or
+# missing, as shared.mapping.map_customer has them); from ``clean_json`` instead when the customer
+# held NUL characters (raw keeps them escaped, the columns have them removed).
 # Conflicts update only when the content changed (an unchanged customer writes no new row version)
 # and the payload is not older than the stored one: a replay or retry of an old payload never
 # overwrites a newer version (issue 8, item 9). "Older" compares woo_date_modified (from
@@ -27,50 +71,25 @@ WHERE id = $1 AND org_id = $2
 # one was, is older; equal or newer updates, and a stored row without a date takes anything.
 # Returns the customers left alone as stale, with the date of the version kept. The final SELECT
 # sees the rows as they were before this statement (one snapshot), which is what it compares with.
-UPSERT_CUSTOMERS = """
+# Composed once, here, from the tuples above (print it to read it whole).
+UPSERT_CUSTOMERS = f"""
 WITH input AS MATERIALIZED (
     SELECT u.*, COALESCE(u.clean_json, u.raw_json)::jsonb AS doc
-    FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                $9::text[], $10::text[], $11::boolean[], $12::text[], $13::timestamptz[],
-                $14::timestamptz[], $15::text[], $16::text[], $17::text[])
-         AS u(woo_id, email, first_name, last_name, username, role, company, phone,
-              is_paying_customer, avatar_url, woo_date_created, woo_date_modified, raw_json,
-              source_hash, clean_json)
+    FROM unnest(
+        {_ARRAYS}
+    ) AS u(
+        {_FIELDS}
+    )
 ), upserted AS (
     INSERT INTO customer AS c (
-        org_id, connection_id, woo_id, email, first_name, last_name, username, role, company,
-        phone, billing, shipping, meta_data, is_paying_customer, avatar_url, woo_date_created,
-        woo_date_modified, raw, source_hash
+        {_COLUMNS}
     )
-    SELECT $1::uuid, $2::uuid, r.woo_id, r.email, r.first_name, r.last_name, r.username, r.role,
-           r.company, r.phone,
-           CASE WHEN jsonb_typeof(r.doc -> 'billing') = 'object' THEN r.doc -> 'billing'
-                ELSE '{}' END,
-           CASE WHEN jsonb_typeof(r.doc -> 'shipping') = 'object' THEN r.doc -> 'shipping'
-                ELSE '{}' END,
-           CASE WHEN jsonb_typeof(r.doc -> 'meta_data') = 'array' THEN r.doc -> 'meta_data'
-                ELSE '[]' END,
-           r.is_paying_customer, r.avatar_url, r.woo_date_created, r.woo_date_modified,
-           r.raw_json::jsonb, r.source_hash
+    SELECT
+        {_VALUES}
     FROM input AS r
     ORDER BY r.woo_id
     ON CONFLICT (org_id, connection_id, woo_id) DO UPDATE SET
-        email = EXCLUDED.email,
-        first_name = EXCLUDED.first_name,
-        last_name = EXCLUDED.last_name,
-        username = EXCLUDED.username,
-        role = EXCLUDED.role,
-        company = EXCLUDED.company,
-        phone = EXCLUDED.phone,
-        billing = EXCLUDED.billing,
-        shipping = EXCLUDED.shipping,
-        meta_data = EXCLUDED.meta_data,
-        is_paying_customer = EXCLUDED.is_paying_customer,
-        avatar_url = EXCLUDED.avatar_url,
-        woo_date_created = EXCLUDED.woo_date_created,
-        woo_date_modified = EXCLUDED.woo_date_modified,
-        raw = EXCLUDED.raw,
-        source_hash = EXCLUDED.source_hash,
+        {_UPDATES},
         updated_at = now(),
         synced_at = now()
     WHERE c.source_hash IS DISTINCT FROM EXCLUDED.source_hash

@@ -20,9 +20,22 @@ import httpx
 
 from shared.settings import Settings
 from tests.e2e.harness import Stack
+from tests.e2e.processes import infra_shared_lock
 
 ATTEMPTS = 3
 READY_TIMEOUT_S = 60.0
+
+# Short store timeouts and backoff keep retries cheap; attempts are plenty for ~20% faults.
+PATIENT_STORE = {
+    "WOOSYNC_STORE_TIMEOUT_S": "1.0",
+    "WOOSYNC_STORE_MAX_ATTEMPTS": "10",
+    "WOOSYNC_STORE_BACKOFF_MAX_S": "1.0",
+}
+IMPATIENT_STORE = {
+    "WOOSYNC_STORE_TIMEOUT_S": "1.0",
+    "WOOSYNC_STORE_MAX_ATTEMPTS": "3",
+    "WOOSYNC_STORE_BACKOFF_MAX_S": "0.2",
+}
 
 
 def _listening(stack: Stack, service: str) -> bool:
@@ -73,3 +86,11 @@ async def started_stack(
         yield stack
     finally:
         stack.stop_all()
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, log_dir: Path, env: dict[str, str]) -> AsyncIterator[Stack]:
+    """The four services; a shared hold on the infrastructure lock keeps server restarts by
+    other tests out of this one."""
+    async with infra_shared_lock(), started_stack(settings, log_dir, env) as stack:
+        yield stack

@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from shared.jobs import JobStatus, get_status
 from shared.settings import Settings
 from shared.topology import Topology
 from tests.e2e.harness import Org, Stack
+from tests.helpers import wait_until
 
 INFRA_LOCK = "/tmp/woosync-infra.lock"
 LOCK_WAIT_S = 240.0
@@ -80,20 +81,6 @@ async def running_stack(
             stack.stop_all()
 
 
-async def wait_for(
-    check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 60.0, every_s: float = 0.05
-) -> Any:
-    """Poll ``check`` until it returns something truthy, which is returned."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout_s:.0f}s")
-        await asyncio.sleep(every_s)
-
-
 async def fetchval(settings: Settings, sql: str, *args: Any) -> Any:
     conn = await asyncpg.connect(settings.admin_database_url)
     try:
@@ -109,6 +96,14 @@ async def fetch(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record
         return list(await conn.fetch(sql, *args))
     finally:
         await conn.close()
+
+
+async def pages_recorded(settings: Settings, job_id: str) -> set[int]:
+    """The pages of a job's crawl recorded so far."""
+    rows = await fetch(
+        settings, "SELECT page FROM woo_customer_sync_page WHERE job_id = $1::uuid", job_id
+    )
+    return {r["page"] for r in rows}
 
 
 @dataclass(frozen=True)
@@ -152,7 +147,7 @@ async def wait_progress(
         assert now.state not in ("done", "failed"), f"the job ended first: {now}"
         return now if now.pages >= pages and now.done >= done else None
 
-    result: Progress = await wait_for(check, f"job {job_id} at {pages} pages", timeout_s)
+    result: Progress = await wait_until(check, f"job {job_id} at {pages} pages", timeout_s)
     return result
 
 
@@ -178,7 +173,7 @@ async def wait_consumers(settings: Settings, queue: str, count: int) -> None:
     async def check() -> bool:
         return (await queue_info(settings, queue))[1] >= count
 
-    await wait_for(check, f"{count} consumers on the {queue} queue", 60.0, 0.2)
+    await wait_until(check, f"{count} consumers on the {queue} queue", 60.0, 0.2)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from shared.settings import Settings
+from tests.e2e.fault_stack import PATIENT_STORE, running
 from tests.e2e.harness import (
     Stack,
     action,
@@ -32,13 +33,8 @@ from tests.e2e.harness import (
     start_sync,
     wait_final,
 )
-from tests.e2e.test_faults_store import (
-    PATIENT_STORE,
-    pages_recorded,
-    query,
-    running,
-    wait_until,
-)
+from tests.e2e.processes import fetch, pages_recorded
+from tests.helpers import store_settled, wait_until
 from tools.woosim.testing import spawn_simulator
 
 pytestmark = [pytest.mark.e2e]
@@ -142,7 +138,7 @@ async def test_customers_without_a_usable_id_fail_alone(
     assert row["last_error"].startswith(f"{len(BAD_IDS)} customers failed"), row["last_error"]
     assert (status["failed"], status["done"], status["pending"]) == (len(BAD_IDS), len(good), 0)
     await assert_good_synced(settings, org, good)
-    lines = await query(
+    lines = await fetch(
         settings,
         "SELECT woo_id, state, last_error FROM woo_customer_sync_queue_line "
         "WHERE job_id = $1::uuid AND state <> 'done'",
@@ -172,7 +168,10 @@ async def test_force_done_stops_the_crawl_within_a_page(
             forced_at = time.time()
             assert response.status_code == 200, response.text
             sent_at_force = (await sim.stats())["received"]
-            await asyncio.sleep(3.0)  # many pages' worth at 300 ms each
+            # The crawl says it stopped; then whatever its workers had sent arrives.
+            stopped = "became final while its store was read"
+            await wait_until(lambda: stopped in stack.logs(), "the crawl stopped")
+            await store_settled(sim, "received")
             stats = await sim.stats()
 
     after = stats["received"] - sent_at_force

@@ -34,6 +34,7 @@ from shared.settings import Settings
 from tests.e2e.fault_stack import started_stack
 from tests.e2e.harness import Stack, assert_exact, new_org, start_sync, wait_final
 from tests.e2e.processes import infra_lock
+from tests.helpers import wait_until
 from tools.woosim.testing import spawn_simulator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -237,7 +238,9 @@ async def test_rabbitmq_restart_mid_sync(settings: Settings, stack: Stack) -> No
             job = await start_sync(stack, org, sim, concurrency=1)
             await wait_mid_sync(settings, job["job_id"])
             await restart_rabbitmq(while_down)
-            await asyncio.sleep(1)  # the probe publishes on a little after the restart
+            # The probe publishes on after the restart (each publish confirmed).
+            since = len(probe.sent)
+            await wait_until(lambda: len(probe.sent) >= since + 10, "publishes after the restart")
         assert seen == {"api": 503, "tracker": 503}, seen
         # Every probe publish returned (retried until confirmed) and every one is queued.
         assert probe.sent and probe.queued >= set(probe.sent), len(set(probe.sent) - probe.queued)

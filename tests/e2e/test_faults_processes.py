@@ -44,11 +44,11 @@ from tests.e2e.processes import (
     progress,
     running_stack,
     wait_consumers,
-    wait_for,
     wait_progress,
     watching,
 )
-from tools.woosim.testing import SimHandle, spawn_simulator
+from tests.helpers import store_settled, wait_until
+from tools.woosim.testing import spawn_simulator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -298,7 +298,7 @@ async def test_duplicate_deliveries_and_events_change_nothing_twice(
             async def all_handled() -> bool:
                 return syncer_deliveries(stack, job_id) >= handled + 2 * len(late)
 
-            await wait_for(all_handled, "the late duplicates handled", 60)
+            await wait_until(all_handled, "the late duplicates handled", 60)
             after = await fetch(
                 settings, "SELECT woo_id, xmin::text AS v FROM customer ORDER BY woo_id"
             )
@@ -412,18 +412,6 @@ async def test_job_stalled_after_its_fetch_is_resumed_with_retry(
     assert tracebacks(stack) == []
 
 
-async def wait_store_quiet(sim: SimHandle) -> None:
-    """Until the simulator's request count stops growing."""
-    last = -1
-    for _ in range(100):
-        now = (await sim.stats())["requests"]
-        if now == last:
-            return
-        last = now
-        await asyncio.sleep(0.5)
-    raise AssertionError("the store never stopped being asked")
-
-
 async def test_key_revoked_mid_sync_fails_the_job_at_once(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -447,7 +435,7 @@ async def test_key_revoked_mid_sync_fails_the_job_at_once(
                 assert row["state"] == "failed"
                 assert f"store refused the credentials: HTTP {status}" in row["last_error"]
                 assert sim.consumer_secret not in row["last_error"]
-                await wait_store_quiet(sim)
+                await store_settled(sim)
                 stats = await sim.stats()
                 # Only requests already under way were refused, each once: no retries, no
                 # storm. Those past the key check when it was revoked still got their page.

@@ -19,24 +19,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aio_pika
-import asyncpg
 import httpx
 import pytest
 
 from services.syncer.handlers import NOT_RETRYABLE
-from shared import db, jsondepth
+from shared import jsondepth
 from shared.mapping import MAX_JSON_DEPTH
 from shared.messages import CustomerBatch
 from shared.settings import Settings
 from shared.topology import PARKED_ATTEMPTS_HEADER, PARKED_ERROR_HEADER, Topology
 from tests.conftest import AMQP_URL
-from tests.e2e.fault_stack import started_stack
+from tests.e2e.fault_stack import IMPATIENT_STORE, PATIENT_STORE, running
 from tests.e2e.harness import (
     Stack,
     action,
@@ -45,53 +43,13 @@ from tests.e2e.harness import (
     start_sync,
     wait_final,
 )
-from tests.e2e.processes import infra_shared_lock
+from tests.e2e.processes import fetch, pages_recorded
+from tests.helpers import wait_until
 from tools.woosim.testing import SimHandle, spawn_simulator
 
 pytestmark = [pytest.mark.e2e]
 T = TypeVar("T")
 
-# Short store timeouts and backoff keep retries cheap; attempts are plenty for ~20% faults.
-PATIENT_STORE = {
-    "WOOSYNC_STORE_TIMEOUT_S": "1.0",
-    "WOOSYNC_STORE_MAX_ATTEMPTS": "10",
-    "WOOSYNC_STORE_BACKOFF_MAX_S": "1.0",
-}
-IMPATIENT_STORE = {
-    "WOOSYNC_STORE_TIMEOUT_S": "1.0",
-    "WOOSYNC_STORE_MAX_ATTEMPTS": "3",
-    "WOOSYNC_STORE_BACKOFF_MAX_S": "0.2",
-}
-
-
-@asynccontextmanager
-async def running(settings: Settings, log_dir: Path, env: dict[str, str]) -> AsyncIterator[Stack]:
-    """The four services; a shared hold on the infrastructure lock keeps server restarts by
-    other tests out of this one."""
-    async with infra_shared_lock(), started_stack(settings, log_dir, env) as stack:
-        yield stack
-
-
-async def query(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await db.connect(settings.admin_database_url)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
-
-
-async def pages_recorded(settings: Settings, job_id: str) -> set[int]:
-    rows = await query(
-        settings, "SELECT page FROM woo_customer_sync_page WHERE job_id = $1::uuid", job_id
-    )
-    return {r["page"] for r in rows}
-
-
-async def wait_until(check: Callable[[], Any], what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f}s"
-        await asyncio.sleep(0.05)
 
 
 def assert_no_secret(stack: Stack, sim: SimHandle, *texts: str) -> None:
@@ -179,7 +137,7 @@ async def test_customers_added_and_deleted_during_the_crawl(
             )
             added = [c["id"] for c in created]
             after = {c["id"]: c for c in await sim.customers()}
-            fetching = await query(
+            fetching = await fetch(
                 settings,
                 "SELECT 1 FROM woo_customer_sync_queue WHERE id = $1::uuid "
                 "AND fetch_done_at IS NULL",
@@ -190,7 +148,7 @@ async def test_customers_added_and_deleted_during_the_crawl(
             row = await wait_final(settings, job["job_id"], timeout_s=60)
             assert row["state"] == "done", row["last_error"]
 
-    rows = await query(
+    rows = await fetch(
         settings, "SELECT woo_id, raw FROM customer WHERE org_id = $1::uuid", org.org_id
     )
     synced = {r["woo_id"]: r["raw"] for r in rows}
@@ -199,7 +157,7 @@ async def test_customers_added_and_deleted_during_the_crawl(
     assert set(synced) <= set(before) | set(added)
     for woo_id in throughout | set(added):
         assert synced[woo_id] == after[woo_id], f"customer {woo_id} differs from the store"
-    lines = await query(
+    lines = await fetch(
         settings,
         "SELECT state, count(*) AS n FROM woo_customer_sync_queue_line "
         "WHERE job_id = $1::uuid GROUP BY state",
@@ -231,7 +189,7 @@ async def test_failing_store_fails_the_job_and_retry_resumes_where_it_stopped(
             assert "HTTP 50" in error, error
             assert failed_after_s < 30, f"failing took {failed_after_s:.0f}s"
             read_before = await pages_recorded(settings, job_id)
-            pages_total = (await query(
+            pages_total = (await fetch(
                 settings, "SELECT pages_total FROM woo_customer_sync_queue WHERE id = $1::uuid",
                 job_id,
             ))[0]["pages_total"]  # fmt: skip
@@ -305,7 +263,7 @@ async def test_odd_customers_are_stored_and_the_unstorable_fail_alone_at_once(
     assert row["last_error"].startswith(f"{len(poison)} customers failed")
     rows = {
         r["woo_id"]: r
-        for r in await query(
+        for r in await fetch(
             settings, "SELECT * FROM customer WHERE org_id = $1::uuid", org.org_id
         )
     }
@@ -329,7 +287,7 @@ async def test_odd_customers_are_stored_and_the_unstorable_fail_alone_at_once(
 
     lines = {
         r["woo_id"]: r
-        for r in await query(
+        for r in await fetch(
             settings,
             "SELECT woo_id, state, attempts, last_error, warning FROM "
             "woo_customer_sync_queue_line WHERE job_id = $1::uuid",

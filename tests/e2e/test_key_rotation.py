@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,12 +19,12 @@ import asyncpg
 import httpx
 import pytest
 
-from shared import db
 from shared.crypto import SecretBox
 from shared.settings import Settings
 from tests.e2e.fault_stack import started_stack
 from tests.e2e.harness import ROUTE, Org, Stack, action, assert_exact, new_org, wait_final
-from tests.e2e.processes import infra_shared_lock
+from tests.e2e.processes import fetch, infra_shared_lock
+from tests.helpers import wait_until
 from tools.woosim.testing import SimHandle, spawn_simulator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -54,14 +52,6 @@ async def post_start(
     }  # fmt: skip
     async with httpx.AsyncClient(timeout=30) as client:
         return await client.post(stack.api_url + ROUTE, json=body, headers=org.headers)
-
-
-async def fetch(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await db.connect(settings.admin_database_url)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
 
 
 async def holdings(settings: Settings, org: Org) -> tuple[int, int, list[asyncpg.Record]]:
@@ -134,13 +124,6 @@ async def test_a_rotated_key_and_other_auth_modes_keep_one_copy_of_each_customer
             assert sim.consumer_secret not in text and new_secret not in text
 
 
-async def wait_for(check: Any, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f}s"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_new_key_while_the_old_keys_job_reads_answers_with_that_job(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -162,7 +145,7 @@ async def test_a_new_key_while_the_old_keys_job_reads_answers_with_that_job(
                 )
                 return bool(pages[0]["n"])
 
-            await wait_for(reading, "the first page read")
+            await wait_until(reading, "the first page read")
             new_key, new_secret = await sim.add_key()
             second = await post_start(stack, org, sim, new_key, new_secret, "oauth1")
             assert second.status_code == 200, second.text

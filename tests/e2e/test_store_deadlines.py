@@ -18,8 +18,10 @@ import httpx
 import pytest
 
 from shared.settings import Settings
+from tests.e2e.fault_stack import running
 from tests.e2e.harness import ROUTE, action, assert_exact, new_org, start_sync, wait_final
-from tests.e2e.test_faults_store import pages_recorded, running, wait_until
+from tests.e2e.processes import pages_recorded
+from tests.helpers import wait_until
 from tools.woosim.testing import spawn_simulator
 
 pytestmark = [pytest.mark.e2e]

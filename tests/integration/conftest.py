@@ -1,4 +1,4 @@
-"""Fixtures of the api's integration tests (test_api.py and test_api_security.py)."""
+"""Fixtures of the integration tests: the api served with one org, a small simulated store."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 
 from shared.settings import Settings
 from shared.topology import Topology
-from tests.integration.test_api import Api, serving
+from tests.helpers import Api, serving_api
 from tools.woosim.testing import SimHandle, running_simulator
 
 
 @pytest.fixture
 async def api(settings: Settings, pool: asyncpg.Pool, clean_broker: Topology) -> AsyncIterator[Api]:
     """The api served on a free port, with one org and its key."""
-    async with serving(settings, pool, clean_broker) as served:
+    async with serving_api(settings, pool, clean_broker) as served:
         yield served
 
 

@@ -11,8 +11,6 @@ import json
 import logging
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from uuid import UUID, uuid4
@@ -21,11 +19,8 @@ import aio_pika
 import asyncpg
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
 
-from services.api.app import SYNC_PATH, build_app
-from services.api.deps import StoreClientFactory
+from services.api.app import SYNC_PATH
 from shared import messages as m
 from shared.auth import create_org
 from shared.broker import make_broker
@@ -34,104 +29,17 @@ from shared.settings import Settings
 from shared.topology import Topology, declare_topology
 from shared.woocommerce import StoreConfig
 from tests.conftest import AMQP_URL
-from tests.helpers import listening_socket, uvicorn_serving
+from tests.helpers import (
+    API_TABLES,
+    Api,
+    assert_nothing_written,
+    error_of,
+    serving_api,
+    start_body,
+)
 from tools.woosim.testing import running_simulator
 
 WAIT_S = 10.0
-TABLES = (
-    "woo_connections",
-    "woo_customer_sync_queue",
-    "woo_customer_sync_queue_line",
-    "woo_sync_activity",
-)
-
-
-@dataclass
-class Api:
-    url: str
-    client: httpx.AsyncClient
-    settings: Settings
-    pool: asyncpg.Pool
-    topology: Topology
-    org_id: UUID
-    key: str
-    app: Starlette
-
-    async def post(self, body: Any, *, key: str | None = None, **kwargs: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {key or self.key}"} | kwargs.pop("headers", {})
-        return await self.client.post(SYNC_PATH, json=body, headers=headers, **kwargs)
-
-    async def get(self, path: str, *, key: str | None = None) -> httpx.Response:
-        return await self.client.get(path, headers={"Authorization": f"Bearer {key or self.key}"})
-
-    async def start(self, store: Any, **options: Any) -> httpx.Response:
-        return await self.post(start_body(self.org_id, store, **options))
-
-    async def drain(self, queue: str) -> list[dict[str, Any]]:
-        """Every message now in ``queue``, taken off it, as decoded JSON."""
-        connection = await aio_pika.connect(AMQP_URL)
-        bodies = []
-        async with connection:
-            channel = await connection.channel()
-            declared = await channel.declare_queue(queue, passive=True)
-            while (message := await declared.get(no_ack=True, fail=False)) is not None:
-                bodies.append(json.loads(message.body))
-        return bodies
-
-    async def rows(self, table: str, where: str = "true") -> list[str]:
-        """Every row of ``table`` as JSON text, to search for values that must not be there."""
-        query = f"SELECT row_to_json(t)::text FROM {table} t WHERE {where}"
-        return [r[0] for r in await self.pool.fetch(query)]
-
-
-def start_body(org_id: UUID, store: Any, **options: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "action": "start",
-        "org_id": str(org_id),
-        "config": {
-            "url": store.url + "/",
-            "consumer_key": store.consumer_key,
-            "consumer_secret": store.consumer_secret,
-            "auth": "oauth1",
-        },
-    }
-    if options:
-        body["options"] = options
-    return body
-
-
-@asynccontextmanager
-async def serving(
-    settings: Settings,
-    pool: asyncpg.Pool,
-    topology: Topology,
-    store_client: StoreClientFactory | None = None,
-) -> AsyncIterator[Api]:
-    """The api under uvicorn on a free port, with one org and its key."""
-    sock = listening_socket()
-    port = sock.getsockname()[1]
-    settings = settings.model_copy(update={"api_port": port})
-    app = build_app(settings, store_client=store_client)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
-    async with uvicorn_serving(config, sock, failure="the api did not start", wait_s=WAIT_S):
-        org_id, key = await create_org(pool, "acme")
-        url = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as client:
-            yield Api(url, client, settings, pool, topology, org_id, key, app)
-
-
-async def assert_nothing_written(api: Api) -> None:
-    for table in TABLES:
-        # The org's first key was created (and audited) before the test began.
-        where = "event <> 'key.created'" if table == "woo_sync_activity" else "true"
-        assert await api.rows(table, where) == [], table
-    assert await api.drain(api.topology.fetcher_queue.name) == []
-
-
-def error_of(response: httpx.Response) -> tuple[int, str]:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    return response.status_code, body["error"]["code"]
 
 
 # --- health -----------------------------------------------------------------------------------
@@ -175,7 +83,7 @@ async def test_start_stores_the_job_and_publishes_sync_requested(api: Api, store
     assert connection["auth_mode"] == "oauth1" and connection["verify_tls"] is True
     box = SecretBox("test-secret-key")
     assert box.decrypt(connection["consumer_secret_enc"]) == store.consumer_secret
-    for table in TABLES:
+    for table in API_TABLES:
         for row in await api.rows(table):
             assert store.consumer_secret not in row, table
 
@@ -408,7 +316,7 @@ async def test_unexpected_errors_are_a_bare_500_and_logged_redacted(
         async def check_connection(self) -> int:
             raise RuntimeError(f"GET /customers?consumer_secret={self.secret} exploded")
 
-    async with serving(settings, pool, clean_broker, store_client=BrokenClient) as api:
+    async with serving_api(settings, pool, clean_broker, store_client=BrokenClient) as api:
         with caplog.at_level(logging.ERROR, logger="woosync.api"):
             response = await api.start(store)
             assert error_of(response) == (500, "internal_error")

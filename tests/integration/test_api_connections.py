@@ -12,7 +12,7 @@ from uuid import UUID
 
 from shared.crypto import SecretBox
 from tests.factories import make_connection
-from tests.integration.test_api import Api, error_of, start_body
+from tests.helpers import Api, error_of, start_body
 from tools.woosim.testing import SimHandle
 
 BOX = SecretBox("test-secret-key")

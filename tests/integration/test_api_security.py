@@ -34,9 +34,15 @@ from shared.settings import Settings
 from shared.topology import Topology
 from shared.woocommerce import StoreConfig, WooClient
 from tests.factories import add_failed_lines, queue_store_sync
-from tests.helpers import park_like_the_syncer
-from tests.integration.test_api import Api, assert_nothing_written, error_of, serving, start_body
-from tests.integration.test_tracker import serve as serve_tracker
+from tests.helpers import (
+    Api,
+    assert_nothing_written,
+    error_of,
+    park_like_the_syncer,
+    serving_api,
+    serving_tracker,
+    start_body,
+)
 from tools.woosim.testing import SimHandle, running_simulator
 
 WAIT_S = 10.0
@@ -248,7 +254,7 @@ async def test_progress_stream_follows_only_the_jobs_of_the_token_or_key(
     revoked, revoked_key = await create_key(api.pool, api.org_id, "old")
     await auth.revoke_key(api.pool, revoked.id)
 
-    async with serve_tracker(api.settings) as base, httpx.AsyncClient(timeout=WAIT_S) as client:
+    async with serving_tracker(api.settings) as base, httpx.AsyncClient(timeout=WAIT_S) as client:
         def progress(job_id: object) -> str:
             return f"{base}/api/v1/integrations/sync/progress/{job_id}"
 
@@ -321,7 +327,7 @@ async def test_replay_moves_only_the_callers_parked_batches(api: Api, store: Sim
 @asynccontextmanager
 async def strict_api(settings: Settings, pool: asyncpg.Pool, topology: Topology) -> Any:
     """The api with production's URL rule: no private, loopback or link-local stores."""
-    async with serving(settings.model_copy(update={"allow_private_urls": False}), pool,
+    async with serving_api(settings.model_copy(update={"allow_private_urls": False}), pool,
                        topology) as served:
         yield served
 
@@ -426,7 +432,7 @@ async def test_rate_limit_per_org_answers_429_with_retry_after(
     settings: Settings, pool: asyncpg.Pool, clean_broker: Topology
 ) -> None:
     limited = settings.model_copy(update={"rate_limit_per_minute": 6, "rate_limit_burst": 3})
-    async with serving(limited, pool, clean_broker) as api:
+    async with serving_api(limited, pool, clean_broker) as api:
         other_org, other_key = await create_org(pool, "other")
         answers = [await api.get(job_url(uuid4())) for _ in range(3)]
         assert [r.status_code for r in answers] == [404, 404, 404]
@@ -452,7 +458,7 @@ async def test_refused_keys_are_rate_limited_per_client_address(
     limited = settings.model_copy(
         update={"refused_key_limit_per_minute": 6, "refused_key_limit_burst": 3}
     )
-    async with serving(limited, pool, clean_broker) as api:
+    async with serving_api(limited, pool, clean_broker) as api:
         assert (await api.get(job_url(uuid4()))).status_code == 404  # a valid key takes none
         guesses = [
             await api.get(job_url(uuid4()), key="wsk_" + "A" * 43),
@@ -504,7 +510,7 @@ async def test_cap_on_open_syncs_per_org_and_busy_connection_on_retry(
     settings: Settings, pool: asyncpg.Pool, clean_broker: Topology, store: SimHandle
 ) -> None:
     capped = settings.model_copy(update={"max_concurrent_syncs_per_org": 1})
-    async with serving(capped, pool, clean_broker) as api:
+    async with serving_api(capped, pool, clean_broker) as api:
         first = await started_job(api, store)
         elsewhere = start_body(api.org_id, store)
         elsewhere["config"]["url"] = store.url.replace("127.0.0.1", "localhost")  # 2nd connection

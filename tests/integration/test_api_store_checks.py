@@ -16,7 +16,7 @@ import pytest
 from shared.auth import create_org
 from shared.settings import Settings
 from shared.topology import Topology
-from tests.integration.test_api import assert_nothing_written, error_of, serving, start_body
+from tests.helpers import assert_nothing_written, error_of, serving_api, start_body
 from tools.woosim.testing import SimHandle, running_simulator
 
 pytestmark = pytest.mark.timeout(90)
@@ -41,7 +41,7 @@ async def test_a_trickling_store_is_refused_at_the_check_deadline(
     settings: Settings, pool: asyncpg.Pool, clean_broker: Topology, trickling: SimHandle
 ) -> None:
     short = settings.model_copy(update={"store_check_deadline_s": DEADLINE_S})
-    async with serving(short, pool, clean_broker) as api:
+    async with serving_api(short, pool, clean_broker) as api:
         started = time.monotonic()
         response = await api.start(trickling)
         answered_after_s = time.monotonic() - started
@@ -66,7 +66,7 @@ async def test_checks_beyond_the_process_cap_are_refused_at_once(
             "max_concurrent_syncs_per_org": 10,
         }
     )
-    async with serving(capped, pool, clean_broker) as api:
+    async with serving_api(capped, pool, clean_broker) as api:
         slow = [asyncio.create_task(api.start(trickling)) for _ in range(2)]
         await in_flight(trickling, 2)
         started = time.monotonic()
@@ -89,7 +89,7 @@ async def test_one_org_cannot_take_every_check_slot(
     capped = settings.model_copy(
         update={"store_check_deadline_s": 5.0, "max_concurrent_syncs_per_org": 1}
     )
-    async with serving(capped, pool, clean_broker) as api:
+    async with serving_api(capped, pool, clean_broker) as api:
         first = asyncio.create_task(api.start(trickling))
         await in_flight(trickling, 1)
         again = await api.start(trickling)

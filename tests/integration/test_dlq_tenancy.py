@@ -11,15 +11,15 @@ import asyncpg
 from shared.auth import create_org
 from shared.settings import Settings
 from shared.topology import Topology
-from tests.helpers import park_like_the_syncer, running_syncer
-from tests.integration.test_api import serving
-from tests.integration.test_dlq_replay import (
+from tests.factories import make_read_job, small_customer
+from tests.helpers import (
     channel,
-    customer,
     customer_ids,
-    depth,
+    park_like_the_syncer,
+    queue_depth,
+    running_syncer,
     running_tracker,
-    seed_job,
+    serving_api,
     wait_state,
 )
 
@@ -29,17 +29,17 @@ async def test_one_orgs_replay_leaves_another_orgs_parked_messages_alone(
 ) -> None:
     topology = clean_broker
     parking = topology.parking(topology.syncer_queue).name
-    async with serving(settings, pool, topology) as api:
+    async with serving_api(settings, pool, topology) as api:
         other_org, other_key = await create_org(pool, "other")
-        mine = await seed_job(
-            pool, [1, 2], org_id=api.org_id, failed={2: customer(2)}, state="failed"
+        mine = await make_read_job(
+            pool, [1, 2], org_id=api.org_id, failed={2: small_customer(2)}, state="failed"
         )
         theirs_ids = [7, 8, 9]
-        theirs = await seed_job(
+        theirs = await make_read_job(
             pool,
             theirs_ids,
             org_id=other_org,
-            failed={w: customer(w) for w in theirs_ids},
+            failed={w: small_customer(w) for w in theirs_ids},
             state="failed",
         )
         await pool.execute(
@@ -48,10 +48,10 @@ async def test_one_orgs_replay_leaves_another_orgs_parked_messages_alone(
         # The other org's batches are parked ahead of mine, as in a queue shared by every org.
         for woo_id in theirs_ids:
             await park_like_the_syncer(
-                settings, topology, theirs.batch([customer(woo_id)], page=None)
+                settings, topology, theirs.batch([small_customer(woo_id)], page=None)
             )
-        await park_like_the_syncer(settings, topology, mine.batch([customer(2)], page=None))
-        parked_before = await depth(parking)
+        await park_like_the_syncer(settings, topology, mine.batch([small_customer(2)], page=None))
+        parked_before = await queue_depth(parking)
         assert parked_before == 4
 
         async with running_syncer(settings), running_tracker(settings):
@@ -62,7 +62,7 @@ async def test_one_orgs_replay_leaves_another_orgs_parked_messages_alone(
             assert (response.json()["replayed"], response.json()["customers"]) == (1, 1)
             await wait_state(pool, mine, "done")
             assert await customer_ids(pool, mine) == [2]
-            assert await depth(parking) == parked_before
+            assert await queue_depth(parking) == parked_before
 
             # The other org's replay works the same way, its customers all synced.
             response = await api.post(
@@ -99,11 +99,11 @@ async def test_a_replay_does_not_wait_for_a_scan_that_holds_the_parking_queue(
     queue, say): an org's replay is neither blocked by it nor short of its own customers."""
     topology = clean_broker
     parking = topology.parking(topology.syncer_queue).name
-    async with serving(settings, pool, topology) as api:
-        mine = await seed_job(
-            pool, [3], org_id=api.org_id, failed={3: customer(3)}, state="failed"
+    async with serving_api(settings, pool, topology) as api:
+        mine = await make_read_job(
+            pool, [3], org_id=api.org_id, failed={3: small_customer(3)}, state="failed"
         )
-        await park_like_the_syncer(settings, topology, mine.batch([customer(3)], page=None))
+        await park_like_the_syncer(settings, topology, mine.batch([small_customer(3)], page=None))
         async with channel() as ch:
             queue = await ch.declare_queue(parking, passive=True)
             held = await queue.get(no_ack=False)
@@ -114,5 +114,5 @@ async def test_a_replay_does_not_wait_for_a_scan_that_holds_the_parking_queue(
             assert response.status_code == 202, response.text
             assert response.json()["replayed"] == 1
             sent = await api.drain(topology.syncer_queue.name)
-            assert [b["customers"] for b in sent] == [[customer(3)]]
+            assert [b["customers"] for b in sent] == [[small_customer(3)]]
             await held.nack(requeue=True)

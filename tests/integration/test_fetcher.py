@@ -2,68 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-from uuid import UUID
-
 import asyncpg
 
-from services.fetcher.handlers import FetcherDeps, PageReader, handle_sync_requested
+from services.fetcher.handlers import FetcherDeps, handle_sync_requested
 from shared.crypto import SecretBox
-from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
-from shared.woocommerce import RetryPolicy, StoreConfig, WooClient
-from tests.factories import make_org, queue_store_sync
+from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message
+from tests.helpers import (
+    FETCHER_SECRETS,
+    Recorder,
+    fetcher_deps,
+    job_row,
+    queue_new_org_sync,
+)
 from tools.woosim.testing import running_simulator
-
-BOX = SecretBox("test-secret-key")
-FAST = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.05, budget_s=5)
-
-
-async def seed_job(
-    pool: asyncpg.Pool, sim: Any, *, batch_size: int = 100, concurrency: int = 4
-) -> SyncRequested:
-    org_id = await make_org(pool)
-    return await queue_store_sync(
-        pool, org_id, sim, BOX, batch_size=batch_size, concurrency=concurrency
-    )
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    async def __call__(self, message: Message) -> None:
-        self.messages.append(message)
-
-    def of(self, kind: type[Message]) -> list[Any]:
-        return [m for m in self.messages if isinstance(m, kind)]
-
-    def customer_ids(self) -> list[int]:
-        return [c["id"] for b in self.of(CustomerBatch) for c in b.customers]
-
-
-def deps_for(pool: asyncpg.Pool, recorder: Recorder) -> FetcherDeps:
-    @asynccontextmanager
-    async def open_client(config: StoreConfig, concurrency: int) -> AsyncIterator[PageReader]:
-        async with WooClient(config, policy=FAST, max_connections=concurrency) as client:
-            yield client
-
-    return FetcherDeps(
-        pool=pool, secrets=BOX, open_client=open_client, publish=recorder,
-        allow_private_urls=True,  # the simulator listens on 127.0.0.1
-    )
-
-
-async def job_row(pool: asyncpg.Pool, job_id: UUID) -> asyncpg.Record:
-    return await pool.fetchrow("SELECT * FROM woo_customer_sync_queue WHERE id = $1", job_id)
 
 
 async def test_reads_every_customer_of_every_role_once(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=537, seed=3) as sim:
-        request = await seed_job(pool, sim, batch_size=50, concurrency=3)
+        request = await queue_new_org_sync(pool, sim, batch_size=50, concurrency=3)
         recorder = Recorder()
-        await handle_sync_requested(request, deps_for(pool, recorder))
+        await handle_sync_requested(request, fetcher_deps(pool, recorder))
         store_ids = [c["id"] for c in await sim.customers()]
         requests = (await sim.stats())["requests"]
 
@@ -90,9 +48,9 @@ async def test_reads_every_customer_of_every_role_once(pool: asyncpg.Pool) -> No
 
 async def test_redelivery_resumes_without_losing_or_duplicating(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=300, seed=4) as sim:
-        request = await seed_job(pool, sim, batch_size=50)
+        request = await queue_new_org_sync(pool, sim, batch_size=50)
         first = Recorder()
-        await handle_sync_requested(request, deps_for(pool, first))
+        await handle_sync_requested(request, fetcher_deps(pool, first))
         # A crash after pages 1-3 were recorded: forget pages 4-6 and their lines.
         await pool.execute(
             "DELETE FROM woo_customer_sync_page WHERE job_id = $1 AND page > 3", request.job_id
@@ -112,7 +70,7 @@ async def test_redelivery_resumes_without_losing_or_duplicating(pool: asyncpg.Po
             )
         }
         again = Recorder()
-        await handle_sync_requested(request, deps_for(pool, again))
+        await handle_sync_requested(request, fetcher_deps(pool, again))
         store_ids = [c["id"] for c in await sim.customers()]
 
     assert 100 < len(kept) < 300
@@ -127,9 +85,9 @@ async def test_redelivery_resumes_without_losing_or_duplicating(pool: asyncpg.Po
 
 async def test_customers_added_before_the_tail_are_read(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=120, seed=5) as sim:
-        request = await seed_job(pool, sim, batch_size=50)
+        request = await queue_new_org_sync(pool, sim, batch_size=50)
         recorder = Recorder()
-        deps = deps_for(pool, recorder)
+        deps = fetcher_deps(pool, recorder)
         added: list[int] = []
 
         async def publish_then_grow(message: Message) -> None:
@@ -140,8 +98,9 @@ async def test_customers_added_before_the_tail_are_read(pool: asyncpg.Pool) -> N
                     created = await sim.add_customer(email=f"late{n}@example.com")
                     added.append(created["id"])
 
-        await handle_sync_requested(request, FetcherDeps(deps.pool, BOX, deps.open_client,
-                                                         publish_then_grow, True))
+        await handle_sync_requested(request, FetcherDeps(
+            deps.pool, FETCHER_SECRETS, deps.open_client, publish_then_grow, True
+        ))  # fmt: skip
         store_ids = [c["id"] for c in await sim.customers()]
 
     assert len(store_ids) == 122 and set(added) <= set(recorder.customer_ids())
@@ -155,7 +114,7 @@ async def test_customers_deleted_during_the_crawl_do_not_hide_others(
     ten places down, so page 2's window starts past eight customers no window has shown yet.
     The crawl sees that its windows do not join and reads that spot again."""
     async with running_simulator(customers=300, seed=8) as sim:
-        request = await seed_job(pool, sim, batch_size=50, concurrency=1)
+        request = await queue_new_org_sync(pool, sim, batch_size=50, concurrency=1)
         recorder = Recorder()
         deleted: list[int] = []
 
@@ -166,9 +125,10 @@ async def test_customers_deleted_during_the_crawl_do_not_hide_others(
                     await sim.delete_customer(customer["id"])
                     deleted.append(customer["id"])
 
-        deps = deps_for(pool, recorder)
+        deps = fetcher_deps(pool, recorder)
         await handle_sync_requested(
-            request, FetcherDeps(deps.pool, BOX, deps.open_client, publish_then_delete, True)
+            request,
+            FetcherDeps(deps.pool, FETCHER_SECRETS, deps.open_client, publish_then_delete, True),
         )
         remaining = [c["id"] for c in await sim.customers()]
 
@@ -183,10 +143,10 @@ async def test_customers_deleted_during_the_crawl_do_not_hide_others(
 
 async def test_revoked_key_fails_the_job_with_a_clear_error(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=10, seed=6) as sim:
-        request = await seed_job(pool, sim)
+        request = await queue_new_org_sync(pool, sim)
         await sim.revoke_keys()
         recorder = Recorder()
-        await handle_sync_requested(request, deps_for(pool, recorder))
+        await handle_sync_requested(request, fetcher_deps(pool, recorder))
         requests_made = (await sim.stats())["requests"]
 
     (failed,) = recorder.of(FetchFailed)
@@ -198,10 +158,10 @@ async def test_revoked_key_fails_the_job_with_a_clear_error(pool: asyncpg.Pool) 
 
 async def test_store_that_keeps_failing_fails_the_job(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=10, seed=7) as sim:
-        request = await seed_job(pool, sim)
+        request = await queue_new_org_sync(pool, sim)
         await sim.set_faults(rate_5xx=1.0)
         recorder = Recorder()
-        await handle_sync_requested(request, deps_for(pool, recorder))
+        await handle_sync_requested(request, fetcher_deps(pool, recorder))
 
     (failed,) = recorder.of(FetchFailed)
     assert failed.error
@@ -210,14 +170,14 @@ async def test_store_that_keeps_failing_fails_the_job(pool: asyncpg.Pool) -> Non
 
 async def test_secret_no_key_decrypts_fails_the_job_clearly(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=10, seed=8) as sim:
-        request = await seed_job(pool, sim)
+        request = await queue_new_org_sync(pool, sim)
         await pool.execute(
             "UPDATE woo_connections SET consumer_secret_enc = $1 WHERE id = $2",
             SecretBox("a key this fetcher does not have").encrypt(sim.consumer_secret),
             request.connection_id,
         )
         recorder = Recorder()
-        await handle_sync_requested(request, deps_for(pool, recorder))
+        await handle_sync_requested(request, fetcher_deps(pool, recorder))
         requests_made = (await sim.stats())["requests"]
 
     (failed,) = recorder.of(FetchFailed)

@@ -17,7 +17,7 @@ from services.fetcher.handlers import handle_sync_requested
 from shared.broker import encode
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
 from shared.woocommerce import CustomerPage
-from tests.integration.test_fetcher import Recorder, deps_for, job_row, seed_job
+from tests.helpers import Recorder, fetcher_deps, job_row, queue_new_org_sync, store_settled
 from tools.woosim.testing import running_simulator
 
 
@@ -33,9 +33,9 @@ async def lines(pool: asyncpg.Pool, job_id: Any) -> list[asyncpg.Record]:
 
 async def test_a_store_capping_its_page_size_is_read_with_that_size(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=1_000, seed=11, faults={"per_page_cap": 50}) as sim:
-        request = await seed_job(pool, sim, batch_size=100, concurrency=3)
+        request = await queue_new_org_sync(pool, sim, batch_size=100, concurrency=3)
         recorder = Recorder()
-        await handle_sync_requested(request, deps_for(pool, recorder))
+        await handle_sync_requested(request, fetcher_deps(pool, recorder))
         store_ids = [c["id"] for c in await sim.customers()]
 
     assert recorder.of(FetchFailed) == []
@@ -54,9 +54,9 @@ async def test_a_store_capping_its_page_size_is_read_with_that_size(pool: asyncp
 async def test_a_capped_store_without_totals_is_read_completely(pool: asyncpg.Pool) -> None:
     faults = {"per_page_cap": 50, "hide_totals": True}
     async with running_simulator(customers=420, seed=22, faults=faults) as sim:
-        request = await seed_job(pool, sim, batch_size=100, concurrency=2)
+        request = await queue_new_org_sync(pool, sim, batch_size=100, concurrency=2)
         recorder = Recorder()
-        await handle_sync_requested(request, deps_for(pool, recorder))
+        await handle_sync_requested(request, fetcher_deps(pool, recorder))
         store_ids = [c["id"] for c in await sim.customers()]
 
     assert recorder.of(FetchFailed) == []
@@ -66,7 +66,7 @@ async def test_a_capped_store_without_totals_is_read_completely(pool: asyncpg.Po
 
 async def test_a_cap_after_the_first_page_fails_the_job_saying_why(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=600, seed=12) as sim:
-        request = await seed_job(pool, sim, batch_size=100, concurrency=1)
+        request = await queue_new_org_sync(pool, sim, batch_size=100, concurrency=1)
         recorder = Recorder()
 
         async def publish_then_cap(message: Message) -> None:
@@ -74,7 +74,7 @@ async def test_a_cap_after_the_first_page_fails_the_job_saying_why(pool: asyncpg
             if isinstance(message, CustomerBatch) and message.page == 1:
                 await sim.set_faults(per_page_cap=50)
 
-        deps = dataclasses.replace(deps_for(pool, recorder), publish=publish_then_cap)
+        deps = dataclasses.replace(fetcher_deps(pool, recorder), publish=publish_then_cap)
         await handle_sync_requested(request, deps)
 
     (failed,) = recorder.of(FetchFailed)
@@ -87,9 +87,9 @@ async def test_a_claimed_total_above_the_limit_fails_at_once(
     pool: asyncpg.Pool, claimed: int
 ) -> None:
     async with running_simulator(customers=300, seed=13, faults={"claimed_total": claimed}) as sim:
-        request = await seed_job(pool, sim, batch_size=100)
+        request = await queue_new_org_sync(pool, sim, batch_size=100)
         recorder = Recorder()
-        await handle_sync_requested(request, deps_for(pool, recorder))
+        await handle_sync_requested(request, fetcher_deps(pool, recorder))
         requests = (await sim.stats())["requests"]
 
     (failed,) = recorder.of(FetchFailed)
@@ -102,9 +102,9 @@ async def test_a_claimed_total_within_the_limit_but_false_fails_the_job(
     pool: asyncpg.Pool,
 ) -> None:
     async with running_simulator(customers=250, seed=14, faults={"claimed_total": 5_000}) as sim:
-        request = await seed_job(pool, sim, batch_size=100, concurrency=4)
+        request = await queue_new_org_sync(pool, sim, batch_size=100, concurrency=4)
         recorder = Recorder()
-        await handle_sync_requested(request, deps_for(pool, recorder))
+        await handle_sync_requested(request, fetcher_deps(pool, recorder))
 
     (failed,) = recorder.of(FetchFailed)
     assert "X-WP-Total" in failed.error and "5,000" in failed.error
@@ -118,16 +118,16 @@ async def test_a_false_total_fails_and_retry_reads_only_what_is_missing(
     list but not the count): its short last page agrees with nothing, so the job fails; once
     the store is fixed, a retry reads page 1, the page that failed and the tail."""
     async with running_simulator(customers=300, seed=23) as sim:
-        request = await seed_job(pool, sim, batch_size=100, concurrency=2)
+        request = await queue_new_org_sync(pool, sim, batch_size=100, concurrency=2)
         recorder = Recorder()
         await sim.set_faults(claimed_total=302)
-        await handle_sync_requested(request, deps_for(pool, recorder))
+        await handle_sync_requested(request, fetcher_deps(pool, recorder))
         (failed,) = recorder.of(FetchFailed)
         await sim.set_faults(claimed_total=0)
         await sim.reset_stats()
         again = Recorder()
         retry = request.model_copy(update={"reason": "retry"})
-        await handle_sync_requested(retry, deps_for(pool, again))
+        await handle_sync_requested(retry, fetcher_deps(pool, again))
         requests = (await sim.stats())["requests"]
         store_ids = [c["id"] for c in await sim.customers()]
 
@@ -160,7 +160,7 @@ async def test_pages_holding_fewer_than_the_total_fail_and_are_read_again_on_ret
     pool: asyncpg.Pool,
 ) -> None:
     async with running_simulator(customers=1, seed=24) as sim:
-        request = await seed_job(pool, sim, batch_size=100, concurrency=1)
+        request = await queue_new_org_sync(pool, sim, batch_size=100, concurrency=1)
     store = SkippingStore(total=250, missing=150)
 
     @contextlib.asynccontextmanager
@@ -168,7 +168,7 @@ async def test_pages_holding_fewer_than_the_total_fail_and_are_read_again_on_ret
         yield store
 
     recorder = Recorder()
-    deps = dataclasses.replace(deps_for(pool, recorder), open_client=open_client)
+    deps = dataclasses.replace(fetcher_deps(pool, recorder), open_client=open_client)
     await handle_sync_requested(request, deps)
 
     (failed,) = recorder.of(FetchFailed)
@@ -181,9 +181,9 @@ async def test_pages_holding_fewer_than_the_total_fail_and_are_read_again_on_ret
 
 async def test_a_store_that_always_answers_full_pages_is_cut_off(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=300, seed=15, faults={"ignore_offset": True}) as sim:
-        request = await seed_job(pool, sim, batch_size=100, concurrency=2)
+        request = await queue_new_org_sync(pool, sim, batch_size=100, concurrency=2)
         recorder = Recorder()
-        deps = dataclasses.replace(deps_for(pool, recorder), max_store_customers=1_000)
+        deps = dataclasses.replace(fetcher_deps(pool, recorder), max_store_customers=1_000)
         await handle_sync_requested(request, deps)
         requests = (await sim.stats())["requests"]
 
@@ -194,9 +194,9 @@ async def test_a_store_that_always_answers_full_pages_is_cut_off(pool: asyncpg.P
 
 async def test_ids_out_of_order_fail_the_job_naming_the_page(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=300, seed=16, faults={"unordered_pages": True}) as sim:
-        request = await seed_job(pool, sim, batch_size=100)
+        request = await queue_new_org_sync(pool, sim, batch_size=100)
         recorder = Recorder()
-        await handle_sync_requested(request, deps_for(pool, recorder))
+        await handle_sync_requested(request, fetcher_deps(pool, recorder))
 
     (failed,) = recorder.of(FetchFailed)
     assert "ascending id order" in failed.error and "page 1" in failed.error
@@ -205,9 +205,9 @@ async def test_ids_out_of_order_fail_the_job_naming_the_page(pool: asyncpg.Pool)
 async def test_items_without_a_usable_id_fail_alone(pool: asyncpg.Pool) -> None:
     kinds = ["2^63", "abc", "missing", "non_object", "zero", "bool", "huge"]
     async with running_simulator(customers=400, seed=17, faults={"bad_ids": kinds}) as sim:
-        request = await seed_job(pool, sim, batch_size=100)
+        request = await queue_new_org_sync(pool, sim, batch_size=100)
         recorder = Recorder()
-        await handle_sync_requested(request, deps_for(pool, recorder))
+        await handle_sync_requested(request, fetcher_deps(pool, recorder))
         store_ids = [c["id"] for c in await sim.customers()]
 
     assert recorder.of(FetchFailed) == []
@@ -228,7 +228,7 @@ async def test_items_without_a_usable_id_fail_alone(pool: asyncpg.Pool) -> None:
 
 async def test_an_unexpected_error_fails_the_job_instead_of_parking(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=120, seed=18) as sim:
-        request = await seed_job(pool, sim, batch_size=50)
+        request = await queue_new_org_sync(pool, sim, batch_size=50)
         recorder = Recorder()
 
         async def refuse_batches(message: Message) -> None:
@@ -236,7 +236,7 @@ async def test_an_unexpected_error_fails_the_job_instead_of_parking(pool: asyncp
                 raise ValueError("the batch is not what the broker accepts")
             await recorder(message)
 
-        deps = dataclasses.replace(deps_for(pool, recorder), publish=refuse_batches)
+        deps = dataclasses.replace(fetcher_deps(pool, recorder), publish=refuse_batches)
         await handle_sync_requested(request, deps)  # does not raise
 
     (failed,) = recorder.of(FetchFailed)
@@ -245,9 +245,9 @@ async def test_an_unexpected_error_fails_the_job_instead_of_parking(pool: asyncp
 
 async def test_a_job_closed_mid_crawl_stops_its_requests(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=2_000, seed=19, latency_ms=150) as sim:
-        request = await seed_job(pool, sim, batch_size=20, concurrency=2)
+        request = await queue_new_org_sync(pool, sim, batch_size=20, concurrency=2)
         recorder = Recorder()
-        deps = dataclasses.replace(deps_for(pool, recorder), check_interval_s=0.2)
+        deps = dataclasses.replace(fetcher_deps(pool, recorder), check_interval_s=0.2)
         crawl = asyncio.create_task(handle_sync_requested(request, deps))
         while len(recorder.of(CustomerBatch)) < 5:
             await asyncio.sleep(0.02)
@@ -257,8 +257,7 @@ async def test_a_job_closed_mid_crawl_stops_its_requests(pool: asyncpg.Pool) -> 
         closed_at = (await sim.stats())["received"]
         await asyncio.wait_for(crawl, 10)
         after_return = (await sim.stats())["received"]
-        await asyncio.sleep(0.5)
-        later = (await sim.stats())["received"]
+        later = await store_settled(sim, "received")  # anything still on its way has arrived
 
     assert recorder.of(FetchCompleted) == [] and recorder.of(FetchFailed) == []
     print(f"requests sent when closed: {closed_at}, when the crawl returned: {after_return}")
@@ -268,9 +267,9 @@ async def test_a_job_closed_mid_crawl_stops_its_requests(pool: asyncpg.Pool) -> 
 
 async def test_a_crawl_hands_itself_on_after_its_slice(pool: asyncpg.Pool) -> None:
     async with running_simulator(customers=900, seed=20, latency_ms=30) as sim:
-        request = await seed_job(pool, sim, batch_size=50, concurrency=2)
+        request = await queue_new_org_sync(pool, sim, batch_size=50, concurrency=2)
         recorder = Recorder()
-        deps = dataclasses.replace(deps_for(pool, recorder), slice_s=0.2)
+        deps = dataclasses.replace(fetcher_deps(pool, recorder), slice_s=0.2)
         deliveries = 0
         message: SyncRequested | None = request
         while message is not None:
@@ -303,9 +302,9 @@ async def test_customers_no_message_can_carry_fail_alone(pool: asyncpg.Pool) -> 
         nested = await sim.add_customer(
             email="nested@example.com", meta_data=[{"id": 1, "key": "k", "value": deep}]
         )
-        request = await seed_job(pool, sim, batch_size=100)
+        request = await queue_new_org_sync(pool, sim, batch_size=100)
         recorder = Recorder()
-        deps = dataclasses.replace(deps_for(pool, recorder), max_message_bytes=40_000)
+        deps = dataclasses.replace(fetcher_deps(pool, recorder), max_message_bytes=40_000)
         await handle_sync_requested(request, deps)
         store_ids = [c["id"] for c in await sim.customers()]
 
@@ -328,7 +327,7 @@ async def test_a_gap_left_unproven_fails_the_job(
     job must fail, not end done with customers perhaps missing."""
     monkeypatch.setattr("services.fetcher.handlers.GAP_READS_SPARE", -1_000)
     async with running_simulator(customers=300, seed=8) as sim:
-        request = await seed_job(pool, sim, batch_size=50, concurrency=1)
+        request = await queue_new_org_sync(pool, sim, batch_size=50, concurrency=1)
         recorder = Recorder()
         deleted: list[int] = []
 
@@ -339,7 +338,7 @@ async def test_a_gap_left_unproven_fails_the_job(
                     await sim.delete_customer(customer["id"])
                     deleted.append(customer["id"])
 
-        deps = dataclasses.replace(deps_for(pool, recorder), publish=publish_then_delete)
+        deps = dataclasses.replace(fetcher_deps(pool, recorder), publish=publish_then_delete)
         await handle_sync_requested(request, deps)
 
     (failed,) = recorder.of(FetchFailed)

@@ -20,20 +20,22 @@ import pytest
 from shared.broker import make_broker, publish
 from shared.settings import Settings
 from shared.topology import DELIVERY_LIMIT, Topology, declare_topology
-from tests.integration.test_dlq_replay import (
+from tests.factories import (
     CONSTRAINT,
     POISON,
     add_poison_rule,
-    customer,
-    customer_ids,
-    depth,
-    eventually,
     fix_the_cause,
+    make_read_job,
+    small_customer,
+)
+from tests.helpers import (
+    customer_ids,
     line_states,
+    queue_depth,
     running_syncer,
     running_tracker,
-    seed_job,
     wait_state,
+    wait_until,
     woosync,
 )
 
@@ -117,7 +119,7 @@ async def test_queues_exchange_and_bindings_are_readable_in_the_console(
         queues = {q["name"]: q for q in response.json()["items"]}
         return queues if set(queues) >= set(expected) else None
 
-    queues = await eventually("every queue listed by the console", listed, timeout_s=15)
+    queues = await wait_until(listed, "every queue listed by the console", timeout_s=15)
     assert set(queues) == set(expected)
     for name, arguments in expected.items():
         assert (queues[name]["type"], queues[name]["durable"]) == ("quorum", True), name
@@ -167,14 +169,14 @@ async def test_move_messages_from_the_console_replays_the_parked_customers(
 ) -> None:
     topology = clean_broker
     parking = topology.parking(topology.syncer_queue).name
-    job = await seed_job(pool, [1, 2, 3])
+    job = await make_read_job(pool, [1, 2, 3])
     await add_poison_rule(pool)
 
     async with running_syncer(settings), running_tracker(settings):
         broker = make_broker(settings)
         await broker.connect()
         try:
-            batch = [customer(1), customer(2), customer(3, first_name=POISON)]
+            batch = [small_customer(1), small_customer(2), small_customer(3, first_name=POISON)]
             await publish(broker, topology, job.batch(batch))
         finally:
             await broker.stop()
@@ -183,7 +185,7 @@ async def test_move_messages_from_the_console_replays_the_parked_customers(
         assert CONSTRAINT in (await pool.fetchval(
             "SELECT last_error FROM woo_customer_sync_queue_line WHERE woo_id = 3"
         ))  # fmt: skip
-        assert await depth(parking) == 1
+        assert await queue_depth(parking) == 1
 
         await fix_the_cause(pool)
         # Exactly what the console's "Move messages" form sends.
@@ -214,14 +216,14 @@ async def test_move_messages_from_the_console_replays_the_parked_customers(
         async def shovel_gone() -> bool:
             return (await console.get(shovel)).status_code == 404
 
-        await eventually("the shovel deleted itself", shovel_gone)
+        await wait_until(shovel_gone, "the shovel deleted itself")
 
         async def synced() -> bool:
             return set((await line_states(pool, job)).values()) == {"done"}
 
-        await eventually("every line done", synced)
+        await wait_until(synced, "every line done")
         assert await customer_ids(pool, job) == [1, 2, 3]
-        assert await depth(parking) == 0
+        assert await queue_depth(parking) == 0
 
         # Every line done and every page read: the tracker turns the failed job into a done one
         # by itself, and a replay afterwards finds nothing left to do.

@@ -25,8 +25,8 @@ from shared.settings import Settings
 from shared.topology import Topology, declare_topology
 from tests.conftest import PG_ADMIN_URL, _dsn
 from tests.e2e.harness import Stack
+from tests.factories import ORG_TABLES
 from tests.helpers import service_env
-from tests.integration.test_row_level_security import ORG_TABLES
 
 SERVICES = ("api", "fetcher", "syncer", "tracker")
 EXIT_WAIT_S = 60

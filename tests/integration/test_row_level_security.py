@@ -14,20 +14,10 @@ import pytest
 
 from shared.auth import authenticate, create_org
 from shared.db import APP_ROLE, for_org
-from tests.factories import add_customers, add_lines, add_page, make_job
+from tests.factories import ORG_TABLES, add_customers, add_lines, add_page, make_job
 
 # Every table that holds an org's data, with the column that names the org (pages name it
 # through their job).
-ORG_TABLES = {
-    "orgs": "id",
-    "api_keys": "org_id",
-    "woo_connections": "org_id",
-    "woo_customer_sync_queue": "org_id",
-    "woo_customer_sync_page": None,
-    "woo_customer_sync_queue_line": "org_id",
-    "woo_sync_activity": "org_id",
-    "customer": "org_id",
-}
 
 
 @dataclass

@@ -29,7 +29,7 @@ from shared.settings import Settings
 from shared.topology import ATTEMPT_HEADER, Topology
 from tests.conftest import AMQP_URL
 from tests.factories import Job, add_lines, make_job, make_sync_job
-from tests.helpers import running_syncer, service_env
+from tests.helpers import running_syncer, service_env, woosync
 
 MAX_ATTEMPTS = 3
 WAIT_S = 20.0
@@ -647,8 +647,6 @@ async def test_a_replayed_old_payload_leaves_the_newer_customer(
 ) -> None:
     """Issue 8, item 9, through the real syncer and ``woosync dlq replay``: a parked old
     version, replayed after a newer one was synced, changes nothing and its line says why."""
-    from tests.integration.test_dlq_replay import woosync
-
     job = await seed_job(pool)
     await seed_lines(pool, job, [1])
     await pool.execute(

@@ -22,7 +22,7 @@ from shared.mapping import CustomerRow, MappingError, map_customer
 from shared.messages import CustomerBatch
 from tests.e2e.processes import infra_shared_lock
 from tests.factories import add_lines, make_sync_job
-from tests.unit.test_mapping_properties import customers
+from tests.strategies import customers
 
 MAX_ATTEMPTS = 3
 MAX_WOO_ID = 2**63 - 1

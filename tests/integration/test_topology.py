@@ -13,6 +13,7 @@ from shared.broker import make_broker, publish
 from shared.settings import Settings
 from shared.topology import DELIVERY_LIMIT, Topology, TopologyMismatch, declare_topology
 from tests.conftest import AMQP_URL
+from tests.helpers import wait_until
 
 
 async def _depth(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
@@ -34,10 +35,15 @@ async def test_declare_is_idempotent_and_routes(settings: Settings, clean_broker
         await publish(broker, clean_broker, m.FetchCompleted(pages=1, customers=1, **ids))
     finally:
         await broker.stop()
-    await asyncio.sleep(0.2)
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
+        queues = [*clean_broker.work_queues, *clean_broker.retry_tiers]
+
+        async def routed() -> bool:  # every message published is in some queue
+            return sum([await _depth(channel, queue.name) for queue in queues]) >= 4
+
+        await wait_until(routed, "the 4 messages routed", 10)
         assert await _depth(channel, clean_broker.fetcher_queue.name) == 1
         assert await _depth(channel, clean_broker.syncer_queue.name) == 1
         assert await _depth(channel, clean_broker.tracker_queue.name) == 2

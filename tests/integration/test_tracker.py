@@ -19,12 +19,10 @@ import aio_pika
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from faststream.rabbit import RabbitBroker
 from httpx_sse import ServerSentEvent, aconnect_sse
 from itsdangerous.timed import TimestampSigner
 
-from services.tracker.app import build_app
 from services.tracker.handlers import Tracker, announce, fail_job, recompute
 from shared.auth import create_org
 from shared.broker import make_broker, publish
@@ -45,7 +43,7 @@ from shared.settings import Settings
 from shared.topology import Topology, declare_topology
 from tests.conftest import AMQP_URL
 from tests.factories import add_lines, make_job
-from tests.helpers import free_port, listening_socket, service_env, uvicorn_serving
+from tests.helpers import free_port, job_row, queue_depth, service_env, serving_tracker, tokens_for
 
 WAIT_S = 10.0
 
@@ -68,12 +66,6 @@ async def finish_fetch(pool: asyncpg.Pool, job_id: UUID) -> None:
     )
 
 
-async def job_row(pool: asyncpg.Pool, job_id: UUID) -> asyncpg.Record:
-    row = await pool.fetchrow("SELECT * FROM woo_customer_sync_queue WHERE id = $1", job_id)
-    assert row is not None
-    return row
-
-
 async def activities(pool: asyncpg.Pool, job_id: UUID) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT level, event, details FROM woo_sync_activity WHERE job_id = $1 ORDER BY id", job_id
@@ -88,18 +80,6 @@ async def wait_for_state(pool: asyncpg.Pool, job_id: UUID, states: set[str]) -> 
 
 
 # --- broker and server helpers ------------------------------------------------------------
-
-
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[str]:
-    """The tracker app under uvicorn on a free port; yields its base URL."""
-    sock = listening_socket()
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        build_app(settings), log_config=None, lifespan="on", timeout_graceful_shutdown=2
-    )
-    async with uvicorn_serving(config, sock, failure="the tracker failed to start", wait_s=WAIT_S):
-        yield f"http://127.0.0.1:{port}"
 
 
 @asynccontextmanager
@@ -133,14 +113,6 @@ async def next_completion(queue: aio_pika.abc.AbstractQueue) -> SyncCompleted:
     return SyncCompleted.model_validate_json(message.body)
 
 
-async def queue_depth(name: str) -> int:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(name, passive=True)
-        return queue.declaration_result.message_count or 0
-
-
 async def read_stream(
     client: httpx.AsyncClient, url: str, **kwargs: Any
 ) -> tuple[httpx.Response, list[ServerSentEvent]]:
@@ -161,10 +133,6 @@ def backdated_token(tokens: ProgressTokens, job_id: UUID, org_id: UUID, age_s: i
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(TimestampSigner, "get_timestamp", lambda self: real(self) - age_s)
         return tokens.issue(job_id, org_id)
-
-
-def tokens_for(settings: Settings) -> ProgressTokens:
-    return ProgressTokens(settings.secret_key.get_secret_value(), settings.progress_token_ttl_s)
 
 
 # --- recompute and fail_job ---------------------------------------------------------------
@@ -393,7 +361,11 @@ async def test_duplicated_and_reordered_events_finish_once_with_exact_counts(
     ids = {"job_id": job_id, "org_id": org_id}
     late = LinesDone(woo_ids=[4, 5, 6], **ids)
 
-    async with serve(settings), completions(clean_broker) as completed, publisher(settings) as b:
+    async with (
+        serving_tracker(settings),
+        completions(clean_broker) as completed,
+        publisher(settings) as b,
+    ):
         # Page 2 settles before page 1, the fetch completes in between, events come twice, and a
         # stale LinesFailed contradicts the table: only the table counts.
         await set_lines(pool, job_id, [4, 5, 6], "done")
@@ -414,7 +386,12 @@ async def test_duplicated_and_reordered_events_finish_once_with_exact_counts(
         announced = await next_completion(completed)
         await publish(b, clean_broker, FetchCompleted(pages=2, customers=6, **ids))
         await publish(b, clean_broker, late)
-        await asyncio.sleep(4 * settings.tracker_sweep_interval_s)  # room for a wrong second one
+        # Another job finishing after those events shows the tracker went past them: a wrong
+        # second completion of this job would have been announced before that one.
+        later = await make_job(pool, org_id, store_total=1, fetch_done=True)
+        await add_lines(pool, later, org_id, [1], "done")
+        await publish(b, clean_broker, LinesDone(woo_ids=[1], job_id=later, org_id=org_id))
+        assert (await next_completion(completed)).job_id == later
         assert await completed.get(no_ack=True, fail=False) is None
 
     assert (row["state"], row["total"], row["done_count"], row["failed_count"]) == ("done", 6, 6, 0)
@@ -431,7 +408,11 @@ async def test_fetch_failed_event_fails_the_job_and_announces_it(
     await add_lines(pool, job_id, org_id, range(1, 4))
     event = FetchFailed(job_id=job_id, org_id=org_id, error="store kept answering 503")
 
-    async with serve(settings), completions(clean_broker) as completed, publisher(settings) as b:
+    async with (
+        serving_tracker(settings),
+        completions(clean_broker) as completed,
+        publisher(settings) as b,
+    ):
         await publish(b, clean_broker, event)
         row = await wait_for_state(pool, job_id, {"done", "failed"})
         announced = await next_completion(completed)
@@ -456,7 +437,7 @@ async def test_malformed_events_are_parked_and_consuming_goes_on(
     bodies = [b"this is not json", b'{"schema_version": 1, "job_id": "nope"}', future.encode()]
     parking = clean_broker.parking(clean_broker.tracker_queue).name
 
-    async with serve(settings), publisher(settings) as b:
+    async with serving_tracker(settings), publisher(settings) as b:
         for body in bodies:
             await b.publish(
                 body,
@@ -513,18 +494,23 @@ async def test_progress_stream_follows_the_job_to_completion(
                 await received.put(event)
         await received.put(None)  # the server ended the stream
 
-    async with serve(settings) as base, publisher(settings) as b:
+    async with serving_tracker(settings) as base, publisher(settings) as b:
         listener = asyncio.create_task(listen(f"{base}/api/v1/integrations/sync/progress/{job_id}"))
         try:
             first = await asyncio.wait_for(received.get(), WAIT_S)
+            events = [first]
             for step in range(4):
                 batch = list(range(step * 5 + 1, step * 5 + 6))
                 await set_lines(pool, job_id, batch, "done")
                 await publish(b, clean_broker, LinesDone(woo_ids=batch, **ids))
-                await asyncio.sleep(2 * settings.progress_interval_s)
+                # The stream shows this step before the next one is taken.
+                async with asyncio.timeout(WAIT_S):
+                    while json.loads(events[-1].data)["done"] < batch[-1]:
+                        event = await received.get()
+                        assert event is not None, "the stream ended before the job"
+                        events.append(event)
             await finish_fetch(pool, job_id)
             await publish(b, clean_broker, FetchCompleted(pages=1, customers=20, **ids))
-            events = [first]
             async with asyncio.timeout(WAIT_S):
                 while (event := await received.get()) is not None:
                     events.append(event)
@@ -563,7 +549,7 @@ async def test_progress_auth_tokens_keys_and_tenancy(
     assert await recompute(for_org(app_pool, org_id), job_id) is not None
     tokens = tokens_for(settings)
 
-    async with serve(settings) as base, httpx.AsyncClient(timeout=WAIT_S) as client:
+    async with serving_tracker(settings) as base, httpx.AsyncClient(timeout=WAIT_S) as client:
         url = f"{base}/api/v1/integrations/sync/progress/{job_id}"
         bearer = {"Authorization": f"Bearer {key}"}
 

@@ -8,7 +8,9 @@ import httpx
 from shared.auth import create_org
 from shared.settings import Settings
 from tests.factories import make_job
-from tests.integration.test_tracker import WAIT_S, serve, tokens_for
+from tests.helpers import serving_tracker, tokens_for
+
+WAIT_S = 10.0
 
 
 async def test_refused_keys_and_tokens_are_rate_limited_per_client_address(
@@ -20,7 +22,7 @@ async def test_refused_keys_and_tokens_are_rate_limited_per_client_address(
     org_id, key = await create_org(pool, "acme")
     job_id = await make_job(pool, org_id, state="done")
     tokens = tokens_for(limited)
-    async with serve(limited) as base, httpx.AsyncClient(timeout=WAIT_S) as client:
+    async with serving_tracker(limited) as base, httpx.AsyncClient(timeout=WAIT_S) as client:
         url = f"{base}/api/v1/integrations/sync/progress/{job_id}"
         guesses = [
             await client.get(url),

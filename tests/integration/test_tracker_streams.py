@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -18,7 +19,9 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 from shared.auth import authenticate, create_org, revoke_key
 from shared.settings import Settings
 from tests.factories import make_job
-from tests.integration.test_tracker import WAIT_S, serve, tokens_for
+from tests.helpers import serving_tracker, tokens_for, wait_until
+
+WAIT_S = 10.0
 
 PROGRESS = "/api/v1/integrations/sync/progress/{}"
 
@@ -64,12 +67,20 @@ async def test_a_stream_ends_when_its_key_is_revoked(
     caller = await authenticate(pool, f"Bearer {key}")
     assert caller is not None
     job_id = await make_job(pool, org_id)  # processing: the stream stays open
-    async with serve(quick) as base, httpx.AsyncClient(timeout=WAIT_S) as client:
+    async with serving_tracker(quick) as base, httpx.AsyncClient(timeout=WAIT_S) as client:
         url = base + PROGRESS.format(job_id)
         async with stream(client, url, headers={"Authorization": f"Bearer {key}"}) as events:
             first = await asyncio.wait_for(events.get(), WAIT_S)
             assert first is not None and first.event == "progress"
-            await asyncio.sleep(3 * quick.sse_recheck_interval_s)  # rechecks pass meanwhile
+            # Each recheck the key passes renews the stream's lease: three renewals, and the
+            # stream is still open.
+            renewals: set[Any] = set()
+
+            async def renewed_three_times() -> bool:
+                renewals.add(await pool.fetchval("SELECT expires_at FROM woosync_stream_lease"))
+                return len(renewals - {None}) >= 4  # the lease as taken, then three renewals
+
+            await wait_until(renewed_three_times, "three rechecks passed", WAIT_S)
             assert events.empty()
             revoked_at = time.monotonic()
             assert await revoke_key(pool, caller.key_id) is not None
@@ -89,7 +100,7 @@ async def test_a_stream_ends_when_its_token_expires(settings: Settings, pool: as
     org_id, _ = await create_org(pool, "acme")
     job_id = await make_job(pool, org_id)
     token = tokens_for(quick).issue(job_id, org_id)
-    async with serve(quick) as base, httpx.AsyncClient(timeout=WAIT_S) as client:
+    async with serving_tracker(quick) as base, httpx.AsyncClient(timeout=WAIT_S) as client:
         opened_at = time.monotonic()
         url = base + PROGRESS.format(job_id)
         async with stream(client, url, params={"token": token}) as events:
@@ -110,8 +121,8 @@ async def test_streams_are_capped_per_org_across_trackers(
     other_job = await make_job(pool, other_org)
     tokens = tokens_for(capped)
     async with (
-        serve(capped) as first,
-        serve(capped) as second,
+        serving_tracker(capped) as first,
+        serving_tracker(capped) as second,
         httpx.AsyncClient(timeout=WAIT_S) as client,
         AsyncExitStack() as open_streams,
     ):
