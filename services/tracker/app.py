@@ -26,6 +26,7 @@ from shared.broker import make_broker
 from shared.consuming import Parking, raw_body
 from shared.crypto import ProgressTokens
 from shared.db import create_pool
+from shared.paths import PROGRESS_PATH
 from shared.ratelimit import RateLimiter, StreamSlots
 from shared.settings import Settings
 from shared.topology import Topology, declare_topology
@@ -154,7 +155,7 @@ def build_app(settings: Settings) -> Starlette:
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            Route("/api/v1/integrations/sync/progress/{job_id}", progress, methods=["GET"]),
+            Route(PROGRESS_PATH, progress, methods=["GET"]),
             Route("/progress/{job_id}", progress_page, methods=["GET"]),
         ],
         lifespan=lifespan,
