@@ -91,6 +91,53 @@ def literal_targets(sql: str) -> set[str]:
     return found
 
 
+GUARD = (
+    r"state\s*(NOT\s+IN|IN|<>|=)\s*(\([^)]*\)|'\w+'|ANY\s*\([^)]*\))"
+)
+
+
+def _guarded(where: str, alias: str | None, every: set[str]) -> set[str] | None:
+    """The states a WHERE clause lets a row leave (the union of its state conditions on the
+    changed table), every state without one; None when a parameter decides."""
+    prefix = rf"(?:\b{alias}\.|(?<![\w.]))" if alias else r"(?<![\w.])"
+    leaving: set[str] = set()
+    conditions = list(re.finditer(prefix + GUARD, where, re.I))
+    if not conditions:
+        return set(every)
+    for condition in conditions:
+        op, value = condition.group(1).upper().split(), condition.group(2)
+        if value.upper().startswith("ANY"):
+            return None
+        listed = set(LITERAL.findall(value))
+        leaving |= (every - listed) if op[0] in ("NOT", "<>") else listed
+    return leaving
+
+
+def literal_sources(sql: str, every: set[str]) -> set[str | None] | None:
+    """The states an SQL text may move a row from, read from its guards (None: a new row)."""
+    found: set[str | None] = set()
+    for match in UPDATE_SET.finditer(sql):
+        if not ASSIGNS_STATE.search(match.group(2)):
+            continue
+        alias = re.match(rf"UPDATE\s+{STATE_TABLES}\s+(?:AS\s+)?(\w+)\s+SET", match.group(0), re.I)
+        rest = sql[match.end() :]
+        where = re.search(r"\bWHERE\b(.*?)(?=\bRETURNING\b|$)", rest, re.S | re.I)
+        guarded = _guarded(where.group(1) if where else "", alias and alias.group(1), every)
+        if guarded is None:
+            return None
+        found |= guarded
+    if INSERT.search(sql):
+        found.add(None)
+        conflict = re.search(r"\bDO\s+UPDATE\s+SET\b(.*?)(?:\bWHERE\b(.*))?$", sql, re.S | re.I)
+        if conflict and ASSIGNS_STATE.search(conflict.group(1)):
+            alias = re.search(rf"INSERT\s+INTO\s+{STATE_TABLES}\s+AS\s+(\w+)", sql, re.I)
+            guarded = _guarded(conflict.group(2) or "", alias and alias.group(1), every)
+            if guarded is None:
+                return None
+            found |= guarded
+    return found
+
+
 def _declared_targets(change: StateChange) -> set[str]:
     return {target.value for made in change.moves.values() for _, target in made}
 
@@ -126,6 +173,17 @@ def test_the_states_a_statement_writes_are_the_ones_it_declares(name: str) -> No
     assert literal_targets(change.sql) <= _declared_targets(change)
 
 
+@pytest.mark.parametrize("name", sorted(STATE_CHANGES) or ["none"])
+def test_the_states_a_statement_leaves_are_the_ones_it_declares(name: str) -> None:
+    change = STATE_CHANGES[name]
+    every = {s.value for s in (JobState if change.entity == "job" else LineState)}
+    leaving = literal_sources(change.sql, every)
+    if leaving is None:  # a parameter decides; reopen_jobs checks it against the table
+        return
+    declared = {None if s is None else s.value for made in change.moves.values() for s, _ in made}
+    assert leaving <= declared
+
+
 def test_a_forbidden_move_is_caught() -> None:
     """The checks can fail: a tracker that re-opens a done job, a force-done of a failed job."""
     reopen = StateChange(
@@ -146,6 +204,11 @@ def test_a_forbidden_move_is_caught() -> None:
     sneaky = "UPDATE woo_customer_sync_queue SET state = 'failed', updated_at = now() WHERE id = $1"
     assert literal_targets(sneaky) == {"failed"}
     assert _writes_state(sneaky)
+    # A guard that lets a row leave more states than declared is seen.
+    every = {s.value for s in JobState}
+    assert literal_sources(sneaky, every) == every
+    guarded = sneaky.replace("WHERE id = $1", "WHERE id = $1 AND state NOT IN ('done', 'failed')")
+    assert literal_sources(guarded, every) == {"draft", "queued", "processing"}
     # And one that is not registered at all is found by the scan.
     assert sneaky not in {c.sql for c in STATE_CHANGES.values()}
 
