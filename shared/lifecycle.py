@@ -237,12 +237,24 @@ def forbidden(change: StateChange) -> list[tuple[Actor, Move]]:
     )
 
 
+def failure_cleared(job: str, counts: str) -> str:
+    """SQL: the ``failed`` job ``job`` (alias) has nothing left of its failure. Its pages were all
+    read (a fetch failure never sets fetch_done_at, so it failed because of its lines) and, by
+    ``counts`` (columns ``failed`` and ``open`` of its lines), none of its lines is failed or open
+    any more: its parked customers were moved back and synced, or its stalled services came back.
+    The tracker then finishes it as done; a replay re-opens it for the tracker to finish."""
+    return (
+        f"({job}.state = {sql_state(J.FAILED)} AND {job}.fetch_done_at IS NOT NULL"
+        f" AND {counts}.open = 0 AND {counts}.failed = 0)"
+    )
+
+
 # --- Re-opening a job ---------------------------------------------------------------------------
 
 # $1 uuid[] jobs, $2 uuid[] their orgs (same order), $3 uuid[] jobs to re-open whatever their
 # lines say, $4 the state they go to, $5 text[] the states they may leave, $6 whether only jobs
-# whose pages were all read re-open. A job not in $3 re-opens when none of its lines is failed or
-# open any more (its parked batches were moved back another way). finished_at and last_error are
+# whose pages were all read re-open. A job not in $3 re-opens when its failure is cleared (its
+# parked batches were moved back another way). finished_at and last_error are
 # cleared and the counts recomputed from the lines (as the tracker does), so the status answered
 # right away is right; the tracker finishes the job again later.
 REOPEN_JOBS = changes_state(
@@ -273,7 +285,7 @@ FROM (
 WHERE j.id = c.job_id AND j.org_id = c.org_id
   AND j.state = ANY($5::text[])
   AND (NOT $6::boolean OR j.fetch_done_at IS NOT NULL)
-  AND (j.id = ANY($3::uuid[]) OR (c.open = 0 AND c.failed = 0))
+  AND (j.id = ANY($3::uuid[]) OR {failure_cleared("j", "c")})
 RETURNING j.id
 """,
 )

@@ -16,6 +16,7 @@ from shared.lifecycle import (
     JobState,
     LineState,
     changes_state,
+    failure_cleared,
     moves,
     sql_in,
     sql_state,
@@ -66,8 +67,7 @@ decided AS (
     SELECT j.id, c.total, c.done, c.failed,
            (j.fetch_done_at IS NOT NULL AND c.open = 0
             AND j.state IN {RUNNING}) AS finishing,
-           (j.fetch_done_at IS NOT NULL AND c.open = 0 AND c.failed = 0
-            AND j.state = {FAILED}) AS recovering,
+           {failure_cleared("j", "c")} AS recovering,
            (j.total, j.done_count, j.failed_count)
                IS DISTINCT FROM (c.total, c.done, c.failed) AS changed
     FROM woo_customer_sync_queue j, counts c
