@@ -85,7 +85,6 @@ class Transition:
 
 
 J, L = JobState, LineState
-ANY_LINE: tuple[LineState, ...] = tuple(LineState)
 
 # The one table of allowed moves. The diagram in docs/architecture.md is drawn from it.
 TRANSITIONS: tuple[Transition, ...] = (
