@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 from uuid import UUID
 
 import asyncpg
 from pydantic import BaseModel
 
 from shared.db import OrgScope
-
-JobState = Literal["draft", "queued", "processing", "done", "failed"]
-FINAL_STATES: frozenset[str] = frozenset({"done", "failed"})
+from shared.lifecycle import FINAL_JOB_STATES, JobStateField
 
 SELECT_JOB_STATUS = """
 SELECT id, org_id, connection_id, state, total, done_count, failed_count, store_total,
@@ -26,7 +23,7 @@ WHERE id = $1 AND org_id = $2
 class JobStatus(BaseModel):
     job_id: UUID
     connection_id: UUID
-    state: JobState
+    state: JobStateField
     total: int
     done: int
     failed: int
@@ -44,7 +41,7 @@ class JobStatus(BaseModel):
 
     @property
     def is_final(self) -> bool:
-        return self.state in FINAL_STATES
+        return self.state in FINAL_JOB_STATES
 
 
 def status_from_row(row: asyncpg.Record) -> JobStatus:

@@ -13,6 +13,8 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.lifecycle import FinalJobState
+
 SCHEMA_VERSION = 1
 
 
@@ -92,7 +94,7 @@ class SyncCompleted(Message):
     """tracker -> anyone: the job reached a final state. Nothing in woosync consumes it yet."""
 
     routing_key: ClassVar[str] = "sync.completed"
-    state: Literal["done", "failed"]
+    state: FinalJobState
     total: int
     done: int
     failed: int

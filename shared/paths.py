@@ -1,7 +1,20 @@
 """The HTTP paths of woosync, defined once: routes are mounted at these and URLs given out from
 them (``status_url``, ``progress_url``). Templates take ``job_id`` with ``str.format``."""
 
+from __future__ import annotations
+
+from urllib.parse import quote
+from uuid import UUID
+
 SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"  # api: the actions
 JOB_PATH = "/api/v1/integrations/woocommerce/sync/jobs/{job_id}"  # api: status_url
 PROGRESS_PATH = "/api/v1/integrations/sync/progress/{job_id}"  # tracker: SSE, progress_url
 PROGRESS_PAGE_PATH = "/progress/{job_id}"  # tracker: a progress bar fed by PROGRESS_PATH
+
+
+def status_url(api_base: str, job_id: UUID) -> str:
+    return api_base + JOB_PATH.format(job_id=job_id)
+
+
+def progress_url(tracker_base: str, job_id: UUID, token: str) -> str:
+    return tracker_base + PROGRESS_PATH.format(job_id=job_id) + "?token=" + quote(token, safe="")

@@ -12,26 +12,6 @@ Two ways in, one for each audience:
   parking queue for the operator; replaying them again is a harmless duplicate (the syncer never
   touches a ``done`` line). ``rejected`` batches (no line records them) are the operator's.
 
-Reading a parking queue without consuming it
---------------------------------------------
-Messages are taken with ``basic.get`` and *held unacknowledged* until the scan ends, so no
-message is seen twice, and are then given back with ``basic.nack(requeue=True)`` in the order they
-were read. A crash, a timeout or a lost connection gives them back too (the broker requeues what
-a closed channel held), so listing can never lose a message. On a quorum queue a requeue counts
-as a delivery; parking queues have no delivery limit, so that is harmless. While a scan runs,
-its messages are invisible to other readers, and a message parked during the scan lands before
-the ones given back: order is kept among the messages that were read, not across the two.
-
-Kinds of parked messages (syncer parking queue)
------------------------------------------------
-* ``parked``: a batch of customers whose retries were spent (headers ``parked-attempts`` and
-  ``parked-error``); their lines are ``failed``.
-* ``rejected``: a valid batch the syncer refused for another reason (for instance a job that did
-  not exist, or a bug), dead-lettered by the work queue without those headers.
-* ``malformed``: a body that is not a valid batch (not JSON, wrong schema). Replay never moves
-  these: the syncer would only refuse them again. They stay parked for an operator to read and
-  purge in the management console.
-
 Replay (at-least-once, idempotent)
 ----------------------------------
 For the matching ``parked`` and ``rejected`` batches whose job exists (for the batch's org and
@@ -57,10 +37,10 @@ name a job that does not exist stay parked, in their order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any
 from uuid import UUID
 
 import aio_pika
@@ -68,30 +48,27 @@ import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from shared import messages as m
-from shared.consuming import Malformed, parse
 from shared.db import for_org
-from shared.messages import CustomerBatch
-from shared.topology import (
-    ATTEMPT_HEADER,
-    PARKED_ATTEMPTS_HEADER,
-    PARKED_ERROR_HEADER,
-    Topology,
+from shared.lifecycle import (
+    Actor,
+    JobState,
+    LineState,
+    changes_state,
+    moves,
+    reopen_jobs,
+    sql_state,
 )
-
-Kind = Literal["parked", "rejected", "malformed"]
-QueueName = Literal["syncer", "fetcher", "tracker"]
-
-DEFAULT_LIMIT = 1000
-DEFAULT_TIMEOUT_S = 60.0
-GET_TIMEOUT_S = 5.0
-_PREVIEW_BYTES = 80
-
-# What each parking queue should hold: a body valid as one of these models can be replayed.
-QUEUE_MODELS: dict[QueueName, tuple[type[m.Message], ...]] = {
-    "syncer": (m.CustomerBatch,),
-    "fetcher": (m.SyncRequested,),
-    "tracker": (m.LinesDone, m.LinesFailed, m.FetchCompleted, m.FetchFailed),
-}
+from shared.messages import CustomerBatch
+from shared.parked import describe, matches, woo_id
+from shared.parking import (
+    DEFAULT_LIMIT,
+    DEFAULT_TIMEOUT_S,
+    give_back,
+    parking_queue,
+    replay_headers,
+    take_all,
+)
+from shared.topology import Topology
 
 # $1: jsonb array of {job_id, org_id} named by the batches. Only jobs that exist for that org
 # (what the syncer itself requires; it writes to the job's connection), locked so that a concurrent
@@ -109,46 +86,20 @@ FOR UPDATE OF j
 # $1: jsonb array of {job_id, org_id, woo_id}. Failed lines of the replayed customers are open
 # again, so the tracker cannot finish their job before the syncer has settled them. Lines in any
 # other state (done, or already pending) are left alone, which makes a second replay a no-op.
-REOPEN_LINES = """
+REOPEN_LINES = changes_state(
+    "replay.REOPEN_LINES",
+    "line",
+    {Actor.REPLAY: moves((LineState.FAILED,), (LineState.PENDING,))},
+    f"""
 UPDATE woo_customer_sync_queue_line AS l
-SET state = 'pending', attempts = 0, last_error = NULL, updated_at = now()
+SET state = {sql_state(LineState.PENDING)}, attempts = 0, last_error = NULL, updated_at = now()
 FROM (SELECT DISTINCT * FROM jsonb_to_recordset($1::jsonb)
           AS x(job_id uuid, org_id uuid, woo_id bigint)) AS x
 WHERE l.job_id = x.job_id AND l.woo_id = x.woo_id AND l.org_id = x.org_id
-  AND l.state = 'failed'
+  AND l.state = {sql_state(LineState.FAILED)}
 RETURNING l.job_id
-"""
-
-# $1 uuid[]: jobs already checked against their org, $3 uuid[]: their orgs, in the same order; $2
-# uuid[]: the jobs whose failed lines this replay just re-opened. A job that failed after every
-# page was read failed because of its lines (a fetch failure never sets fetch_done_at): it is re-
-# opened when this replay re-opened some of its lines, or when none of its lines is failed or open
-# any more (they were moved back another way). Counts are brought up to date so the status
-# answered right away is right; the tracker finishes the job later.
-REOPEN_JOBS = """
-UPDATE woo_customer_sync_queue AS j
-SET state = 'processing',
-    finished_at = NULL,
-    last_error = NULL,
-    updated_at = now(),
-    done_count = c.done,
-    failed_count = c.failed
-FROM (
-    SELECT job.id AS job_id, job.org_id,
-           count(l.woo_id) FILTER (WHERE l.state = 'done') AS done,
-           count(l.woo_id) FILTER (WHERE l.state = 'failed') AS failed,
-           count(l.woo_id) FILTER (WHERE l.state IN ('pending', 'processing')) AS open
-    FROM unnest($1::uuid[], $3::uuid[]) AS job(id, org_id)
-    LEFT JOIN woo_customer_sync_queue_line AS l
-           ON l.job_id = job.id AND l.org_id = job.org_id
-    GROUP BY job.id, job.org_id
-) AS c
-WHERE j.id = c.job_id AND j.org_id = c.org_id
-  AND j.state = 'failed'
-  AND j.fetch_done_at IS NOT NULL
-  AND (j.id = ANY($2::uuid[]) OR (c.open = 0 AND c.failed = 0))
-RETURNING j.id
-"""
+""",
+)
 
 # $1 uuid, $2 uuid: the one job the caller named, if it exists for that org.
 SELECT_JOB = """
@@ -168,19 +119,26 @@ FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR UPDATE
 # $1 job, $2 org: the job's parked customers, from their lines. Failed lines that kept their
 # payload (what the syncer parked) go back to pending; pending lines that still keep a payload
 # (re-opened by a replay or retry whose publish may not have happened) are sent again too.
-REQUEUE_PARKED_LINES = """
+REQUEUE_PARKED_LINES = changes_state(
+    "replay.REQUEUE_PARKED_LINES",
+    "line",
+    {Actor.REPLAY: moves((LineState.FAILED,), (LineState.PENDING,))},
+    f"""
 WITH reopened AS (
     UPDATE woo_customer_sync_queue_line
-    SET state = 'pending', attempts = 0, last_error = NULL, updated_at = now()
-    WHERE job_id = $1 AND org_id = $2 AND state = 'failed' AND payload IS NOT NULL
+    SET state = {sql_state(LineState.PENDING)}, attempts = 0, last_error = NULL, updated_at = now()
+    WHERE job_id = $1 AND org_id = $2 AND state = {sql_state(LineState.FAILED)}
+      AND payload IS NOT NULL
     RETURNING woo_id, payload
 )
 SELECT woo_id, payload, true AS reopened FROM reopened
 UNION ALL
 SELECT woo_id, payload, false FROM woo_customer_sync_queue_line
-WHERE job_id = $1 AND org_id = $2 AND state = 'pending' AND payload IS NOT NULL
+WHERE job_id = $1 AND org_id = $2 AND state = {sql_state(LineState.PENDING)}
+  AND payload IS NOT NULL
 ORDER BY woo_id
-"""
+""",
+)
 
 # $1: jsonb array of {job_id, org_id, details}: one audit row per job, in one statement.
 INSERT_REPLAYED_ACTIVITY = """
@@ -188,35 +146,6 @@ INSERT INTO woo_sync_activity (job_id, org_id, level, event, details)
 SELECT x.job_id, x.org_id, 'info', 'dlq.replayed', x.details
 FROM jsonb_to_recordset($1::jsonb) AS x(job_id uuid, org_id uuid, details jsonb)
 """
-
-
-@dataclass(frozen=True)
-class ParkedMessage:
-    """One message of a parking queue, as ``woosync dlq list`` shows it."""
-
-    message_id: str | None
-    kind: Kind
-    job_id: UUID | None = None
-    org_id: UUID | None = None
-    woo_ids: tuple[int, ...] = ()
-    customers: int = 0
-    attempts: int | None = None
-    error: str | None = None
-    detail: str | None = None  # for malformed messages: why, and the start of the body
-
-    def as_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["job_id"] = str(self.job_id) if self.job_id else None
-        data["org_id"] = str(self.org_id) if self.org_id else None
-        data["woo_ids"] = list(self.woo_ids)
-        return data
-
-
-@dataclass(frozen=True)
-class Listing:
-    queue: str
-    messages: tuple[ParkedMessage, ...]
-    more: bool  # the scan stopped at its limit; more messages are parked
 
 
 @dataclass(frozen=True)
@@ -230,147 +159,6 @@ class ReplayReport:
     skipped: int = 0  # messages of other jobs or orgs, left parked
     more: bool = False  # the scan stopped at its limit; run again for the rest
     by_job: dict[UUID, int] = field(default_factory=dict)
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(_text(value) or "")
-    except ValueError:
-        return None
-
-
-def _woo_id(customer: Mapping[str, Any]) -> int | None:
-    value = customer.get("id")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _parse(body: bytes, models: Sequence[type[m.Message]]) -> m.Message | str:
-    """The body as the model it is valid for, or why it is malformed (the consumers' decoder)."""
-    try:
-        return parse(body, models)
-    except Malformed as exc:
-        return str(exc)
-
-
-def describe(
-    body: bytes,
-    headers: Mapping[str, Any] | None,
-    message_id: str | None,
-    models: Sequence[type[m.Message]] = (m.CustomerBatch,),
-) -> tuple[ParkedMessage, m.Message | None]:
-    """Classify one parked message (pure; see the module docstring for the kinds)."""
-    headers = headers or {}
-    parsed = _parse(body, models)
-    if isinstance(parsed, str):
-        preview = body[:_PREVIEW_BYTES].decode("utf-8", "replace")
-        return ParkedMessage(message_id, "malformed", detail=f"{parsed}: {preview!r}"), None
-    parked = PARKED_ATTEMPTS_HEADER in headers
-    woo_ids: tuple[int, ...] = ()
-    customers = 0
-    if isinstance(parsed, m.CustomerBatch):
-        customers = len(parsed.customers)
-        woo_ids = tuple(w for c in parsed.customers if (w := _woo_id(c)) is not None)
-    info = ParkedMessage(
-        message_id=message_id or str(parsed.message_id),
-        kind="parked" if parked else "rejected",
-        job_id=parsed.job_id,
-        org_id=parsed.org_id,
-        woo_ids=woo_ids,
-        customers=customers,
-        attempts=_int(headers.get(PARKED_ATTEMPTS_HEADER)) if parked else None,
-        error=_text(headers.get(PARKED_ERROR_HEADER)),
-    )
-    return info, parsed
-
-
-def replay_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The headers a replayed copy keeps: not ours about parking or retries, not the broker's."""
-    dropped = {PARKED_ATTEMPTS_HEADER, PARKED_ERROR_HEADER, ATTEMPT_HEADER}
-    return {k: v for k, v in (headers or {}).items() if k not in dropped and not k.startswith("x-")}
-
-
-async def open_connection(amqp_url: str, timeout_s: float = 10.0) -> AbstractConnection:
-    """A plain (not robust) connection: a replay that loses the broker should stop, not wait."""
-    return await aio_pika.connect(amqp_url, timeout=timeout_s)
-
-
-async def _take_all(
-    channel: AbstractChannel, queue: str, limit: int
-) -> tuple[list[AbstractIncomingMessage], bool]:
-    """Up to ``limit`` messages of ``queue``, held unacked; and whether more remain."""
-    declared = await channel.declare_queue(queue, passive=True)
-    held: list[AbstractIncomingMessage] = []
-    while len(held) < limit:
-        message = await declared.get(no_ack=False, fail=False, timeout=GET_TIMEOUT_S)
-        if message is None:
-            return held, False
-        held.append(message)
-    probe = await channel.declare_queue(queue, passive=True)
-    return held, bool(probe.declaration_result.message_count)
-
-
-async def _give_back(messages: Sequence[AbstractIncomingMessage]) -> None:
-    """Requeue in the order the messages were read (delivery tags grow on a channel)."""
-    for message in sorted(messages, key=lambda msg: msg.delivery_tag or 0):
-        await message.nack(requeue=True)
-
-
-def parking_queue(topology: Topology, queue: QueueName) -> str:
-    work = {
-        "syncer": topology.syncer_queue,
-        "fetcher": topology.fetcher_queue,
-        "tracker": topology.tracker_queue,
-    }[queue]
-    return topology.parking(work).name
-
-
-async def list_parked(
-    connection: AbstractConnection,
-    topology: Topology,
-    *,
-    queue: QueueName = "syncer",
-    job_id: UUID | None = None,
-    org_id: UUID | None = None,
-    limit: int = DEFAULT_LIMIT,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-) -> Listing:
-    """The messages of a parking queue, left in place (see "Reading a parking queue").
-
-    With ``job_id`` or ``org_id``, only the messages of that job or org (malformed ones, which
-    name neither, only when no filter is given).
-    """
-    name = parking_queue(topology, queue)
-    async with asyncio.timeout(timeout_s):
-        channel = await connection.channel(publisher_confirms=False)
-        try:
-            held, more = await _take_all(channel, name, limit)
-            try:
-                infos = [
-                    describe(msg.body, msg.headers, msg.message_id, QUEUE_MODELS[queue])[0]
-                    for msg in held
-                ]
-            finally:
-                await _give_back(held)
-        finally:
-            await channel.close()
-    shown = tuple(i for i in infos if _matches(i, job_id, org_id))
-    return Listing(queue=name, messages=shown, more=more)
-
-
-def _matches(info: ParkedMessage, job_id: UUID | None, org_id: UUID | None) -> bool:
-    if job_id is None and org_id is None:
-        return True
-    if info.kind == "malformed":
-        return False
-    return (job_id is None or info.job_id == job_id) and (org_id is None or info.org_id == org_id)
 
 
 async def replay(
@@ -392,7 +180,7 @@ async def replay(
     async with asyncio.timeout(timeout_s):
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         try:
-            held, more = await _take_all(channel, parking, limit)
+            held, more = await take_all(channel, parking, limit)
             keep: list[AbstractIncomingMessage] = []
             try:
                 report = await _replay_held(
@@ -406,7 +194,7 @@ async def replay(
                     actor=actor or {},
                 )
             finally:
-                await _give_back(keep)
+                await give_back(keep)
         finally:
             await channel.close()
     return replace(report, more=more)
@@ -428,7 +216,7 @@ async def _replay_held(
     kept = skipped = 0
     for message in held:
         info, parsed = describe(message.body, message.headers, message.message_id)
-        if not _matches(info, job_id, org_id) or not isinstance(parsed, m.CustomerBatch):
+        if not matches(info, job_id, org_id) or not isinstance(parsed, m.CustomerBatch):
             keep.append(message)
             if info.kind == "malformed":
                 kept += 1
@@ -539,20 +327,35 @@ async def _reopen(
             {"job_id": str(b.job_id), "org_id": str(b.org_id), "woo_id": w}
             for b in batches
             if b.job_id in jobs
-            for w in (_woo_id(c) for c in b.customers)
+            for w in (woo_id(c) for c in b.customers)
             if w is not None
         ]
         reopened_lines: dict[UUID, int] = {}
         if lines:
             for row in await conn.fetch(REOPEN_LINES, lines):
                 reopened_lines[row["job_id"]] = reopened_lines.get(row["job_id"], 0) + 1
-        reopened: set[UUID] = set()
-        if jobs:
-            ids = list(jobs)
-            orgs = [jobs[job]["org_id"] for job in ids]
-            rows = await conn.fetch(REOPEN_JOBS, ids, list(reopened_lines), orgs)
-            reopened = {r["id"] for r in rows}
+        reopened = await _reopen_jobs(
+            conn, [(job, jobs[job]["org_id"]) for job in jobs], reopened_lines
+        )
     return jobs, reopened_lines, reopened
+
+
+async def _reopen_jobs(
+    conn: asyncpg.Connection, jobs: Sequence[tuple[UUID, UUID]], lines_reopened: Iterable[UUID]
+) -> set[UUID]:
+    """A replay's re-open (jobs already checked against their org): a job that failed after
+    every page was read failed because of its lines (a fetch failure never sets fetch_done_at);
+    it re-opens when this replay re-opened some of its lines, or when none of its lines is failed
+    or open any more (they were moved back another way). The tracker finishes it again later."""
+    return await reopen_jobs(
+        conn,
+        Actor.REPLAY,
+        jobs,
+        to=JobState.PROCESSING,
+        leaving=[JobState.FAILED],
+        whatever_lines=list(lines_reopened),
+        only_fetched=True,
+    )
 
 
 Publish = Callable[[Sequence[CustomerBatch]], Awaitable[None]]
@@ -581,10 +384,9 @@ async def replay_job_from_lines(
             return None
         lines = await conn.fetch(REQUEUE_PARKED_LINES, job_id, org_id)
         reopened_lines = sum(1 for line in lines if line["reopened"])
-        rows = await conn.fetch(
-            REOPEN_JOBS, [job_id], [job_id] if reopened_lines else [], [org_id]
+        job_reopened = bool(
+            await _reopen_jobs(conn, [(job_id, org_id)], [job_id] if reopened_lines else [])
         )
-        job_reopened = bool(rows)
         customers = [line["payload"] for line in lines]
         size = job["batch_size"]
         batches = [

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from shared import db
 from shared.auth import create_org
+from shared.lifecycle import JobState
 from shared.settings import Settings
 from tools.woosim.testing import spawn_simulator
 from woosync.progress import follow, wait_ready
@@ -68,7 +69,7 @@ async def run_demo(*, customers: int, seed: int, service_log: TextIO) -> int:
             supervisor.stop()
             await stack
     _summary(console, final, elapsed, rows, distinct, customers)
-    ok = final["state"] == "done" and rows == distinct == final["total"] == customers
+    ok = final["state"] == JobState.DONE and rows == distinct == final["total"] == customers
     return 0 if ok else 1
 
 

@@ -1,8 +1,9 @@
 """``woosync dlq``: read the parking (dead-letter) queues and replay them once the cause is fixed.
 
 Settings come from the environment like every service (``WOOSYNC_AMQP_URL``,
-``WOOSYNC_DATABASE_URL``, ``WOOSYNC_NAMESPACE``). The work is done by :mod:`shared.replay`, which
-the api's ``replay`` action uses too.
+``WOOSYNC_DATABASE_URL``, ``WOOSYNC_NAMESPACE``). The work is done by
+:mod:`shared.parking` (reading the queues) and :mod:`shared.replay` (moving batches back),
+which the api's ``replay`` action uses too.
 """
 
 from __future__ import annotations
@@ -17,16 +18,9 @@ import aio_pika.exceptions
 import click
 
 from shared import db
-from shared.replay import (
-    DEFAULT_LIMIT,
-    Listing,
-    ParkedMessage,
-    QueueName,
-    ReplayReport,
-    list_parked,
-    open_connection,
-    replay,
-)
+from shared.parked import ParkedMessage, QueueName
+from shared.parking import DEFAULT_LIMIT, Listing, list_parked, open_connection
+from shared.replay import ReplayReport, replay
 from shared.settings import Settings
 from shared.topology import Topology
 

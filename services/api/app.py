@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import assert_never
 from uuid import UUID
 
 from starlette.applications import Starlette
@@ -25,19 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.api import actions
+from services.api.actions import dispatch
+from services.api.actions.common import read_status
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
 from services.api.openapi import build_openapi
-from services.api.replay import replay_job
-from services.api.schemas import (
-    ForceDoneRequest,
-    Readiness,
-    ReplayRequest,
-    RetryRequest,
-    StartRequest,
-    StatusRequest,
-)
+from services.api.schemas import Readiness
 from services.api.web import deps_of, guarded, parse_action, read_json_object, require_caller
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
@@ -72,27 +64,8 @@ async def sync_customers(request: Request) -> Response:
     action = parse_action(await read_json_object(request))
     if action.org_id != caller.org_id:
         raise ApiError(403, "forbidden", "org_id does not match the API key's organisation")
-    match action:
-        case StartRequest():
-            started = await actions.start_sync(action, caller, deps)
-            code = 200 if started.already_running else 202
-            return JSONResponse(started.result.model_dump(mode="json"), status_code=code)
-        case StatusRequest():
-            status = await actions.job_status(action, caller, deps)
-            return JSONResponse(status.model_dump(mode="json"))
-        case RetryRequest():
-            retried = await actions.retry_job(action, caller, deps)
-            code = 202 if retried.changed_anything else 200
-            return JSONResponse(retried.model_dump(mode="json"), status_code=code)
-        case ForceDoneRequest():
-            forced = await actions.force_done(action, caller, deps)
-            return JSONResponse(forced.model_dump(mode="json"))
-        case ReplayRequest():
-            replayed = await replay_job(action, caller, deps)
-            code = 202 if replayed.changed_anything else 200
-            return JSONResponse(replayed.model_dump(mode="json"), status_code=code)
-        case _:
-            assert_never(action)
+    answer = await dispatch(action, caller, deps)
+    return JSONResponse(answer.body.model_dump(mode="json"), status_code=answer.status)
 
 
 @guarded
@@ -103,7 +76,7 @@ async def get_job(request: Request) -> Response:
         job_id = UUID(request.path_params["job_id"])
     except ValueError:
         raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
-    status = await actions.read_status(deps, org_id=caller.org_id, job_id=job_id)
+    status = await read_status(deps, org_id=caller.org_id, job_id=job_id)
     return JSONResponse(status.model_dump(mode="json"))
 
 

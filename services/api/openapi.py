@@ -1,9 +1,10 @@
 """The api's OpenAPI 3.1 document, served at ``/openapi.json``.
 
 Every schema in it is generated from the pydantic models that validate the requests and build
-the responses, so the document cannot drift from the code: a new action in ``ACTION_MODELS``
-appears in the request's ``oneOf`` by itself. Every status code an operation can answer is
-listed, the errors all with the one envelope ``{"error": {"code", "message"}}``.
+the responses, so the document cannot drift from the code: a new action in the table
+``services.api.actions.ACTIONS`` appears in the request's ``oneOf`` by itself, with its summary.
+Every status code an operation can answer is listed, the errors all with the one envelope
+``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from services.api.replay import ReplayResult
+from services.api.actions import ACTIONS
+from services.api.actions.replay import ReplayResult
 from services.api.schemas import (
-    ACTION_MODELS,
     ErrorEnvelope,
     Health,
     Readiness,
@@ -50,11 +51,6 @@ RETRY_AFTER = {
 WWW_AUTHENTICATE = {
     "WWW-Authenticate": {"description": "Always 'Bearer'.", "schema": {"type": "string"}}
 }
-# A start of a connection that already has an open job is answered with that job.
-START_NOTE = (
-    "202: a new job was accepted (or this idempotency_key's job is returned); 200 with the "
-    "start result: the store connection already had an open job, which is the answer."
-)
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -81,9 +77,16 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): _error(status) for status in statuses}
 
 
+def _actions_description() -> str:
+    """Each action's summary, then what the actions add about their answers (the table's)."""
+    lines = [f"{name}: {action.summary}" for name, action in ACTIONS.items()]
+    notes = [action.note for action in ACTIONS.values() if action.note]
+    return "\n".join(lines + [""] + notes)
+
+
 def _components() -> dict[str, Any]:
     requests: list[tuple[type[BaseModel], JsonSchemaMode]] = [
-        (model, "validation") for model in ACTION_MODELS.values()
+        (action.model, "validation") for action in ACTIONS.values()
     ]
     responses: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model, "serialization")
@@ -103,7 +106,7 @@ def _components() -> dict[str, Any]:
 
 def build_openapi(*, sync_path: str, job_path: str) -> dict[str, Any]:
     """The document for the api's routes (paths passed in by the route table)."""
-    actions = {name: REF.format(model=model.__name__) for name, model in ACTION_MODELS.items()}
+    actions = {name: REF.format(model=a.model.__name__) for name, a in ACTIONS.items()}
     action_body = {
         "oneOf": [{"$ref": ref} for ref in actions.values()],
         "discriminator": {"propertyName": "action", "mapping": actions},
@@ -166,8 +169,8 @@ def build_openapi(*, sync_path: str, job_path: str) -> dict[str, Any]:
             sync_path: {
                 "post": {
                     "operationId": "syncCustomers",
-                    "summary": "One of the actions start, status, retry, force-done, replay.",
-                    "description": START_NOTE,
+                    "summary": "One of the actions " + ", ".join(ACTIONS) + ".",
+                    "description": _actions_description(),
                     "requestBody": {"required": True, "content": _json(action_body)},
                     "responses": {
                         "200": {

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+from shared.lifecycle import (
+    FINAL_JOB_STATES,
+    OPEN_JOB_STATES,
+    Actor,
+    JobState,
+    LineState,
+    changes_state,
+    moves,
+    sql_in,
+    sql_state,
+)
+
 # A store (the org and its URL without the scheme, shared.storeurl) has one connection whatever
 # key, auth mode or scheme reaches it (migration 0009). What the store's connection holds before
 # a start changes it (for the audit trail), locked until the transaction ends.
@@ -30,13 +42,18 @@ RETURNING c.id
 # No row back means the idempotency key is taken, or the connection has a job reading its
 # store (migration 0002's unique index): the caller then loads that job instead. Under
 # LOCK_ORG_SYNCS neither can happen; this is the database's own guarantee behind it.
-INSERT_JOB = """
+INSERT_JOB = changes_state(
+    "api.INSERT_JOB",
+    "job",
+    {Actor.API_START: moves((None,), (JobState.DRAFT,))},
+    f"""
 INSERT INTO woo_customer_sync_queue
     (id, org_id, connection_id, state, idempotency_key, batch_size, concurrency, store_total)
-VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7)
+VALUES ($1, $2, $3, {sql_state(JobState.DRAFT)}, $4, $5, $6, $7)
 ON CONFLICT DO NOTHING
 RETURNING id
-"""
+""",
+)
 
 # Serialises what makes an org's jobs open (start, and a retry of a finished job) until the
 # transaction ends, so that counting open jobs and adding one cannot interleave. The two-key
@@ -44,24 +61,24 @@ RETURNING id
 LOCK_ORG_SYNCS = "SELECT pg_advisory_xact_lock(7428103, hashtext($1::uuid::text))"
 
 # The oldest open job of a connection: a second start answers with it.
-SELECT_OPEN_JOB_OF_CONNECTION = """
+SELECT_OPEN_JOB_OF_CONNECTION = f"""
 SELECT id, connection_id, state
 FROM woo_customer_sync_queue
-WHERE org_id = $1 AND connection_id = $2 AND state IN ('draft', 'queued', 'processing')
+WHERE org_id = $1 AND connection_id = $2 AND state IN {sql_in(OPEN_JOB_STATES)}
 ORDER BY created_at
 LIMIT 1
 """
 
-COUNT_OPEN_JOBS = """
+COUNT_OPEN_JOBS = f"""
 SELECT count(*) FROM woo_customer_sync_queue
-WHERE org_id = $1 AND state IN ('draft', 'queued', 'processing')
+WHERE org_id = $1 AND state IN {sql_in(OPEN_JOB_STATES)}
 """
 
 # Another job of the connection that has not read all its pages (holds migration 0002's slot).
-SELECT_OTHER_FETCHING_JOB = """
+SELECT_OTHER_FETCHING_JOB = f"""
 SELECT id FROM woo_customer_sync_queue
 WHERE org_id = $1 AND connection_id = $2 AND id <> $3
-  AND state IN ('draft', 'queued', 'processing') AND fetch_done_at IS NULL
+  AND state IN {sql_in(OPEN_JOB_STATES)} AND fetch_done_at IS NULL
 LIMIT 1
 """
 
@@ -77,11 +94,19 @@ SELECT state FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR UPDA
 """
 
 # The job is locked (LOCK_JOB_STATE) and a draft: the fetcher cannot have taken it further.
-MARK_QUEUED = """
+MARK_QUEUED = changes_state(
+    "api.MARK_QUEUED",
+    "job",
+    {
+        Actor.API_START: moves((JobState.DRAFT,), (JobState.QUEUED,)),
+        Actor.API_RETRY: moves((JobState.DRAFT,), (JobState.QUEUED,)),
+    },
+    f"""
 UPDATE woo_customer_sync_queue
-SET state = 'queued', queued_at = now(), updated_at = now()
-WHERE id = $1 AND org_id = $2 AND state = 'draft'
-"""
+SET state = {sql_state(JobState.QUEUED)}, queued_at = now(), updated_at = now()
+WHERE id = $1 AND org_id = $2 AND state = {sql_state(JobState.DRAFT)}
+""",
+)
 
 # Locks the job so that two retries, or a retry and a force-done, cannot interleave.
 LOCK_JOB = """
@@ -95,48 +120,41 @@ FOR UPDATE
 # payload are from an earlier retry whose batches may never have been published, so they are
 # sent again too (the syncer's upsert makes a duplicate harmless). The outer SELECT reads the
 # table as it was before the UPDATE, so no line is returned twice.
-REQUEUE_FAILED_LINES = """
+REQUEUE_FAILED_LINES = changes_state(
+    "api.REQUEUE_FAILED_LINES",
+    "line",
+    {Actor.API_RETRY: moves((LineState.FAILED,), (LineState.PENDING,))},
+    f"""
 WITH requeued AS (
     UPDATE woo_customer_sync_queue_line
-    SET state = 'pending', attempts = 0, last_error = NULL, updated_at = now()
-    WHERE job_id = $1 AND org_id = $2 AND state = 'failed' AND payload IS NOT NULL
+    SET state = {sql_state(LineState.PENDING)}, attempts = 0, last_error = NULL, updated_at = now()
+    WHERE job_id = $1 AND org_id = $2 AND state = {sql_state(LineState.FAILED)}
+      AND payload IS NOT NULL
     RETURNING woo_id, payload
 )
 SELECT woo_id, payload FROM requeued
 UNION ALL
 SELECT woo_id, payload
 FROM woo_customer_sync_queue_line
-WHERE job_id = $1 AND org_id = $2 AND state = 'pending' AND payload IS NOT NULL
+WHERE job_id = $1 AND org_id = $2 AND state = {sql_state(LineState.PENDING)}
+  AND payload IS NOT NULL
 ORDER BY woo_id
-"""
+""",
+)
 
-COUNT_UNRECOVERABLE_LINES = """
+COUNT_UNRECOVERABLE_LINES = f"""
 SELECT count(*) FROM woo_customer_sync_queue_line
-WHERE job_id = $1 AND org_id = $2 AND state = 'failed' AND payload IS NULL
+WHERE job_id = $1 AND org_id = $2 AND state = {sql_state(LineState.FAILED)} AND payload IS NULL
 """
 
-# Counts are recomputed from the lines (as the tracker does), so the status answered right
-# after a retry no longer shows the re-queued lines as failed.
-RESUME_JOB = """
-UPDATE woo_customer_sync_queue AS j
-SET state = $2,
-    finished_at = NULL,
-    last_error = NULL,
-    updated_at = now(),
-    done_count = c.done,
-    failed_count = c.failed
-FROM (
-    SELECT count(*) FILTER (WHERE state = 'done') AS done,
-           count(*) FILTER (WHERE state = 'failed') AS failed
-    FROM woo_customer_sync_queue_line
-    WHERE job_id = $1 AND org_id = $3
-) AS c
-WHERE j.id = $1 AND j.org_id = $3
-"""
-
-FORCE_DONE = """
+FORCE_DONE = changes_state(
+    "api.FORCE_DONE",
+    "job",
+    {Actor.API_FORCE_DONE: moves(OPEN_JOB_STATES, (JobState.DONE,))},
+    f"""
 UPDATE woo_customer_sync_queue
-SET state = 'done', finished_at = now(), updated_at = now(), last_error = $2
-WHERE id = $1 AND org_id = $3 AND state NOT IN ('done', 'failed')
-"""
+SET state = {sql_state(JobState.DONE)}, finished_at = now(), updated_at = now(), last_error = $2
+WHERE id = $1 AND org_id = $3 AND state NOT IN {sql_in(FINAL_JOB_STATES)}
+""",
+)
 

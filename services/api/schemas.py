@@ -19,7 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from shared.jobs import JobState, JobStatus
+from shared.jobs import JobStatus
+from shared.lifecycle import JobStateField
 from shared.storeurl import normalize_store_url
 
 MAX_SECRET_LENGTH = 200
@@ -109,19 +110,12 @@ class ReplayRequest(_Request):
 
 
 ActionRequest = StartRequest | StatusRequest | RetryRequest | ForceDoneRequest | ReplayRequest
-
-ACTION_MODELS: dict[str, type[ActionRequest]] = {
-    "start": StartRequest,
-    "status": StatusRequest,
-    "retry": RetryRequest,
-    "force-done": ForceDoneRequest,
-    "replay": ReplayRequest,
-}
+# Which model validates which action, with its handler: services.api.actions.ACTIONS.
 
 
 class StartResult(BaseModel):
     job_id: UUID
-    state: JobState
+    state: JobStateField
     status_url: str
     progress_url: str
 

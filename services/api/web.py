@@ -18,9 +18,10 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.api.actions import ACTION_MODELS
 from services.api.deps import Deps
 from services.api.errors import ApiError, describe_validation_error, error_response
-from services.api.schemas import ACTION_MODELS, ActionRequest
+from services.api.schemas import ActionRequest
 from shared.auth import Caller, authenticate
 from shared.logs import redact
 

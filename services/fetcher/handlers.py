@@ -61,6 +61,7 @@ from shared.broker import DEFAULT_MAX_MESSAGE_BYTES, split_customer_batch
 from shared.consuming import Requeue, is_infrastructure_error
 from shared.crypto import SecretBox, UndecryptableSecret
 from shared.db import OrgScope, for_org
+from shared.lifecycle import FINAL_JOB_STATES
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
 from shared.urlsafety import StoreUrlError, ensure_public_url
 from shared.woocommerce import StoreConfig, StoreError
@@ -81,7 +82,6 @@ ClientFactory = Callable[[StoreConfig, int], AbstractAsyncContextManager[PageRea
 
 # Extra reads allowed to close gaps, beyond two per page of the store.
 GAP_READS_SPARE = 4
-FINAL = frozenset({"done", "failed"})
 ERROR_LIMIT = 1000
 
 
@@ -173,7 +173,7 @@ class _Job:
             )
         window = paging.Window.of(offset, ids, count=len(page_items))
         async with self.db.transaction() as conn:
-            if await conn.fetchval(q.SELECT_JOB_STATE, job_id, org_id) in FINAL:
+            if await conn.fetchval(q.SELECT_JOB_STATE, job_id, org_id) in FINAL_JOB_STATES:
                 raise JobClosed()
             # An overlapping window being recorded concurrently holds its new lines until it
             # commits; this insert waits for it and then finds them there.
@@ -285,7 +285,7 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     if row is None:
         log.warning("job %s not found for its org; dropping the request", request.job_id)
         return
-    if row["state"] in FINAL and request.reason != "retry":
+    if row["state"] in FINAL_JOB_STATES and request.reason != "retry":
         log.info("job %s is already %s; nothing to fetch", request.job_id, row["state"])
         return
     processed = await scope.fetchval(q.MARK_JOB_PROCESSING, request.job_id, request.org_id)
@@ -421,7 +421,7 @@ async def _until_final(job: _Job) -> str | None:
     while True:
         await asyncio.sleep(job.deps.check_interval_s)
         state = await job.db.fetchval(q.SELECT_JOB_STATE, job.request.job_id, job.request.org_id)
-        if state is None or state in FINAL:
+        if state is None or state in FINAL_JOB_STATES:
             return state
 
 

@@ -3,6 +3,18 @@
 Every statement names the job's org as well as its id (row-level security is the second wall).
 """
 
+from shared.lifecycle import (
+    FINAL_JOB_STATES,
+    OPEN_JOB_STATES,
+    Actor,
+    JobState,
+    LineState,
+    changes_state,
+    moves,
+    sql_in,
+    sql_state,
+)
+
 # A message can only ever reach its own org's connection.
 SELECT_JOB_WITH_CONNECTION = """
 SELECT j.id, j.org_id, j.state, j.batch_size, j.concurrency, j.fetch_done_at,
@@ -13,13 +25,18 @@ JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
 WHERE j.id = $1 AND j.org_id = $2
 """
 
-MARK_JOB_PROCESSING = """
+MARK_JOB_PROCESSING = changes_state(
+    "fetcher.MARK_JOB_PROCESSING",
+    "job",
+    {Actor.FETCHER: moves(OPEN_JOB_STATES, (JobState.PROCESSING,))},
+    f"""
 UPDATE woo_customer_sync_queue
-SET state = 'processing', started_at = coalesce(started_at, now()),
+SET state = {sql_state(JobState.PROCESSING)}, started_at = coalesce(started_at, now()),
     process_count = process_count + 1, updated_at = now()
-WHERE id = $1 AND org_id = $2 AND state IN ('draft', 'queued', 'processing')
+WHERE id = $1 AND org_id = $2 AND state IN {sql_in(OPEN_JOB_STATES)}
 RETURNING process_count
-"""
+""",
+)
 
 RECORD_STORE_TOTALS = """
 UPDATE woo_customer_sync_queue
@@ -39,21 +56,27 @@ WHERE p.job_id = $1
 # Adding a line twice is a no-op; a line already settled keeps its state. Returns the lines
 # this statement created; in ascending id order, so two writers of overlapping sets (two
 # fetchers, or a syncer creating a line) wait for each other instead of deadlocking.
-INSERT_LINES = """
-INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, page)
-SELECT $1, woo_id, $2, $3 FROM unnest($4::bigint[]) AS woo_id ORDER BY woo_id
+INSERT_LINES = changes_state(
+    "fetcher.INSERT_LINES",
+    "line",
+    {Actor.FETCHER: moves((None,), (LineState.PENDING,))},
+    f"""
+INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, page, state)
+SELECT $1, woo_id, $2, $3, {sql_state(LineState.PENDING)}
+FROM unnest($4::bigint[]) AS woo_id ORDER BY woo_id
 ON CONFLICT (job_id, woo_id) DO NOTHING
 RETURNING woo_id
-"""
+""",
+)
 
 # $7 org id. A sign of life for the tracker's stall detection (the job's updated_at), then the
 # page, its window's offset and id bounds (the first read of a page is kept), for the org's job
 # only, and only while the job is open: returns 0 when it is final (forced done, failed), so the
 # crawl stops and this transaction is rolled back.
-MARK_PAGE_FETCHED = """
+MARK_PAGE_FETCHED = f"""
 WITH job AS (
     UPDATE woo_customer_sync_queue SET updated_at = now()
-    WHERE id = $1 AND org_id = $7 AND state NOT IN ('done', 'failed')
+    WHERE id = $1 AND org_id = $7 AND state NOT IN {sql_in(FINAL_JOB_STATES)}
     RETURNING id
 ), page AS (
     INSERT INTO woo_customer_sync_page (job_id, page, customers, start_offset, first_id, last_id)
@@ -64,10 +87,10 @@ SELECT count(*) FROM job
 """
 
 # As MARK_PAGE_FETCHED, for a read that is no page of its own (a re-read closing a gap).
-TOUCH_JOB = """
+TOUCH_JOB = f"""
 WITH job AS (
     UPDATE woo_customer_sync_queue SET updated_at = now()
-    WHERE id = $1 AND org_id = $2 AND state NOT IN ('done', 'failed')
+    WHERE id = $1 AND org_id = $2 AND state NOT IN {sql_in(FINAL_JOB_STATES)}
     RETURNING id
 )
 SELECT count(*) FROM job
@@ -78,31 +101,42 @@ SELECT_JOB_STATE = "SELECT state FROM woo_customer_sync_queue WHERE id = $1 AND 
 
 # Items of a page that are no storable customer (see services.fetcher.items): failed lines at
 # once, under their synthetic negative ids, with the reason; no payload, as no retry can help.
-INSERT_REJECTED_LINES = """
+INSERT_REJECTED_LINES = changes_state(
+    "fetcher.INSERT_REJECTED_LINES",
+    "line",
+    {Actor.FETCHER: moves((None,), (LineState.FAILED,))},
+    f"""
 INSERT INTO woo_customer_sync_queue_line
     (job_id, woo_id, org_id, page, state, attempts, last_error)
-SELECT $1, r.woo_id, $2, $3, 'failed', 1, r.error
+SELECT $1, r.woo_id, $2, $3, {sql_state(LineState.FAILED)}, 1, r.error
 FROM unnest($4::bigint[], $5::text[]) AS r(woo_id, error)
 ORDER BY r.woo_id
 ON CONFLICT (job_id, woo_id) DO NOTHING
 RETURNING woo_id
-"""
+""",
+)
 
 # Lines of customers that cannot be sent (too large for a message): failed at once, no payload.
-FAIL_LINES = """
+# Whatever their state (no guard): a line synced before from a smaller version fails too.
+FAIL_LINES = changes_state(
+    "fetcher.FAIL_LINES",
+    "line",
+    {Actor.FETCHER: moves(LineState, (LineState.FAILED,))},
+    f"""
 UPDATE woo_customer_sync_queue_line l
-SET state = 'failed', attempts = 1, last_error = r.error, updated_at = now()
+SET state = {sql_state(LineState.FAILED)}, attempts = 1, last_error = r.error, updated_at = now()
 FROM unnest($3::bigint[], $4::text[]) AS r(woo_id, error)
 WHERE l.job_id = $1 AND l.org_id = $2 AND l.woo_id = r.woo_id
-"""
+""",
+)
 
 # The store answers fewer customers per page than asked (a caching plugin's cap): the job reads
 # with the store's page size from now on. Pages recorded with the old size are forgotten (their
 # lines stay), so every window of the crawl has the same size.
-ADAPT_BATCH_SIZE = """
+ADAPT_BATCH_SIZE = f"""
 WITH job AS (
     UPDATE woo_customer_sync_queue SET batch_size = $3, updated_at = now()
-    WHERE id = $1 AND org_id = $2 AND state NOT IN ('done', 'failed')
+    WHERE id = $1 AND org_id = $2 AND state NOT IN {sql_in(FINAL_JOB_STATES)}
     RETURNING id
 )
 DELETE FROM woo_customer_sync_page p USING job WHERE p.job_id = job.id

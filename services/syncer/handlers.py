@@ -63,6 +63,7 @@ import asyncpg
 
 from services.syncer import queries as q
 from shared.db import for_org
+from shared.lifecycle import LineState
 from shared.mapping import (
     CustomerRow,
     MappingError,
@@ -347,7 +348,7 @@ def _line_updates(
         notes = [stale[row.woo_id].warning()] if row.woo_id in stale else list(row.warnings)
         lines[row.woo_id] = {
             "woo_id": row.woo_id,
-            "state": "done",
+            "state": LineState.DONE,
             "error": None,
             "warning": "; ".join(notes) or None,
             "payload": None,
@@ -359,7 +360,7 @@ def _line_updates(
         keep = parked and jsonb_storable(failure.customer)
         lines[failure.woo_id] = {
             "woo_id": failure.woo_id,
-            "state": "failed" if parked else "processing",
+            "state": LineState.FAILED if parked else LineState.PROCESSING,
             "error": failure.error,
             "warning": None,
             "payload": failure.customer if keep else None,

@@ -6,6 +6,7 @@ Both statements take their whole set at once (the customers as one array per col
 cannot deadlock each other.
 """
 
+from shared.lifecycle import Actor, LineState, changes_state, moves, sql_state
 from shared.mapping import CUSTOMER_COLUMNS
 
 # The job must exist and belong to the org the batch names (tenant isolation). Its connection,
@@ -107,13 +108,22 @@ ORDER BY i.woo_id
 """
 
 # $1 job_id, $2 org_id, $3: jsonb array of {woo_id, state, error, warning, payload}, woo_ids
-# unique. Every line this delivery settled, whatever its outcome: 'done' clears the error and the
+# unique. Every line this delivery settled, whatever its outcome: done clears the error and the
 # kept payload and records the warning, if any (NUL removed, stale payload left alone);
-# 'processing' (a retry is on its way) records the error; 'failed' (parked) keeps the
-# raw customer so an operator's retry can resend it. A line already 'done' is never touched, so
+# processing (a retry is on its way) records the error; failed (parked) keeps the
+# raw customer so an operator's retry can resend it. A line already done is never touched, so
 # a redelivered or replayed batch changes nothing; a line the fetcher never recorded (replays)
 # is created. A line of another org is left alone.
-SETTLE_LINES = """
+SETTLE_LINES = changes_state(
+    "syncer.SETTLE_LINES",
+    "line",
+    {
+        Actor.SYNCER: moves(
+            (None, LineState.PENDING, LineState.PROCESSING, LineState.FAILED),
+            (LineState.DONE, LineState.PROCESSING, LineState.FAILED),
+        )
+    },
+    f"""
 INSERT INTO woo_customer_sync_queue_line AS l (
     job_id, woo_id, org_id, state, attempts, last_error, warning, payload
 )
@@ -128,5 +138,6 @@ ON CONFLICT (job_id, woo_id) DO UPDATE SET
     warning = EXCLUDED.warning,
     payload = EXCLUDED.payload,
     updated_at = now()
-WHERE l.state <> 'done' AND l.org_id = EXCLUDED.org_id
-"""
+WHERE l.state <> {sql_state(LineState.DONE)} AND l.org_id = EXCLUDED.org_id
+""",
+)

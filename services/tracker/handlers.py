@@ -10,10 +10,10 @@ Why this is safe under at-least-once delivery and crashes:
   100k-customer job) costs one recompute per tick, not one GROUP BY per event.
 * The dirty set lives in memory, so an acked event whose job was not yet recomputed would be
   lost in a crash, were it not for the full sweep: every few seconds (and at start) every job
-  still 'queued' or 'processing' is recomputed. After a crash or restart, or for events published
-  while no tracker ran, the sweep reaches the same result the lost events would have. That is
-  why acking before the recompute loses nothing.
-* Finishing is a guarded ``UPDATE ... WHERE state IN ('queued', 'processing') RETURNING``, so of
+  still ``queued`` or ``processing`` is recomputed. After a crash or restart, or for events
+  published while no tracker ran, the sweep reaches the same result the lost events would have.
+  That is why acking before the recompute loses nothing.
+* Finishing is a guarded ``UPDATE ... WHERE state IN <running> RETURNING``, so of
   any number of concurrent recomputes (in one tracker or several) exactly one sees the
   transition, records the activity row in the same transaction, and publishes ``SyncCompleted``.
 * ``FetchFailed`` is not coalesced: it carries the error to store, so it is applied before the
@@ -49,6 +49,7 @@ from services.tracker import queries as q
 from shared import activity
 from shared.broker import publish
 from shared.db import OrgScope, for_org
+from shared.lifecycle import JobState
 from shared.logs import redact
 from shared.messages import (
     FetchCompleted,
@@ -92,7 +93,7 @@ def _completed(job_id: UUID, row: asyncpg.Record) -> SyncCompleted:
 
 
 async def _record_final(conn: asyncpg.Connection, done: SyncCompleted, **details: Any) -> None:
-    ok = done.state == "done"
+    ok = done.state == JobState.DONE
     await activity.record(
         conn,
         org_id=done.org_id,
@@ -118,7 +119,7 @@ async def recompute(scope: OrgScope, job_id: UUID) -> SyncCompleted | None:
             return None
         done = _completed(job_id, row)
         if row["recovered"]:  # it had failed: say why it is done now
-            await _record_final(conn, done, recovered_from="failed")
+            await _record_final(conn, done, recovered_from=JobState.FAILED)
         else:
             await _record_final(conn, done)
     return done
@@ -275,7 +276,7 @@ class Tracker:
             return
         candidates = await self._pool.fetch(q.SELECT_STALL_CANDIDATES, timeout_s)  # every org
         fetchers = 0
-        if any(row["state"] == "queued" for row in candidates):
+        if any(row["state"] == JobState.QUEUED for row in candidates):
             try:
                 if self._fetchers_consuming is None:
                     raise LookupError("no way to count fetchers")
@@ -285,7 +286,7 @@ class Tracker:
                 fetchers = 1
         stalled: list[SyncCompleted] = []
         for row in candidates:
-            if row["state"] == "queued" and fetchers > 0:
+            if row["state"] == JobState.QUEUED and fetchers > 0:
                 continue  # waiting for a busy fetcher is not a stall
             done = await stall_job(for_org(self._pool, row["org_id"]), row["id"], timeout_s)
             if done is not None:

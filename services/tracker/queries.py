@@ -9,13 +9,29 @@ index ``(job_id, state)`` makes the count an index scan, even for a 100k-custome
 
 from __future__ import annotations
 
+from shared.lifecycle import (
+    OPEN_LINE_STATES,
+    RUNNING_JOB_STATES,
+    Actor,
+    JobState,
+    LineState,
+    changes_state,
+    failure_cleared,
+    moves,
+    sql_in,
+    sql_state,
+)
+
+RUNNING = sql_in(RUNNING_JOB_STATES)
+DONE, FAILED = sql_state(JobState.DONE), sql_state(JobState.FAILED)
+
 # The job's lines by state ($1 job id, $2 org id), in one pass over the (job_id, state) index.
-_LINE_COUNTS = """
+_LINE_COUNTS = f"""
 counts AS (
     SELECT count(*)::int                                                    AS total,
-           (count(*) FILTER (WHERE state = 'done'))::int                    AS done,
-           (count(*) FILTER (WHERE state = 'failed'))::int                  AS failed,
-           (count(*) FILTER (WHERE state IN ('pending', 'processing')))::int AS open
+           (count(*) FILTER (WHERE state = {sql_state(LineState.DONE)}))::int AS done,
+           (count(*) FILTER (WHERE state = {sql_state(LineState.FAILED)}))::int AS failed,
+           (count(*) FILTER (WHERE state IN {sql_in(OPEN_LINE_STATES)}))::int AS open
     FROM woo_customer_sync_queue_line
     WHERE job_id = $1 AND org_id = $2
 )
@@ -31,22 +47,27 @@ SELECT state FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR NO K
 
 # $1 job id, $2 org id. Writes the job row only when a count changed or the job finishes (no churn
 # from the sweeps). The job finishes once every page is read (fetch_done_at) and no line is open:
-# 'done' when none failed, else 'failed'. A 'failed' job whose pages were all read recovers to
-# 'done' once every line is done: its parked customers were moved back (say from the RabbitMQ
+# done when none failed, else failed. A failed job whose pages were all read recovers to
+# done once every line is done: its parked customers were moved back (say from the RabbitMQ
 # console) and synced, or its stalled services came back and finished. The state guards are repeated
 # in the WHERE clause, which PostgreSQL re-checks against the newest row version after waiting for a
 # concurrent writer, so of two racing recomputes exactly one returns finished = true. No row:
 # nothing changed.
-RECOMPUTE_JOB = (
+RECOMPUTE_JOB = changes_state(
+    "tracker.RECOMPUTE_JOB",
+    "job",
+    {
+        Actor.TRACKER: moves(RUNNING_JOB_STATES, (JobState.DONE, JobState.FAILED))
+        | moves((JobState.FAILED,), (JobState.DONE,))
+    },
     "WITH "
     + _LINE_COUNTS
-    + """,
+    + f""",
 decided AS (
     SELECT j.id, c.total, c.done, c.failed,
            (j.fetch_done_at IS NOT NULL AND c.open = 0
-            AND j.state IN ('queued', 'processing')) AS finishing,
-           (j.fetch_done_at IS NOT NULL AND c.open = 0 AND c.failed = 0
-            AND j.state = 'failed') AS recovering,
+            AND j.state IN {RUNNING}) AS finishing,
+           {failure_cleared("j", "c")} AS recovering,
            (j.total, j.done_count, j.failed_count)
                IS DISTINCT FROM (c.total, c.done, c.failed) AS changed
     FROM woo_customer_sync_queue j, counts c
@@ -56,10 +77,10 @@ UPDATE woo_customer_sync_queue j
 SET total = d.total,
     done_count = d.done,
     failed_count = d.failed,
-    state = CASE WHEN d.recovering THEN 'done'
+    state = CASE WHEN d.recovering THEN {DONE}
                  WHEN NOT d.finishing THEN j.state
-                 WHEN d.failed = 0 THEN 'done'
-                 ELSE 'failed' END,
+                 WHEN d.failed = 0 THEN {DONE}
+                 ELSE {FAILED} END,
     last_error = CASE WHEN d.recovering THEN NULL
                       WHEN NOT d.finishing THEN j.last_error
                       WHEN d.failed = 0 THEN NULL
@@ -70,21 +91,24 @@ SET total = d.total,
 FROM decided d
 WHERE j.id = d.id AND j.org_id = $2
   AND (d.changed OR d.finishing OR d.recovering)
-  AND (NOT d.finishing OR j.state IN ('queued', 'processing'))
-  AND (NOT d.recovering OR j.state = 'failed')
+  AND (NOT d.finishing OR j.state IN {RUNNING})
+  AND (NOT d.recovering OR j.state = {FAILED})
 RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count,
           d.finishing OR d.recovering AS finished, d.recovering AS recovered
-"""
+""",
 )
 
 # $1 job id, $2 org id, $3 error. The fetcher gave up: fail the job now, whatever its lines say,
 # with its counts brought up to date. Guarded like RECOMPUTE_JOB; no row: already final.
-FAIL_JOB = (
+FAIL_JOB = changes_state(
+    "tracker.FAIL_JOB",
+    "job",
+    {Actor.TRACKER: moves(RUNNING_JOB_STATES, (JobState.FAILED,))},
     "WITH "
     + _LINE_COUNTS
-    + """
+    + f"""
 UPDATE woo_customer_sync_queue j
-SET state = 'failed',
+SET state = {FAILED},
     last_error = $3,
     finished_at = now(),
     updated_at = now(),
@@ -92,9 +116,9 @@ SET state = 'failed',
     done_count = c.done,
     failed_count = c.failed
 FROM counts c
-WHERE j.id = $1 AND j.org_id = $2 AND j.state IN ('queued', 'processing')
+WHERE j.id = $1 AND j.org_id = $2 AND j.state IN {RUNNING}
 RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count
-"""
+""",
 )
 
 # $1 stall timeout in seconds. Jobs of every org that could still finish but showed no sign of
@@ -106,15 +130,18 @@ SELECT_STALL_CANDIDATES = "SELECT id, org_id, state FROM woosync_stall_candidate
 # $1 job id, $2 org id, $3 stall timeout in seconds, $4 error. Run after LOCK_JOB, so the statement
 # sees the newest job row and lines: progress that came meanwhile, or a job already final, leaves no
 # row. Counts are brought up to date as by FAIL_JOB.
-STALL_JOB = (
+STALL_JOB = changes_state(
+    "tracker.STALL_JOB",
+    "job",
+    {Actor.TRACKER: moves(RUNNING_JOB_STATES, (JobState.FAILED,))},
     "WITH "
     + _LINE_COUNTS
-    + """,
+    + f""",
 before AS (
     SELECT state, updated_at FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2
 )
 UPDATE woo_customer_sync_queue j
-SET state = 'failed',
+SET state = {FAILED},
     last_error = $4,
     finished_at = now(),
     updated_at = now(),
@@ -123,7 +150,7 @@ SET state = 'failed',
     failed_count = c.failed
 FROM counts c, before b
 WHERE j.id = $1 AND j.org_id = $2
-  AND j.state IN ('queued', 'processing')
+  AND j.state IN {RUNNING}
   AND j.updated_at < now() - make_interval(secs => $3)
   AND NOT EXISTS (
       SELECT 1 FROM woo_customer_sync_queue_line l
@@ -132,7 +159,7 @@ WHERE j.id = $1 AND j.org_id = $2
 RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count,
           b.state AS previous_state, b.updated_at AS last_progress_at,
           j.fetch_done_at IS NOT NULL AS fetch_complete
-"""
+""",
 )
 
 # Every job that could still finish: the periodic sweep recomputes them all, which covers events

@@ -30,6 +30,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from string import Template
 from uuid import UUID
 
 import asyncpg
@@ -43,6 +44,7 @@ from shared.auth import authenticate
 from shared.crypto import ProgressTokens
 from shared.db import for_org
 from shared.jobs import JobStatus, get_status
+from shared.lifecycle import JobState
 from shared.paths import PROGRESS_PATH
 from shared.ratelimit import StreamSlots
 from shared.web import ApiError, RefusedCallers, error_response
@@ -222,7 +224,8 @@ async def progress(request: Request) -> Response:
     )
 
 
-PROGRESS_PAGE = """<!doctype html>
+PROGRESS_PAGE = Template(
+    """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>woosync job progress</title>
@@ -243,13 +246,12 @@ dl{display:grid;grid-template-columns:auto 1fr;gap:.2em 1em}dt{color:#666}dd{mar
 <script>
 "use strict";
 const jobId = location.pathname.split("/").filter(Boolean).pop();
-const url = new URL("..@PROGRESS_BASE@" + encodeURIComponent(jobId),
-                    location.href);
+const url = new URL(".." + "$STREAM_PATH" + encodeURIComponent(jobId), location.href);
 url.search = location.search;
 const el = (id) => document.getElementById(id);
 function show(s) {
   el("fill").style.width = s.percent + "%";
-  el("fill").className = s.state === "failed" ? "failed" : "";
+  el("fill").className = s.state === "$FAILED" ? "failed" : "";
   el("headline").textContent = s.state + " \\u2014 " + s.percent + "%";
   for (const k of ["total", "done", "failed", "pending"]) el(k).textContent = s[k];
   el("error").textContent = s.last_error || "";
@@ -264,9 +266,8 @@ source.addEventListener("error", (e) => {
   }
 });
 </script></body></html>
-""".replace(
-    "@PROGRESS_BASE@", PROGRESS_PATH.removesuffix("{job_id}")
-)  # the page lives one level below the root (PROGRESS_PAGE_PATH)
+"""
+).substitute(STREAM_PATH=PROGRESS_PATH.removesuffix("{job_id}"), FAILED=JobState.FAILED)
 
 # The page builds every URL from its own location: nothing from the request is echoed into it.
 PAGE_HEADERS = {

@@ -7,9 +7,9 @@ from uuid import uuid4
 import pytest
 from pydantic import ValidationError
 
+from services.api.actions import ACTION_MODELS
 from services.api.errors import describe_validation_error
 from services.api.schemas import (
-    ACTION_MODELS,
     ForceDoneRequest,
     StartRequest,
     StoreConfigIn,

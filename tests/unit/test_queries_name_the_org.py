@@ -15,7 +15,7 @@ from services.api import queries as api_queries
 from services.fetcher import queries as fetcher_queries
 from services.syncer import queries as syncer_queries
 from services.tracker import queries as tracker_queries
-from shared import activity, auth, jobs, replay
+from shared import activity, auth, jobs, lifecycle, replay
 
 ORG_TABLES = re.compile(
     r"\b(orgs|api_keys|woo_connections|woo_customer_sync_queue(_line)?|woo_customer_sync_page"
@@ -42,7 +42,17 @@ def statements(module: ModuleType) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(
     "module",
-    [api_queries, fetcher_queries, syncer_queries, tracker_queries, activity, auth, jobs, replay],
+    [
+        api_queries,
+        fetcher_queries,
+        syncer_queries,
+        tracker_queries,
+        activity,
+        auth,
+        jobs,
+        lifecycle,
+        replay,
+    ],
     ids=lambda m: m.__name__,
 )
 def test_every_statement_on_org_tables_names_the_org(module: ModuleType) -> None:

@@ -9,19 +9,17 @@ A job of another org is answered like a missing one. The parked copies stay for 
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Sequence
 
-from services.api.actions import broker_unavailable, job_not_found, read_status
+from services.api.actions.common import Answer, job_not_found, read_status
 from services.api.deps import Deps
+from services.api.publishing import publish_all
 from services.api.schemas import ReplayRequest, StatusResult
 from shared import replay as dlq
 from shared.auth import Caller
-from shared.broker import publish
 from shared.messages import CustomerBatch
 
-log = logging.getLogger("woosync.api.replay")
+SUMMARY = "Send the job's parked customers back to the syncer (from its failed lines)."
 
 # Answer within a client's patience; publishing is what can take time (confirms).
 PUBLISH_TIMEOUT_S = 20.0
@@ -38,18 +36,20 @@ class ReplayResult(StatusResult):
         return self.replayed > 0 or self.job_reopened
 
 
+async def answer(request: ReplayRequest, caller: Caller, deps: Deps) -> Answer:
+    replayed = await replay_job(request, caller, deps)
+    return Answer(replayed, 202 if replayed.changed_anything else 200)
+
+
 async def replay_job(request: ReplayRequest, caller: Caller, deps: Deps) -> ReplayResult:
     """Replay the job's parked customers; nothing parked is not an error (``replayed == 0``)."""
     org_id, job_id = caller.org_id, request.job_id
 
     async def send(batches: Sequence[CustomerBatch]) -> None:
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                for batch in batches:
-                    await publish(deps.broker, deps.topology, batch)
-        except Exception as exc:  # not known to be queued; the lines keep their payload
-            log.warning("replay of job %s: publish failed: %s", job_id, type(exc).__name__)
-            raise broker_unavailable() from None
+        # Not known to be queued on a failure (503): the lines keep their payload.
+        await publish_all(
+            deps, batches, timeout_s=PUBLISH_TIMEOUT_S, context=f"replay of job {job_id}: publish"
+        )
 
     report = await dlq.replay_job_from_lines(
         deps.pool,

@@ -1,0 +1,131 @@
+"""What several actions share: their errors, a job's status with its links, and the hand-over
+of a draft job to the fetcher."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel
+
+from services.api import queries as q
+from services.api.deps import Deps
+from services.api.errors import ApiError
+from services.api.publishing import publish_all
+from services.api.schemas import StatusResult
+from services.api.urls import progress_url, status_url
+from shared import activity
+from shared.db import for_org
+from shared.jobs import get_status
+from shared.lifecycle import JobState
+from shared.messages import CustomerBatch, SyncRequested
+
+# What a client at the cap of open syncs is told to wait before trying again.
+SYNC_CAP_RETRY_AFTER_S = 30
+
+
+def job_not_found() -> ApiError:
+    # The same answer for a missing job and for another org's job: ids are not probeable.
+    return ApiError(404, "job_not_found", "no such job")
+
+
+def too_many_syncs(limit: int) -> ApiError:
+    return ApiError(
+        429,
+        "too_many_syncs",
+        f"the organisation already has {limit} syncs open (the limit); "
+        "try again when one has finished",
+        headers={"Retry-After": str(SYNC_CAP_RETRY_AFTER_S)},
+    )
+
+
+def connection_busy(job_id: UUID) -> ApiError:
+    return ApiError(
+        409,
+        "connection_busy",
+        f"job {job_id} of the same store connection is reading the store; "
+        "retry this job when it has finished",
+    )
+
+
+async def read_status(deps: Deps, *, org_id: UUID, job_id: UUID) -> StatusResult:
+    """The job's status with its links; 404 for a missing job and for another org's."""
+    status = await get_status(for_org(deps.pool, org_id), org_id=org_id, job_id=job_id)
+    if status is None:
+        raise job_not_found()
+    return StatusResult(
+        **status.model_dump(),
+        status_url=status_url(deps, status.job_id),
+        progress_url=progress_url(deps, status.job_id, org_id),
+    )
+
+
+async def hand_to_fetcher(
+    deps: Deps,
+    *,
+    job_id: UUID,
+    org_id: UUID,
+    connection_id: UUID,
+    actor: Mapping[str, str],
+    reason: Literal["start", "retry"] = "start",
+) -> str:
+    """Publish ``sync.requested`` for a draft job and mark it queued; its state afterwards.
+
+    The job's row stays locked from the read of its state to the commit of ``queued``, so two
+    requests that both find the draft (a start answered with the open job while the start that
+    made it is still publishing) publish it once: the second sees ``queued`` and sends nothing.
+    """
+    message = SyncRequested(
+        job_id=job_id, org_id=org_id, connection_id=connection_id, reason=reason
+    )
+    try:
+        async with for_org(deps.pool, org_id).transaction() as conn:
+            state: str = await conn.fetchval(q.LOCK_JOB_STATE, job_id, org_id)
+            if state != JobState.DRAFT:
+                return state
+            await publish_all(deps, [message])
+            await conn.execute(q.MARK_QUEUED, job_id, org_id)
+            await activity.record(
+                conn,
+                org_id=org_id,
+                job_id=job_id,
+                event="job.queued",
+                details={"reason": reason, **actor},
+            )
+    except ApiError:
+        await activity.record(
+            for_org(deps.pool, org_id),
+            org_id=org_id,
+            job_id=job_id,
+            event="job.publish_failed",
+            level="warning",
+            details={"message": "sync.requested", "reason": reason, **actor},
+        )
+        raise
+    return JobState.QUEUED
+
+
+def batches(
+    job_id: UUID, org_id: UUID, connection_id: UUID, customers: list[Any], size: int
+) -> list[CustomerBatch]:
+    """The customers in batches of the job's size, as the fetcher would have sent them."""
+    return [
+        CustomerBatch(
+            job_id=job_id,
+            org_id=org_id,
+            connection_id=connection_id,
+            page=None,
+            customers=customers[start : start + size],
+        )
+        for start in range(0, len(customers), size)
+    ]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What an action answers: the body and its HTTP status."""
+
+    body: BaseModel
+    status: int = 200
