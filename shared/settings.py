@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     # is failed as stalled, so `retry` can resume it. Must exceed the longest legitimate pause:
     # the store retry budget and the longest retry tier.
     stall_timeout_s: float = Field(600.0, gt=0)
+    # Cleanup (shared/cleanup.py): finished jobs, their lines and pages are removed this many
+    # days after they finished, by the one tracker holding the cleanup lock, every
+    # cleanup_interval_s, at most cleanup_batch_size rows per transaction.
+    retention_days: int = Field(30, ge=1)
+    cleanup_interval_s: float = Field(3600.0, gt=0)
+    cleanup_batch_size: int = Field(1000, ge=1, le=10_000)
 
     # The fetcher's crawl. A store claiming more customers than this fails its job at once
     # (X-WP-Total is the store's word; an int column holds at most 2^31 - 1).

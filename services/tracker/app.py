@@ -1,6 +1,7 @@
 """The tracker process as one Starlette app: its subscriber and routes here, the wiring in
 ``shared.runtime`` run as the lifespan, so uvicorn's start and stop (SIGTERM included) drive
-everything; the recompute loop runs between the runtime's open and close."""
+everything; the recompute loop and the scheduled cleanup (``services.tracker.cleanup``) run
+between the runtime's open and close."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from functools import partial
 from typing import Annotated, TypedDict
 
@@ -19,6 +21,7 @@ from faststream.rabbit.annotations import RabbitMessage
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from services.tracker.cleanup import Cleaner
 from services.tracker.handlers import Tracker, announce
 from services.tracker.sse import progress, progress_page
 from shared import web
@@ -105,6 +108,13 @@ def build_app(settings: Settings) -> Starlette:
             )
             await runtime.start_consuming()
             loop_task = asyncio.create_task(tracker.run(), name="tracker-recompute")
+            cleaner = Cleaner(
+                settings.database_url,
+                retention=timedelta(days=settings.retention_days),
+                interval_s=settings.cleanup_interval_s,
+                batch_size=settings.cleanup_batch_size,
+            )
+            cleanup_task = asyncio.create_task(cleaner.run(), name="tracker-cleanup")
             log.info("tracking %s", topology.tracker_queue.name)
             try:
                 yield State(
@@ -126,9 +136,10 @@ def build_app(settings: Settings) -> Starlette:
                 # Stop taking events, stop the loop, settle what was acked (which may still
                 # publish sync.completed); the runtime then closes the broker and the pool.
                 await runtime.stop_consuming()
-                loop_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop_task
+                for task in (cleanup_task, loop_task):  # the cleaner lets go of its lock
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 await tracker.drain(DRAIN_TIMEOUT_S)
         log.info("tracker stopped")
 
