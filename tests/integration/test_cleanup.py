@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from services.tracker.cleanup import CLEANUP_LOCK, Cleaner
+from shared import db
 from shared.cleanup import CLEANUP_BATCH, clean_batch, clean_finished_jobs, final_states
 from shared.lifecycle import OPEN_JOB_STATES
 from shared.settings import Settings
@@ -270,3 +271,36 @@ async def test_woosync_cleanup_dry_run_then_for_real(
     assert "removed 6 jobs, 10 lines, 6 pages" in out
     assert await jobs(pool) == set(seeded.kept)
     assert {s["details"]["by"] for s in await summaries(pool)} == {"woosync cleanup"}
+
+
+async def test_it_reaches_every_org_for_an_owner_that_row_level_security_binds(
+    settings: Settings, plain_owner_database: str
+) -> None:
+    """In production the owner is no superuser: the function (run as that owner) and the
+    operator's command still see every org's jobs, and only through their own paths."""
+    owner_url = plain_owner_database
+    scheme, rest = owner_url.split("://", 1)
+    app_url = f"{scheme}://{db.APP_ROLE}@{rest.rsplit('@', 1)[-1]}"
+    operator = await db.create_pool(owner_url, min_size=1, max_size=2, operator=True)
+    app = await db.create_pool(app_url, min_size=1, max_size=1)
+    try:
+        assert not await operator.fetchval(
+            "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
+        )
+        seeded = await seed(operator)
+        before = await snapshot(operator)
+        assert before[0] == len(seeded.old) + len(seeded.kept)  # the operator sees every org
+
+        owner_env = Settings(**{**settings.model_dump(), "admin_database_url": owner_url})
+        out = await woosync(owner_env, "cleanup", "--dry-run")
+        assert "would remove 6 jobs, 10 lines, 6 pages" in out
+        assert await snapshot(operator) == before
+
+        async with app.acquire() as conn:
+            report = await clean_finished_jobs(conn, retention=RETENTION, batch_size=4, by="t")
+        assert (report.jobs, report.lines, report.pages) == (6, 10, 6)
+        assert await jobs(operator) == set(seeded.kept)
+        assert {s["org_id"] for s in await summaries(operator)} == set(seeded.old.values())
+    finally:
+        await app.close()
+        await operator.close()
