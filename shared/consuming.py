@@ -37,6 +37,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+from uuid import UUID
 
 import aio_pika.exceptions
 import aiormq.exceptions
@@ -47,7 +48,7 @@ from faststream.rabbit.message import RabbitMessage
 from pydantic import BaseModel, GetJsonSchemaHandler, ValidationError
 
 from shared.broker import publish_body_to_queue
-from shared.logs import redact
+from shared.logs import log_context, redact
 from shared.messages import SCHEMA_VERSION
 from shared.topology import ATTEMPT_HEADER, PARKED_ERROR_HEADER
 
@@ -250,11 +251,30 @@ async def consume(
 
     Without ``parking``, what should be parked is rejected instead, which dead-letters it to the
     same parking queue through the queue's own dead-letter route, without the reason header.
+
+    Every line logged meanwhile, by this edge or the handler, carries the AMQP message id and the
+    message's job and org (``shared.logs.log_context``); a body that is no model still gives its
+    ids when it has them, so the line that parks it names the job.
     """
-    message = decode(models, msg, routing_key=_routing_key(msg))
-    if isinstance(message, str):
-        await park(msg, message, parking, log)
-        return
+    with log_context(message_id=msg.message_id or None):
+        message = decode(models, msg, routing_key=_routing_key(msg))
+        if isinstance(message, str):
+            with log_context(**_ids_of(msg.body)):
+                await park(msg, message, parking, log)
+            return
+        ids = {name: getattr(message, name, None) for name in ("job_id", "org_id")}
+        with log_context(**ids):
+            await _run(msg, message, handle, log, parking)
+
+
+async def _run(
+    msg: RabbitMessage,
+    message: M,
+    handle: Callable[[M], Awaitable[None]],
+    log: logging.Logger,
+    parking: Parking | None,
+) -> None:
+    """Run ``handle`` on a decoded message and settle it by how that went."""
     try:
         await handle(message)
     except Requeue as exc:
@@ -334,6 +354,24 @@ async def settle(msg: RabbitMessage, how: Settlement, log: logging.Logger) -> No
             msg.message_id,
             exc,
         )
+
+
+def _ids_of(body: bytes) -> dict[str, str]:
+    """``job_id`` and ``org_id`` of a body that may be no valid message, for its log lines:
+    only well-formed UUIDs, so a malformed body cannot write what it likes into the log."""
+    try:
+        data = json.loads(body)
+    except (RecursionError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    ids: dict[str, str] = {}
+    for name in ("job_id", "org_id"):
+        try:
+            ids[name] = str(UUID(str(data[name])))
+        except (KeyError, ValueError, TypeError):
+            continue
+    return ids
 
 
 def _routing_key(msg: RabbitMessage) -> str | None:

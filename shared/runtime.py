@@ -39,7 +39,7 @@ def start_process(service: str) -> tuple[Settings, logging.Logger]:
     """A service process's first steps: settings, logging, and the database role check (exit 2
     on a role row-level security does not bind, exit 1 when the database cannot be asked)."""
     settings = Settings()
-    log = configure(service, settings.log_level)
+    log = configure(service, settings.log_level, settings.log_format)
     db.require_app_role(settings.database_url, log)
     return settings, log
 

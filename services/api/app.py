@@ -33,6 +33,7 @@ from services.api.schemas import Readiness
 from services.api.web import deps_of, guarded, parse_action, read_json_object, require_caller
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
+from shared.logs import log_context
 from shared.paths import JOB_PATH, SYNC_PATH
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
@@ -76,7 +77,8 @@ async def get_job(request: Request) -> Response:
         job_id = UUID(request.path_params["job_id"])
     except ValueError:
         raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
-    status = await read_status(deps, org_id=caller.org_id, job_id=job_id)
+    with log_context(org_id=caller.org_id, job_id=job_id):
+        status = await read_status(deps, org_id=caller.org_id, job_id=job_id)
     return JSONResponse(status.model_dump(mode="json"))
 
 
