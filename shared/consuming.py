@@ -1,9 +1,9 @@
 """The consumer edge shared by the fetcher, syncer and tracker: decode, run, then settle.
 
-Every broker message is read here: subscribers take the raw body (:func:`raw_body`, typed with
-:class:`Contract` so the AsyncAPI document shows their models), :func:`consume` decodes it with
-:func:`parse` (the dead-letter tools classify parked messages with the same function) and decides
-park or requeue.
+Every broker message is read here: subscribers take the raw body (:func:`raw_body`, typed
+with ``shared.messages.Contract`` so the AsyncAPI document shows their models), :func:`consume`
+decodes it with :func:`parse` (the dead-letter tools classify parked messages with the same
+function) and decides park or requeue.
 
 A message that cannot be decoded into its model (not JSON, wrong schema, unknown version) is
 parked: copied as it came to its queue's parking queue with a ``parked-error`` header naming
@@ -45,7 +45,7 @@ import asyncpg
 from faststream.message import StreamMessage
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.message import RabbitMessage
-from pydantic import BaseModel, GetJsonSchemaHandler, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared.broker import publish_body_to_queue
 from shared.logs import log_context, redact
@@ -131,23 +131,6 @@ async def raw_body(message: StreamMessage[Any]) -> bytes:
     a body it cannot parse would stay unacked forever; :func:`consume` parses and parks instead.
     """
     return message.body
-
-
-class Contract:
-    """The message models a subscriber's raw body carries, for FastStream's AsyncAPI document.
-
-    A subscriber takes ``Annotated[bytes, Contract(Model, ...)]``: FastStream hands it the raw
-    body (no validation, see :func:`raw_body`) while the generated schema shows the models of
-    ``shared.messages`` as the payload (``oneOf``: exactly one of them must match).
-    """
-
-    def __init__(self, *models: type[BaseModel]) -> None:
-        self.models = models
-
-    def __get_pydantic_json_schema__(
-        self, core_schema: Any, handler: GetJsonSchemaHandler
-    ) -> dict[str, Any]:
-        return {"oneOf": [handler(model.__pydantic_core_schema__) for model in self.models]}
 
 
 class Malformed(ValueError):

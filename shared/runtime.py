@@ -28,7 +28,7 @@ from shared import db
 from shared.broker import make_broker
 from shared.logs import configure
 from shared.settings import Settings
-from shared.topology import Topology, declare_topology
+from shared.topology import Topology, declare_publishers, declare_topology
 
 POOL_CLOSE_TIMEOUT_S = 3.0
 
@@ -55,6 +55,7 @@ class Runtime:
         self.broker: RabbitBroker = make_broker(
             settings, logger=logging.getLogger(f"woosync.{service}.broker")
         )
+        declare_publishers(self.broker, self.topology, service)  # for the AsyncAPI document
         self._pool: asyncpg.Pool | None = None
 
     @property
