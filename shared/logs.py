@@ -26,6 +26,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal, TextIO
 
@@ -139,6 +140,8 @@ def _redacted(value: Any) -> Any:
         return [_redacted(item) for item in value]
     if isinstance(value, int | float | bool) or value is None:
         return value
+    if isinstance(value, datetime):
+        return value.isoformat()  # the timestamp: 2026-12-03T11:29:50.036944+00:00
     return redact(str(value))  # a UUID, a datetime, an exception: as the line would print it
 
 

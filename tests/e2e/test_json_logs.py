@@ -9,6 +9,7 @@ deliberately not in WooCommerce's ``cs_<hex>`` shape, so only not writing it can
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ def read_lines(log_dir: Path) -> dict[str, list[dict[str, Any]]]:
             assert isinstance(record, dict), f"{path.name}:{number}: {line[:300]}"
             assert record.get("service") == service, f"{path.name}:{number}: {line[:300]}"
             assert {"level", "message", "timestamp"} <= record.keys(), line[:300]
+            assert datetime.fromisoformat(record["timestamp"]).utcoffset() == timedelta(0)
             by_service.setdefault(service, []).append(record)
     return by_service
 

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -66,7 +67,8 @@ def test_json_line_has_service_level_time_and_the_bound_ids(captured: Any) -> No
     outside, inside = lines(stream)
     assert outside["service"] == "fetcher" and outside["level"] == "INFO"
     assert outside["message"] == "outside" and outside["logger"] == logger.name
-    assert "timestamp" in outside
+    assert datetime.fromisoformat(outside["timestamp"]).utcoffset() == timedelta(0)
+    assert "T" in outside["timestamp"]
     assert not {"job_id", "org_id", "message_id"} & outside.keys()
     assert inside["message"] == "inside 2" and inside["level"] == "WARNING"
     assert (inside["job_id"], inside["org_id"], inside["message_id"]) == (str(job), str(org), "m-1")
