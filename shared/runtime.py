@@ -28,7 +28,7 @@ from shared import db
 from shared.broker import make_broker
 from shared.logs import configure
 from shared.settings import Settings
-from shared.topology import Topology, declare_topology
+from shared.topology import Topology, declare_publishers, declare_topology
 
 POOL_CLOSE_TIMEOUT_S = 3.0
 
@@ -39,7 +39,7 @@ def start_process(service: str) -> tuple[Settings, logging.Logger]:
     """A service process's first steps: settings, logging, and the database role check (exit 2
     on a role row-level security does not bind, exit 1 when the database cannot be asked)."""
     settings = Settings()
-    log = configure(service, settings.log_level)
+    log = configure(service, settings.log_level, settings.log_format)
     db.require_app_role(settings.database_url, log)
     return settings, log
 
@@ -55,6 +55,7 @@ class Runtime:
         self.broker: RabbitBroker = make_broker(
             settings, logger=logging.getLogger(f"woosync.{service}.broker")
         )
+        declare_publishers(self.broker, self.topology, service)  # for the AsyncAPI document
         self._pool: asyncpg.Pool | None = None
 
     @property

@@ -6,6 +6,8 @@ One class so that a newcomer sees the whole configuration surface in one screen,
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -98,6 +100,8 @@ class Settings(BaseSettings):
     # Jobs of one org that may be draft, queued or processing at once (one per connection always).
     max_concurrent_syncs_per_org: int = Field(4, ge=1)
     log_level: str = "INFO"
+    # json, text, or auto: text when stderr is a terminal, JSON lines otherwise (shared.logs).
+    log_format: Literal["auto", "json", "text"] = "auto"
 
     def api_base(self) -> str:
         return self.public_api_url or f"http://{self.api_host}:{self.api_port}"

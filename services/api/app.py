@@ -7,6 +7,7 @@ Route table::
     POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
     GET  /openapi.json                                      the OpenAPI 3.1 document
+    GET  /asyncapi.json                                     the messages (services.asyncapi)
 
 Every route but the two health checks needs an API key and takes a token from its org's rate
 limit (services.api.web.require_caller).
@@ -31,8 +32,10 @@ from services.api.errors import ApiError, http_exception_handler
 from services.api.openapi import build_openapi
 from services.api.schemas import Readiness
 from services.api.web import deps_of, guarded, parse_action, read_json_object, require_caller
+from services.asyncapi import Served
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
+from shared.logs import log_context
 from shared.paths import JOB_PATH, SYNC_PATH
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
@@ -58,6 +61,13 @@ async def openapi(request: Request) -> Response:
 
 
 @guarded
+async def asyncapi(request: Request) -> Response:
+    await require_caller(request, deps_of(request))
+    served: Served = request.app.state.asyncapi
+    return JSONResponse(await served.get())
+
+
+@guarded
 async def sync_customers(request: Request) -> Response:
     deps = deps_of(request)
     caller = await require_caller(request, deps)
@@ -76,7 +86,8 @@ async def get_job(request: Request) -> Response:
         job_id = UUID(request.path_params["job_id"])
     except ValueError:
         raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
-    status = await read_status(deps, org_id=caller.org_id, job_id=job_id)
+    with log_context(org_id=caller.org_id, job_id=job_id):
+        status = await read_status(deps, org_id=caller.org_id, job_id=job_id)
     return JSONResponse(status.model_dump(mode="json"))
 
 
@@ -86,6 +97,7 @@ ROUTES = [
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/asyncapi.json", asyncapi, methods=["GET"]),
 ]
 
 
@@ -118,5 +130,6 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         exception_handlers={HTTPException: http_exception_handler},
     )
     app.state.openapi = build_openapi(sync_path=SYNC_PATH, job_path=JOB_PATH)
+    app.state.asyncapi = Served(settings)
     app.state.runtime = runtime
     return app

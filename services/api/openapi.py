@@ -166,6 +166,19 @@ def build_openapi(*, sync_path: str, job_path: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/asyncapi.json": {
+                "get": {
+                    "operationId": "asyncapi",
+                    "summary": "The AsyncAPI 3.0 document of the messages between the services.",
+                    "responses": {
+                        "200": {
+                            "description": "The AsyncAPI document (docs/asyncapi.json).",
+                            "content": _json({"type": "object"}),
+                        },
+                        **_errors(401, 429, 500),
+                    },
+                }
+            },
             sync_path: {
                 "post": {
                     "operationId": "syncCustomers",

@@ -14,9 +14,9 @@ from faststream.rabbit.annotations import RabbitMessage
 
 from services.fetcher.handlers import FetcherDeps, PageReader, handle_sync_requested
 from shared.broker import publish
-from shared.consuming import Contract, Parking, consume, raw_body
+from shared.consuming import Parking, consume, raw_body
 from shared.crypto import SecretBox
-from shared.messages import SyncRequested
+from shared.messages import Contract, SyncRequested
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.woocommerce import StoreConfig, WooClient
@@ -59,7 +59,8 @@ def build_app(settings: Settings) -> FastStream:
         topology.fetcher_queue,
         decoder=raw_body,
         title="fetcher",
-        description="Sync requests: read the job's store page by page.",
+        description="Sync requests: read the job's store page by page. "
+        + topology.binding_note(topology.fetcher_queue),
     )
     async def on_sync_requested(
         body: Annotated[bytes, Contract(SyncRequested)], msg: RabbitMessage

@@ -16,8 +16,8 @@ from faststream.rabbit.annotations import RabbitMessage
 
 from services.syncer.handlers import BatchOutcome, handle_customer_batch, read_attempt
 from shared.broker import publish, publish_to_queue
-from shared.consuming import Contract, Parking, consume, raw_body
-from shared.messages import CustomerBatch
+from shared.consuming import Parking, consume, raw_body
+from shared.messages import Contract, CustomerBatch
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.topology import (
@@ -71,7 +71,8 @@ def build_app(settings: Settings) -> FastStream:
         topology.syncer_queue,
         decoder=raw_body,
         title="syncer",
-        description="Customer batches to write; failed customers go through the retry tiers.",
+        description="Customer batches to write; failed customers go through the retry tiers. "
+        + topology.binding_note(topology.syncer_queue),
     )
     async def on_customer_batch(
         body: Annotated[bytes, Contract(CustomerBatch)], msg: RabbitMessage

@@ -19,20 +19,31 @@ import asyncpg
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services.asyncapi import Served
 from services.tracker.cleanup import Cleaner
 from services.tracker.handlers import Tracker, announce
 from services.tracker.sse import progress, progress_page
 from shared import web
-from shared.consuming import Contract, Parking, consume, raw_body
+from shared.auth import authenticate
+from shared.consuming import Parking, consume, raw_body
 from shared.crypto import ProgressTokens
-from shared.messages import TRACKER_EVENTS, FetchCompleted, FetchFailed, LinesDone, LinesFailed
+from shared.messages import (
+    TRACKER_EVENTS,
+    Contract,
+    FetchCompleted,
+    FetchFailed,
+    LinesDone,
+    LinesFailed,
+)
 from shared.paths import PROGRESS_PAGE_PATH, PROGRESS_PATH
 from shared.ratelimit import StreamSlots
 from shared.runtime import Runtime
 from shared.settings import Settings
-from shared.web import READY_TIMEOUT_S, RefusedCallers
+from shared.web import READY_TIMEOUT_S, ApiError, RefusedCallers, error_response
 
 log = logging.getLogger("woosync.tracker")
 
@@ -78,6 +89,25 @@ async def consumer_count(amqp_url: str, queue: str) -> int:
         await connection.close()
 
 
+async def asyncapi(request: Request) -> Response:
+    """``GET /asyncapi.json``: the messages' AsyncAPI document, for an API key."""
+    refusals: RefusedCallers = request.state.refusals
+    try:
+        await refusals.check(request)
+    except ApiError as exc:
+        return exc.response()
+    if await authenticate(request.state.pool, request.headers.get("authorization")) is None:
+        await refusals.refused(request)
+        return error_response(
+            401,
+            "unauthorized",
+            "a valid API key is required (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    served: Served = request.app.state.asyncapi
+    return JSONResponse(await served.get())
+
+
 def build_app(settings: Settings) -> Starlette:
     runtime = Runtime("tracker", settings)
     broker, topology = runtime.broker, runtime.topology
@@ -88,7 +118,8 @@ def build_app(settings: Settings) -> Starlette:
         topology.tracker_queue,
         decoder=raw_body,
         title="tracker",
-        description="Job events: lines done or failed, fetches completed or failed.",
+        description="Job events: lines done or failed, fetches completed or failed. "
+        + topology.binding_note(topology.tracker_queue),
     )
     async def on_event(body: Event, msg: RabbitMessage) -> None:
         await consume(msg, TRACKER_EVENTS, trackers["tracker"].on_event, log, parking=parking)
@@ -149,8 +180,10 @@ def build_app(settings: Settings) -> Starlette:
             Route("/readyz", readyz, methods=["GET"]),
             Route(PROGRESS_PATH, progress, methods=["GET"]),
             Route(PROGRESS_PAGE_PATH, progress_page, methods=["GET"]),
+            Route("/asyncapi.json", asyncapi, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
     app.state.runtime = runtime  # its broker declares the subscriber (the AsyncAPI document)
+    app.state.asyncapi = Served(settings)
     return app

@@ -55,6 +55,8 @@ class Stack:
             "WOOSYNC_RETRY_DELAYS_MS": "[200,400,800]",
             "WOOSYNC_ALLOW_PRIVATE_URLS": "true",
             "PYTHONUNBUFFERED": "1",
+            # The tests read these logs as text; tests/e2e/test_json_logs.py runs them as JSON.
+            "WOOSYNC_LOG_FORMAT": "text",
             **self.extra_env,
         }
 
