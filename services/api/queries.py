@@ -13,6 +13,7 @@ from shared.lifecycle import (
     sql_in,
     sql_state,
 )
+from shared.preview import STORED_COLUMNS
 
 # A store (the org and its URL without the scheme, shared.storeurl) has one connection whatever
 # key, auth mode or scheme reaches it (migration 0009). What the store's connection holds before
@@ -158,3 +159,38 @@ WHERE id = $1 AND org_id = $3 AND state NOT IN {sql_in(FINAL_JOB_STATES)}
 """,
 )
 
+
+# -- preview (read only: services.api.actions.preview) ------------------------------------------
+
+# A stored connection and its key, to preview its store with what a sync would use.
+SELECT_CONNECTION_FOR_PREVIEW = """
+SELECT id, store_url, auth_mode, verify_tls, consumer_key, consumer_secret_enc
+FROM woo_connections
+WHERE org_id = $1 AND id = $2
+"""
+
+# The org's connection to a store, if it has one (no lock: a preview changes nothing).
+SELECT_CONNECTION_ID_OF_STORE = """
+SELECT id FROM woo_connections
+WHERE org_id = $1 AND store_identity = regexp_replace($2::text, '^[^:/]*://', '')
+"""
+
+# The stored rows of the store's customers ($3: their woo_ids), columns of shared.preview.
+SELECT_PREVIEW_ROWS = f"""
+SELECT {", ".join(STORED_COLUMNS)}
+FROM customer
+WHERE org_id = $1 AND connection_id = $2 AND woo_id = ANY($3::bigint[])
+"""
+
+# The rows of the connection whose customers the store no longer has ($3: every woo_id it has):
+# how many, and the first $4 of them. The filter of what counts as a customer still present in
+# MantisNXT is here alone: once soft deletions (customer.deleted_at) exist, add
+# "AND deleted_at IS NULL" so that a row already marked deleted is not counted again.
+_NOT_IN_STORE = """
+FROM customer
+WHERE org_id = $1 AND connection_id = $2 AND woo_id <> ALL($3::bigint[])
+"""
+COUNT_PREVIEW_GONE = "SELECT count(*)" + _NOT_IN_STORE
+SELECT_PREVIEW_GONE = (
+    f"SELECT {', '.join(STORED_COLUMNS)}" + _NOT_IN_STORE + "ORDER BY woo_id LIMIT $4"
+)
