@@ -19,13 +19,14 @@ from services.api.actions.replay import ReplayResult
 from services.api.schemas import (
     ErrorEnvelope,
     Health,
+    PreviewJobAccepted,
     PreviewRequest,
-    PreviewResult,
     Readiness,
     RetryResult,
     StartResult,
     StatusResult,
 )
+from shared.preview import PreviewResult
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
@@ -58,8 +59,10 @@ PREVIEW_DESCRIPTION = (
     "would fail). pages and estimate: the windows a sync reads and how long that takes at the "
     "given concurrency, from the latency measured here. 404: no such connection for this "
     "organisation; 409: its stored secret cannot be decrypted; 422: invalid fields, a store "
-    "that refuses or is unreachable, or one larger than WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS "
-    "(preview_too_large); 429/503: too many store tests running."
+    "that refuses or is unreachable, or a store too large (preview_too_large); 202: a store larger "
+    "than WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS is previewed by a job of kind preview (the org's "
+    "connection to it is needed), with the status and progress stream of a sync; 409: a job of "
+    "the connection is open; 429/503: too many store tests running or open jobs."
 )
 RETRY_AFTER = {
     "Retry-After": {
@@ -115,6 +118,7 @@ def _components() -> dict[str, Any]:
             RetryResult,
             ReplayResult,
             PreviewResult,
+            PreviewJobAccepted,
             ErrorEnvelope,
             Health,
             Readiness,
@@ -215,6 +219,13 @@ def build_openapi(*, sync_path: str, job_path: str, preview_path: str) -> dict[s
                             "description": "The preview: counts, samples with field-level "
                             "diffs, pages and the estimated duration of a sync's reading.",
                             "content": _json(_ref(PreviewResult)),
+                        },
+                        "202": {
+                            "description": "The store has more customers than "
+                            "WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS: a job of kind preview reads "
+                            "it; its status (status_url, progress_url) carries the preview "
+                            "when done.",
+                            "content": _json(_ref(PreviewJobAccepted)),
                         },
                         **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503),
                     },

@@ -13,7 +13,6 @@ from shared.lifecycle import (
     sql_in,
     sql_state,
 )
-from shared.preview import STORED_COLUMNS
 
 # A store (the org and its URL without the scheme, shared.storeurl) has one connection whatever
 # key, auth mode or scheme reaches it (migration 0009). What the store's connection holds before
@@ -63,7 +62,7 @@ LOCK_ORG_SYNCS = "SELECT pg_advisory_xact_lock(7428103, hashtext($1::uuid::text)
 
 # The oldest open job of a connection: a second start answers with it.
 SELECT_OPEN_JOB_OF_CONNECTION = f"""
-SELECT id, connection_id, state
+SELECT id, connection_id, state, kind
 FROM woo_customer_sync_queue
 WHERE org_id = $1 AND connection_id = $2 AND state IN {sql_in(OPEN_JOB_STATES)}
 ORDER BY created_at
@@ -175,22 +174,18 @@ SELECT id FROM woo_connections
 WHERE org_id = $1 AND store_identity = regexp_replace($2::text, '^[^:/]*://', '')
 """
 
-# The stored rows of the store's customers ($3: their woo_ids), columns of shared.preview.
-SELECT_PREVIEW_ROWS = f"""
-SELECT {", ".join(STORED_COLUMNS)}
-FROM customer
-WHERE org_id = $1 AND connection_id = $2 AND woo_id = ANY($3::bigint[])
-"""
-
-# The rows of the connection whose customers the store no longer has ($3: every woo_id it has):
-# how many, and the first $4 of them. The filter of what counts as a customer still present in
-# MantisNXT is here alone: once soft deletions (customer.deleted_at) exist, add
-# "AND deleted_at IS NULL" so that a row already marked deleted is not counted again.
-_NOT_IN_STORE = """
-FROM customer
-WHERE org_id = $1 AND connection_id = $2 AND woo_id <> ALL($3::bigint[])
-"""
-COUNT_PREVIEW_GONE = "SELECT count(*)" + _NOT_IN_STORE
-SELECT_PREVIEW_GONE = (
-    f"SELECT {', '.join(STORED_COLUMNS)}" + _NOT_IN_STORE + "ORDER BY woo_id LIMIT $4"
+# A preview job (migration 0015): read by the fetcher like a sync, writing only its answer.
+# $4 is the kind, 'preview' (a parameter: literals in state-changing SQL are read as states).
+INSERT_PREVIEW_JOB = changes_state(
+    "api.INSERT_PREVIEW_JOB",
+    "job",
+    {Actor.API_START: moves((None,), (JobState.DRAFT,))},
+    f"""
+INSERT INTO woo_customer_sync_queue
+    (id, org_id, connection_id, state, kind, batch_size, concurrency, store_total,
+     preview_sample_size)
+VALUES ($1, $2, $3, {sql_state(JobState.DRAFT)}, $4, $5, $6, $7, $8)
+ON CONFLICT DO NOTHING
+RETURNING id
+""",
 )

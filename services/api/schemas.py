@@ -6,7 +6,7 @@ Booleans and integers are strict: ``"verify_tls": "no"`` is refused rather than 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -151,6 +151,17 @@ class StartResult(BaseModel):
     progress_url: str
 
 
+class PreviewJobAccepted(BaseModel):
+    """A store too large to preview while the client waits: a job of kind ``preview`` reads it;
+    its status (``status_url``, ``progress_url``) carries the preview once it is done."""
+
+    job_id: UUID
+    kind: Literal["preview"]
+    state: JobStateField
+    status_url: str
+    progress_url: str
+
+
 class StatusResult(JobStatus):
     status_url: str
     progress_url: str
@@ -189,62 +200,3 @@ class ErrorEnvelope(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     error: ErrorDetail
-
-
-class FieldDiff(BaseModel):
-    """One field's value in the store (as the sync would write it) and in MantisNXT (null:
-    no row, or no customer in the store)."""
-
-    store: Any
-    mantis: Any
-
-
-class PreviewSample(BaseModel):
-    woo_id: int | None  # null: an item of the store without a usable id
-    diff: dict[str, FieldDiff]
-    reason: str | None = None  # why a conflict is one, why an item is invalid
-
-
-class PreviewCounts(BaseModel):
-    create: int
-    update: int
-    unchanged: int
-    # Null when the read could not be proven complete: a missing customer may only be missed.
-    delete: int | None
-    conflict: int
-    invalid: int
-
-
-class PreviewSamples(BaseModel):
-    create: list[PreviewSample]
-    update: list[PreviewSample]
-    unchanged: list[PreviewSample]
-    delete: list[PreviewSample]
-    conflict: list[PreviewSample]
-    invalid: list[PreviewSample]
-
-
-class PreviewPages(BaseModel):
-    per_page: int  # customers per window (the store's own cap when it has one)
-    total: int  # windows a sync reads
-    requests: int  # requests this preview made
-
-
-class PreviewEstimate(BaseModel):
-    page_latency_ms: float  # median of this preview's requests
-    concurrency: int
-    duration_s: float  # a sync's reading of the store at that concurrency
-
-
-class PreviewResult(BaseModel):
-    store_url: str
-    connection_id: UUID | None  # null: the org has no connection to this store yet
-    store_total: int | None  # the store's X-WP-Total
-    customers_read: int  # distinct items read
-    complete: bool  # every customer read, and proven so (see problems)
-    problems: list[str]
-    counts: PreviewCounts
-    samples: PreviewSamples
-    pages: PreviewPages
-    estimate: PreviewEstimate
-    notes: list[str]

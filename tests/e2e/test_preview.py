@@ -1,5 +1,9 @@
 """The preview against the real processes: what a sync would change, with nothing changed.
 
+The last test previews a store above WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS: a job of kind
+``preview`` read by the fetcher, followed through its status and progress stream, with the same
+answer and the same proof (its own job row is the only new row but the audit's).
+
 A store of 200 customers is synced by the four services. The store then changes: three
 customers renamed, one edited with a modification date older than the stored one (a conflict),
 two deleted, four added. The preview (by URL and key, then by the connection's id) counts
@@ -24,7 +28,7 @@ from shared.paths import PREVIEW_PATH
 from shared.settings import Settings
 from tests.e2e.fault_stack import started_stack
 from tests.e2e.harness import Org, Stack, new_org, start_sync, wait_final
-from tests.e2e.processes import infra_shared_lock
+from tests.e2e.processes import follow_progress, infra_shared_lock
 from tools.woosim.testing import SimHandle, spawn_simulator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -123,6 +127,51 @@ async def change_the_store(sim: SimHandle) -> dict[str, Any]:
     }
 
 
+EXPECTED_COUNTS = {
+    "create": 4,
+    "update": 3,
+    "unchanged": CUSTOMERS - 3 - 1 - 2,
+    "delete": 2,
+    "conflict": 1,
+    "invalid": 0,
+}
+
+
+def check_samples(samples: dict[str, Any], changed: dict[str, Any]) -> None:
+    """Each change of ``change_the_store`` in the samples, field by field."""
+    assert [s["woo_id"] for s in samples["create"]] == changed["added"]
+    assert samples["create"][0]["diff"]["email"] == {"store": "new0@example.com", "mantis": None}
+    assert [s["woo_id"] for s in samples["delete"]] == changed["deleted"]
+    assert all(s["diff"]["email"]["store"] is None for s in samples["delete"])
+    renamed = changed["renamed"]
+    assert sorted(s["woo_id"] for s in samples["update"]) == sorted(renamed)
+    for sample in samples["update"]:
+        old = renamed[sample["woo_id"]]
+        assert set(sample["diff"]) == {"first_name", "woo_date_modified"}
+        assert sample["diff"]["first_name"]["mantis"] == old["first_name"]
+        assert sample["diff"]["first_name"]["store"].startswith("Renamed")
+    (conflict,) = samples["conflict"]
+    assert conflict["woo_id"] == changed["older"]["id"]
+    assert conflict["diff"]["last_name"] == {
+        "store": "Older",
+        "mantis": changed["older"]["last_name"],
+    }
+    assert "older than the stored one" in conflict["reason"]
+    assert len(samples["unchanged"]) == 5
+    assert all(s["diff"] == {} for s in samples["unchanged"])
+
+
+async def synced_then_changed(
+    settings: Settings, stack: Stack, sim: SimHandle
+) -> tuple[Org, dict[str, Any], Any]:
+    """A new org whose sync of ``sim`` is done, then the store changed; (org, changes, job)."""
+    org = await new_org(settings)
+    started = await start_sync(stack, org, sim)
+    job = await wait_final(settings, started["job_id"])
+    assert job["state"] == "done", job["last_error"]
+    return org, await change_the_store(sim), job
+
+
 async def test_preview_counts_the_changes_and_changes_nothing(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -131,12 +180,8 @@ async def test_preview_counts_the_changes_and_changes_nothing(
         spawn_simulator(customers=5, seed=24) as unknown,
     ):
         async with infra_shared_lock(), started_stack(settings, tmp_path) as stack:
-            org = await new_org(settings)
+            org, changed, job = await synced_then_changed(settings, stack, sim)
             other = await new_org(settings, "other")
-            started = await start_sync(stack, org, sim)
-            job = await wait_final(settings, started["job_id"])
-            assert job["state"] == "done", job["last_error"]
-            changed = await change_the_store(sim)
             in_store = len(await sim.customers())
             before = await snapshot(settings)
             audits_before = await audit_rows(settings, org)
@@ -167,42 +212,12 @@ async def test_preview_counts_the_changes_and_changes_nothing(
             )
 
             # The counts and samples, exactly.
-            assert result["counts"] == {
-                "create": 4,
-                "update": 3,
-                "unchanged": CUSTOMERS - 3 - 1 - 2,
-                "delete": 2,
-                "conflict": 1,
-                "invalid": 0,
-            }
+            assert result["counts"] == EXPECTED_COUNTS
             assert result["complete"] is True and result["problems"] == []
             assert result["store_total"] == in_store == CUSTOMERS + 2
             assert result["customers_read"] == in_store
             assert result["connection_id"] == str(job["connection_id"])
-            samples = result["samples"]
-            assert [s["woo_id"] for s in samples["create"]] == changed["added"]
-            assert samples["create"][0]["diff"]["email"] == {
-                "store": "new0@example.com",
-                "mantis": None,
-            }
-            assert [s["woo_id"] for s in samples["delete"]] == changed["deleted"]
-            assert all(s["diff"]["email"]["store"] is None for s in samples["delete"])
-            renamed = changed["renamed"]
-            assert sorted(s["woo_id"] for s in samples["update"]) == sorted(renamed)
-            for sample in samples["update"]:
-                old = renamed[sample["woo_id"]]
-                assert set(sample["diff"]) == {"first_name", "woo_date_modified"}
-                assert sample["diff"]["first_name"]["mantis"] == old["first_name"]
-                assert sample["diff"]["first_name"]["store"].startswith("Renamed")
-            (conflict,) = samples["conflict"]
-            assert conflict["woo_id"] == changed["older"]["id"]
-            assert conflict["diff"]["last_name"] == {
-                "store": "Older",
-                "mantis": changed["older"]["last_name"],
-            }
-            assert "older than the stored one" in conflict["reason"]
-            assert len(samples["unchanged"]) == 5
-            assert all(s["diff"] == {} for s in samples["unchanged"])
+            check_samples(result["samples"], changed)
             # 202 customers in windows of 100 overlapping by 5: 3 pages.
             assert result["pages"]["per_page"] == 100 and result["pages"]["total"] == 3
             assert result["pages"]["requests"] >= 3
@@ -260,3 +275,54 @@ async def test_preview_counts_the_changes_and_changes_nothing(
                 "invalid": 0,
             }  # fmt: skip
             assert await snapshot(settings) == before
+
+
+async def test_a_long_preview_runs_as_a_preview_job(settings: Settings, tmp_path: Path) -> None:
+    env = {"WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS": "100"}
+    with spawn_simulator(customers=CUSTOMERS, seed=23) as sim:
+        async with infra_shared_lock(), started_stack(settings, tmp_path, env) as stack:
+            org, changed, job = await synced_then_changed(settings, stack, sim)
+            before = await snapshot(settings)
+            audits_before = await audit_rows(settings, org)
+
+            response = await preview(stack, org, {"connection_id": str(job["connection_id"])})
+            assert response.status_code == 202, response.text
+            accepted = response.json()
+            assert accepted["kind"] == "preview"
+            events = await follow_progress(accepted["progress_url"])
+            assert events[-1][0] == "complete"
+            assert {data["kind"] for _, data in events} == {"preview"}
+            async with httpx.AsyncClient(timeout=30) as client:
+                status = (await client.get(accepted["status_url"], headers=org.headers)).json()
+            assert status["state"] == "done" and status["kind"] == "preview", status
+            assert (status["total"], status["done"], status["failed"]) == (0, 0, 0)
+            result = status["preview"]
+            assert result["counts"] == EXPECTED_COUNTS
+            assert result["complete"] is True
+            assert result["connection_id"] == str(job["connection_id"])
+            check_samples(result["samples"], changed)
+            assert events[-1][1]["preview"] == result
+
+            # Nothing changed but the preview job's own row and the audit rows.
+            after = await snapshot(settings)
+            jobs = "woo_customer_sync_queue"
+            assert {t: r for t, r in after.items() if t != jobs} == {
+                t: r for t, r in before.items() if t != jobs
+            }
+            assert [r for r in after[jobs] if accepted["job_id"] not in r[1]] == before[jobs]
+            assert len(after[jobs]) == len(before[jobs]) + 1
+            new_events = [
+                a["event"] for a in (await audit_rows(settings, org))[len(audits_before) :]
+            ]
+            assert "job.completed" in new_events and "fetch.completed" in new_events
+            assert all(
+                a["job_id"] is not None
+                for a in (await audit_rows(settings, org))[len(audits_before) :]
+            )
+
+            # A store the org has no connection to cannot be previewed by a job (no key is kept).
+            with spawn_simulator(customers=150, seed=25) as unknown:
+                refused = await preview(stack, org, {"config": store_config(unknown)})
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["error"]["code"] == "preview_too_large"
+            assert "has none yet" in refused.json()["error"]["message"]

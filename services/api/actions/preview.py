@@ -2,7 +2,7 @@
 
 The store is given as ``start`` takes it (URL and key) or as a stored connection of the org. It
 is tested as a start tests it (its address, its answer, its key; ``services.api.store_probe``),
-then read whole as the fetcher reads it (``services.api.preview_read``), and what it holds is
+then read whole as the fetcher reads it (``services.fetcher.preview_read``), and what it holds is
 compared with the connection's stored customers (``shared.preview``) in one read-only snapshot.
 
 Nothing is written but one audit row (``preview.run``) at the end: no connection (a store the
@@ -19,50 +19,32 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
-import asyncpg
 from pydantic import SecretStr
 
 from services.api import queries as q
-from services.api.actions.common import Answer
+from services.api.actions.common import Answer, hand_to_fetcher, too_many_syncs
 from services.api.deps import Deps
 from services.api.errors import ApiError
-from services.api.preview_read import StoreRead, StoreTooLarge, estimate_s, read_store
-from services.api.schemas import (
-    PreviewCounts,
-    PreviewEstimate,
-    PreviewPages,
-    PreviewRequest,
-    PreviewResult,
-    PreviewSample,
-    PreviewSamples,
-    StoreConfigIn,
-)
+from services.api.schemas import PreviewJobAccepted, PreviewRequest, StoreConfigIn
 from services.api.store_probe import (
     check_store,
     store_checks_busy,
     store_failure,
     too_many_store_checks,
 )
+from services.api.urls import progress_url, status_url
+from services.fetcher.preview import compare_store, preview_result
+from services.fetcher.preview_read import StoreRead, StoreTooLarge, read_store
 from shared import activity
 from shared.auth import Caller
 from shared.crypto import UndecryptableSecret
-from shared.db import SET_ORG, for_org
-from shared.preview import CATEGORIES, Comparison, add_deleted, compare
+from shared.db import for_org
 from shared.urlsafety import StoreUrlError
 from shared.woocommerce import MAX_PER_PAGE, StoreError
 
 SUMMARY = "What a sync of the store would change, read and compared without writing anything."
-CONFLICT_NOTE = (
-    "conflict: customers whose store version is older than the one stored (by date_modified); "
-    "a sync keeps the stored version. Other kinds of conflict are not detected yet."
-)
-INCOMPLETE_NOTE = (
-    "delete is null: the read was not proven complete (see problems), so a customer missing "
-    "from it may only have been missed."
-)
 
 
 def connection_not_found() -> ApiError:
@@ -70,12 +52,93 @@ def connection_not_found() -> ApiError:
     return ApiError(404, "connection_not_found", "no such store connection")
 
 
-def too_large(total: int, limit: int) -> ApiError:
-    return ApiError(
-        422,
-        "preview_too_large",
-        f"the store has {total:,} customers, more than a preview reads "
-        f"({limit:,}, WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS)",
+def too_large(total: int, limit: int, why: str) -> ApiError:
+    return ApiError(422, "preview_too_large", f"the store has {total:,} customers, {why}")
+
+
+async def _queue_preview_job(
+    request: PreviewRequest,
+    caller: Caller,
+    deps: Deps,
+    config: StoreConfigIn,
+    connection_id: UUID | None,
+    store_total: int,
+    concurrency: int,
+) -> Answer:
+    """A store too large to read while the client waits: a job of kind ``preview`` that the
+    fetcher reads with the connection's stored key. It needs the org's connection to the store
+    (a preview stores no credentials); it holds the connection's reading slot like a sync."""
+    settings, org_id = deps.settings, caller.org_id
+    if connection_id is None:
+        raise too_large(
+            store_total,
+            settings.preview_inline_max_customers,
+            f"more than a preview reads while the client waits "
+            f"({settings.preview_inline_max_customers:,}, "
+            "WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS); a longer preview runs as a job of the "
+            "organisation's connection to the store, and it has none yet",
+        )
+    if store_total > settings.preview_job_max_customers:
+        raise too_large(
+            store_total,
+            settings.preview_job_max_customers,
+            f"more than a preview job reads ({settings.preview_job_max_customers:,}, "
+            "WOOSYNC_PREVIEW_JOB_MAX_CUSTOMERS)",
+        )
+    job_id = uuid4()
+    async with for_org(deps.pool, org_id).transaction() as conn:
+        await conn.execute(q.LOCK_ORG_SYNCS, org_id)
+        running = await conn.fetchrow(q.SELECT_OPEN_JOB_OF_CONNECTION, org_id, connection_id)
+        if running is not None:
+            raise ApiError(
+                409,
+                "connection_busy",
+                f"job {running['id']} of this store connection is open; preview when it has "
+                "finished",
+            )
+        limit = settings.max_concurrent_syncs_per_org
+        if await conn.fetchval(q.COUNT_OPEN_JOBS, org_id) >= limit:
+            raise too_many_syncs(limit)
+        inserted = await conn.fetchval(
+            q.INSERT_PREVIEW_JOB,
+            job_id,
+            org_id,
+            connection_id,
+            "preview",
+            MAX_PER_PAGE,
+            concurrency,
+            store_total,
+            request.options.sample_size,
+        )
+        if inserted is None:  # the lock makes this unreachable; never make a second job
+            raise RuntimeError("a preview job insert conflicted while holding the org's lock")
+        await activity.record(
+            conn,
+            org_id=org_id,
+            job_id=job_id,
+            event="job.created",
+            details={
+                "kind": "preview",
+                "connection_id": str(connection_id),
+                "store_url": config.url,
+                "store_total": store_total,
+                "concurrency": concurrency,
+                "sample_size": request.options.sample_size,
+                **caller.actor(),
+            },
+        )
+    state = await hand_to_fetcher(
+        deps, job_id=job_id, org_id=org_id, connection_id=connection_id, actor=caller.actor()
+    )
+    return Answer(
+        PreviewJobAccepted(
+            job_id=job_id,
+            kind="preview",
+            state=state,  # type: ignore[arg-type]  # a job state
+            status_url=status_url(deps, job_id),
+            progress_url=progress_url(deps, job_id, org_id),
+        ),
+        202,
     )
 
 
@@ -83,13 +146,20 @@ async def answer(request: PreviewRequest, caller: Caller, deps: Deps) -> Answer:
     org_id = caller.org_id
     config, connection_id = await _store_of(request, caller, deps)
     store_total = await check_store(deps, config, org_id)
-    limit = deps.settings.preview_inline_max_customers
-    if store_total > limit:
-        raise too_large(store_total, limit)
     concurrency = request.options.concurrency or deps.settings.default_concurrency
+    if store_total > deps.settings.preview_inline_max_customers:
+        return await _queue_preview_job(
+            request, caller, deps, config, connection_id, store_total, concurrency
+        )
     read = await _read(deps, config, org_id, concurrency)
-    comparison = await _compare(deps, read, org_id, connection_id, request.options.sample_size)
-    result = _result(config, connection_id, read, comparison, concurrency)
+    comparison = await compare_store(
+        deps.pool,
+        read,
+        org_id=org_id,
+        connection_id=connection_id,
+        sample_size=request.options.sample_size,
+    )
+    result = preview_result(config.url, connection_id, read, comparison, concurrency)
     await activity.record(
         for_org(deps.pool, org_id),
         org_id=org_id,
@@ -171,83 +241,11 @@ async def _read(deps: Deps, config: StoreConfigIn, org_id: UUID, concurrency: in
         raise ApiError(
             422,
             "preview_too_large",
-            f"{group.exceptions[0]}: more than a preview reads "
-            f"({settings.preview_inline_max_customers:,}, WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS)",
+            f"{group.exceptions[0]}: more than a preview reads while the client waits "
+            f"({settings.preview_inline_max_customers:,}, WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS); "
+            "preview again to have it read by a preview job",
         ) from None
     except* (StoreError, StoreUrlError) as group:
         raise store_failure(group.exceptions[0], config) from None  # type: ignore[arg-type]
     finally:
         deps.store_checks.release(org_id)
-
-
-async def _compare(
-    deps: Deps, read: StoreRead, org_id: UUID, connection_id: UUID | None, sample_size: int
-) -> Comparison:
-    """The comparison, from one read-only snapshot of the connection's customers."""
-    ids = sorted(read.customers)
-    stored: dict[int, Any] = {}
-    gone: tuple[int, list[asyncpg.Record]] = (0, [])
-    if connection_id is not None:
-        async with (
-            deps.pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            await conn.execute(SET_ORG, str(org_id))
-            rows = await conn.fetch(q.SELECT_PREVIEW_ROWS, org_id, connection_id, ids)
-            stored = {row["woo_id"]: dict(row) for row in rows}
-            if read.complete:
-                gone = (
-                    await conn.fetchval(q.COUNT_PREVIEW_GONE, org_id, connection_id, ids),
-                    await conn.fetch(
-                        q.SELECT_PREVIEW_GONE, org_id, connection_id, ids, sample_size
-                    ),
-                )
-    comparison = compare(
-        read.customers.values(),
-        stored,
-        org_id=org_id,
-        connection_id=connection_id,
-        sample_size=sample_size,
-        rejected=[read.rejected[key] for key in sorted(read.rejected)],
-    )
-    add_deleted(comparison, gone[0], [dict(row) for row in gone[1]])
-    return comparison
-
-
-def _result(
-    config: StoreConfigIn,
-    connection_id: UUID | None,
-    read: StoreRead,
-    comparison: Comparison,
-    concurrency: int,
-) -> PreviewResult:
-    latency_s, duration_s = estimate_s(read, concurrency)
-    counts: dict[str, int | None] = dict(comparison.counts)
-    notes = [CONFLICT_NOTE]
-    if not read.complete:
-        counts["delete"] = None
-        notes.append(INCOMPLETE_NOTE)
-    samples = {
-        category: [
-            PreviewSample(woo_id=s.woo_id, diff=s.diff, reason=s.reason)  # type: ignore[arg-type]
-            for s in comparison.samples[category]
-        ]
-        for category in CATEGORIES
-    }
-    return PreviewResult(
-        store_url=config.url,
-        connection_id=connection_id,
-        store_total=read.total,
-        customers_read=len(read.customers) + len(read.rejected),
-        complete=read.complete,
-        problems=read.problems,
-        counts=PreviewCounts(**counts),  # type: ignore[arg-type]
-        samples=PreviewSamples(**samples),
-        pages=PreviewPages(per_page=read.per_page, total=read.pages, requests=read.requests),
-        estimate=PreviewEstimate(
-            page_latency_ms=round(latency_s * 1000, 3),
-            concurrency=concurrency,
-            duration_s=round(duration_s, 3),
-        ),
-        notes=notes,
-    )

@@ -76,9 +76,12 @@ async def read_store(
         return read
     total_pages = paging.pages_for(first.total, per_page)
     todo = iter(range(2, total_pages + 1))
-    async with asyncio.TaskGroup() as group:
-        for _ in range(concurrency):
-            group.create_task(_worker(client, read, todo, max_customers))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(_worker(client, read, todo, max_customers))
+    except* Exception as errors:  # the first worker's failure, as a sequential read raises it
+        raise errors.exceptions[0] from None
 
     page, last_seen = total_pages, 1 if count else 0
     limit = paging.max_pages(max_customers, per_page)
