@@ -27,7 +27,7 @@ from shared import db
 from shared.paths import PREVIEW_PATH
 from shared.settings import Settings
 from tests.e2e.fault_stack import started_stack
-from tests.e2e.harness import Org, Stack, new_org, start_sync, wait_final
+from tests.e2e.harness import ROUTE, Org, Stack, new_org, start_sync, wait_final
 from tests.e2e.processes import follow_progress, infra_shared_lock
 from tools.woosim.testing import SimHandle, spawn_simulator
 
@@ -88,6 +88,12 @@ async def preview(stack: Stack, org: Org, body: dict[str, Any], **kwargs: Any) -
             headers=kwargs.pop("headers", org.headers),
             **kwargs,
         )
+
+
+async def start_sync_answer(stack: Stack, org: Org, sim: SimHandle) -> httpx.Response:
+    body = {"action": "start", "org_id": org.org_id, "config": store_config(sim)}
+    async with httpx.AsyncClient(timeout=60) as client:
+        return await client.post(stack.api_url + ROUTE, json=body, headers=org.headers)
 
 
 def store_config(sim: SimHandle) -> dict[str, str]:
@@ -207,6 +213,8 @@ async def test_preview_counts_the_changes_and_changes_nothing(
                         "before": {t: fingerprint(r) for t, r in before.items()},
                         "after": {t: fingerprint(r) for t, r in after.items()},
                         "audit_rows_added": len(audits) - len(audits_before),
+                        "pages": result["pages"],
+                        "estimate": result["estimate"],
                     }
                 ),
             )
@@ -276,6 +284,17 @@ async def test_preview_counts_the_changes_and_changes_nothing(
             }  # fmt: skip
             assert await snapshot(settings) == before
 
+            # A store whose pages hold fewer customers than it claims: not proven complete, so
+            # no deletion is counted (a missing customer may only have been missed).
+            await sim.set_faults(claimed_total=in_store + 40)
+            unproven = await preview(stack, org, {"connection_id": result["connection_id"]})
+            assert unproven.status_code == 200, unproven.text
+            answer = unproven.json()
+            assert answer["complete"] is False and "X-WP-Total" in answer["problems"][0]
+            assert answer["counts"] == {**EXPECTED_COUNTS, "delete": None}
+            assert answer["samples"]["delete"] == []
+            assert await snapshot(settings) == before
+
 
 async def test_a_long_preview_runs_as_a_preview_job(settings: Settings, tmp_path: Path) -> None:
     env = {"WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS": "100"}
@@ -285,10 +304,19 @@ async def test_a_long_preview_runs_as_a_preview_job(settings: Settings, tmp_path
             before = await snapshot(settings)
             audits_before = await audit_rows(settings, org)
 
+            # A slow store keeps the preview job reading while the same store is asked for again.
+            await sim.set_faults(latency_ms=1500)
             response = await preview(stack, org, {"connection_id": str(job["connection_id"])})
             assert response.status_code == 202, response.text
             accepted = response.json()
             assert accepted["kind"] == "preview"
+            again = await preview(stack, org, {"connection_id": str(job["connection_id"])})
+            assert again.status_code == 409, again.text
+            assert again.json()["error"]["code"] == "connection_busy"
+            sync = await start_sync_answer(stack, org, sim)
+            assert sync.status_code == 409, sync.text
+            assert accepted["job_id"] in sync.json()["error"]["message"]
+            await sim.set_faults(latency_ms=0)
             events = await follow_progress(accepted["progress_url"])
             assert events[-1][0] == "complete"
             assert {data["kind"] for _, data in events} == {"preview"}
