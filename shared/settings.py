@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     # How often a crawl checks, between page records, that its job is still open.
     crawl_check_interval_s: float = Field(0.5, gt=0)
 
+    # The api's preview reads a store of at most this many customers (X-WP-Total) while the
+    # client waits, all of it within preview_deadline_s (else 422 store_unreachable).
+    preview_inline_max_customers: int = Field(2000, ge=1, le=2**31 - 1)
+    preview_deadline_s: float = Field(60.0, gt=0)
+    # A larger store is previewed by a job of kind 'preview' (the fetcher reads it, holding its
+    # customers in memory, so it is bounded too: a store above this fails the preview job).
+    preview_job_max_customers: int = Field(50_000, ge=1, le=2**31 - 1)
+
     # Stores on private, loopback, link-local or reserved addresses (demo and tests only).
     allow_private_urls: bool = False
 

@@ -5,6 +5,7 @@ Route table::
     GET  /healthz                                           liveness, no I/O
     GET  /readyz                                            PostgreSQL and RabbitMQ reachable
     POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
+    POST /api/v1/integrations/sync/preview                  what a sync would change (no writes)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
     GET  /openapi.json                                      the OpenAPI 3.1 document
     GET  /asyncapi.json                                     the messages (services.asyncapi)
@@ -25,18 +26,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.api.actions import dispatch
+from services.api.actions import dispatch, preview
 from services.api.actions.common import read_status
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
 from services.api.openapi import build_openapi
-from services.api.schemas import Readiness
-from services.api.web import deps_of, guarded, parse_action, read_json_object, require_caller
+from services.api.schemas import PreviewRequest, Readiness
+from services.api.web import (
+    deps_of,
+    guarded,
+    parse_action,
+    parse_body,
+    read_json_object,
+    require_caller,
+)
 from services.asyncapi import Served
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
 from shared.logs import log_context
-from shared.paths import JOB_PATH, SYNC_PATH
+from shared.paths import JOB_PATH, PREVIEW_PATH, SYNC_PATH
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -79,6 +87,17 @@ async def sync_customers(request: Request) -> Response:
 
 
 @guarded
+async def preview_sync(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    body = parse_body(PreviewRequest, await read_json_object(request))
+    if body.org_id != caller.org_id:
+        raise ApiError(403, "forbidden", "org_id does not match the API key's organisation")
+    answer = await preview.answer(body, caller, deps)
+    return JSONResponse(answer.body.model_dump(mode="json"), status_code=answer.status)
+
+
+@guarded
 async def get_job(request: Request) -> Response:
     deps = deps_of(request)
     caller = await require_caller(request, deps)
@@ -96,6 +115,7 @@ ROUTES = [
     Route("/readyz", readyz, methods=["GET"]),
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
+    Route(PREVIEW_PATH, preview_sync, methods=["POST"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/asyncapi.json", asyncapi, methods=["GET"]),
 ]
@@ -129,7 +149,9 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         lifespan=lifespan,
         exception_handlers={HTTPException: http_exception_handler},
     )
-    app.state.openapi = build_openapi(sync_path=SYNC_PATH, job_path=JOB_PATH)
+    app.state.openapi = build_openapi(
+        sync_path=SYNC_PATH, job_path=JOB_PATH, preview_path=PREVIEW_PATH
+    )
     app.state.asyncapi = Served(settings)
     app.state.runtime = runtime
     return app

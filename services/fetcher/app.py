@@ -48,6 +48,7 @@ def build_app(settings: Settings) -> FastStream:
             slice_s=settings.crawl_slice_s,
             check_interval_s=settings.crawl_check_interval_s,
             max_message_bytes=settings.max_message_bytes,
+            preview_max_customers=settings.preview_job_max_customers,
         )
 
     async def stop_crawls() -> None:

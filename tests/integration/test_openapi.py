@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services.api.app import JOB_PATH, SYNC_PATH
+from services.api.app import JOB_PATH, PREVIEW_PATH, SYNC_PATH
 from shared.settings import Settings
 from tests.helpers import free_port
 from tools.woosim.testing import SimHandle, spawn_simulator
@@ -200,6 +200,7 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         "GET /asyncapi.json",
         f"POST {SYNC_PATH}",
         f"GET {JOB_PATH}",
+        f"POST {PREVIEW_PATH}",
     }
     seen: dict[str, set[int]] = {}
     for operation in operations:
@@ -211,3 +212,4 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     assert {200, 422} <= statuses, statuses
     assert statuses & {202, 404, 409, 429}, statuses
     assert {200, 404} <= seen[f"GET {JOB_PATH}"], seen
+    assert {200, 422} <= seen[f"POST {PREVIEW_PATH}"], seen

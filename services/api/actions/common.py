@@ -54,6 +54,14 @@ def connection_busy(job_id: UUID) -> ApiError:
     )
 
 
+def preview_running(job_id: UUID) -> ApiError:
+    return ApiError(
+        409,
+        "connection_busy",
+        f"preview job {job_id} is reading this store; start or preview again when it has finished",
+    )
+
+
 async def read_status(deps: Deps, *, org_id: UUID, job_id: UUID) -> StatusResult:
     """The job's status with its links; 404 for a missing job and for another org's."""
     status = await get_status(for_org(deps.pool, org_id), org_id=org_id, job_id=job_id)
