@@ -4,12 +4,13 @@ Route table::
 
     GET  /healthz                                           liveness, no I/O
     GET  /readyz                                            PostgreSQL and RabbitMQ reachable
+    GET  /metrics                                           Prometheus metrics (shared.metrics)
     POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
     GET  /openapi.json                                      the OpenAPI 3.1 document
 
-Every route but the two health checks needs an API key and takes a token from its org's rate
-limit (services.api.web.require_caller).
+Every route but the two health checks and /metrics needs an API key and takes a token from its
+org's rate limit (services.api.web.require_caller).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from uuid import UUID
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -33,6 +35,7 @@ from services.api.schemas import Readiness
 from services.api.web import deps_of, guarded, parse_action, read_json_object, require_caller
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
+from shared.metrics import HttpMetrics, RequestMetrics, metrics_endpoint
 from shared.paths import JOB_PATH, SYNC_PATH
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
@@ -49,6 +52,12 @@ def _readiness_body(database: bool, broker: bool) -> dict[str, str]:
 
 
 readyz = guarded(web.readyz(lambda r: (deps_of(r).pool, deps_of(r).broker), _readiness_body))
+
+
+async def metrics(request: Request) -> Response:
+    """Requests by route and status, FastStream's publish metrics; for the scraper, so no key:
+    publish the port only where Prometheus reaches it (docs/operations.md, "Metrics")."""
+    return await metrics_endpoint(request.app.state.runtime.registry)(request)
 
 
 @guarded
@@ -83,6 +92,7 @@ async def get_job(request: Request) -> Response:
 ROUTES = [
     Route("/healthz", web.healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
@@ -116,6 +126,7 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         routes=ROUTES,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_exception_handler},
+        middleware=[Middleware(RequestMetrics, metrics=HttpMetrics(runtime.registry))],
     )
     app.state.openapi = build_openapi(sync_path=SYNC_PATH, job_path=JOB_PATH)
     app.state.runtime = runtime
