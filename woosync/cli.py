@@ -12,6 +12,7 @@ import click
 from shared import db
 from shared.settings import Settings
 from woosync.dlq import dlq
+from woosync.health import health
 from woosync.keys import key
 from woosync.secrets import secrets
 
@@ -116,6 +117,7 @@ def demo(customers: int, seed: int) -> None:
 
 
 main.add_command(secrets)
+main.add_command(health)
 main.add_command(dlq)
 main.add_command(key)
 

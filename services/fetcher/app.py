@@ -31,16 +31,17 @@ log = logging.getLogger("woosync.fetcher")
 
 
 def build_app(settings: Settings) -> FastStream:
-    return _build(settings)[0]
+    return build_service(settings)[0]
 
 
 def build_asgi(settings: Settings) -> AsgiFastStream:
     """The fetcher with its HTTP port: /healthz, /readyz, /metrics (``Runtime.asgi_app``)."""
-    app, runtime = _build(settings)
+    app, runtime = build_service(settings)
     return runtime.asgi_app(app)
 
 
-def _build(settings: Settings) -> tuple[FastStream, Runtime]:
+def build_service(settings: Settings) -> tuple[FastStream, Runtime]:
+    """The FastStream app and its runtime (whose registry holds the fetcher's metrics)."""
     runtime = Runtime("fetcher", settings)
     metrics = FetcherMetrics(runtime.registry)
     broker, topology = runtime.broker, runtime.topology

@@ -70,16 +70,17 @@ async def publish_outcome(broker: RabbitBroker, topology: Topology, outcome: Bat
 
 def build_app(settings: Settings) -> FastStream:
     """The syncer as a FastStream app; nothing connects until the app starts."""
-    return _build(settings)[0]
+    return build_service(settings)[0]
 
 
 def build_asgi(settings: Settings) -> AsgiFastStream:
     """The syncer with its HTTP port: /healthz, /readyz, /metrics (``Runtime.asgi_app``)."""
-    app, runtime = _build(settings)
+    app, runtime = build_service(settings)
     return runtime.asgi_app(app)
 
 
-def _build(settings: Settings) -> tuple[FastStream, Runtime]:
+def build_service(settings: Settings) -> tuple[FastStream, Runtime]:
+    """The FastStream app and its runtime (whose registry holds the syncer's metrics)."""
     runtime = Runtime("syncer", settings)
     metrics = SyncerMetrics(runtime.registry)
     broker, topology = runtime.broker, runtime.topology
