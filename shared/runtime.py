@@ -25,6 +25,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from types import FrameType
 
 import asyncpg
 import uvicorn
@@ -172,9 +173,21 @@ class Runtime:
         return AsgiFastStream.from_app(app, asgi_routes=[(path, probes) for path in PROBE_PATHS])
 
 
+class _ConsumerServer(uvicorn.Server):
+    """uvicorn's server, except that a stop asked for by SIGTERM or SIGINT exits with status 0,
+    as FastStream's own runner did: the stop was graceful (uvicorn re-raises the signal once shut
+    down, which would report the process as killed)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
+
+
 def serve_asgi(app: AsgiFastStream, host: str, port: int) -> None:
     """Serve a consumer's ASGI app until SIGTERM; port 0 lets the system pick one (logged)."""
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -183,3 +196,4 @@ def serve_asgi(app: AsgiFastStream, host: str, port: int) -> None:
         server_header=False,
         lifespan="on",
     )
+    _ConsumerServer(config).run()

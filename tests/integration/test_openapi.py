@@ -197,6 +197,7 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     assert {op.label for op in operations} == {
         "GET /healthz",
         "GET /readyz",
+        "GET /metrics",
         f"POST {SYNC_PATH}",
         f"GET {JOB_PATH}",
     }
