@@ -10,6 +10,9 @@ request under its route template and status; FastStream's consumer counters coun
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -20,7 +23,7 @@ from shared.settings import Settings
 from shared.topology import Topology
 from tests.e2e.harness import Scrape, new_org, scrape, start_sync, wait_final
 from tests.e2e.processes import running_stack
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tools.woosim.testing import spawn_simulator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -109,17 +112,28 @@ async def test_metrics_move_during_and_after_a_sync(
         assert tracker.value("faststream_received_messages_total", app_name="tracker") > 0
 
 
+def woosync_health(stack_port: int, *args: str) -> int:
+    """``woosync health syncer ...`` as a container's health check runs it; its exit status."""
+    env = {**os.environ, "WOOSYNC_SYNCER_PORT": str(stack_port)}
+    argv = [sys.executable, "-m", "woosync.cli", "health", "syncer", *args]
+    return subprocess.run(argv, env=env, capture_output=True, timeout=60).returncode
+
+
 async def test_a_consumer_without_its_database_is_live_but_not_ready(
     settings: Settings, tmp_path: Path, database_url: str
 ) -> None:
     """The syncer's readiness follows its database: the test's own database is dropped (its
-    connections terminated) under a running syncer process; the shared server keeps running."""
+    connections terminated) under a running syncer process; the shared server keeps running.
+    ``woosync health`` (the containers' health check) says the same, by its exit status."""
     import asyncpg
 
     from tests.conftest import PG_ADMIN_URL
 
     async with running_stack(settings, tmp_path) as stack:
         url = stack.url("syncer")
+        port = stack.ports[("syncer", 0)]
+        assert woosync_health(port) == 0
+        assert woosync_health(port, "--ready") == 0
         async with httpx.AsyncClient(timeout=10) as client:
             assert (await client.get(url + "/readyz")).status_code == 200
             name = database_url.rsplit("/", 1)[-1]
@@ -140,3 +154,6 @@ async def test_a_consumer_without_its_database_is_live_but_not_ready(
             }
             assert (await client.get(url + "/healthz")).status_code == 200
             assert (await client.get(url + "/metrics")).status_code == 200
+        assert woosync_health(port) == 0
+        assert woosync_health(port, "--ready") == 1
+        assert woosync_health(free_port()) == 1  # nothing listens there
