@@ -13,6 +13,7 @@ from shared import db
 from shared.settings import Settings
 from woosync.cleanup import cleanup
 from woosync.dlq import dlq
+from woosync.health import health
 from woosync.keys import key
 from woosync.secrets import secrets
 
@@ -117,6 +118,7 @@ def demo(customers: int, seed: int) -> None:
 
 
 main.add_command(secrets)
+main.add_command(health)
 main.add_command(dlq)
 main.add_command(key)
 main.add_command(cleanup)

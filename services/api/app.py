@@ -4,14 +4,15 @@ Route table::
 
     GET  /healthz                                           liveness, no I/O
     GET  /readyz                                            PostgreSQL and RabbitMQ reachable
+    GET  /metrics                                           Prometheus metrics (shared.metrics)
     POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
     POST /api/v1/integrations/sync/preview                  what a sync would change (no writes)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
     GET  /openapi.json                                      the OpenAPI 3.1 document
     GET  /asyncapi.json                                     the messages (services.asyncapi)
 
-Every route but the two health checks needs an API key and takes a token from its org's rate
-limit (services.api.web.require_caller).
+Every route but the two health checks and /metrics needs an API key and takes a token from its
+org's rate limit (services.api.web.require_caller).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from uuid import UUID
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -44,6 +46,7 @@ from services.asyncapi import Served
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
 from shared.logs import log_context
+from shared.metrics import HttpMetrics, RequestMetrics, metrics_endpoint
 from shared.paths import JOB_PATH, PREVIEW_PATH, SYNC_PATH
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
@@ -60,6 +63,12 @@ def _readiness_body(database: bool, broker: bool) -> dict[str, str]:
 
 
 readyz = guarded(web.readyz(lambda r: (deps_of(r).pool, deps_of(r).broker), _readiness_body))
+
+
+async def metrics(request: Request) -> Response:
+    """Requests by route and status, FastStream's publish metrics; for the scraper, so no key:
+    publish the port only where Prometheus reaches it (docs/operations.md, "Metrics")."""
+    return await metrics_endpoint(request.app.state.runtime.registry)(request)
 
 
 @guarded
@@ -113,6 +122,7 @@ async def get_job(request: Request) -> Response:
 ROUTES = [
     Route("/healthz", web.healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
     Route(PREVIEW_PATH, preview_sync, methods=["POST"]),
@@ -148,6 +158,7 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         routes=ROUTES,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_exception_handler},
+        middleware=[Middleware(RequestMetrics, metrics=HttpMetrics(runtime.registry))],
     )
     app.state.openapi = build_openapi(
         sync_path=SYNC_PATH, job_path=JOB_PATH, preview_path=PREVIEW_PATH

@@ -47,10 +47,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+from uuid import UUID
 
 import asyncpg
 
@@ -81,6 +83,7 @@ class PageReader(Protocol):
 
 T = TypeVar("T")
 ClientFactory = Callable[[StoreConfig, int], AbstractAsyncContextManager[PageReader]]
+PageObserver = Callable[[UUID, float, str | None], None]
 
 # Extra reads allowed to close gaps, beyond two per page of the store.
 GAP_READS_SPARE = 4
@@ -115,6 +118,8 @@ class FetcherDeps:
     # WOOSYNC_MAX_MESSAGE_BYTES: a page's customers go out in as many batches as that needs.
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     preview_max_customers: int = 50_000  # WOOSYNC_PREVIEW_JOB_MAX_CUSTOMERS
+    # Told of every page read: (connection id, seconds, None or the failure's kind); metrics.
+    observe_page: PageObserver | None = None
 
 
 @dataclass
@@ -132,9 +137,20 @@ class _Job:
 
     async def fetch(self, client: PageReader, page: int | None, offset: int) -> Any:
         """Read one window; checks what the answer claims (see the module docstring)."""
-        result = await client.list_customers(
-            page=page or 1, per_page=self.batch_size, offset=offset
-        )
+        started = time.monotonic()
+        error: str | None = None
+        try:
+            result = await client.list_customers(
+                page=page or 1, per_page=self.batch_size, offset=offset
+            )
+        except Exception as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            if self.deps.observe_page is not None:
+                self.deps.observe_page(
+                    self.request.connection_id, time.monotonic() - started, error
+                )
         for name, value in (("X-WP-Total", result.total), ("X-WP-TotalPages", result.total_pages)):
             problem = items.total_problem(name, value, self.deps.max_store_customers)
             if problem:

@@ -198,6 +198,7 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         "GET /healthz",
         "GET /readyz",
         "GET /asyncapi.json",
+        "GET /metrics",
         f"POST {SYNC_PATH}",
         f"GET {JOB_PATH}",
         f"POST {PREVIEW_PATH}",
