@@ -288,4 +288,5 @@ ORG_TABLES = {
     "woo_customer_sync_queue_line": "org_id",
     "woo_sync_activity": "org_id",
     "customer": "org_id",
+    "woo_customer_sync_hold": "org_id",
 }

@@ -15,7 +15,12 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from services.api import queries as q
-from services.api.actions.common import Answer, hand_to_fetcher, too_many_syncs
+from services.api.actions.common import (
+    Answer,
+    crawl_not_stopped,
+    hand_to_fetcher,
+    too_many_syncs,
+)
 from services.api.deps import Deps
 from services.api.schemas import StartRequest, StartResult, StoreConfigIn
 from services.api.store_probe import check_store
@@ -157,6 +162,10 @@ async def _open_job_or_new(
         )
         return connection_id, running
 
+    # No open job, but a cancelled one may still be reading the store: wait for it to stop.
+    stopping = await conn.fetchval(q.SELECT_OTHER_FETCHING_JOB, org_id, connection_id, new_job_id)
+    if stopping is not None:
+        raise crawl_not_stopped(stopping)
     limit = deps.settings.max_concurrent_syncs_per_org
     if await conn.fetchval(q.COUNT_OPEN_JOBS, org_id) >= limit:
         raise too_many_syncs(limit)
