@@ -184,15 +184,16 @@ WHERE id = $1 AND org_id = $2
 """,
 )
 
-# $3 the state it resumes in (queued: sync.requested was published; processing: every page was
-# read). updated_at restarts the tracker's stall timer: paused time is no stall.
+# $3 the state it resumes in (queued: pages are left to read; processing: every page was read).
+# updated_at restarts the tracker's stall timer: paused time is no stall. crawl_stopped_at is
+# cleared: a crawl runs again, or its sync.requested is on its way, until the fetcher says so.
 RESUME_JOB = changes_state(
     "api.RESUME_JOB",
     "job",
     {Actor.API_RESUME: moves((JobState.PAUSED,), (JobState.QUEUED, JobState.PROCESSING))},
     f"""
 UPDATE woo_customer_sync_queue
-SET state = $3::text, updated_at = now(),
+SET state = $3::text, updated_at = now(), crawl_stopped_at = NULL,
     queued_at = CASE WHEN $3::text = {sql_state(JobState.QUEUED)} THEN now() ELSE queued_at END
 WHERE id = $1 AND org_id = $2 AND state = {sql_state(JobState.PAUSED)}
 """,

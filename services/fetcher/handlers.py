@@ -66,7 +66,7 @@ from shared.broker import DEFAULT_MAX_MESSAGE_BYTES, split_customer_batch
 from shared.consuming import Requeue, is_infrastructure_error
 from shared.crypto import SecretBox, UndecryptableSecret
 from shared.db import OrgScope, for_org
-from shared.lifecycle import FINAL_JOB_STATES, JobState
+from shared.lifecycle import FINAL_JOB_STATES, RUNNING_JOB_STATES, JobState
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
 from shared.urlsafety import StoreUrlError, ensure_public_url
 from shared.woocommerce import StoreConfig, StoreError
@@ -365,6 +365,12 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
             event="fetch.paused",
             details={"state": state},
         )
+        if state is None:
+            # Resumed while this crawl finished its reads: the resume left the reading on to
+            # it (it sends no sync.requested while a crawl runs), so it is handed on.
+            now = await scope.fetchval(q.SELECT_JOB_STATE, request.job_id, request.org_id)
+            if now in RUNNING_JOB_STATES:
+                await _hand_on(job)
         return
     except SliceOver:
         await _hand_on(job)
@@ -620,7 +626,7 @@ async def _read_pages(
         async with asyncio.TaskGroup() as group:
             for _ in range(concurrency):
                 group.create_task(worker())
-    except* (StoreError, CrawlFailed, JobClosed) as errors:
+    except* (StoreError, CrawlFailed, JobClosed, JobPaused) as errors:
         raise errors.exceptions[0] from None
     if job.pausing:
         raise JobPaused()

@@ -3,9 +3,11 @@
 In one transaction, the job's row locked: the batches the syncer held are published again (each
 with the retry attempt it came with) and their copies deleted, a ``sync.requested`` is published
 when pages are left to read, and the job becomes ``queued`` (or ``processing`` when every page
-was read). Every publish is confirmed before the commit; a failed one answers 503 and changes
-nothing (a batch published twice is harmless: the syncer's upserts are idempotent). The fetcher
-reads on from the first page not recorded; no recorded page is read again.
+was read). A crawl that has not yet recorded its stop (finishing its reads in flight) is sent no
+second request: it hands the job on itself when it sees it running. Every publish is confirmed
+before the commit; a failed one answers 503 and changes nothing (a batch published twice is
+harmless: the syncer's upserts are idempotent). The fetcher reads on from the first page not
+recorded; no recorded page is read again.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ async def resume_job(request: ResumeRequest, caller: Caller, deps: Deps) -> Resu
             raise not_allowed("resume", job["state"], [JobState.PAUSED])
         held = await conn.fetch(q.SELECT_HELD_BATCHES, job_id, org_id)
         fetch_resumed = job["fetch_done_at"] is None
+        # A crawl that has not recorded its stop (still finishing its reads, or its request
+        # not yet taken) reads on by itself once it sees the job running again.
+        request_fetch = fetch_resumed and job["crawl_stopped_at"] is not None
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                 for row in held:
@@ -54,7 +59,7 @@ async def resume_job(request: ResumeRequest, caller: Caller, deps: Deps) -> Resu
                     await publish_to_queue(
                         deps.broker, deps.topology.syncer_queue.name, batch, headers=headers
                     )
-                if fetch_resumed:
+                if request_fetch:
                     message = SyncRequested(
                         job_id=job_id, org_id=org_id, connection_id=job["connection_id"]
                     )
