@@ -315,7 +315,8 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
         log.info("job %s is already %s; nothing to fetch", request.job_id, row["state"])
         return
     processed = await scope.fetchval(q.MARK_JOB_PROCESSING, request.job_id, request.org_id)
-    if processed is None:
+    if processed is None:  # final, or paused or cancelled since the check above
+        await scope.fetchval(q.MARK_CRAWL_STOPPED, request.job_id, request.org_id)
         return
     log.info("job %s: reading its store (taken up %d times)", request.job_id, processed)
     await activity.record(
@@ -416,6 +417,9 @@ async def _fail(job: _Job, error: str, what: str) -> None:
         details={"error": error},
     )
     await job.deps.publish(FetchFailed(job_id=request.job_id, org_id=request.org_id, error=error))
+    # Paused or cancelled meanwhile: the tracker leaves such a job alone, so this crawl says it
+    # stopped (a resume then crawls again; a cancelled job frees its store).
+    await job.db.fetchval(q.MARK_CRAWL_STOPPED, request.job_id, request.org_id)
 
 
 async def _hand_on(job: _Job) -> None:
