@@ -17,11 +17,13 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from services.api.actions import ACTIONS, preview
 from services.api.actions.replay import ReplayResult
 from services.api.schemas import (
+    CancelResult,
     ErrorEnvelope,
     Health,
     PreviewJobAccepted,
     PreviewRequest,
     Readiness,
+    ResumeResult,
     RetryResult,
     StartResult,
     StatusResult,
@@ -38,8 +40,13 @@ ERRORS: dict[int, str] = {
     403: "The body's org_id is not the API key's organisation.",
     404: "No such job (or store connection) for this organisation (another organisation's "
     "looks the same).",
-    409: "The job is already final (force-done), or its connection is busy (retry), or the "
-    "connection's secret cannot be decrypted (preview).",
+    409: (
+        "The job's state does not allow the action (action_not_allowed: pause, resume, cancel, "
+        "retry, force-done; the message names the state), the job is already final "
+        "(force-done), its connection is busy (retry), a cancelled job of the store is "
+        "still stopping its crawl (start: crawl_not_stopped, see Retry-After), or the "
+        "connection's secret cannot be decrypted (preview)."
+    ),
     413: "The body is larger than 1 MiB.",
     415: "The body is not application/json.",
     422: "A field is invalid (the message names it), or the store refused or is unreachable.",
@@ -119,6 +126,8 @@ def _components() -> dict[str, Any]:
             ReplayResult,
             PreviewResult,
             PreviewJobAccepted,
+            ResumeResult,
+            CancelResult,
             ErrorEnvelope,
             Health,
             Readiness,
@@ -135,8 +144,11 @@ def build_openapi(*, sync_path: str, job_path: str, preview_path: str) -> dict[s
         "oneOf": [{"$ref": ref} for ref in actions.values()],
         "discriminator": {"propertyName": "action", "mapping": actions},
     }
-    any_result = [_ref(m) for m in (StartResult, StatusResult, RetryResult, ReplayResult)]
-    accepted = [_ref(m) for m in (StartResult, RetryResult, ReplayResult)]
+    any_result = [
+        _ref(m)
+        for m in (StartResult, StatusResult, RetryResult, ReplayResult, CancelResult)
+    ]
+    accepted = [_ref(m) for m in (StartResult, RetryResult, ReplayResult, ResumeResult)]
     open_route = {"security": []}
     return {
         "openapi": "3.1.0",
@@ -222,12 +234,14 @@ def build_openapi(*, sync_path: str, job_path: str, preview_path: str) -> dict[s
                     "requestBody": {"required": True, "content": _json(action_body)},
                     "responses": {
                         "200": {
-                            "description": "status, force-done, a retry or replay that changed "
-                            "nothing, or a start answered by the connection's open job.",
+                            "description": "status, force-done, pause, cancel, a retry or "
+                            "replay that changed nothing, or a start answered by the "
+                            "connection's open job.",
                             "content": _json({"anyOf": any_result}),
                         },
                         "202": {
-                            "description": "start accepted; retry or replay sent work again.",
+                            "description": "start accepted; retry or replay sent work again; "
+                            "resume sent the job on.",
                             "content": _json({"anyOf": accepted}),
                         },
                         **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503),

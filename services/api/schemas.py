@@ -109,7 +109,35 @@ class ReplayRequest(_Request):
     job_id: UUID
 
 
-ActionRequest = StartRequest | StatusRequest | RetryRequest | ForceDoneRequest | ReplayRequest
+class PauseRequest(_Request):
+    action: Literal["pause"]
+    org_id: UUID
+    job_id: UUID
+
+
+class ResumeRequest(_Request):
+    action: Literal["resume"]
+    org_id: UUID
+    job_id: UUID
+
+
+class CancelRequest(_Request):
+    action: Literal["cancel"]
+    org_id: UUID
+    job_id: UUID
+    reason: str | None = Field(None, min_length=1, max_length=500)
+
+
+ActionRequest = (
+    StartRequest
+    | StatusRequest
+    | RetryRequest
+    | ForceDoneRequest
+    | ReplayRequest
+    | PauseRequest
+    | ResumeRequest
+    | CancelRequest
+)
 # Which model validates which action, with its handler: services.api.actions.ACTIONS.
 
 
@@ -175,6 +203,17 @@ class RetryResult(StatusResult):
     @property
     def changed_anything(self) -> bool:
         return self.requeued > 0 or self.fetch_resumed or self.job_reopened
+
+
+class ResumeResult(StatusResult):
+    released: int  # batches held while paused, sent to the syncer again
+    fetch_resumed: bool  # the fetcher was asked to read on from the first unread page
+
+
+class CancelResult(StatusResult):
+    lines_cancelled: int  # open lines settled as cancelled
+    held_dropped: int  # batches held while paused, dropped
+    crawl_stopped: bool  # no crawl of the job runs: its store is free for a new sync
 
 
 class Health(BaseModel):

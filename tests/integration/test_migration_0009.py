@@ -157,7 +157,7 @@ async def test_merges_the_connections_of_one_store(before_0009: str) -> None:
         await conn.close()
 
     applied = await db.migrate_up(before_0009)
-    assert [m.version for m in applied] == [MERGE]
+    assert [m.version for m in applied][0] == MERGE  # and the later ones
 
     conn = await db.connect(before_0009)
     try:
@@ -230,8 +230,8 @@ async def test_merges_the_connections_of_one_store(before_0009: str) -> None:
     finally:
         await conn.close()
 
-    reverted = await db.migrate_down(before_0009)
-    assert [m.version for m in reverted] == [MERGE]
+    reverted = await db.migrate_down(before_0009, len(applied))
+    assert [m.version for m in reverted][-1] == MERGE
     conn = await db.connect(before_0009)
     try:
         columns: list[Any] = await conn.fetch(
