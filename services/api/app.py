@@ -5,7 +5,10 @@ Route table::
     GET  /healthz                                           liveness, no I/O
     GET  /readyz                                            PostgreSQL and RabbitMQ reachable
     POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
+    GET  /api/v1/integrations/woocommerce/sync/jobs         the org's jobs, newest first (paged)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
+    GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/lines     a job's lines by state (paged)
+    GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/activity  a job's activity log (paged)
     GET  /openapi.json                                      the OpenAPI 3.1 document
 
 Every route but the two health checks needs an API key and takes a token from its org's rate
@@ -24,16 +27,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.api.actions import dispatch
+from services.api.actions import dispatch, history
 from services.api.actions.common import read_status
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
 from services.api.openapi import build_openapi
-from services.api.schemas import Readiness
+from services.api.schemas import ActivityQuery, JobsQuery, LinesQuery, Readiness
 from services.api.web import deps_of, guarded, parse_action, read_json_object, require_caller
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
-from shared.paths import JOB_PATH, SYNC_PATH
+from shared.paths import JOB_ACTIVITY_PATH, JOB_LINES_PATH, JOB_PATH, JOBS_PATH, SYNC_PATH
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -68,23 +71,58 @@ async def sync_customers(request: Request) -> Response:
     return JSONResponse(answer.body.model_dump(mode="json"), status_code=answer.status)
 
 
+def _job_id(request: Request) -> UUID:
+    try:
+        return UUID(request.path_params["job_id"])
+    except ValueError:
+        raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
+
+
 @guarded
 async def get_job(request: Request) -> Response:
     deps = deps_of(request)
     caller = await require_caller(request, deps)
-    try:
-        job_id = UUID(request.path_params["job_id"])
-    except ValueError:
-        raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
-    status = await read_status(deps, org_id=caller.org_id, job_id=job_id)
+    status = await read_status(deps, org_id=caller.org_id, job_id=_job_id(request))
     return JSONResponse(status.model_dump(mode="json"))
+
+
+@guarded
+async def list_jobs(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    query = history.parse_query(JobsQuery, request.query_params.multi_items())
+    page = await history.list_jobs(query, caller, deps)
+    return JSONResponse(page.model_dump(mode="json"))
+
+
+@guarded
+async def list_lines(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    job_id = _job_id(request)
+    query = history.parse_query(LinesQuery, request.query_params.multi_items())
+    page = await history.list_lines(job_id, query, caller, deps)
+    return JSONResponse(page.model_dump(mode="json"))
+
+
+@guarded
+async def list_activity(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    job_id = _job_id(request)
+    query = history.parse_query(ActivityQuery, request.query_params.multi_items())
+    page = await history.list_activity(job_id, query, caller, deps)
+    return JSONResponse(page.model_dump(mode="json"))
 
 
 ROUTES = [
     Route("/healthz", web.healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
+    Route(JOBS_PATH, list_jobs, methods=["GET"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
+    Route(JOB_LINES_PATH, list_lines, methods=["GET"]),
+    Route(JOB_ACTIVITY_PATH, list_activity, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]
 
@@ -117,6 +155,12 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         lifespan=lifespan,
         exception_handlers={HTTPException: http_exception_handler},
     )
-    app.state.openapi = build_openapi(sync_path=SYNC_PATH, job_path=JOB_PATH)
+    app.state.openapi = build_openapi(
+        sync_path=SYNC_PATH,
+        job_path=JOB_PATH,
+        jobs_path=JOBS_PATH,
+        lines_path=JOB_LINES_PATH,
+        activity_path=JOB_ACTIVITY_PATH,
+    )
     app.state.runtime = runtime
     return app

@@ -35,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from services.api.app import JOB_PATH, SYNC_PATH
+from shared.paths import JOB_ACTIVITY_PATH, JOB_LINES_PATH, JOBS_PATH
 from shared.settings import Settings
 from tests.helpers import free_port
 from tools.woosim.testing import SimHandle, spawn_simulator
@@ -199,6 +200,9 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         "GET /readyz",
         f"POST {SYNC_PATH}",
         f"GET {JOB_PATH}",
+        f"GET {JOBS_PATH}",
+        f"GET {JOB_LINES_PATH}",
+        f"GET {JOB_ACTIVITY_PATH}",
     }
     seen: dict[str, set[int]] = {}
     for operation in operations:
@@ -210,3 +214,6 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     assert {200, 422} <= statuses, statuses
     assert statuses & {202, 404, 409, 429}, statuses
     assert {200, 404} <= seen[f"GET {JOB_PATH}"], seen
+    assert {200, 422} <= seen[f"GET {JOBS_PATH}"], seen
+    for path in (JOB_LINES_PATH, JOB_ACTIVITY_PATH):
+        assert {200, 404, 422} <= seen[f"GET {path}"], seen
