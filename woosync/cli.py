@@ -12,6 +12,7 @@ import click
 from shared import db
 from shared.settings import Settings
 from woosync.dlq import dlq
+from woosync.jobs import jobs
 from woosync.keys import key
 from woosync.secrets import secrets
 
@@ -118,6 +119,7 @@ def demo(customers: int, seed: int) -> None:
 main.add_command(secrets)
 main.add_command(dlq)
 main.add_command(key)
+main.add_command(jobs)
 
 if __name__ == "__main__":
     main()
