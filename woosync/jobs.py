@@ -147,16 +147,16 @@ def list_jobs(
         for item in items:
             click.echo(json.dumps(item))
         return
-    table = Table("job", "state", "store", "done", "failed", "total", "created")
-    for item in items:
+    table = Table("Job", "State", "Store", "Done", "Failed", "Total", "Created")
+    for status in items:
         table.add_row(
-            item["job_id"],
-            item["state"],
-            item["store_url"],
-            str(item["done"]),
-            str(item["failed"]),
-            str(item["total"]),
-            item["created_at"][:19].replace("T", " "),
+            status["job_id"],
+            status["state"],
+            status["store_url"],
+            str(status["done"]),
+            str(status["failed"]),
+            str(status["total"]),
+            status["created_at"][:19].replace("T", " "),
         )
     Console().print(table)
 
@@ -186,11 +186,19 @@ def show_job(client: Client, job_id: str, line_state: str, limit: int, as_json: 
         return
     console = Console()
     summary = Table(show_header=False, title=f"job {status['job_id']}")
-    for field in ("state", "total", "done", "failed", "pending", "percent", "created_at",
-                  "finished_at", "last_error"):  # fmt: skip
-        summary.add_row(field, str(status[field]))
-    summary.add_row("rate", _rate(status))
-    summary.add_row("eta", _eta(status))
+    done, failed = status["done"], status["failed"]
+    rows = {
+        "State": status["state"],
+        "Done / failed / total": f"{done} / {failed} / {status['total']}",
+        "Percent": status["percent"],
+        "Rate": _rate(status),
+        "ETA": _eta(status),
+        "Created": status["created_at"],
+        "Finished": status["finished_at"] or "-",
+        "Last error": status["last_error"] or "-",
+    }
+    for label, value in rows.items():
+        summary.add_row(label, str(value))
     console.print(summary)
     table = Table("woo_id", "attempts", "retryable", "error", title=f"{line_state} lines")
     for line in lines["items"]:
@@ -309,6 +317,7 @@ async def _show_bar(events: Any, console: Console) -> dict[str, Any] | None:
                 eta=_eta(status),
             )
     if final is not None:
-        console.print(f"job {final['job_id']}: {final['state']} ({final['done']} done, "
-                      f"{final['failed']} failed)")  # fmt: skip
+        status = final
+        done, failed = status["done"], status["failed"]
+        console.print(f"job {status['job_id']}: {status['state']} ({done} done, {failed} failed)")
     return final
