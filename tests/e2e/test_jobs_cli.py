@@ -122,6 +122,8 @@ async def test_watch_exit_codes(settings: Settings, tmp_path: Path) -> None:
         code, out, err = await jobs_cli(stack, org, "watch", str(failed), "--json")
         assert code == 1, err
         assert [json.loads(line)["event"] for line in out.splitlines()][-1] == "complete"
+        code, out, err = await jobs_cli(stack, org, "watch", str(failed))  # the bar, on stderr
+        assert code == 1 and f"job {failed}: failed" in err, (out, err)
 
         code, out, err = await jobs_cli(stack, org, "watch", str(theirs))
         assert code == 2 and "no such job" in err, err

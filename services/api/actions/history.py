@@ -82,7 +82,7 @@ def decode_cursor(kind: str, cursor: str) -> Any:
     return key
 
 
-def _jobs_key(cursor: str) -> tuple[datetime, UUID]:
+def jobs_key(cursor: str) -> tuple[datetime, UUID]:
     key = decode_cursor("jobs", cursor)
     try:
         created_at, job_id = key
@@ -91,7 +91,7 @@ def _jobs_key(cursor: str) -> tuple[datetime, UUID]:
         raise _bad_cursor() from None
 
 
-def _int_key(kind: str, cursor: str) -> int:
+def int_key(kind: str, cursor: str) -> int:
     key = decode_cursor(kind, cursor)
     if type(key) is not int or not 0 <= key < 2**63:
         raise _bad_cursor()
@@ -106,7 +106,7 @@ def _next_link(deps: Deps, path: str, params: Mapping[str, Any], cursor: str | N
 
 
 async def list_jobs(query: JobsQuery, caller: Caller, deps: Deps) -> JobsPage:
-    after = _jobs_key(query.cursor) if query.cursor else (None, None)
+    after = jobs_key(query.cursor) if query.cursor else (None, None)
     rows = await for_org(deps.pool, caller.org_id).fetch(
         q.SELECT_JOBS_PAGE,
         caller.org_id,
@@ -147,7 +147,7 @@ async def list_jobs(query: JobsQuery, caller: Caller, deps: Deps) -> JobsPage:
 
 
 async def list_lines(job_id: UUID, query: LinesQuery, caller: Caller, deps: Deps) -> LinesPage:
-    after = _int_key("lines", query.cursor) if query.cursor else None
+    after = int_key("lines", query.cursor) if query.cursor else None
     async with for_org(deps.pool, caller.org_id).transaction() as conn:
         if not await conn.fetchval(q.JOB_EXISTS, job_id, caller.org_id):
             raise job_not_found()
@@ -165,7 +165,7 @@ async def list_lines(job_id: UUID, query: LinesQuery, caller: Caller, deps: Deps
 async def list_activity(
     job_id: UUID, query: ActivityQuery, caller: Caller, deps: Deps
 ) -> ActivityPage:
-    after = _int_key("activity", query.cursor) if query.cursor else None
+    after = int_key("activity", query.cursor) if query.cursor else None
     async with for_org(deps.pool, caller.org_id).transaction() as conn:
         if not await conn.fetchval(q.JOB_EXISTS, job_id, caller.org_id):
             raise job_not_found()
