@@ -211,11 +211,9 @@ def show_job(client: Client, job_id: str, line_state: str, limit: int, as_json: 
         console.print(f"(more {line_state} lines: GET {JOB_LINES_PATH.format(job_id=job_id)})")
     activity = Table("at", "level", "event", "by", title="activity")
     for entry in log["items"]:
-        details = entry["details"]
         activity.add_row(
-            entry["at"][:19].replace("T", " "), entry["level"], entry["event"],
-            str(details.get("by", "")),
-        )  # fmt: skip
+            entry["at"][:19].replace("T", " "), entry["level"], entry["event"], entry["by"] or "-"
+        )
     console.print(activity)
 
 

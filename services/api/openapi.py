@@ -283,7 +283,7 @@ def build_openapi(
             activity_path: _page_route(
                 "listJobActivity",
                 "A job's activity log: who did what, when.",
-                "Oldest first, paged by an opaque cursor; details.by names the service, "
+                "Oldest first, paged by an opaque cursor; by names who did it, "
                 "details.api_key_id the API key of an api action.",
                 ActivityQuery,
                 ActivityPage,

@@ -212,10 +212,11 @@ class ActivityEntry(BaseModel):
     at: datetime
     level: Literal["debug", "info", "warning", "error"]
     event: str
-    details: dict[str, Any] = Field(
-        description="What happened; who did it is in 'by' (api, tracker, fetcher, ...) and, for "
-        "the api, 'api_key_id'."
+    by: str | None = Field(
+        description="Who did it: api (details.api_key_id names the key), cli, fetcher, tracker, "
+        "a migration; null when the row does not say."
     )
+    details: dict[str, Any] = Field(description="What happened, as the writer recorded it.")
 
 
 class _Page(BaseModel):

@@ -160,8 +160,9 @@ async def test_activity_is_paged_oldest_first_with_who_did_it(api: Api, store: A
     ids = [e["id"] for e in entries]
     assert ids == sorted(set(ids))
     queued = next(e for e in entries if e["event"] == "job.queued")
-    assert queued["details"]["by"] == "api" and queued["details"]["api_key_id"]
-    assert {"id", "at", "level", "event", "details"} == set(queued)
+    assert queued["by"] == "api" and queued["details"]["api_key_id"]
+    assert {"id", "at", "level", "event", "by", "details"} == set(queued)
+    assert [e["by"] for e in entries if e["event"].startswith("test.")] == ["test"] * 5
 
 
 async def test_another_orgs_job_is_404_and_never_listed(api: Api) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from services.api.actions.history import encode_cursor, int_key, jobs_key, parse_query
 from services.api.errors import ApiError
 from services.api.schemas import JobsQuery, LinesQuery
+from shared import activity
 from shared.lifecycle import JobState, LineState
 from woosync.jobs import stream_url
 
@@ -77,3 +78,19 @@ def test_watch_streams_from_the_progress_url_without_its_token() -> None:
     assert stream_url(progress, "http://127.0.0.1:8001/", job) == (
         f"http://127.0.0.1:8001/api/v1/integrations/sync/progress/{job}"
     )
+
+
+@pytest.mark.parametrize(
+    ("event", "details", "by"),
+    [
+        ("job.queued", {"by": "api", "api_key_id": "k"}, "api"),
+        ("job.failed", {"by": "migration 0009"}, "migration 0009"),
+        ("job.failed", {"total": 3}, "tracker"),
+        ("fetch.completed", {"pages": 2}, "fetcher"),
+        ("dlq.replayed", {"by": "cli"}, "cli"),
+        ("something.new", {}, None),
+        ("something.new", {"by": 5}, None),
+    ],
+)
+def test_who_did_it(event: str, details: dict[str, object], by: str | None) -> None:
+    assert activity.who(event, details) == by

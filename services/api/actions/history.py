@@ -37,7 +37,7 @@ from services.api.schemas import (
     LineSummary,
 )
 from services.api.urls import status_url
-from shared import paths
+from shared import activity, paths
 from shared.auth import Caller
 from shared.db import for_org
 
@@ -173,7 +173,7 @@ async def list_activity(
             q.SELECT_ACTIVITY_PAGE, job_id, caller.org_id, after, query.limit + 1
         )
     shown = rows[: query.limit]
-    items = [ActivityEntry(**dict(r)) for r in shown]
+    items = [ActivityEntry(**dict(r), by=activity.who(r["event"], r["details"])) for r in shown]
     cursor = encode_cursor("activity", shown[-1]["id"]) if len(rows) > query.limit else None
     path = paths.JOB_ACTIVITY_PATH.format(job_id=job_id)
     params = query.model_dump(mode="json")
