@@ -38,6 +38,8 @@ def test_a_jobs_cursor_round_trips_to_the_microsecond() -> None:
         ("lines", encode_cursor("lines", "3")),
         ("lines", encode_cursor("lines", True)),
         ("jobs", encode_cursor("jobs", ["yesterday", str(uuid4())])),
+        ("jobs", encode_cursor("jobs", ["2026-12-03T11:00:00", str(uuid4())])),  # naive
+        ("jobs", encode_cursor("jobs", ["2026-12-03T11:00:00+00:00", "x"])),
         ("jobs", encode_cursor("jobs", 5)),
         ("jobs", encode_cursor("lines", 5)),
     ],

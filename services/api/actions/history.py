@@ -86,9 +86,12 @@ def jobs_key(cursor: str) -> tuple[datetime, UUID]:
     key = decode_cursor("jobs", cursor)
     try:
         created_at, job_id = key
-        return datetime.fromisoformat(created_at), UUID(job_id)
+        at, job = datetime.fromisoformat(created_at), UUID(job_id)
     except (TypeError, ValueError):
         raise _bad_cursor() from None
+    if at.tzinfo is None:  # the cursors given out are UTC; a naive time would be guessed at
+        raise _bad_cursor()
+    return at, job
 
 
 def int_key(kind: str, cursor: str) -> int:
