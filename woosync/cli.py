@@ -14,6 +14,7 @@ from shared.settings import Settings
 from woosync.cleanup import cleanup
 from woosync.dlq import dlq
 from woosync.health import health
+from woosync.jobs import jobs
 from woosync.keys import key
 from woosync.secrets import secrets
 
@@ -122,6 +123,7 @@ main.add_command(health)
 main.add_command(dlq)
 main.add_command(key)
 main.add_command(cleanup)
+main.add_command(jobs)
 
 if __name__ == "__main__":
     main()
