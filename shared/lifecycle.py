@@ -35,6 +35,7 @@ class LineState(StrEnum):
     PROCESSING = "processing"  # the syncer failed it once; a retry is on its way
     DONE = "done"
     FAILED = "failed"  # parked (its payload kept) or unsyncable (no payload)
+    CONFLICT = "conflict"  # edited in MantisNXT and in the store: waits for a person (manual)
 
 
 OPEN_JOB_STATES: frozenset[JobState] = frozenset(
@@ -43,7 +44,10 @@ OPEN_JOB_STATES: frozenset[JobState] = frozenset(
 # Handed to the fetcher: the states the tracker finishes and watches for stalls.
 RUNNING_JOB_STATES: frozenset[JobState] = frozenset({JobState.QUEUED, JobState.PROCESSING})
 FINAL_JOB_STATES: frozenset[JobState] = frozenset({JobState.DONE, JobState.FAILED})
-OPEN_LINE_STATES: frozenset[LineState] = frozenset({LineState.PENDING, LineState.PROCESSING})
+# Not settled: a job with such lines is not finished. A conflict waits for a person, the others
+# for a service (IN_FLIGHT_LINE_STATES).
+IN_FLIGHT_LINE_STATES: frozenset[LineState] = frozenset({LineState.PENDING, LineState.PROCESSING})
+OPEN_LINE_STATES: frozenset[LineState] = IN_FLIGHT_LINE_STATES | {LineState.CONFLICT}
 FINAL_LINE_STATES: frozenset[LineState] = frozenset({LineState.DONE, LineState.FAILED})
 
 # As pydantic fields (validated into the enum, shown in JSON schemas as a plain string enum):
@@ -61,6 +65,7 @@ class Actor(StrEnum):
     API_RETRY = "api retry"
     API_FORCE_DONE = "api force-done"
     REPLAY = "replay"  # the api's replay action and the operator's ``woosync dlq replay``
+    API_RESOLVE = "api resolve-conflicts"
     FETCHER = "fetcher"
     SYNCER = "syncer"
     TRACKER = "tracker"
@@ -129,7 +134,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(
         Actor.FETCHER,
         "line",
-        (L.PENDING, L.PROCESSING, L.DONE),
+        (L.PENDING, L.PROCESSING, L.DONE, L.CONFLICT),
         L.FAILED,
         "a customer too large to send",
     ),
@@ -154,8 +159,16 @@ TRANSITIONS: tuple[Transition, ...] = (
         L.FAILED,
         "retries spent: parked",
     ),
+    Transition(
+        Actor.SYNCER,
+        "line",
+        (None, L.PENDING, L.PROCESSING, L.FAILED),
+        L.CONFLICT,
+        "edited in MantisNXT and the store (manual policy)",
+    ),
     Transition(Actor.API_RETRY, "line", (L.FAILED,), L.PENDING, "sent to the syncer again"),
     Transition(Actor.REPLAY, "line", (L.FAILED,), L.PENDING, "sent to the syncer again"),
+    Transition(Actor.API_RESOLVE, "line", (L.CONFLICT,), L.DONE, "a person took one version"),
 )
 
 
@@ -202,9 +215,7 @@ def moves(sources: Iterable[State | None], targets: Iterable[State]) -> frozense
     return frozenset((s, t) for s in sources for t in targets)
 
 
-def changes_state(
-    name: str, entity: Entity, by: Mapping[Actor, frozenset[Move]], sql: str
-) -> str:
+def changes_state(name: str, entity: Entity, by: Mapping[Actor, frozenset[Move]], sql: str) -> str:
     """Register a statement that changes a job's or a line's state; returns the SQL as is."""
     if name in STATE_CHANGES and STATE_CHANGES[name].sql != sql:
         raise ValueError(f"two state changes named {name}")
@@ -338,8 +349,6 @@ def mermaid(entity: Entity) -> str:
                 edges[key].append(t.actor.value)
     lines = ["stateDiagram-v2"]
     lines += [f"    {s} --> {t}: {', '.join(actors)}" for (s, t), actors in edges.items()]
-    final, word = (
-        (FINAL_JOB_STATES, "final") if entity == "job" else (FINAL_LINE_STATES, "settled")
-    )
+    final, word = (FINAL_JOB_STATES, "final") if entity == "job" else (FINAL_LINE_STATES, "settled")
     lines += [f"    note right of {s.value} : {word}" for s in sorted(final)]
     return "\n".join(lines)

@@ -6,15 +6,48 @@ Both statements take their whole set at once (the customers as one array per col
 cannot deadlock each other.
 """
 
-from shared.lifecycle import Actor, LineState, changes_state, moves, sql_state
+from shared.lifecycle import Actor, LineState, changes_state, moves, sql_in
 from shared.mapping import CUSTOMER_COLUMNS
 
 # The job must exist and belong to the org the batch names (tenant isolation). Its connection,
 # not the batch's, is where the customers go: a batch queued before migration 0009 merged its
 # store's connections names one that no longer exists, and the job was moved to the survivor.
+# With the job's conflict policy, else its connection's (shared.conflicts).
 SELECT_JOB_CONNECTION = """
-SELECT connection_id FROM woo_customer_sync_queue
-WHERE id = $1 AND org_id = $2
+SELECT j.connection_id, COALESCE(j.conflict_policy, c.conflict_policy) AS conflict_policy
+FROM woo_customer_sync_queue j
+JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
+WHERE j.id = $1 AND j.org_id = $2
+"""
+
+# woosync's own writes to customer in this transaction: migration 0017's trigger does not stamp
+# them as MantisNXT edits (customer.mantis_updated_at).
+MARK_WOOSYNC_WRITER = "SELECT set_config('woosync.writer', 'syncer', true)"
+
+# $1 org_id, $2 connection_id, $3 bigint[] woo_ids. The stored rows among them that were edited
+# in MantisNXT since their last sync (the only ones that can be conflicts), with what decides a
+# conflict and MantisNXT's version as it is now (what a waiting conflict line keeps).
+SELECT_EDITED_CUSTOMERS = """
+SELECT c.woo_id, c.source_hash, c.woo_date_modified, c.synced_at, c.mantis_updated_at,
+       to_jsonb(c) - 'raw' - 'org_id' - 'connection_id' AS mantis_version
+FROM customer AS c
+WHERE c.org_id = $1 AND c.connection_id = $2 AND c.woo_id = ANY($3::bigint[])
+  AND c.mantis_updated_at > c.synced_at
+ORDER BY c.woo_id
+"""
+
+# $1 org_id, $2 connection_id, then woo_id, source_hash, woo_date_modified and raw JSON text
+# arrays. MantisNXT's row wins a conflict: its columns stay, and the store's version is recorded
+# as seen (synced_at moves on), so the same store version is no conflict at the next sync.
+KEEP_MANTIS_VERSIONS = """
+UPDATE customer AS c
+SET source_hash = r.source_hash,
+    woo_date_modified = r.woo_date_modified,
+    raw = r.raw_json::jsonb,
+    synced_at = now()
+FROM unnest($3::bigint[], $4::text[], $5::timestamptz[], $6::text[])
+     AS r(woo_id, source_hash, woo_date_modified, raw_json)
+WHERE c.org_id = $1 AND c.connection_id = $2 AND c.woo_id = r.woo_id
 """
 
 # What each customer travels as: one array per field, $3 onwards in this order, with the type of
@@ -107,29 +140,32 @@ WHERE c.source_hash IS DISTINCT FROM i.source_hash
 ORDER BY i.woo_id
 """
 
-# $1 job_id, $2 org_id, $3: jsonb array of {woo_id, state, error, warning, payload}, woo_ids
-# unique. Every line this delivery settled, whatever its outcome: done clears the error and the
-# kept payload and records the warning, if any (NUL removed, stale payload left alone);
-# processing (a retry is on its way) records the error; failed (parked) keeps the
-# raw customer so an operator's retry can resend it. A line already done is never touched, so
-# a redelivered or replayed batch changes nothing; a line the fetcher never recorded (replays)
-# is created. A line of another org is left alone.
+# $1 job_id, $2 org_id, $3: jsonb array of {woo_id, state, error, warning, payload,
+# mantis_version}, woo_ids unique. Every line this delivery settled, whatever its outcome: done
+# clears the error and the kept payload and records the warning, if any (NUL removed, stale
+# payload left alone, a conflict a policy settled); processing (a retry is on its way) records
+# the error; failed (parked) keeps the raw customer so an operator's retry can resend it;
+# conflict keeps the store's customer and MantisNXT's row. A line already done, or waiting as a
+# conflict (only a person settles it), is never touched, so a redelivered or replayed batch
+# changes nothing; a line the fetcher never recorded (replays) is created. A line of another org
+# is left alone.
 SETTLE_LINES = changes_state(
     "syncer.SETTLE_LINES",
     "line",
     {
         Actor.SYNCER: moves(
             (None, LineState.PENDING, LineState.PROCESSING, LineState.FAILED),
-            (LineState.DONE, LineState.PROCESSING, LineState.FAILED),
+            (LineState.DONE, LineState.PROCESSING, LineState.FAILED, LineState.CONFLICT),
         )
     },
     f"""
 INSERT INTO woo_customer_sync_queue_line AS l (
-    job_id, woo_id, org_id, state, attempts, last_error, warning, payload
+    job_id, woo_id, org_id, state, attempts, last_error, warning, payload, mantis_version
 )
-SELECT $1, x.woo_id, $2, x.state, 1, x.error, x.warning, x.payload
+SELECT $1, x.woo_id, $2, x.state, 1, x.error, x.warning, x.payload, x.mantis_version
 FROM jsonb_to_recordset($3::jsonb)
-     AS x(woo_id bigint, state text, error text, warning text, payload jsonb)
+     AS x(woo_id bigint, state text, error text, warning text, payload jsonb,
+          mantis_version jsonb)
 ORDER BY x.woo_id
 ON CONFLICT (job_id, woo_id) DO UPDATE SET
     state = EXCLUDED.state,
@@ -137,7 +173,9 @@ ON CONFLICT (job_id, woo_id) DO UPDATE SET
     last_error = EXCLUDED.last_error,
     warning = EXCLUDED.warning,
     payload = EXCLUDED.payload,
+    mantis_version = EXCLUDED.mantis_version,
     updated_at = now()
-WHERE l.state <> {sql_state(LineState.DONE)} AND l.org_id = EXCLUDED.org_id
+WHERE l.state NOT IN {sql_in((LineState.DONE, LineState.CONFLICT))}
+  AND l.org_id = EXCLUDED.org_id
 """,
 )
