@@ -25,10 +25,13 @@ manual     nothing is written; the line waits as ``conflict`` with both versions
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
+
+from shared.mapping import CustomerRow
 
 
 class ConflictPolicy(StrEnum):
@@ -127,6 +130,35 @@ def warning(outcome: Outcome, policy: ConflictPolicy, stored: StoredVersion) -> 
             "the store's changes were skipped"
         )
     return None
+
+
+# woosync's own writes to customer in this transaction: migration 0017's trigger does not stamp
+# them as MantisNXT edits (customer.mantis_updated_at).
+MARK_WOOSYNC_WRITER = "SELECT set_config('woosync.writer', 'syncer', true)"
+
+# $1 org_id, $2 connection_id, then woo_id, source_hash, woo_date_modified and raw JSON text
+# arrays. MantisNXT's row wins a conflict: its columns stay, and the store's version is recorded
+# as seen (synced_at moves on), so the same store version is no conflict at the next sync.
+KEEP_MANTIS_VERSIONS = """
+UPDATE customer AS c
+SET source_hash = r.source_hash,
+    woo_date_modified = r.woo_date_modified,
+    raw = r.raw_json::jsonb,
+    synced_at = now()
+FROM unnest($3::bigint[], $4::text[], $5::timestamptz[], $6::text[])
+     AS r(woo_id, source_hash, woo_date_modified, raw_json)
+WHERE c.org_id = $1 AND c.connection_id = $2 AND c.woo_id = r.woo_id
+"""
+
+
+def keep_arguments(rows: Sequence[CustomerRow]) -> list[list[Any]]:
+    """KEEP_MANTIS_VERSIONS' arrays after the org and connection: the store versions seen."""
+    return [
+        [row.woo_id for row in rows],
+        [row.source_hash for row in rows],
+        [row.woo_date_modified for row in rows],
+        [row.raw_json for row in rows],
+    ]
 
 
 # The customer fields a person compares (the columns shared.mapping fills from the store).

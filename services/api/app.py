@@ -4,8 +4,10 @@ Route table::
 
     GET  /healthz                                           liveness, no I/O
     GET  /readyz                                            PostgreSQL and RabbitMQ reachable
-    POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
+    POST /api/v1/integrations/woocommerce/sync/customers    the actions: start, status, retry,
+                                                            force-done, replay, resolve-conflicts
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
+    GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/conflicts   its waiting conflicts, paged
     GET  /openapi.json                                      the OpenAPI 3.1 document
 
 Every route but the two health checks needs an API key and takes a token from its org's rate
@@ -24,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.api.actions import dispatch
+from services.api.actions import conflicts, dispatch
 from services.api.actions.common import read_status
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
@@ -33,7 +35,7 @@ from services.api.schemas import Readiness
 from services.api.web import deps_of, guarded, parse_action, read_json_object, require_caller
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
-from shared.paths import JOB_PATH, SYNC_PATH
+from shared.paths import CONFLICTS_PATH, JOB_PATH, SYNC_PATH
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -80,11 +82,37 @@ async def get_job(request: Request) -> Response:
     return JSONResponse(status.model_dump(mode="json"))
 
 
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise ApiError(422, "invalid_request", f"{name}: must be an integer from {low} to {high}")
+    return int(raw)
+
+
+@guarded
+async def get_conflicts(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    try:
+        job_id = UUID(request.path_params["job_id"])
+    except ValueError:
+        raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
+    limit = _query_int(request, "limit", conflicts.DEFAULT_PAGE, 1, conflicts.MAX_PAGE)
+    after = _query_int(request, "after", 0, 0, 2**63 - 1)
+    page = await conflicts.list_conflicts(
+        deps, org_id=caller.org_id, job_id=job_id, after=after, limit=limit
+    )
+    return JSONResponse(page.model_dump(mode="json"))
+
+
 ROUTES = [
     Route("/healthz", web.healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
+    Route(CONFLICTS_PATH, get_conflicts, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]
 
@@ -117,6 +145,8 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         lifespan=lifespan,
         exception_handlers={HTTPException: http_exception_handler},
     )
-    app.state.openapi = build_openapi(sync_path=SYNC_PATH, job_path=JOB_PATH)
+    app.state.openapi = build_openapi(
+        sync_path=SYNC_PATH, job_path=JOB_PATH, conflicts_path=CONFLICTS_PATH
+    )
     app.state.runtime = runtime
     return app

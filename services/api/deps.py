@@ -16,6 +16,7 @@ from shared.web import RefusedCallers
 
 __all__ = ["Deps", "StoreChecks", "StoreClientFactory", "store_client_factory"]
 
+
 @dataclass(frozen=True)
 class Deps:
     settings: Settings

@@ -15,11 +15,14 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from services.api.actions import ACTIONS
+from services.api.actions.conflicts import DEFAULT_PAGE, MAX_PAGE
 from services.api.actions.replay import ReplayResult
 from services.api.schemas import (
+    ConflictPage,
     ErrorEnvelope,
     Health,
     Readiness,
+    ResolveResult,
     RetryResult,
     StartResult,
     StatusResult,
@@ -34,7 +37,8 @@ ERRORS: dict[int, str] = {
     401: "Missing, malformed, unknown or revoked API key (one answer for all).",
     403: "The body's org_id is not the API key's organisation.",
     404: "No such job for this organisation (another organisation's job looks the same).",
-    409: "The job is already final (force-done), or its connection is busy (retry).",
+    409: "The job is already final (force-done), its connection is busy (retry), or the "
+    "customer is not waiting as a conflict (resolve-conflicts).",
     413: "The body is larger than 1 MiB.",
     415: "The body is not application/json.",
     422: "A field is invalid (the message names it), or the store refused or is unreachable.",
@@ -95,6 +99,8 @@ def _components() -> dict[str, Any]:
             StatusResult,
             RetryResult,
             ReplayResult,
+            ResolveResult,
+            ConflictPage,
             ErrorEnvelope,
             Health,
             Readiness,
@@ -104,14 +110,16 @@ def _components() -> dict[str, Any]:
     return dict(schemas.get("$defs", {}))
 
 
-def build_openapi(*, sync_path: str, job_path: str) -> dict[str, Any]:
+def build_openapi(*, sync_path: str, job_path: str, conflicts_path: str) -> dict[str, Any]:
     """The document for the api's routes (paths passed in by the route table)."""
     actions = {name: REF.format(model=a.model.__name__) for name, a in ACTIONS.items()}
     action_body = {
         "oneOf": [{"$ref": ref} for ref in actions.values()],
         "discriminator": {"propertyName": "action", "mapping": actions},
     }
-    any_result = [_ref(m) for m in (StartResult, StatusResult, RetryResult, ReplayResult)]
+    any_result = [
+        _ref(m) for m in (StartResult, StatusResult, RetryResult, ReplayResult, ResolveResult)
+    ]
     accepted = [_ref(m) for m in (StartResult, RetryResult, ReplayResult)]
     open_route = {"security": []}
     return {
@@ -137,9 +145,7 @@ def build_openapi(*, sync_path: str, job_path: str) -> dict[str, Any]:
                     "operationId": "healthz",
                     "summary": "Liveness: the process answers.",
                     **open_route,
-                    "responses": {
-                        "200": {"description": "Alive.", "content": _json(_ref(Health))}
-                    },
+                    "responses": {"200": {"description": "Alive.", "content": _json(_ref(Health))}},
                 }
             },
             "/readyz": {
@@ -174,8 +180,9 @@ def build_openapi(*, sync_path: str, job_path: str) -> dict[str, Any]:
                     "requestBody": {"required": True, "content": _json(action_body)},
                     "responses": {
                         "200": {
-                            "description": "status, force-done, a retry or replay that changed "
-                            "nothing, or a start answered by the connection's open job.",
+                            "description": "status, force-done, resolve-conflicts, a retry or "
+                            "replay that changed nothing, or a start answered by the connection's "
+                            "open job.",
                             "content": _json({"anyOf": any_result}),
                         },
                         "202": {
@@ -200,6 +207,50 @@ def build_openapi(*, sync_path: str, job_path: str) -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {"description": "The job.", "content": _json(_ref(StatusResult))},
+                        **_errors(401, 404, 422, 429, 500),
+                    },
+                }
+            },
+            conflicts_path: {
+                "get": {
+                    "operationId": "listConflicts",
+                    "summary": "The job's conflicts waiting for a person (manual policy), paged.",
+                    "description": (
+                        "Each conflict has both versions (woo: the store's customer as read; "
+                        "mantis: MantisNXT's row when the conflict was found) and the fields "
+                        "that differ. Ordered by woo_id; pass next_after as after for the next "
+                        "page. Resolve them with the resolve-conflicts action."
+                    ),
+                    "parameters": [
+                        {
+                            "name": "job_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "format": "uuid"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": MAX_PAGE,
+                                "default": DEFAULT_PAGE,
+                            },
+                        },
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 0, "default": 0},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "One page of conflicts.",
+                            "content": _json(_ref(ConflictPage)),
+                        },
                         **_errors(401, 404, 422, 429, 500),
                     },
                 }

@@ -75,6 +75,7 @@ from uuid import UUID, uuid5
 import asyncpg
 
 from services.syncer import queries as q
+from shared import conflicts
 from shared.conflicts import DEFAULT_POLICY, ConflictPolicy, Outcome, StoredVersion, decide
 from shared.conflicts import warning as conflict_warning
 from shared.db import for_org
@@ -208,7 +209,7 @@ async def handle_customer_batch(
         if connection_id != batch.connection_id:
             rows = [replace(row, connection_id=connection_id) for row in rows]
         policy = ConflictPolicy(job["conflict_policy"] or DEFAULT_POLICY)
-        await conn.execute(q.MARK_WOOSYNC_WRITER)
+        await conn.execute(conflicts.MARK_WOOSYNC_WRITER)
         await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
         rows, held, taken = await settle_conflicts(conn, rows, policy)
         synced, refused, stale = await upsert_isolating(conn, rows)
@@ -284,18 +285,10 @@ async def settle_conflicts(
         )
     kept = [h.row for h in held if h.outcome == Outcome.KEEP_MANTIS]
     if kept:
-        await conn.execute(q.KEEP_MANTIS_VERSIONS, org_id, connection_id, *keep_arguments(kept))
+        await conn.execute(
+            conflicts.KEEP_MANTIS_VERSIONS, org_id, connection_id, *conflicts.keep_arguments(kept)
+        )
     return upsert, held, taken
-
-
-def keep_arguments(rows: Sequence[CustomerRow]) -> list[list[Any]]:
-    """KEEP_MANTIS_VERSIONS' arrays after the org and connection: the store versions seen."""
-    return [
-        [row.woo_id for row in rows],
-        [row.source_hash for row in rows],
-        [row.woo_date_modified for row in rows],
-        [row.raw_json for row in rows],
-    ]
 
 
 def _stored_version(record: asyncpg.Record) -> StoredVersion:

@@ -20,10 +20,6 @@ JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
 WHERE j.id = $1 AND j.org_id = $2
 """
 
-# woosync's own writes to customer in this transaction: migration 0017's trigger does not stamp
-# them as MantisNXT edits (customer.mantis_updated_at).
-MARK_WOOSYNC_WRITER = "SELECT set_config('woosync.writer', 'syncer', true)"
-
 # $1 org_id, $2 connection_id, $3 bigint[] woo_ids. The stored rows among them that were edited
 # in MantisNXT since their last sync (the only ones that can be conflicts), with what decides a
 # conflict and MantisNXT's version as it is now (what a waiting conflict line keeps).
@@ -34,20 +30,6 @@ FROM customer AS c
 WHERE c.org_id = $1 AND c.connection_id = $2 AND c.woo_id = ANY($3::bigint[])
   AND c.mantis_updated_at > c.synced_at
 ORDER BY c.woo_id
-"""
-
-# $1 org_id, $2 connection_id, then woo_id, source_hash, woo_date_modified and raw JSON text
-# arrays. MantisNXT's row wins a conflict: its columns stay, and the store's version is recorded
-# as seen (synced_at moves on), so the same store version is no conflict at the next sync.
-KEEP_MANTIS_VERSIONS = """
-UPDATE customer AS c
-SET source_hash = r.source_hash,
-    woo_date_modified = r.woo_date_modified,
-    raw = r.raw_json::jsonb,
-    synced_at = now()
-FROM unnest($3::bigint[], $4::text[], $5::timestamptz[], $6::text[])
-     AS r(woo_id, source_hash, woo_date_modified, raw_json)
-WHERE c.org_id = $1 AND c.connection_id = $2 AND c.woo_id = r.woo_id
 """
 
 # What each customer travels as: one array per field, $3 onwards in this order, with the type of

@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services.api.app import JOB_PATH, SYNC_PATH
+from services.api.app import CONFLICTS_PATH, JOB_PATH, SYNC_PATH
 from shared.settings import Settings
 from tests.helpers import free_port
 from tools.woosim.testing import SimHandle, spawn_simulator
@@ -185,9 +185,9 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     request_body = document["paths"][SYNC_PATH]["post"]["requestBody"]
     actions = request_body["content"]["application/json"]["schema"]
     assert set(actions["discriminator"]["mapping"]) == {
-        "start", "status", "retry", "force-done", "replay"
+        "start", "status", "retry", "force-done", "replay", "resolve-conflicts"
     }
-    assert len(actions["oneOf"]) == 5
+    assert len(actions["oneOf"]) == 6
 
     schema = schemathesis.openapi.from_url(
         f"{live_api.url}/openapi.json", headers=live_api.auth, timeout=10
@@ -199,6 +199,7 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         "GET /readyz",
         f"POST {SYNC_PATH}",
         f"GET {JOB_PATH}",
+        f"GET {CONFLICTS_PATH}",
     }
     seen: dict[str, set[int]] = {}
     for operation in operations:
@@ -210,3 +211,4 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     assert {200, 422} <= statuses, statuses
     assert statuses & {202, 404, 409, 429}, statuses
     assert {200, 404} <= seen[f"GET {JOB_PATH}"], seen
+    assert {200, 404, 422} <= seen[f"GET {CONFLICTS_PATH}"], seen

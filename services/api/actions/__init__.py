@@ -12,13 +12,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.api.actions import force_done, replay, retry, start, status
+from services.api.actions import conflicts, force_done, replay, retry, start, status
 from services.api.actions.common import Answer
 from services.api.deps import Deps
 from services.api.schemas import (
     ActionRequest,
     ForceDoneRequest,
     ReplayRequest,
+    ResolveConflictsRequest,
     RetryRequest,
     StartRequest,
     StatusRequest,
@@ -40,6 +41,9 @@ ACTIONS: dict[str, Action] = {
     "retry": Action(RetryRequest, retry.answer, retry.SUMMARY),
     "force-done": Action(ForceDoneRequest, force_done.answer, force_done.SUMMARY),
     "replay": Action(ReplayRequest, replay.answer, replay.SUMMARY),
+    "resolve-conflicts": Action(
+        ResolveConflictsRequest, conflicts.answer, conflicts.SUMMARY, conflicts.NOTE
+    ),
 }
 
 ACTION_MODELS: dict[str, type[ActionRequest]] = {
