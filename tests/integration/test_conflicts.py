@@ -5,6 +5,7 @@ input and 409."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -18,8 +19,9 @@ from shared.conflicts import ConflictPolicy
 from shared.db import for_org
 from shared.jobs import get_status
 from shared.paths import CONFLICTS_PATH, JOB_PATH
+from shared.settings import Settings
 from tests.factories import Job, make_sync_job, small_customer
-from tests.helpers import Api, error_of
+from tests.helpers import Api, error_of, woosync
 
 OLD = "2020-01-01T00:00:00"  # a store change older than any MantisNXT edit made by a test
 NEW = "2099-01-01T00:00:00"  # and one newer
@@ -311,3 +313,24 @@ async def test_the_database_accepts_exactly_the_policies(pool: asyncpg.Pool) -> 
     for table in ("woo_connections", "woo_customer_sync_queue"):
         with pytest.raises(asyncpg.CheckViolationError):
             await pool.execute(f"UPDATE {table} SET conflict_policy = 'store_wins'")
+
+
+async def test_the_operator_sets_a_connections_policy_and_the_syncer_follows_it(
+    settings: Settings, pool: asyncpg.Pool, app_pool: asyncpg.Pool
+) -> None:
+    job = await make_sync_job(pool)  # no policy of its own: the connection's
+    shown = json.loads(await woosync(settings, "conflicts", "policy", str(job.connection_id)))
+    assert shown["conflict_policy"] == "woo_wins"
+    changed = json.loads(
+        await woosync(settings, "conflicts", "policy", str(job.connection_id), "mantis_wins")
+    )
+    assert (changed["conflict_policy"], changed["previous"]) == ("mantis_wins", "woo_wins")
+    audit = await pool.fetchrow(
+        "SELECT org_id, details FROM woo_sync_activity WHERE event = 'connection.conflict_policy'"
+    )
+    assert audit["org_id"] == job.org_id and audit["details"]["by"] == "cli"
+
+    await sync(app_pool, job, [first(1, "Woo")])
+    await edit_in_mantis(pool, job, [1], "Mantis")
+    await sync(app_pool, job, [first(1, "Store", NEW)])
+    assert (await customers(pool, job))[1]["first_name"] == "Mantis"
