@@ -41,7 +41,8 @@ ERRORS: dict[int, str] = {
     "customer is not waiting as a conflict (resolve-conflicts).",
     413: "The body is larger than 1 MiB.",
     415: "The body is not application/json.",
-    422: "A field is invalid (the message names it), or the store refused or is unreachable.",
+    422: "A field is invalid (the message names it), the store refused or is unreachable, or "
+    "the database refused the store's version of a conflict (resolve-conflicts).",
     429: "Rate limit of the organisation, or its cap of open syncs; see Retry-After.",
     500: "Unexpected error (details only in the server's log).",
     503: "The message broker is unavailable; nothing was lost, try again.",
