@@ -18,7 +18,7 @@ from shared.auth import create_org
 from shared.conflicts import ConflictPolicy
 from shared.db import for_org
 from shared.jobs import get_status
-from shared.paths import CONFLICTS_PATH, JOB_PATH
+from shared.paths import CONFLICTS_PATH, JOB_PATH, SYNC_PATH
 from shared.settings import Settings
 from tests.factories import Job, make_sync_job, small_customer
 from tests.helpers import Api, error_of, woosync
@@ -255,6 +255,8 @@ async def test_conflict_routes_keep_tenancy_and_refuse_bad_input_changing_nothin
     before = (await lines(api.pool, job), await customers(api.pool, job))
 
     assert (await api.client.get(path)).status_code == 401
+    unsigned = await api.client.post(SYNC_PATH, json=resolve(api, job, "woo", all=True))
+    assert error_of(unsigned) == (401, "unauthorized")
     other_org, other_key = await create_org(api.pool, "other")
     assert error_of(await api.get(path, key=other_key)) == (404, "job_not_found")
     theirs = resolve(api, job, "woo", all=True) | {"org_id": str(other_org)}
