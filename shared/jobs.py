@@ -16,8 +16,16 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel, Field
 
+from shared.conflicts import DEFAULT_POLICY, ConflictPolicyField
 from shared.db import OrgScope
-from shared.lifecycle import FINAL_JOB_STATES, FINAL_LINE_STATES, JobStateField, sql_in
+from shared.lifecycle import (
+    FINAL_JOB_STATES,
+    FINAL_LINE_STATES,
+    JobStateField,
+    LineState,
+    sql_in,
+    sql_state,
+)
 from shared.preview import PreviewResult
 
 RATE_WINDOW_S = 30.0
@@ -30,6 +38,12 @@ SELECT_JOB_STATUS = f"""
 SELECT j.id, j.org_id, j.connection_id, j.state, j.total, j.done_count, j.failed_count,
        j.store_total, j.pages_total, j.process_count, j.fetch_done_at, j.created_at,
        j.started_at, j.finished_at, j.updated_at, j.last_error, j.kind, j.preview_result,
+       (SELECT count(*)::int FROM woo_customer_sync_queue_line l
+        WHERE l.job_id = j.id AND l.org_id = j.org_id
+          AND l.state = {sql_state(LineState.CONFLICT)}) AS conflicts,
+       COALESCE(j.conflict_policy,
+                (SELECT c.conflict_policy FROM woo_connections c
+                 WHERE c.id = j.connection_id AND c.org_id = j.org_id)) AS conflict_policy,
        CASE WHEN j.state NOT IN {sql_in(FINAL_JOB_STATES)} THEN (
            SELECT count(*) FROM woo_customer_sync_queue_line l
            WHERE l.job_id = j.id AND l.org_id = j.org_id
@@ -49,7 +63,8 @@ class JobStatus(BaseModel):
     total: int
     done: int
     failed: int
-    pending: int
+    conflicts: int  # lines waiting as conflicts for a person (manual policy); keep the job open
+    pending: int  # neither settled nor waiting as conflicts: on their way
     percent: float
     store_total: int | None
     pages_total: int | None
@@ -74,6 +89,7 @@ class JobStatus(BaseModel):
         description="Seconds until every expected customer is settled at rate_per_s; null when "
         "final, when the total is not known yet, or while nothing settles.",
     )
+    conflict_policy: ConflictPolicyField  # the job's own, else its connection's
 
     @property
     def is_final(self) -> bool:
@@ -107,12 +123,13 @@ def status_from_row(row: asyncpg.Record, window_s: float = RATE_WINDOW_S) -> Job
     # Until every page is read, the store's own total is the best denominator we have.
     total = row["total"] if row["fetch_done_at"] else max(row["total"], row["store_total"] or 0)
     settled = row["done_count"] + row["failed_count"]
+    conflicts = row["conflicts"]
     percent = (
         100.0
         if total == 0 and row["fetch_done_at"]
         else (round(100.0 * settled / total, 2) if total else 0.0)
     )
-    pending = max(total - settled, 0)
+    pending = max(total - settled - conflicts, 0)
     final = row["state"] in FINAL_JOB_STATES
     rate = None if final else rate_per_s(row["recent_settled"], row["age_s"], window_s)
     total_known = row["fetch_done_at"] is not None or row["store_total"] is not None
@@ -123,6 +140,7 @@ def status_from_row(row: asyncpg.Record, window_s: float = RATE_WINDOW_S) -> Job
         total=total,
         done=row["done_count"],
         failed=row["failed_count"],
+        conflicts=conflicts,
         pending=pending,
         percent=percent,
         store_total=row["store_total"],
@@ -138,6 +156,7 @@ def status_from_row(row: asyncpg.Record, window_s: float = RATE_WINDOW_S) -> Job
         preview=row["preview_result"],
         rate_per_s=rate,
         eta_s=None if final else eta_s(pending, rate, total_known=total_known),
+        conflict_policy=row["conflict_policy"] or DEFAULT_POLICY,
     )
 
 

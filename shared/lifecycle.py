@@ -38,6 +38,7 @@ class LineState(StrEnum):
     DONE = "done"
     FAILED = "failed"  # parked (its payload kept) or unsyncable (no payload)
     CANCELLED = "cancelled"  # its job was cancelled before it was settled
+    CONFLICT = "conflict"  # edited in MantisNXT and in the store: waits for a person (manual)
 
 
 # Open: counts against the org's cap and holds its connection (a paused job resumes).
@@ -53,7 +54,10 @@ RUNNING_JOB_STATES: frozenset[JobState] = frozenset({JobState.QUEUED, JobState.P
 FINAL_JOB_STATES: frozenset[JobState] = frozenset(
     {JobState.DONE, JobState.FAILED, JobState.CANCELLED}
 )
-OPEN_LINE_STATES: frozenset[LineState] = frozenset({LineState.PENDING, LineState.PROCESSING})
+# Not settled: a job with such lines is not finished. A conflict waits for a person, the others
+# for a service (IN_FLIGHT_LINE_STATES).
+IN_FLIGHT_LINE_STATES: frozenset[LineState] = frozenset({LineState.PENDING, LineState.PROCESSING})
+OPEN_LINE_STATES: frozenset[LineState] = IN_FLIGHT_LINE_STATES | {LineState.CONFLICT}
 FINAL_LINE_STATES: frozenset[LineState] = frozenset(
     {LineState.DONE, LineState.FAILED, LineState.CANCELLED}
 )
@@ -82,6 +86,7 @@ class Actor(StrEnum):
     API_RESUME = "api resume"
     API_CANCEL = "api cancel"
     REPLAY = "replay"  # the api's replay action and the operator's ``woosync dlq replay``
+    API_RESOLVE = "api resolve-conflicts"
     FETCHER = "fetcher"
     SYNCER = "syncer"
     TRACKER = "tracker"
@@ -164,7 +169,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(
         Actor.FETCHER,
         "line",
-        (L.PENDING, L.PROCESSING, L.DONE),
+        (L.PENDING, L.PROCESSING, L.DONE, L.CONFLICT),
         L.FAILED,
         "a customer too large to send",
     ),
@@ -196,11 +201,23 @@ TRANSITIONS: tuple[Transition, ...] = (
         L.CANCELLED,
         "a batch of a cancelled job: not written",
     ),
+    Transition(
+        Actor.SYNCER,
+        "line",
+        (None, L.PENDING, L.PROCESSING, L.FAILED),
+        L.CONFLICT,
+        "edited in MantisNXT and the store (manual policy)",
+    ),
     Transition(Actor.API_RETRY, "line", (L.FAILED,), L.PENDING, "sent to the syncer again"),
     Transition(
-        Actor.API_CANCEL, "line", (L.PENDING, L.PROCESSING), L.CANCELLED, "its job was cancelled"
+        Actor.API_CANCEL,
+        "line",
+        (L.PENDING, L.PROCESSING, L.CONFLICT),
+        L.CANCELLED,
+        "its job was cancelled",
     ),
     Transition(Actor.REPLAY, "line", (L.FAILED,), L.PENDING, "sent to the syncer again"),
+    Transition(Actor.API_RESOLVE, "line", (L.CONFLICT,), L.DONE, "a person took one version"),
 )
 
 
@@ -247,9 +264,7 @@ def moves(sources: Iterable[State | None], targets: Iterable[State]) -> frozense
     return frozenset((s, t) for s in sources for t in targets)
 
 
-def changes_state(
-    name: str, entity: Entity, by: Mapping[Actor, frozenset[Move]], sql: str
-) -> str:
+def changes_state(name: str, entity: Entity, by: Mapping[Actor, frozenset[Move]], sql: str) -> str:
     """Register a statement that changes a job's or a line's state; returns the SQL as is."""
     if name in STATE_CHANGES and STATE_CHANGES[name].sql != sql:
         raise ValueError(f"two state changes named {name}")
@@ -383,8 +398,6 @@ def mermaid(entity: Entity) -> str:
                 edges[key].append(t.actor.value)
     lines = ["stateDiagram-v2"]
     lines += [f"    {s} --> {t}: {', '.join(actors)}" for (s, t), actors in edges.items()]
-    final, word = (
-        (FINAL_JOB_STATES, "final") if entity == "job" else (FINAL_LINE_STATES, "settled")
-    )
+    final, word = (FINAL_JOB_STATES, "final") if entity == "job" else (FINAL_LINE_STATES, "settled")
     lines += [f"    note right of {s.value} : {word}" for s in sorted(final)]
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import click
 from shared import db
 from shared.settings import Settings
 from woosync.cleanup import cleanup
+from woosync.conflicts import conflicts
 from woosync.dlq import dlq
 from woosync.health import health
 from woosync.jobs import jobs
@@ -124,6 +125,7 @@ main.add_command(dlq)
 main.add_command(key)
 main.add_command(cleanup)
 main.add_command(jobs)
+main.add_command(conflicts)
 
 if __name__ == "__main__":
     main()

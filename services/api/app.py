@@ -5,12 +5,15 @@ Route table::
     GET  /healthz                                           liveness, no I/O
     GET  /readyz                                            PostgreSQL and RabbitMQ reachable
     GET  /metrics                                           Prometheus metrics (shared.metrics)
-    POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
+    POST /api/v1/integrations/woocommerce/sync/customers    the actions: start, status, retry,
+                                                            force-done, replay, pause, resume,
+                                                            cancel, resolve-conflicts
     POST /api/v1/integrations/sync/preview                  what a sync would change (no writes)
     GET  /api/v1/integrations/woocommerce/sync/jobs         the org's jobs, newest first (paged)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/lines     a job's lines by state (paged)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/activity  a job's activity log (paged)
+    GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/conflicts   its waiting conflicts, paged
     GET  /openapi.json                                      the OpenAPI 3.1 document
     GET  /asyncapi.json                                     the messages (services.asyncapi)
 
@@ -31,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.api.actions import dispatch, history, preview
+from services.api.actions import conflicts, dispatch, history, preview
 from services.api.actions.common import read_status
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
@@ -51,6 +54,7 @@ from shared.crypto import ProgressTokens, SecretBox
 from shared.logs import log_context
 from shared.metrics import HttpMetrics, RequestMetrics, metrics_endpoint
 from shared.paths import (
+    CONFLICTS_PATH,
     JOB_ACTIVITY_PATH,
     JOB_LINES_PATH,
     JOB_PATH,
@@ -162,6 +166,31 @@ async def list_activity(request: Request) -> Response:
     return JSONResponse(page.model_dump(mode="json"))
 
 
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise ApiError(422, "invalid_request", f"{name}: must be an integer from {low} to {high}")
+    return int(raw)
+
+
+@guarded
+async def get_conflicts(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    try:
+        job_id = UUID(request.path_params["job_id"])
+    except ValueError:
+        raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
+    limit = _query_int(request, "limit", conflicts.DEFAULT_PAGE, 1, conflicts.MAX_PAGE)
+    after = _query_int(request, "after", 0, 0, 2**63 - 1)
+    page = await conflicts.list_conflicts(
+        deps, org_id=caller.org_id, job_id=job_id, after=after, limit=limit
+    )
+    return JSONResponse(page.model_dump(mode="json"))
+
+
 ROUTES = [
     Route("/healthz", web.healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
@@ -172,6 +201,7 @@ ROUTES = [
     Route(PREVIEW_PATH, preview_sync, methods=["POST"]),
     Route(JOB_LINES_PATH, list_lines, methods=["GET"]),
     Route(JOB_ACTIVITY_PATH, list_activity, methods=["GET"]),
+    Route(CONFLICTS_PATH, get_conflicts, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/asyncapi.json", asyncapi, methods=["GET"]),
 ]
@@ -213,6 +243,7 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         lines_path=JOB_LINES_PATH,
         activity_path=JOB_ACTIVITY_PATH,
         preview_path=PREVIEW_PATH,
+        conflicts_path=CONFLICTS_PATH,
     )
     app.state.asyncapi = Served(settings)
     app.state.runtime = runtime

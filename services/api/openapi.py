@@ -16,11 +16,13 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from services.api.actions import ACTIONS, preview
+from services.api.actions.conflicts import DEFAULT_PAGE, MAX_PAGE
 from services.api.actions.replay import ReplayResult
 from services.api.schemas import (
     ActivityPage,
     ActivityQuery,
     CancelResult,
+    ConflictPage,
     ErrorEnvelope,
     Health,
     JobsPage,
@@ -30,6 +32,7 @@ from services.api.schemas import (
     PreviewJobAccepted,
     PreviewRequest,
     Readiness,
+    ResolveResult,
     ResumeResult,
     RetryResult,
     StartResult,
@@ -51,13 +54,15 @@ ERRORS: dict[int, str] = {
         "The job's state does not allow the action (action_not_allowed: pause, resume, cancel, "
         "retry, force-done; the message names the state), the job is already final "
         "(force-done), its connection is busy (retry), a cancelled job of the store is "
-        "still stopping its crawl (start: crawl_not_stopped, see Retry-After), or the "
-        "connection's secret cannot be decrypted (preview)."
+        "still stopping its crawl (start: crawl_not_stopped, see Retry-After), the "
+        "connection's secret cannot be decrypted (preview), or the customer is not waiting "
+        "as a conflict (resolve-conflicts)."
     ),
     413: "The body is larger than 1 MiB.",
     415: "The body is not application/json.",
-    422: "A field or query parameter is invalid (the message names it), or the store refused "
-    "or is unreachable.",
+    422: "A field or query parameter is invalid (the message names it), the store refused "
+    "or is unreachable, or the database refused the store's version of a conflict "
+    "(resolve-conflicts).",
     429: "Rate limit of the organisation, or its cap of open syncs; see Retry-After.",
     500: "Unexpected error (details only in the server's log).",
     503: "The message broker is unavailable, or the api is testing as many stores as it runs "
@@ -191,6 +196,8 @@ def _components() -> dict[str, Any]:
             JobsPage,
             LinesPage,
             ActivityPage,
+            ResolveResult,
+            ConflictPage,
             ErrorEnvelope,
             Health,
             Readiness,
@@ -208,6 +215,7 @@ def build_openapi(
     lines_path: str,
     activity_path: str,
     preview_path: str,
+    conflicts_path: str,
 ) -> dict[str, Any]:
     """The document for the api's routes (paths passed in by the route table)."""
     actions = {name: REF.format(model=a.model.__name__) for name, a in ACTIONS.items()}
@@ -217,7 +225,14 @@ def build_openapi(
     }
     any_result = [
         _ref(m)
-        for m in (StartResult, StatusResult, RetryResult, ReplayResult, CancelResult)
+        for m in (
+            StartResult,
+            StatusResult,
+            RetryResult,
+            ReplayResult,
+            CancelResult,
+            ResolveResult,
+        )
     ]
     accepted = [_ref(m) for m in (StartResult, RetryResult, ReplayResult, ResumeResult)]
     open_route = {"security": []}
@@ -305,9 +320,9 @@ def build_openapi(
                     "requestBody": {"required": True, "content": _json(action_body)},
                     "responses": {
                         "200": {
-                            "description": "status, force-done, pause, cancel, a retry or "
-                            "replay that changed nothing, or a start answered by the "
-                            "connection's open job.",
+                            "description": "status, force-done, pause, cancel, "
+                            "resolve-conflicts, a retry or replay that changed nothing, or a "
+                            "start answered by the connection's open job.",
                             "content": _json({"anyOf": any_result}),
                         },
                         "202": {
@@ -382,5 +397,49 @@ def build_openapi(
                 ActivityPage,
                 job=True,
             ),
+            conflicts_path: {
+                "get": {
+                    "operationId": "listConflicts",
+                    "summary": "The job's conflicts waiting for a person (manual policy), paged.",
+                    "description": (
+                        "Each conflict has both versions (woo: the store's customer as read; "
+                        "mantis: MantisNXT's row when the conflict was found) and the fields "
+                        "that differ. Ordered by woo_id; pass next_after as after for the next "
+                        "page. Resolve them with the resolve-conflicts action."
+                    ),
+                    "parameters": [
+                        {
+                            "name": "job_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "format": "uuid"},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": MAX_PAGE,
+                                "default": DEFAULT_PAGE,
+                            },
+                        },
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 0, "default": 0},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "One page of conflicts.",
+                            "content": _json(_ref(ConflictPage)),
+                        },
+                        **_errors(401, 404, 422, 429, 500),
+                    },
+                }
+            },
         },
     }

@@ -56,6 +56,11 @@ RETURNING id
 """,
 )
 
+# A start's own conflict policy for its new job (null: the connection's, shared.conflicts).
+SET_JOB_CONFLICT_POLICY = """
+UPDATE woo_customer_sync_queue SET conflict_policy = $3 WHERE id = $1 AND org_id = $2
+"""
+
 # Serialises what makes an org's jobs open (start, and a retry of a finished job) until the
 # transaction ends, so that counting open jobs and adding one cannot interleave. The two-key
 # form has its own key space, apart from the migrator's single-key lock.
@@ -323,5 +328,49 @@ SELECT id, at, level, event, details
 FROM woo_sync_activity
 WHERE job_id = $1 AND org_id = $2 AND ($3::bigint IS NULL OR id > $3::bigint)
 ORDER BY id
+LIMIT $4
+"""
+
+# Conflicts (services.api.actions.conflicts). $1 job id, $2 org id, $3 one woo_id or null (all):
+# the lines waiting as conflicts, locked in woo_id order (the syncer's order) until the
+# resolution commits, so two resolutions of one line cannot both take it.
+LOCK_CONFLICT_LINES = f"""
+SELECT woo_id, payload
+FROM woo_customer_sync_queue_line
+WHERE job_id = $1 AND org_id = $2 AND state = {sql_state(LineState.CONFLICT)}
+  AND ($3::bigint IS NULL OR woo_id = $3)
+ORDER BY woo_id
+FOR UPDATE
+"""
+
+# $1 job id, $2 org id, $3 bigint[] woo_ids (locked above), $4 the done line's warning.
+RESOLVE_CONFLICT_LINES = changes_state(
+    "api.RESOLVE_CONFLICT_LINES",
+    "line",
+    {Actor.API_RESOLVE: moves((LineState.CONFLICT,), (LineState.DONE,))},
+    f"""
+UPDATE woo_customer_sync_queue_line
+SET state = {sql_state(LineState.DONE)}, warning = $4, last_error = NULL, payload = NULL,
+    mantis_version = NULL, updated_at = now()
+WHERE job_id = $1 AND org_id = $2 AND woo_id = ANY($3::bigint[])
+  AND state = {sql_state(LineState.CONFLICT)}
+""",
+)
+
+# $1 job id, $2 org id: the job's waiting conflicts; no row (None) when the job is not the org's.
+COUNT_CONFLICT_LINES = f"""
+SELECT (SELECT count(*) FROM woo_customer_sync_queue_line l
+        WHERE l.job_id = j.id AND l.org_id = j.org_id
+          AND l.state = {sql_state(LineState.CONFLICT)})
+FROM woo_customer_sync_queue j
+WHERE j.id = $1 AND j.org_id = $2
+"""
+
+# $1 job id, $2 org id, $3 the last woo_id of the previous page (0: from the start), $4 limit.
+SELECT_CONFLICT_LINES = f"""
+SELECT job_id, woo_id, payload, mantis_version, updated_at
+FROM woo_customer_sync_queue_line
+WHERE job_id = $1 AND org_id = $2 AND state = {sql_state(LineState.CONFLICT)} AND woo_id > $3
+ORDER BY woo_id
 LIMIT $4
 """

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from shared.conflicts import ConflictPolicyField
 from shared.jobs import JobStatus
 from shared.lifecycle import JobState, JobStateField, LineState
 from shared.storeurl import normalize_store_url
@@ -76,6 +77,14 @@ class StartOptions(_Request):
     batch_size: Annotated[int, Field(strict=True, ge=1, le=100)] | None = None
     concurrency: Annotated[int, Field(strict=True, ge=1, le=16)] | None = None
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    conflict_policy: ConflictPolicyField | None = Field(
+        None,
+        description=(
+            "How this job settles a customer edited in MantisNXT and in the store since its last "
+            "sync; none: the connection's policy (woo_wins unless an operator set another). "
+            "Applies to a new job only, not to an open job a start is answered with."
+        ),
+    )
 
 
 class StartRequest(_Request):
@@ -129,6 +138,25 @@ class CancelRequest(_Request):
     reason: str | None = Field(None, min_length=1, max_length=500)
 
 
+class ResolveConflictsRequest(_Request):
+    action: Literal["resolve-conflicts"]
+    org_id: UUID
+    job_id: UUID
+    take: Literal["woo", "mantis"] = Field(
+        description="woo: write the store's version; mantis: keep MantisNXT's row."
+    )
+    woo_id: Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)] | None = Field(
+        None, description="The one conflicting customer to resolve (or all: true)."
+    )
+    all: StrictBool = Field(False, description="Resolve every conflict of the job.")
+
+    @model_validator(mode="after")
+    def _one_or_all(self) -> ResolveConflictsRequest:
+        if (self.woo_id is None) == (not self.all):
+            raise ValueError("give either woo_id (one conflict) or all: true (every conflict)")
+        return self
+
+
 ActionRequest = (
     StartRequest
     | StatusRequest
@@ -138,6 +166,7 @@ ActionRequest = (
     | PauseRequest
     | ResumeRequest
     | CancelRequest
+    | ResolveConflictsRequest
 )
 # Which model validates which action, with its handler: services.api.actions.ACTIONS.
 
@@ -317,6 +346,32 @@ class LinesPage(_Page):
 
 class ActivityPage(_Page):
     items: list[ActivityEntry]
+
+
+class ResolveResult(StatusResult):
+    take: Literal["woo", "mantis"]
+    resolved: int  # conflicting lines settled by this request
+
+
+class ConflictField(BaseModel):
+    field: str
+    woo: Any  # the store's value, as the syncer maps it
+    mantis: Any  # MantisNXT's value when the conflict was found
+
+
+class Conflict(BaseModel):
+    woo_id: int
+    detected_at: datetime
+    woo: dict[str, Any]  # the store's customer as it was read
+    mantis: dict[str, Any]  # MantisNXT's row when the conflict was found
+    diff: list[ConflictField]  # the compared fields whose values differ
+
+
+class ConflictPage(BaseModel):
+    job_id: UUID
+    total: int  # conflicts waiting in the job
+    conflicts: list[Conflict]  # ordered by woo_id
+    next_after: int | None  # pass as ?after= for the next page; None: this is the last
 
 
 class Health(BaseModel):

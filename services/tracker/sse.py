@@ -12,6 +12,8 @@ Wire format (``text/event-stream``)::
     data: <JobStatus as JSON>
 
     event: complete            once, when the job is done or failed; then the stream ends
+                               (JobStatus carries ``conflicts``: lines waiting for a person; a
+                               job with any is not done, so its stream stays open)
     id: <n>
     data: <JobStatus as JSON>
 
@@ -244,7 +246,8 @@ dl{display:grid;grid-template-columns:auto 1fr;gap:.2em 1em}dt{color:#666}dd{mar
 <div class="bar"><div id="fill"></div></div>
 <p id="headline">Connecting&hellip;</p>
 <dl><dt>Total</dt><dd id="total">-</dd><dt>Done</dt><dd id="done">-</dd>
-<dt>Failed</dt><dd id="failed">-</dd><dt>Pending</dt><dd id="pending">-</dd>
+<dt>Failed</dt><dd id="failed">-</dd><dt>Conflicts</dt><dd id="conflicts">-</dd>
+<dt>Pending</dt><dd id="pending">-</dd>
 <dt>Rate</dt><dd id="rate">-</dd><dt>ETA</dt><dd id="eta">-</dd></dl>
 <p id="error"></p>
 <script>
@@ -257,7 +260,7 @@ function show(s) {
   el("fill").style.width = s.percent + "%";
   el("fill").className = s.state === "$FAILED" ? "failed" : "";
   el("headline").textContent = s.state + " \\u2014 " + s.percent + "%";
-  for (const k of ["total", "done", "failed", "pending"]) el(k).textContent = s[k];
+  for (const k of ["total", "done", "failed", "conflicts", "pending"]) el(k).textContent = s[k];
   el("rate").textContent = s.rate_per_s === null ? "-" : s.rate_per_s + " customers/s";
   el("eta").textContent = s.eta_s === null ? "-" : s.eta_s + " s";
   el("error").textContent = s.last_error || "";

@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from services.api.app import JOB_PATH, PREVIEW_PATH, SYNC_PATH
-from shared.paths import JOB_ACTIVITY_PATH, JOB_LINES_PATH, JOBS_PATH
+from shared.paths import CONFLICTS_PATH, JOB_ACTIVITY_PATH, JOB_LINES_PATH, JOBS_PATH
 from shared.settings import Settings
 from tests.helpers import free_port
 from tools.woosim.testing import SimHandle, spawn_simulator
@@ -186,9 +186,10 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     request_body = document["paths"][SYNC_PATH]["post"]["requestBody"]
     actions = request_body["content"]["application/json"]["schema"]
     assert set(actions["discriminator"]["mapping"]) == {
-        "start", "status", "retry", "force-done", "replay", "pause", "resume", "cancel"
+        "start", "status", "retry", "force-done", "replay", "pause", "resume", "cancel",
+        "resolve-conflicts",
     }
-    assert len(actions["oneOf"]) == 8
+    assert len(actions["oneOf"]) == 9
 
     schema = schemathesis.openapi.from_url(
         f"{live_api.url}/openapi.json", headers=live_api.auth, timeout=10
@@ -206,6 +207,7 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         f"GET {JOBS_PATH}",
         f"GET {JOB_LINES_PATH}",
         f"GET {JOB_ACTIVITY_PATH}",
+        f"GET {CONFLICTS_PATH}",
     }
     seen: dict[str, set[int]] = {}
     for operation in operations:
@@ -221,3 +223,4 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     assert {200, 422} <= seen[f"GET {JOBS_PATH}"], seen
     for path in (JOB_LINES_PATH, JOB_ACTIVITY_PATH):
         assert {200, 404, 422} <= seen[f"GET {path}"], seen
+    assert {200, 404, 422} <= seen[f"GET {CONFLICTS_PATH}"], seen

@@ -45,9 +45,14 @@ def test_cancel_ends_any_open_job_and_nothing_final() -> None:
 
 
 def test_only_open_lines_are_cancelled() -> None:
-    for actor in (Actor.API_CANCEL, Actor.SYNCER):
+    # The api cancels every open line (a conflict waiting for a person too); the syncer only
+    # the lines of a batch it was handed, which are on their way (never a waiting conflict).
+    for actor, open_states in (
+        (Actor.API_CANCEL, (L.PENDING, L.PROCESSING, L.CONFLICT)),
+        (Actor.SYNCER, (L.PENDING, L.PROCESSING)),
+    ):
         for state in LineState:
-            expected = state in (L.PENDING, L.PROCESSING, L.CANCELLED)
+            expected = state in (*open_states, L.CANCELLED)
             assert allowed(actor, "line", state, L.CANCELLED) == expected
     # Nothing takes a cancelled line anywhere else.
     for actor in Actor:

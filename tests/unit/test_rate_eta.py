@@ -65,6 +65,10 @@ def _row(**overrides: Any) -> dict[str, Any]:
         "finished_at": None,
         "updated_at": now,
         "last_error": None,
+        "kind": "sync",
+        "preview_result": None,
+        "conflicts": 0,
+        "conflict_policy": None,
         "recent_settled": 30,
         "age_s": 120.0,
     }

@@ -14,6 +14,7 @@ from typing import Any
 
 from services.api.actions import (
     cancel,
+    conflicts,
     force_done,
     pause,
     replay,
@@ -30,6 +31,7 @@ from services.api.schemas import (
     ForceDoneRequest,
     PauseRequest,
     ReplayRequest,
+    ResolveConflictsRequest,
     ResumeRequest,
     RetryRequest,
     StartRequest,
@@ -56,6 +58,9 @@ ACTIONS: dict[str, Action] = {
     "pause": Action(PauseRequest, pause.answer, pause.SUMMARY),
     "resume": Action(ResumeRequest, resume.answer, resume.SUMMARY),
     "cancel": Action(CancelRequest, cancel.answer, cancel.SUMMARY),
+    "resolve-conflicts": Action(
+        ResolveConflictsRequest, conflicts.answer, conflicts.SUMMARY, conflicts.NOTE
+    ),
 }
 
 ACTION_MODELS: dict[str, type[ActionRequest]] = {

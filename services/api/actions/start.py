@@ -186,6 +186,8 @@ async def _open_job_or_new(
     )
     if inserted is None:  # the lock makes this unreachable; never make a second job
         raise RuntimeError("a job insert conflicted while holding the org's sync lock")
+    if options.conflict_policy is not None:
+        await conn.execute(q.SET_JOB_CONFLICT_POLICY, new_job_id, org_id, options.conflict_policy)
     await activity.record(
         conn,
         org_id=org_id,
@@ -200,6 +202,7 @@ async def _open_job_or_new(
             "concurrency": concurrency,
             "store_total": store_total,
             "idempotency_key": options.idempotency_key,
+            "conflict_policy": options.conflict_policy,
             **caller.actor(),
         },
     )
