@@ -6,9 +6,12 @@ without a store or a database. It decides as the syncer's upsert does (services/
 - **create**: the store's customer has no row of this connection;
 - **unchanged**: the row's ``source_hash`` equals the hash of the store's version (the syncer
   writes nothing for it);
-- **conflict**: the versions differ but the store's is older than the stored one (its
-  ``woo_date_modified`` is earlier, or missing while the row has one): the syncer keeps the stored
-  version and leaves a "stale payload" warning, so the store's change would not be applied;
+- **conflict**: the row was edited in MantisNXT since its last sync and the store changed the
+  customer too (``shared.conflicts.is_conflict``, the syncer's own question): the connection's
+  policy decides at sync time; or the versions differ but the store's is older than the stored
+  one (its ``woo_date_modified`` is earlier, or missing while the row has one): the syncer keeps
+  the stored version and leaves a "stale payload" warning, so the store's change would not be
+  applied. The sample's reason says which;
 - **update**: the versions differ and the store's is not older: the row is rewritten;
 - **invalid**: the item cannot become a row (no usable id, or a
   :class:`~shared.mapping.MappingError`): the sync fails that customer alone;
@@ -30,6 +33,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from shared.conflicts import StoredVersion, is_conflict
 from shared.mapping import CUSTOMER_COLUMNS, CustomerRow, MappingError, map_customer
 
 Category = Literal["create", "update", "unchanged", "delete", "conflict", "invalid"]
@@ -49,7 +53,9 @@ DIFF_COLUMNS: tuple[str, ...] = tuple(
     if c not in ("org_id", "connection_id", "woo_id", "raw", "source_hash")
 )
 # The columns read from ``customer`` to compare a row (services.api.queries reads these).
-STORED_COLUMNS: tuple[str, ...] = ("woo_id", *DIFF_COLUMNS, "raw", "source_hash")
+STORED_COLUMNS: tuple[str, ...] = (
+    "woo_id", *DIFF_COLUMNS, "raw", "source_hash", "synced_at", "mantis_updated_at"
+)  # fmt: skip
 # The store's top-level fields that a column already shows (so not repeated as ``raw.<key>``).
 MAPPED_KEYS = frozenset(
     {
@@ -157,6 +163,8 @@ def compare(
             result.add("unchanged", lambda r=row: Sample(r.woo_id, {}))
         elif is_stale(row, existing):
             result.add("conflict", lambda r=row, e=existing: _conflict(r, e))
+        elif edited_in_mantis(row, existing):
+            result.add("conflict", lambda r=row, e=existing: _edited(r, e))
         else:
             result.add("update", lambda r=row, e=existing: Sample(r.woo_id, _changes(r, e)))
     return result
@@ -175,6 +183,30 @@ def _changes(row: CustomerRow, stored: Mapping[str, Any]) -> dict[str, Any]:
     if not diff:  # the hashes differ, yet no column or field shows it (NUL escapes in raw)
         diff = {"raw": {"store": row.raw, "mantis": stored.get("raw")}}
     return diff
+
+
+def edited_in_mantis(row: CustomerRow, stored: Mapping[str, Any]) -> bool:
+    """A conflict as the syncer sees one: edited in MantisNXT since its last sync, and changed
+    in the store (migration 0017's ``mantis_updated_at``; rows without it never are)."""
+    if stored.get("synced_at") is None:
+        return False
+    version = StoredVersion(
+        source_hash=stored["source_hash"],
+        woo_date_modified=stored.get("woo_date_modified"),
+        synced_at=stored["synced_at"],
+        mantis_updated_at=stored.get("mantis_updated_at"),
+    )
+    return is_conflict(version, row.source_hash, row.woo_date_modified)
+
+
+def _edited(row: CustomerRow, stored: Mapping[str, Any]) -> Sample:
+    return Sample(
+        row.woo_id,
+        _changes(row, stored),
+        f"edited in MantisNXT (at {plain(stored.get('mantis_updated_at'))}) since its last sync "
+        f"(at {plain(stored.get('synced_at'))}) and changed in the store: the conflict policy "
+        "decides (woo_wins by default; manual waits for a person)",
+    )
 
 
 def _conflict(row: CustomerRow, stored: Mapping[str, Any]) -> Sample:

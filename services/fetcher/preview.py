@@ -30,8 +30,9 @@ from shared.preview import (
 )
 
 CONFLICT_NOTE = (
-    "conflict: customers whose store version is older than the one stored (by date_modified); "
-    "a sync keeps the stored version. Other kinds of conflict are not detected yet."
+    "conflict: customers edited in MantisNXT since their last sync and changed in the store "
+    "(the conflict policy decides), and customers whose store version is older than the one "
+    "stored (by date_modified: a sync keeps the stored version); each sample's reason says which."
 )
 INCOMPLETE_NOTE = (
     "delete is null: the read was not proven complete (see problems), so a customer missing "

@@ -4,6 +4,7 @@ and a field-level diff that shows exactly what differs."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -14,10 +15,14 @@ from tests.factories import small_customer
 ORG, CONNECTION = uuid4(), uuid4()
 
 
-def stored(customer: dict[str, Any]) -> dict[str, Any]:
-    """The row the syncer stores for ``customer``, as the preview reads it."""
+SYNCED_AT = datetime(2024, 6, 2, tzinfo=UTC)
+
+
+def stored(customer: dict[str, Any], **columns: Any) -> dict[str, Any]:
+    """The row the syncer stores for ``customer``, as the preview reads it (synced on
+    ``SYNCED_AT``, not edited in MantisNXT since, unless ``columns`` say otherwise)."""
     row = map_customer(customer, org_id=ORG, connection_id=CONNECTION)
-    values = asdict(row)
+    values = asdict(row) | {"synced_at": SYNCED_AT, "mantis_updated_at": None} | columns
     return {column: values[column] for column in STORED_COLUMNS}
 
 
@@ -114,3 +119,21 @@ def test_a_store_without_a_connection_is_all_creates() -> None:
         [small_customer(1), small_customer(2)], {}, org_id=ORG, connection_id=None, sample_size=1
     )
     assert result.counts["create"] == 2 and result.counts["unchanged"] == 0
+
+
+def test_an_edit_in_mantis_and_a_store_change_is_a_conflict_as_the_syncer_sees_it() -> None:
+    before = small_customer(7, date_modified_gmt="2024-06-01T00:00:00")
+    changed = {**before, "first_name": "Store", "date_modified_gmt": "2024-07-01T00:00:00"}
+    edited = stored(before, first_name="Mantis", mantis_updated_at=SYNCED_AT + timedelta(hours=1))
+    # Edited in MantisNXT, changed in the store: a conflict, whose reason says so.
+    result = run([changed], [edited])
+    assert result.counts["conflict"] == 1 and result.counts["update"] == 0
+    (conflict,) = result.samples["conflict"]
+    assert "edited in MantisNXT" in (conflict.reason or "")
+    assert conflict.diff["first_name"] == {"store": "Store", "mantis": "Mantis"}
+    # Edited in MantisNXT, but the store did not change it: no conflict (nothing to write).
+    assert run([before], [edited]).counts["conflict"] == 0
+    # Changed in the store, edited in MantisNXT only before the last sync: an update.
+    synced = stored(before, mantis_updated_at=SYNCED_AT - timedelta(hours=1))
+    assert run([changed], [synced]).counts == run([changed], [stored(before)]).counts
+    assert run([changed], [synced]).counts["update"] == 1

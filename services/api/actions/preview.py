@@ -10,8 +10,9 @@ org has no connection to is compared with no rows, and stays unknown), no job, n
 page, no customer; a preview that fails (bad input, a store that refuses) writes nothing at all.
 
 Counts of deletions need the whole store, proven read (``complete``); otherwise ``delete`` is
-null. ``conflict`` counts the customers whose store version is older than the stored one (a sync
-keeps the stored version, see ``shared.preview``). A store of more than
+null. ``conflict`` counts the customers edited in MantisNXT since their last sync and changed in
+the store (``shared.conflicts``), and those whose store version is older than the stored one (a
+sync keeps the stored version, see ``shared.preview``). A store of more than
 ``WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS`` customers is refused with 422 ``preview_too_large``.
 """
 
