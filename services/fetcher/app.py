@@ -19,7 +19,8 @@ from shared.crypto import SecretBox
 from shared.messages import SyncRequested
 from shared.runtime import Runtime
 from shared.settings import Settings
-from shared.woocommerce import StoreConfig, WooClient
+from shared.storelimit import StoreLimits
+from shared.woocommerce import RequestGate, StoreConfig, WooClient
 
 log = logging.getLogger("woosync.fetcher")
 
@@ -32,8 +33,12 @@ def build_app(settings: Settings) -> FastStream:
     parking = Parking(broker, topology.parking(topology.fetcher_queue).name)
 
     @asynccontextmanager
-    async def open_client(config: StoreConfig, concurrency: int) -> AsyncIterator[PageReader]:
-        async with WooClient.from_settings(config, settings, max_connections=concurrency) as client:
+    async def open_client(
+        config: StoreConfig, concurrency: int, gate: RequestGate | None
+    ) -> AsyncIterator[PageReader]:
+        async with WooClient.from_settings(
+            config, settings, max_connections=concurrency, gate=gate
+        ) as client:
             yield client
 
     async def started() -> None:
@@ -48,6 +53,12 @@ def build_app(settings: Settings) -> FastStream:
             slice_s=settings.crawl_slice_s,
             check_interval_s=settings.crawl_check_interval_s,
             max_message_bytes=settings.max_message_bytes,
+            store_limits=StoreLimits(
+                runtime.pool,
+                start=settings.default_concurrency,
+                ceiling=settings.max_store_concurrency,
+            ),
+            default_concurrency=settings.default_concurrency,
         )
 
     async def stop_crawls() -> None:
