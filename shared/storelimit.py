@@ -4,13 +4,13 @@ A job started without a ``concurrency`` option does not guess: its fetcher finds
 sustains while it reads it, and remembers that for the store's next sync.
 
 * :class:`Aimd` is the decision, pure (fed events, no clock, no I/O): after each *window* of
-  ``limit`` answers sent at the current limit, it raises the limit while the window's mean
+  ``limit`` answers sent at the current limit, it raises the limit while the window's median
   latency stays within ``LATENCY_TOLERANCE`` of the lowest seen and the limit was actually used
   (doubling until the first trouble, "slow start"; then one more per window). A 429 lowers it to
   just below the number in flight when the store refused (to half during slow start), other
-  transient failures (5xx, timeouts, cut connections) by ``OVERLOAD_DECREASE``, and growing
-  latency to ``limit * lowest / latest`` (Little's law: the store serves that many at its flat
-  latency). Answers to requests sent before the latest change are old news and change nothing,
+  transient failures (5xx, timeouts, cut connections) by ``OVERLOAD_DECREASE``, and latency
+  grown over ``SLOW_WINDOWS`` windows in a row (one may be the fetcher's own load) to
+  ``limit * lowest / latest`` (Little's law: the store serves that many at its flat latency). Answers to requests sent before the latest change are old news and change nothing,
   so one burst of 429s lowers the limit once. After a 429 the level that was refused is probed
   again only after ``PROBE_WINDOWS`` windows, twice as many after each refused probe, so a store
   that refuses above N in flight meets a refused request rarely. The limit never exceeds the
@@ -39,6 +39,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import statistics
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -50,10 +51,12 @@ import asyncpg
 log = logging.getLogger("woosync.storelimit")
 
 LATENCY_TOLERANCE = 1.5  # a window this much slower than the fastest seen: the store queues
+SLOW_WINDOWS = 2  # consecutive slow windows that lower the limit
 OVERLOAD_DECREASE = 0.7  # factor on a 5xx, a timeout or a cut connection
 PROBE_WINDOWS = 8  # windows at the level below a refused one before probing it again
 MAX_PROBE_WINDOWS = 64
 SYNC_INTERVAL_S = 0.5
+MIN_SYNC_GAP_S = 0.1  # a gate waiting for a larger share asks at most this often
 LEASE_S = 10.0
 
 
@@ -69,6 +72,7 @@ class Aimd:
     refused_at: int | None = None  # the in-flight count at which the store last refused
     probe_windows: int = PROBE_WINDOWS
     held: int = 0  # windows spent below refused_at since the latest refusal or probe
+    slow_windows: int = 0  # consecutive windows slower than the tolerance
     _latencies: list[float] = field(default_factory=list)
     _used: int = 0  # most requests in flight at once in the current window
 
@@ -86,15 +90,20 @@ class Aimd:
         self._used = max(self._used, in_flight)
         if len(self._latencies) < self.limit:
             return False
-        mean = sum(self._latencies) / len(self._latencies)
+        typical = statistics.median(self._latencies)
         used = self._used >= self.limit
         self._latencies.clear()
         self._used = 0
-        if self.lowest_latency_s is None or mean < self.lowest_latency_s:
-            self.lowest_latency_s = mean
-        if mean > LATENCY_TOLERANCE * self.lowest_latency_s:
+        if self.lowest_latency_s is None or typical < self.lowest_latency_s:
+            self.lowest_latency_s = typical
+        if typical > LATENCY_TOLERANCE * self.lowest_latency_s:
+            self.slow_windows += 1
+            if self.slow_windows < SLOW_WINDOWS:
+                return False  # one slow window may be the fetcher's own load
+            self.slow_windows = 0
             self.slow_start = False
-            return self._set(round(self.limit * self.lowest_latency_s / mean))
+            return self._set(round(self.limit * self.lowest_latency_s / typical))
+        self.slow_windows = 0
         if not used:
             return False  # the limit was not reached: the window says nothing about more
         if self.refused_at is not None and self.limit >= self.refused_at:
@@ -126,6 +135,21 @@ class Aimd:
         factor = 0.5 if self.slow_start else OVERLOAD_DECREASE
         self.slow_start = False
         return self._set(min(self.limit - 1, math.floor(self.limit * factor)))
+
+    @property
+    def learned(self) -> int:
+        """What to remember for the store's next sync: the limit, but never a level the store
+        refused last (a probe that ended with the crawl proves nothing)."""
+        if self.refused_at is not None:
+            return max(1, min(self.limit, self.refused_at - 1))
+        return self.limit
+
+    def resume(self, limit: int) -> None:
+        """Start from what an earlier sync learned: no slow start, and nothing above it before
+        ``PROBE_WINDOWS`` windows have held at it."""
+        self.adopt(limit)
+        self.slow_start = False
+        self.refused_at, self.held, self.probe_windows = self.limit + 1, 0, PROBE_WINDOWS
 
     def adopt(self, limit: int) -> None:
         """Another process changed the store's limit: take it, and start a fresh window."""
@@ -203,9 +227,13 @@ class StoreGate:
         aimd: Aimd,
         pool: asyncpg.Pool,
         *,
+        max_pause_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``max_pause_s`` caps a Retry-After (``WOOSYNC_STORE_BACKOFF_MAX_S``, as the client's
+        retries do): a store asking for an hour does not stall the crawl for one."""
         self.key = key
+        self._max_pause_s = max_pause_s
         self.aimd = aimd
         self._pool = pool
         self._clock = clock
@@ -238,8 +266,9 @@ class StoreGate:
             self._syncer.cancel()
             with suppress(asyncio.CancelledError):
                 await self._syncer
+        self.aimd.adopt(self.aimd.learned)
         try:
-            await self._sync()  # a change not yet shared is remembered for the next sync
+            await self._sync()  # what was learned is remembered for the next sync
             await self._pool.execute(DROP_LEASE, self._lease)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("a store lease stays until it expires: %s", type(exc).__name__)
@@ -272,6 +301,7 @@ class StoreGate:
 
     def _refused(self, attempt: Attempt, status: int | None, retry_after_s: float | None) -> None:
         if retry_after_s is not None and retry_after_s > 0:
+            retry_after_s = min(retry_after_s, self._max_pause_s)
             self._paused_until = max(self._paused_until, self._clock() + retry_after_s)
             self._pause_to_share = max(self._pause_to_share, retry_after_s)
             self._poke.set()
@@ -297,6 +327,7 @@ class StoreGate:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # Keep to the share held; it runs out with the lease if this goes on.
                 log.warning("store %s: share not renewed: %s", self.key[:12], type(exc).__name__)
+            await asyncio.sleep(MIN_SYNC_GAP_S)
 
     async def _sync(self) -> None:
         """Share a changed limit (compare-and-set) and a Retry-After, adopt the store's limit
@@ -309,15 +340,14 @@ class StoreGate:
             if row is None and self._synced_limit is None:
                 pass  # a store not seen before: this gate's start, in slow start
             elif self._synced_limit is None:
-                self.aimd.adopt(row["concurrency"])  # remembered: no slow start
-                self.aimd.slow_start = False
+                self.aimd.resume(row["concurrency"])
             elif row is not None and row["concurrency"] != self._synced_limit:
                 self.aimd.adopt(row["concurrency"])  # another process decided first
             limit = self.aimd.limit
             if row is None or row["concurrency"] != limit or pause:
                 await conn.execute(WRITE_STORE_LIMIT, self.key, limit, pause)
             if row is not None and row["pause_s"] > 0:
-                until = self._clock() + row["pause_s"]
+                until = self._clock() + min(row["pause_s"], self._max_pause_s)
                 self._paused_until = max(self._paused_until, until)
             self._synced_limit = limit
             others = await conn.fetchrow(SELECT_OTHER_LEASES, self.key, self._lease)
@@ -351,6 +381,7 @@ class StoreLimits:
     pool: asyncpg.Pool
     start: int  # WOOSYNC_DEFAULT_CONCURRENCY: the first limit of a store never seen
     ceiling: int  # WOOSYNC_MAX_STORE_CONCURRENCY
+    max_pause_s: float = 30.0  # WOOSYNC_STORE_BACKOFF_MAX_S
     _gates: dict[str, tuple[StoreGate, int]] = field(default_factory=dict)
 
     @asynccontextmanager
@@ -360,7 +391,8 @@ class StoreLimits:
             gate, users = self._gates[key]
             self._gates[key] = (gate, users + 1)
         else:
-            gate = StoreGate(key, Aimd(self.start, self.ceiling), self.pool)
+            aimd = Aimd(self.start, self.ceiling)
+            gate = StoreGate(key, aimd, self.pool, max_pause_s=self.max_pause_s)
             self._gates[key] = (gate, 1)
             try:
                 await gate.open()

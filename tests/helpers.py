@@ -289,7 +289,7 @@ FAST_RETRIES = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.
 
 
 async def queue_new_org_sync(
-    pool: asyncpg.Pool, sim: Any, *, batch_size: int = 100, concurrency: int = 4
+    pool: asyncpg.Pool, sim: Any, *, batch_size: int = 100, concurrency: int | None = 4
 ) -> SyncRequested:
     """A new org's queued job for the simulated store ``sim``, its secret sealed with
     FETCHER_SECRETS: the request the fetcher's handler is given."""

@@ -57,6 +57,7 @@ def build_app(settings: Settings) -> FastStream:
                 runtime.pool,
                 start=settings.default_concurrency,
                 ceiling=settings.max_store_concurrency,
+                max_pause_s=settings.store_backoff_max_s,
             ),
             default_concurrency=settings.default_concurrency,
         )

@@ -95,8 +95,18 @@ def test_growing_latency_lowers_the_limit_to_what_the_store_serves_at_its_flat_l
     aimd = Aimd(limit=16, ceiling=32, slow_start=False)
     window(aimd, 0.3)
     assert aimd.limit == 17
-    window(aimd, 0.3 * 2)  # twice as slow: the store serves about half of what was sent
+    assert not window(aimd, 0.3 * 2)  # one slow window may be noise
+    window(aimd, 0.3 * 2)  # twice as slow again: the store serves about half of what is sent
     assert aimd.limit == 8
+
+
+def test_a_single_slow_window_between_flat_ones_changes_nothing_but_the_pace() -> None:
+    aimd = Aimd(limit=16, ceiling=32, slow_start=False)
+    window(aimd, 0.3)
+    window(aimd, 0.9)
+    window(aimd, 0.3)
+    window(aimd, 0.9)
+    assert aimd.limit == 18
 
 
 def test_latency_within_the_tolerance_keeps_raising() -> None:
@@ -177,3 +187,23 @@ def test_fair_share() -> None:
     assert fair_share(8, 3, 0, 1) == 3  # wants less than its part
     assert fair_share(8, 8, 2, 2) == 3  # three readers: at most ceil(8 / 3)
     assert fair_share(2, 2, 0, 3) == 1
+
+
+def test_what_is_remembered_is_never_a_level_the_store_refused() -> None:
+    aimd = Aimd(limit=5, ceiling=32, slow_start=False)
+    aimd.refused(in_flight=5, epoch=aimd.epoch)
+    while not window(aimd):
+        pass
+    assert (aimd.limit, aimd.learned) == (5, 4)  # a probe under way
+    aimd.refused(in_flight=5, epoch=aimd.epoch)
+    assert (aimd.limit, aimd.learned) == (4, 4)
+
+
+def test_a_remembered_limit_is_kept_a_while_before_going_above_it() -> None:
+    aimd = Aimd(limit=4, ceiling=32)
+    aimd.resume(6)
+    assert aimd.limit == 6 and not aimd.slow_start
+    for _ in range(PROBE_WINDOWS - 1):
+        assert not window(aimd)
+    assert window(aimd)
+    assert aimd.limit == 7
