@@ -10,11 +10,13 @@ sustains while it reads it, and remembers that for the store's next sync.
   just below the number in flight when the store refused (to half during slow start), other
   transient failures (5xx, timeouts, cut connections) by ``OVERLOAD_DECREASE``, and latency
   grown over ``SLOW_WINDOWS`` windows in a row (one may be the fetcher's own load) to
-  ``limit * lowest / latest`` (Little's law: the store serves that many at its flat latency). Answers to requests sent before the latest change are old news and change nothing,
-  so one burst of 429s lowers the limit once. After a 429 the level that was refused is probed
-  again only after ``PROBE_WINDOWS`` windows, twice as many after each refused probe, so a store
-  that refuses above N in flight meets a refused request rarely. The limit never exceeds the
-  ceiling (``WOOSYNC_MAX_STORE_CONCURRENCY``).
+  ``limit * lowest / latest`` (Little's law: the store serves that many at its flat latency).
+  Answers to requests sent before the latest change are old news and change nothing, so one
+  burst of 429s lowers the limit once. After a 429 the level that was refused is probed again
+  only after ``PROBE_WINDOWS`` windows, twice as many after each refused probe, so a store that
+  refuses above N in flight meets a refused request rarely. What is remembered is never a level
+  refused last, and a sync starting from it holds there ``PROBE_WINDOWS`` windows before going
+  higher. The limit never exceeds the ceiling (``WOOSYNC_MAX_STORE_CONCURRENCY``).
 * :class:`StoreGate` admits each HTTP attempt of one store (the client asks it per attempt, so
   retries are counted too and a retry's wait holds no slot) and honours ``Retry-After``: no new
   request goes to the store until it has passed.

@@ -69,7 +69,8 @@ async def test_an_explicit_concurrency_is_kept_and_nothing_is_learned(pool: asyn
     async with running_simulator(customers=200, seed=8, latency_ms=20) as sim:
         request = await queue_new_org_sync(pool, sim, batch_size=10, concurrency=2)
         recorder = Recorder()
-        await handle_sync_requested(request, fetcher_deps(pool, recorder, store_limits=limits(pool)))
+        deps = fetcher_deps(pool, recorder, store_limits=limits(pool))
+        await handle_sync_requested(request, deps)
         stats = await sim.stats()
         remembered = await limits(pool).remembered(store_identity(sim.url))
 
