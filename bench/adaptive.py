@@ -45,6 +45,7 @@ AIRBYTE_S = 56.2  # issue 12: Airbyte's WooCommerce source, 20,000 customers at 
 @dataclass
 class Sync:
     seconds: float
+    fetch_s: float  # from the job's start to the fetcher's last page
     state: str
     synced: int
     failed_lines: int
@@ -79,7 +80,7 @@ async def woosync_syncs(sim: SimHandle, times: int) -> list[Sync]:
     """``times`` syncs of the store with default options, one after the other, in one fresh
     stack (so the later ones start from what the first learned)."""
     fresh = await fresh_stack("adaptive")
-    env = {**fresh.env, "SSL_CERT_FILE": str(sim.ca_cert)}
+    env = {**fresh.env, "SSL_CERT_FILE": str(sim.ca_cert), "WOOSYNC_LOG_LEVEL": "INFO"}
     supervisor = Supervisor(SERVICES, env=env, colour=False, out=sys.stderr)
     stack = asyncio.create_task(supervisor.run())
     results = []
@@ -116,6 +117,11 @@ async def woosync_syncs(sim: SimHandle, times: int) -> list[Sync]:
             results.append(
                 Sync(
                     seconds=seconds,
+                    fetch_s=await pool.fetchval(
+                        "SELECT extract(epoch FROM fetch_done_at - created_at)::float8 "
+                        "FROM woo_customer_sync_queue WHERE id = $1",
+                        job_id,
+                    ),
                     state=str(final.get("state")),
                     synced=await pool.fetchval("SELECT count(*) FROM customer"),
                     failed_lines=await pool.fetchval(
@@ -139,7 +145,8 @@ async def woosync_syncs(sim: SimHandle, times: int) -> list[Sync]:
 def line(label: str, sync: Sync, floor_s: float) -> str:
     return (
         f"  {label:<28} {sync.seconds:7.2f} s   {sync.seconds / floor_s:5.2f}x floor   "
-        f"state {sync.state}, synced {sync.synced:,}, failed lines {sync.failed_lines}, "
+        f"(read in {sync.fetch_s:.2f} s) state {sync.state}, synced {sync.synced:,}, "
+        f"failed lines {sync.failed_lines}, "
         f"learned {sync.learned}, peak in flight {sync.peak_in_flight}, 429s {sync.refused}"
     )
 

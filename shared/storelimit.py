@@ -4,19 +4,22 @@ A job started without a ``concurrency`` option does not guess: its fetcher finds
 sustains while it reads it, and remembers that for the store's next sync.
 
 * :class:`Aimd` is the decision, pure (fed events, no clock, no I/O): after each *window* of
-  ``limit`` answers sent at the current limit, it raises the limit while the window's median
-  latency stays within ``LATENCY_TOLERANCE`` of the lowest seen and the limit was actually used
-  (doubling until the first trouble, "slow start"; then one more per window). A 429 lowers it to
-  just below the number in flight when the store refused (to half during slow start), other
-  transient failures (5xx, timeouts, cut connections) by ``OVERLOAD_DECREASE``, and latency
-  grown over ``SLOW_WINDOWS`` windows in a row (one may be the fetcher's own load) to
-  ``limit * lowest / latest`` (Little's law: the store serves that many at its flat latency).
-  Answers to requests sent before the latest change are old news and change nothing, so one
-  burst of 429s lowers the limit once. After a 429 the level that was refused is probed again
-  only after ``PROBE_WINDOWS`` windows, twice as many after each refused probe, so a store that
-  refuses above N in flight meets a refused request rarely. What is remembered is never a level
-  refused last, and a sync starting from it holds there ``PROBE_WINDOWS`` windows before going
-  higher. The limit never exceeds the ceiling (``WOOSYNC_MAX_STORE_CONCURRENCY``).
+  ``limit`` answers sent at the current limit, if the limit was actually reached, it raises the
+  limit while the window's median latency stays within ``LATENCY_TOLERANCE`` of the lowest seen,
+  or while pages per second (``limit / latency``, Little's law) still grow at least
+  ``RATE_GAIN`` as fast as the limit (a store whose latency is partly work it does one at a
+  time: slower pages, but more of them). It doubles until the first trouble ("slow start"),
+  then adds one per window. A 429 lowers it to just below the number in flight when the store
+  refused (to half during slow start), other transient failures (5xx, timeouts, cut
+  connections) by ``OVERLOAD_DECREASE``; latency grown without more pages per second,
+  ``SLOW_WINDOWS`` windows in a row (one may be the fetcher's own load), to the limit that gave
+  the most pages per second (one less at least): the store only queued the rest. Answers to
+  requests sent before the latest change are old news and change nothing, so one burst of 429s
+  lowers the limit once. After a 429 the level that was refused is probed again only after
+  ``PROBE_WINDOWS`` windows, twice as many after each refused probe, so a store that refuses
+  above N in flight meets a refused request rarely. What is remembered is never a level refused
+  last, and a sync starting from it holds there ``PROBE_WINDOWS`` windows before going higher.
+  The limit never exceeds the ceiling (``WOOSYNC_MAX_STORE_CONCURRENCY``).
 * :class:`StoreGate` admits each HTTP attempt of one store (the client asks it per attempt, so
   retries are counted too and a retry's wait holds no slot) and honours ``Retry-After``: no new
   request goes to the store until it has passed.
@@ -54,6 +57,7 @@ log = logging.getLogger("woosync.storelimit")
 
 LATENCY_TOLERANCE = 1.5  # a window this much slower than the fastest seen: the store queues
 SLOW_WINDOWS = 2  # consecutive slow windows that lower the limit
+RATE_GAIN = 0.5  # slower pages still pay while pages per second grow half as fast as the limit
 OVERLOAD_DECREASE = 0.7  # factor on a 5xx, a timeout or a cut connection
 PROBE_WINDOWS = 8  # windows at the level below a refused one before probing it again
 MAX_PROBE_WINDOWS = 64
@@ -76,6 +80,8 @@ class Aimd:
     held: int = 0  # windows spent below refused_at since the latest refusal or probe
     slow_windows: int = 0  # consecutive windows slower than the tolerance
     reason: str = ""  # why the latest change was made, for the log
+    best_rate: float = 0.0  # most answers per second seen (limit / median latency of a window)
+    best_limit: int = 1  # the limit that reached it
     _latencies: list[float] = field(default_factory=list)
     _used: int = 0  # most requests in flight at once in the current window
 
@@ -99,17 +105,27 @@ class Aimd:
         self._used = 0
         if self.lowest_latency_s is None or typical < self.lowest_latency_s:
             self.lowest_latency_s = typical
-        if typical > LATENCY_TOLERANCE * self.lowest_latency_s:
+        if not used:
+            return False  # the limit was not reached: the window says nothing about more
+        rate = self.limit / typical  # pages per second at this limit (Little's law)
+        # Pages per second grow at least RATE_GAIN as fast as the limit did since the best.
+        gaining = (
+            self.best_rate > 0
+            and self.limit > self.best_limit
+            and (rate / self.best_rate - 1 >= RATE_GAIN * (self.limit / self.best_limit - 1))
+        )
+        if rate > self.best_rate:
+            self.best_rate, self.best_limit = rate, self.limit
+        if typical > LATENCY_TOLERANCE * self.lowest_latency_s and not gaining:
+            # Slower pages, and no more of them per second: the store queues what is sent.
             self.slow_windows += 1
             if self.slow_windows < SLOW_WINDOWS:
                 return False  # one slow window may be the fetcher's own load
             self.slow_windows = 0
             self.slow_start = False
             self.reason = f"latency {typical:.3f}s against {self.lowest_latency_s:.3f}s"
-            return self._set(round(self.limit * self.lowest_latency_s / typical))
+            return self._set(min(self.limit - 1, self.best_limit))
         self.slow_windows = 0
-        if not used:
-            return False  # the limit was not reached: the window says nothing about more
         if self.refused_at is not None and self.limit >= self.refused_at:
             # A whole window at the level once refused: the store takes it now.
             self.refused_at, self.probe_windows, self.held = None, PROBE_WINDOWS, 0

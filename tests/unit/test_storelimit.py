@@ -91,13 +91,13 @@ def test_probe_waits_are_bounded() -> None:
     assert aimd.probe_windows == MAX_PROBE_WINDOWS
 
 
-def test_growing_latency_lowers_the_limit_to_what_the_store_serves_at_its_flat_latency() -> None:
+def test_growing_latency_without_more_pages_per_second_goes_back_to_the_best_limit() -> None:
     aimd = Aimd(limit=16, ceiling=32, slow_start=False)
     window(aimd, 0.3)
     assert aimd.limit == 17
     assert not window(aimd, 0.3 * 2)  # one slow window may be noise
-    window(aimd, 0.3 * 2)  # twice as slow again: the store serves about half of what is sent
-    assert aimd.limit == 8
+    window(aimd, 0.3 * 2)  # twice as slow again: fewer pages per second than at 16
+    assert aimd.limit == 16
 
 
 def test_a_single_slow_window_between_flat_ones_changes_nothing_but_the_pace() -> None:
@@ -178,6 +178,20 @@ def test_a_store_flat_up_to_sixteen_is_read_at_sixteen_or_more() -> None:
     settled = limits[10:]
     assert min(settled) >= 16
     assert max(settled) <= 25  # beyond 1.5x the flat latency (24) it backs off
+
+
+def test_a_store_slowing_less_than_it_gains_is_read_ever_wider() -> None:
+    """Latency grows with what is in flight, but less than in proportion (a page is mostly
+    waiting, partly work the store does one at a time): pages per second still grow."""
+    aimd = Aimd(limit=4, ceiling=32)
+    limits = drive(aimd, 100, lambda position, limit: 0.3 + 0.01 * limit)
+    assert min(limits[-20:]) >= 20  # 20 / 0.5 s is 1.9 times 8 / 0.38 s
+
+
+def test_a_store_that_only_queues_beyond_its_capacity_is_not_flooded() -> None:
+    aimd = Aimd(limit=4, ceiling=64)
+    limits = drive(aimd, 300, lambda position, limit: 0.3 * max(1.0, limit / 16))
+    assert max(limits[20:]) <= 25
 
 
 def test_fair_share() -> None:
