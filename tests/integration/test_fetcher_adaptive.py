@@ -11,7 +11,7 @@ import asyncpg
 
 from services.fetcher.handlers import handle_sync_requested
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message
-from shared.storelimit import StoreLimits
+from shared.storelimit import StoreLimits, store_key
 from shared.storeurl import store_identity
 from tests.helpers import Recorder, fetcher_deps, job_row, queue_new_org_sync
 from tools.woosim.testing import running_simulator
@@ -56,14 +56,34 @@ async def test_a_store_refusing_above_four_in_flight_is_read_whole_and_its_limit
     # Never a level the store refused (a loaded machine's latency may have lowered it more).
     assert remembered is not None and 1 <= remembered <= 4
 
-    # Remembered: no slow start past it; the rare probe above it is refused at most once.
+    # Remembered: no slow start past it, only the rare probe of one more, refused (a probe may
+    # meet one or two refusals before its answer is heard).
     assert not again.of(FetchFailed)
     assert again.of(FetchCompleted)[0].customers == 600
-    assert stats_again["by_status"].get("429", 0) <= 1
-    assert stats_again["by_status"].get("429", 0) < stats["by_status"]["429"]
     assert stats_again["peak_in_flight"] <= 5
+    assert stats_again["by_status"].get("429", 0) <= 3
     assert 1 <= (await limits(pool).remembered(store) or 0) <= 4
     assert (await job_row(pool, second.job_id))["concurrency"] is None
+
+
+async def test_a_sync_starts_from_the_limit_remembered_for_its_store(pool: asyncpg.Pool) -> None:
+    async with running_simulator(customers=150, seed=10, latency_ms=200) as sim:
+        await pool.execute(
+            "INSERT INTO woosync_store_limit (store, concurrency) VALUES ($1, 2)",
+            store_key(store_identity(sim.url)),
+        )
+        request = await queue_new_org_sync(pool, sim, batch_size=10, concurrency=None)
+        recorder = Recorder()
+        deps = fetcher_deps(pool, recorder, store_limits=limits(pool))
+        await handle_sync_requested(request, deps)
+        stats = await sim.stats()
+        remembered = await limits(pool).remembered(store_identity(sim.url))
+
+    assert recorder.of(FetchCompleted)[0].customers == 150
+    # Not the 4 a store never read starts with, nor slow start: held at 2 for 8 windows (16
+    # pages; the store has 15).
+    assert stats["peak_in_flight"] == 2
+    assert remembered == 2
 
 
 async def test_an_explicit_concurrency_is_kept_and_nothing_is_learned(pool: asyncpg.Pool) -> None:
