@@ -46,7 +46,10 @@ class Settings(BaseSettings):
     namespace: str = "woosync"
 
     default_batch_size: int = Field(100, ge=1, le=100)
+    # A job started without a concurrency option adapts it to its store (shared.storelimit):
+    # a store never read starts at default_concurrency, and no store gets more than this.
     default_concurrency: int = Field(4, ge=1, le=16)
+    max_store_concurrency: int = Field(32, ge=1, le=256)
     # Growing delays of the syncer's retry tiers; one attempt per tier, then the parking queue.
     retry_delays_ms: list[int] = [5_000, 30_000, 120_000]
     prefetch: int = Field(8, ge=1)

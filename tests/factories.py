@@ -77,7 +77,7 @@ async def make_job(
     store_total: int | None = None,
     connection_id: UUID | None = None,
     batch_size: int = 100,
-    concurrency: int = 4,
+    concurrency: int | None = 4,
     fetch_done: bool = False,
     finished: bool = False,
 ) -> UUID:
@@ -139,7 +139,7 @@ async def queue_store_sync(
     *,
     auth_mode: str = "oauth1",
     batch_size: int = 100,
-    concurrency: int = 4,
+    concurrency: int | None = 4,
 ) -> SyncRequested:
     """A queued job of a new connection to a running simulated store, its secret sealed by
     ``box``: what the api leaves behind for the fetcher, and the request it sends."""

@@ -37,8 +37,9 @@ from shared.broker import make_broker, publish_to_queue
 from shared.crypto import ProgressTokens, SecretBox
 from shared.messages import CustomerBatch, Message, SyncRequested
 from shared.settings import Settings
+from shared.storelimit import StoreLimits
 from shared.topology import PARKED_ATTEMPTS_HEADER, PARKED_ERROR_HEADER, Topology
-from shared.woocommerce import RetryPolicy, StoreConfig, WooClient
+from shared.woocommerce import RequestGate, RetryPolicy, StoreConfig, WooClient
 from tests.conftest import AMQP_URL
 from tests.factories import Job, make_org, queue_store_sync
 from tools.woosim.testing import SimHandle
@@ -291,7 +292,7 @@ FAST_RETRIES = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.
 
 
 async def queue_new_org_sync(
-    pool: asyncpg.Pool, sim: Any, *, batch_size: int = 100, concurrency: int = 4
+    pool: asyncpg.Pool, sim: Any, *, batch_size: int = 100, concurrency: int | None = 4
 ) -> SyncRequested:
     """A new org's queued job for the simulated store ``sim``, its secret sealed with
     FETCHER_SECRETS: the request the fetcher's handler is given."""
@@ -317,18 +318,25 @@ class Recorder:
         return [c["id"] for b in self.of(CustomerBatch) for c in b.customers]
 
 
-def fetcher_deps(pool: asyncpg.Pool, recorder: Recorder) -> FetcherDeps:
+def fetcher_deps(
+    pool: asyncpg.Pool, recorder: Recorder, *, store_limits: StoreLimits | None = None
+) -> FetcherDeps:
     """The fetcher's dependencies: real store client with quick retries, ``recorder`` as the
-    publisher."""
+    publisher; ``store_limits`` for jobs that adapt their concurrency to the store."""
 
     @asynccontextmanager
-    async def open_client(config: StoreConfig, concurrency: int) -> AsyncIterator[PageReader]:
-        async with WooClient(config, policy=FAST_RETRIES, max_connections=concurrency) as client:
+    async def open_client(
+        config: StoreConfig, concurrency: int, gate: RequestGate | None = None
+    ) -> AsyncIterator[PageReader]:
+        async with WooClient(
+            config, policy=FAST_RETRIES, max_connections=concurrency, gate=gate
+        ) as client:
             yield client
 
     return FetcherDeps(
         pool=pool, secrets=FETCHER_SECRETS, open_client=open_client, publish=recorder,
         allow_private_urls=True,  # the simulator listens on 127.0.0.1
+        store_limits=store_limits,
     )  # fmt: skip
 
 

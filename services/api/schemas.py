@@ -75,7 +75,11 @@ class StoreConfigIn(_Request):
 
 class StartOptions(_Request):
     batch_size: Annotated[int, Field(strict=True, ge=1, le=100)] | None = None
-    concurrency: Annotated[int, Field(strict=True, ge=1, le=16)] | None = None
+    concurrency: Annotated[int, Field(strict=True, ge=1, le=16)] | None = Field(
+        None,
+        description="Requests in flight to the store. Absent: adapted to what the store "
+        "sustains, starting from what its last sync learned.",
+    )
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     conflict_policy: ConflictPolicyField | None = Field(
         None,

@@ -25,7 +25,8 @@ from shared.messages import Contract, SyncRequested
 from shared.metrics import FetcherMetrics
 from shared.runtime import Runtime
 from shared.settings import Settings
-from shared.woocommerce import StoreConfig, WooClient
+from shared.storelimit import StoreLimits
+from shared.woocommerce import RequestGate, StoreConfig, WooClient
 
 log = logging.getLogger("woosync.fetcher")
 
@@ -50,8 +51,12 @@ def build_service(settings: Settings) -> tuple[FastStream, Runtime]:
     parking = Parking(broker, topology.parking(topology.fetcher_queue).name)
 
     @asynccontextmanager
-    async def open_client(config: StoreConfig, concurrency: int) -> AsyncIterator[PageReader]:
-        async with WooClient.from_settings(config, settings, max_connections=concurrency) as client:
+    async def open_client(
+        config: StoreConfig, concurrency: int, gate: RequestGate | None
+    ) -> AsyncIterator[PageReader]:
+        async with WooClient.from_settings(
+            config, settings, max_connections=concurrency, gate=gate
+        ) as client:
             yield client
 
     async def started() -> None:
@@ -68,6 +73,13 @@ def build_service(settings: Settings) -> tuple[FastStream, Runtime]:
             max_message_bytes=settings.max_message_bytes,
             preview_max_customers=settings.preview_job_max_customers,
             observe_page=metrics.observe_page,
+            store_limits=StoreLimits(
+                runtime.pool,
+                start=settings.default_concurrency,
+                ceiling=settings.max_store_concurrency,
+                max_pause_s=settings.store_backoff_max_s,
+            ),
+            default_concurrency=settings.default_concurrency,
         )
 
     async def stop_crawls() -> None:

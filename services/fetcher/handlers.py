@@ -3,10 +3,13 @@
 A job is paged with ``role=all&orderby=id&order=asc`` (the defaults hide non-customers and order
 unstably) in windows of the job's batch size that overlap a little (see
 :mod:`services.fetcher.paging`). Page 1 tells the totals; the remaining pages are fetched
-concurrently, at most ``concurrency`` at a time for this store. Customers added during the crawl
-land at the end (ids ascend), so the crawl then re-reads the last page and goes on until a short
-one. Last, it proves from the windows' id bounds that no customer slipped between two windows
-while customers were deleted, and reads again around any spot where one might have.
+concurrently, at most ``concurrency`` at a time for this store, or, for a job started without
+that option, as many as the store sustains (:mod:`shared.storelimit`: the store's limit is found
+while reading, shared by every fetcher reading the store, and remembered). Customers added
+during the crawl land at the end (ids ascend), so the crawl then re-reads the last page and goes
+on until a short one. Last, it proves from the windows' id bounds that no customer slipped
+between two windows while customers were deleted, and reads again around any spot where one
+might have.
 
 Every window read is recorded the same way, in one transaction: the lines of the customers that
 have none yet are inserted, those customers published (the publish confirmed before the
@@ -72,8 +75,10 @@ from shared.crypto import SecretBox, UndecryptableSecret
 from shared.db import OrgScope, for_org
 from shared.lifecycle import FINAL_JOB_STATES, RUNNING_JOB_STATES, JobState
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
+from shared.storelimit import StoreLimits
+from shared.storeurl import store_identity
 from shared.urlsafety import StoreUrlError, ensure_public_url
-from shared.woocommerce import StoreConfig, StoreError
+from shared.woocommerce import RequestGate, StoreConfig, StoreError
 
 log = logging.getLogger("woosync.fetcher")
 
@@ -87,7 +92,10 @@ class PageReader(Protocol):
 
 
 T = TypeVar("T")
-ClientFactory = Callable[[StoreConfig, int], AbstractAsyncContextManager[PageReader]]
+# (store config, max connections, gate admitting each attempt or None) -> client context
+ClientFactory = Callable[
+    [StoreConfig, int, RequestGate | None], AbstractAsyncContextManager[PageReader]
+]
 PageObserver = Callable[[UUID, float, str | None], None]
 
 # Extra reads allowed to close gaps, beyond two per page of the store.
@@ -115,7 +123,7 @@ class SliceOver(Exception):
 class FetcherDeps:
     pool: asyncpg.Pool
     secrets: SecretBox
-    open_client: ClientFactory  # (store config, max connections) -> client context
+    open_client: ClientFactory
     publish: Publish
     # WOOSYNC_ALLOW_PRIVATE_URLS; the store's address is checked again before every crawl.
     allow_private_urls: bool = False
@@ -129,6 +137,10 @@ class FetcherDeps:
     preview_max_customers: int = 50_000  # WOOSYNC_PREVIEW_JOB_MAX_CUSTOMERS
     # Told of every page read: (connection id, seconds, None or the failure's kind); metrics.
     observe_page: PageObserver | None = None
+    # The stores' adaptive limits; None: a job without a concurrency option reads with
+    # ``default_concurrency`` workers.
+    store_limits: StoreLimits | None = None
+    default_concurrency: int = 4  # WOOSYNC_DEFAULT_CONCURRENCY
 
 
 @dataclass
@@ -424,9 +436,9 @@ async def _preview(job: _Job, config: StoreConfig, row: asyncpg.Record) -> None:
     """A preview job: read the whole store (``services.fetcher.preview_read``), compare it with
     the stored customers and keep the answer on the job; no line, page or customer is written."""
     request = job.request
-    concurrency = row["concurrency"]
+    concurrency = row["concurrency"] or job.deps.default_concurrency
     try:
-        async with job.deps.open_client(config, concurrency) as client:
+        async with job.deps.open_client(config, concurrency, None) as client:
             read = await read_store(
                 client,
                 per_page=job.batch_size,
@@ -553,7 +565,29 @@ async def _until_final(job: _Job) -> str | None:
 
 
 async def _crawl(
-    job: _Job, config: StoreConfig, *, concurrency: int, recorded_pages: int | None = None
+    job: _Job,
+    config: StoreConfig,
+    *,
+    concurrency: int | None,
+    recorded_pages: int | None = None,
+) -> int:
+    """Fetch all pages with ``concurrency`` workers, or as many as the store sustains when it
+    is None (and the fetcher has the stores' limits)."""
+    limits = job.deps.store_limits
+    if concurrency is not None or limits is None:
+        workers = concurrency or job.deps.default_concurrency
+        return await _crawl_with(job, config, workers, None, recorded_pages)
+    async with limits.gate(store_identity(config.url)) as gate:
+        # As many workers as the ceiling; the gate admits what the store sustains.
+        return await _crawl_with(job, config, limits.ceiling, gate, recorded_pages)
+
+
+async def _crawl_with(
+    job: _Job,
+    config: StoreConfig,
+    concurrency: int,
+    gate: RequestGate | None,
+    recorded_pages: int | None,
 ) -> int:
     """Fetch all pages, prove none was missed; returns the number of pages the store had.
 
@@ -561,7 +595,7 @@ async def _crawl(
     page: with that page recorded, the crawl resumes (after a pause, a hand-on, a restart)
     without reading it again."""
     job_id, org_id = job.request.job_id, job.request.org_id
-    async with job.deps.open_client(config, concurrency) as client:
+    async with job.deps.open_client(config, concurrency, gate) as client:
         fetched = {
             r["page"]: r for r in await job.db.fetch(q.SELECT_FETCHED_PAGES, job_id, org_id)
         }

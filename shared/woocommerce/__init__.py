@@ -1,6 +1,12 @@
 """The WooCommerce store client: auth (basic, query, oauth1), customer paging, retry policy."""
 
-from shared.woocommerce.client import CUSTOMERS_PATH, MAX_PER_PAGE, CustomerPage, WooClient
+from shared.woocommerce.client import (
+    CUSTOMERS_PATH,
+    MAX_PER_PAGE,
+    CustomerPage,
+    RequestGate,
+    WooClient,
+)
 from shared.woocommerce.credentials import AuthMode, StoreConfig
 from shared.woocommerce.errors import (
     StoreAuthError,
@@ -16,6 +22,7 @@ __all__ = [
     "MAX_PER_PAGE",
     "AuthMode",
     "CustomerPage",
+    "RequestGate",
     "RetryPolicy",
     "StoreAuthError",
     "StoreBadResponse",

@@ -13,9 +13,10 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import httpx
 import tenacity
@@ -52,6 +53,19 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _BODY_FRAMING_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
+class AttemptReport(Protocol):
+    def answered(self) -> None: ...
+    def refused(self, status: int | None, retry_after_s: float | None = None) -> None: ...
+
+
+class RequestGate(Protocol):
+    """Admits each HTTP attempt to the store and hears how it went (adaptive concurrency,
+    ``shared.storelimit``): attempts, not logical requests, so that a retry's wait holds no
+    slot and every 429 is heard."""
+
+    def attempt(self) -> AbstractAsyncContextManager[AttemptReport]: ...
+
+
 @dataclass(frozen=True)
 class CustomerPage:
     """One page of customers, ``_links`` removed.
@@ -84,6 +98,7 @@ class WooClient:
         transport: httpx.AsyncBaseTransport | None = None,
         pin_public_address: bool = False,
         resolve: Resolver = system_resolve,
+        gate: RequestGate | None = None,
     ) -> None:
         """``transport`` replaces the network (a test double of the store); TLS verification
         and pool limits are then that transport's business. ``pin_public_address``: connect
@@ -102,6 +117,7 @@ class WooClient:
         self._deadline_s = deadline_s
         self._max_response_bytes = max_response_bytes
         self._policy = policy or RetryPolicy()
+        self._gate = gate
         if config.auth == "query":
             guard_http_loggers()
         network = transport is None
@@ -130,7 +146,12 @@ class WooClient:
 
     @classmethod
     def from_settings(
-        cls, config: StoreConfig, settings: Settings, *, max_connections: int | None = None
+        cls,
+        config: StoreConfig,
+        settings: Settings,
+        *,
+        max_connections: int | None = None,
+        gate: RequestGate | None = None,
     ) -> WooClient:
         """Timeout, deadline, size and retry bounds from ``WOOSYNC_STORE_*``; pool sized for
         the concurrency."""
@@ -142,6 +163,7 @@ class WooClient:
             max_connections=max_connections or settings.default_concurrency,
             policy=RetryPolicy.from_settings(settings),
             pin_public_address=not settings.allow_private_urls,
+            gate=gate,
         )
 
     async def __aenter__(self) -> Self:
@@ -226,7 +248,16 @@ class WooClient:
         """The page's items as sent. Only a body that is not a JSON array fails the page (a cut
         proxy or a PHP notice: transient); an item without a usable id is its caller's to judge,
         as that customer alone is bad."""
-        response = await self._send("GET", CUSTOMERS_PATH, params)
+        if self._gate is None:
+            response = await self._send("GET", CUSTOMERS_PATH, params)
+        else:
+            async with self._gate.attempt() as attempt:
+                try:
+                    response = await self._send("GET", CUSTOMERS_PATH, params)
+                except TransientFailure as failure:
+                    attempt.refused(failure.status, failure.retry_after_s)
+                    raise
+                attempt.answered()
         try:
             # Any nesting depth: a customer nested too deeply fails alone at the syncer.
             body = jsondepth.loads(response.content)

@@ -74,7 +74,8 @@ async def test_start_stores_the_job_and_publishes_sync_requested(api: Api, store
     job = await api.pool.fetchrow("SELECT * FROM woo_customer_sync_queue WHERE id = $1", job_id)
     assert job["org_id"] == api.org_id
     assert job["state"] == "queued" and job["queued_at"] is not None
-    assert (job["batch_size"], job["concurrency"]) == (100, 4)
+    # No concurrency option: the fetcher adapts it to the store.
+    assert (job["batch_size"], job["concurrency"]) == (100, None)
     assert job["store_total"] == 5
 
     connection = await api.pool.fetchrow("SELECT * FROM woo_connections")

@@ -32,7 +32,7 @@ from shared.crypto import SecretBox
 from shared.messages import CustomerBatch, FetchFailed, Message
 from shared.settings import Settings
 from shared.topology import Topology
-from shared.woocommerce import StoreConfig, WooClient
+from shared.woocommerce import RequestGate, StoreConfig, WooClient
 from tests.factories import add_failed_lines, queue_store_sync
 from tests.helpers import (
     Api,
@@ -375,7 +375,9 @@ async def test_fetcher_checks_the_address_again_before_crawling(
         published.append(message)
 
     @asynccontextmanager
-    async def open_client(config: StoreConfig, concurrency: int) -> AsyncIterator[PageReader]:
+    async def open_client(
+        config: StoreConfig, concurrency: int, gate: RequestGate | None = None
+    ) -> AsyncIterator[PageReader]:
         async with WooClient(config, max_connections=concurrency) as client:
             yield client
 

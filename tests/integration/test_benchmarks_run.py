@@ -88,3 +88,14 @@ async def test_hostile_runs_and_every_case_ends_as_it_must() -> None:
     after = figure(out, "store requests during the call")
     assert number(after, "after its answer") >= 0, out
     assert number(figure(out, "last store request after the answer"), "ratio") >= 0, out
+
+
+def test_adaptive_runs_and_fails_no_line() -> None:
+    out = run(
+        "bench.adaptive", "--customers", "300", "--latency-ms", "20", "--flat", "4",
+        "--refuse-above", "2",
+    )  # fmt: skip
+    syncs = [line for line in out.splitlines() if line.strip().startswith("woosync,")]
+    assert len(syncs) == 4, out
+    for sync in syncs:
+        assert "state done, synced 300, failed lines 0" in sync, out

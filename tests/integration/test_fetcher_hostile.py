@@ -164,7 +164,7 @@ async def test_pages_holding_fewer_than_the_total_fail_and_are_read_again_on_ret
     store = SkippingStore(total=250, missing=150)
 
     @contextlib.asynccontextmanager
-    async def open_client(config: Any, concurrency: int) -> AsyncIterator[Any]:
+    async def open_client(config: Any, concurrency: int, gate: Any = None) -> AsyncIterator[Any]:
         yield store
 
     recorder = Recorder()

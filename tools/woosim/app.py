@@ -76,6 +76,9 @@ class Stats:
     """Counts of ``/wp-json`` requests only (control calls would blur what a client did)."""
 
     requests: int = 0  # answered
+    # /wp-json requests being answered now, and the most at once (refused ones included).
+    in_flight: int = 0
+    peak_in_flight: int = 0
     # Arrived, answered or not yet, and when the latest arrived (Unix time): "did the client
     # send anything after ...?" without counting the answers still on their way.
     received: int = 0
@@ -92,6 +95,8 @@ class Stats:
     def arrived(self) -> None:
         self.received += 1
         self.last_received_at = time.time()
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 
     def record(
         self,
@@ -122,6 +127,8 @@ class Stats:
         return {
             "requests": self.requests,
             "received": self.received,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
             "last_received_at": self.last_received_at,
             "by_status": dict(self.by_status),
             "by_path": dict(self.by_path),
@@ -131,6 +138,7 @@ class Stats:
 
     def reset(self) -> None:
         self.requests = self.received = 0
+        self.peak_in_flight = self.in_flight
         self.last_received_at = None
         self.log.clear()
         for counter in (self.by_status, self.by_path, self.by_fault, self.by_auth):
@@ -320,7 +328,8 @@ async def _list_customers(ctx: _Context) -> Response:
     _require(ctx, "list_users")
     config = ctx.sim.faults.config
     if config.latency_ms:
-        await asyncio.sleep(config.latency_ms / 1000)
+        queued = ctx.sim.stats.in_flight / config.flat_in_flight if config.flat_in_flight else 1
+        await asyncio.sleep(config.latency_ms / 1000 * max(1.0, queued))
     # A caching plugin that caps per_page changes the query WordPress runs, offsets included.
     number = min(params.per_page, config.per_page_cap or params.per_page)
     offset = 0 if config.ignore_offset else params.offset or (params.page - 1) * number
@@ -530,9 +539,19 @@ def _corrupt(response: Response, variant: float) -> Response:
 async def wp_json(request: Request) -> Response:
     sim: Simulator = request.app.state.sim
     sim.stats.arrived()
+    try:
+        return await _answer(sim, request)
+    finally:
+        sim.stats.in_flight -= 1
+
+
+async def _answer(sim: Simulator, request: Request) -> Response:
     arrived_at = sim.stats.last_received_at
     ctx = _Context(sim, request)
     fault = sim.faults.decide()
+    capacity = sim.faults.config.max_in_flight
+    if capacity and sim.stats.in_flight > capacity:
+        fault = Fault("429", 429, 0.0, fault.variant)  # a store refusing what it cannot serve
     if fault.delay_s:
         await asyncio.sleep(fault.delay_s)
     if fault.kind in ("429", "5xx"):

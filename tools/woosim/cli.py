@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="treat plain HTTP as HTTPS for auth (a proxy that sets HTTPS=on)",
     )
+    add(
+        "--flat-in-flight",
+        type=int,
+        default=0,
+        help="latency stays flat up to N requests in flight and grows in proportion beyond",
+    )
+    add("--max-in-flight", type=int, default=0, help="answer 429 above N requests in flight")
     add("--rate-429", type=float, default=0.0, help="share of requests answered 429")
     add("--retry-after", type=int, default=1, help="Retry-After seconds on 429/503")
     add("--retry-after-http-date", action="store_true", help="send Retry-After as an HTTP-date")
@@ -88,6 +95,8 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         rate_trickle=args.rate_trickle,
         trickle_ms=args.trickle_ms,
         latency_ms=args.latency_ms,
+        flat_in_flight=args.flat_in_flight,
+        max_in_flight=args.max_in_flight,
         per_page_cap=args.per_page_cap,
         claimed_total=args.claimed_total,
         unordered_pages=args.unordered_pages,

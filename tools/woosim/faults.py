@@ -48,6 +48,12 @@ class FaultConfig:
     rate_trickle: float = 0.0
     trickle_ms: int = 1000
     latency_ms: int = 0  # Added to every customers list page.
+    # A store's capacity (see tools/woosim/README.md, "Capacity"), counted in /wp-json requests
+    # in flight, the arriving one included (0: off). Up to flat_in_flight, latency_ms is flat;
+    # beyond, it grows in proportion (a server of that many workers queueing the rest).
+    flat_in_flight: int = 0
+    # Above this many in flight, a request is answered 429 with Retry-After at once.
+    max_in_flight: int = 0
     # Hostile or broken stores (see tools/woosim/README.md, "Hostile stores"):
     per_page_cap: int = 0  # At most this many customers per page whatever per_page asks (0: off).
     claimed_total: int = 0  # X-WP-Total claims this many (TotalPages follows); 0: the truth.
@@ -65,7 +71,7 @@ class FaultConfig:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
         for name in ("retry_after", "slow_ms", "latency_ms", "trickle_ms", "per_page_cap",
-                     "claimed_total"):
+                     "claimed_total", "flat_in_flight", "max_in_flight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if not self.statuses_5xx or not all(500 <= s <= 599 for s in self.statuses_5xx):

@@ -45,6 +45,8 @@ _FAULT_FLAGS = {
     "rate_trickle": "--rate-trickle",
     "trickle_ms": "--trickle-ms",
     "latency_ms": "--latency-ms",
+    "flat_in_flight": "--flat-in-flight",
+    "max_in_flight": "--max-in-flight",
     "seed": "--fault-seed",
 }
 

@@ -173,7 +173,8 @@ async def _open_job_or_new(
     if await conn.fetchval(q.COUNT_OPEN_JOBS, org_id) >= limit:
         raise too_many_syncs(limit)
     batch_size = options.batch_size or deps.settings.default_batch_size
-    concurrency = options.concurrency or deps.settings.default_concurrency
+    # None: the fetcher adapts it to the store (shared.storelimit).
+    concurrency = options.concurrency
     inserted = await conn.fetchval(
         q.INSERT_JOB,
         new_job_id,
