@@ -66,6 +66,7 @@ async def test_migrate_creates_applies_once_and_reverts(fresh_database: str) -> 
     assert "applied 0001_core" in first.stdout
     expected = {"orgs", "api_keys", "woo_connections", "woo_customer_sync_queue",
                 "woo_customer_sync_queue_line", "woo_customer_sync_page", "woo_sync_activity",
+                "woo_customer_sync_hold",
                 "customer", "schema_migrations", "woosync_rate_limit",
                 "woosync_stream_lease", "woosync_store_limit", "woosync_store_lease"}
     assert await tables(fresh_database) == expected
@@ -114,6 +115,9 @@ def test_up_runs_all_services_and_stops_them_on_sigterm(settings: Settings) -> N
         "WOOSYNC_NAMESPACE": settings.namespace,
         "WOOSYNC_API_PORT": str(api_port),
         "WOOSYNC_TRACKER_PORT": str(tracker_port),
+        "WOOSYNC_FETCHER_PORT": "0",
+        "WOOSYNC_SYNCER_PORT": "0",
+        "WOOSYNC_LOG_FORMAT": "text",  # as on a terminal: prefixed lines
     }
     process = subprocess.Popen([*WOOSYNC, "up"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
