@@ -14,7 +14,7 @@ from shared.lifecycle import FINAL_JOB_STATES, JobStateField
 SELECT_JOB_STATUS = """
 SELECT id, org_id, connection_id, state, total, done_count, failed_count, store_total,
        pages_total, process_count, fetch_done_at, created_at, started_at, finished_at,
-       updated_at, last_error
+       updated_at, last_error, deleted_count, restored_count
 FROM woo_customer_sync_queue
 WHERE id = $1 AND org_id = $2
 """
@@ -29,6 +29,11 @@ class JobStatus(BaseModel):
     failed: int
     pending: int
     percent: float
+    # Customers of the connection this job's crawl found gone from the store and marked deleted
+    # (set when the job finishes, only after a crawl proven complete), and deleted customers it
+    # saw again and restored (as its batches are written).
+    deleted: int
+    restored: int
     store_total: int | None
     pages_total: int | None
     process_count: int
@@ -62,6 +67,8 @@ def status_from_row(row: asyncpg.Record) -> JobStatus:
         failed=row["failed_count"],
         pending=max(total - settled, 0),
         percent=percent,
+        deleted=row["deleted_count"],
+        restored=row["restored_count"],
         store_total=row["store_total"],
         pages_total=row["pages_total"],
         process_count=row["process_count"],

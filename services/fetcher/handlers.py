@@ -312,7 +312,9 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
         # DNS may have changed since the api checked the URL.
         await ensure_public_url(config.url, allow_private=deps.allow_private_urls)
         pages = await _supervised(job, _crawl(job, config, concurrency=row["concurrency"]))
-        lines = await scope.fetchval(q.MARK_FETCH_DONE, request.job_id, pages, request.org_id)
+        lines = await scope.fetchval(
+            q.MARK_FETCH_DONE, request.job_id, pages, request.org_id, paging.proves(job.batch_size)
+        )
     except (StoreError, StoreUrlError, UndecryptableSecret, CrawlFailed) as exc:
         await _fail(job, str(exc), "store failed")
         return

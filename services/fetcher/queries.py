@@ -154,9 +154,12 @@ COUNT_LINES = """
 SELECT count(*) FROM woo_customer_sync_queue_line WHERE job_id = $1 AND org_id = $2
 """
 
+# $4: the crawl's windows were proven to join (pages of two customers or more): only such a
+# crawl may mark the customers it did not see as deleted (services/tracker, migration 0013).
 MARK_FETCH_DONE = """
 UPDATE woo_customer_sync_queue
 SET fetch_done_at = coalesce(fetch_done_at, now()),
+    fetch_proven = $4,
     pages_total = greatest(coalesce(pages_total, 0), $2),
     updated_at = now()
 WHERE id = $1 AND org_id = $3

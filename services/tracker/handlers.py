@@ -81,7 +81,7 @@ async def announce(broker: RabbitBroker, topology: Topology, done: SyncCompleted
         log.debug("sync.completed for job %s: no queue is bound to it", done.job_id)
 
 
-def _completed(job_id: UUID, row: asyncpg.Record) -> SyncCompleted:
+def _completed(job_id: UUID, row: asyncpg.Record, deleted: int | None = None) -> SyncCompleted:
     return SyncCompleted(
         job_id=job_id,
         org_id=row["org_id"],
@@ -89,6 +89,7 @@ def _completed(job_id: UUID, row: asyncpg.Record) -> SyncCompleted:
         total=row["total"],
         done=row["done_count"],
         failed=row["failed_count"],
+        deleted=row["deleted_count"] if deleted is None else deleted,
     )
 
 
@@ -100,8 +101,33 @@ async def _record_final(conn: asyncpg.Connection, done: SyncCompleted, **details
         job_id=done.job_id,
         event="job.completed" if ok else "job.failed",
         level="info" if ok else "error",
-        details={"total": done.total, "done": done.done, "failed": done.failed, **details},
+        details={
+            "total": done.total,
+            "done": done.done,
+            "failed": done.failed,
+            **({"deleted": done.deleted} if done.deleted else {}),
+            **details,
+        },
     )
+
+
+async def mark_deleted(conn: asyncpg.Connection, job_id: UUID, org_id: UUID) -> int | None:
+    """Mark the customers the job's proven crawl did not see as deleted (``MARK_DELETED``), in
+    the transaction that finishes the job; the job's deleted count, or None when its crawl
+    proves nothing (then nothing is marked). A ``customers.deleted`` activity row names them."""
+    row = await conn.fetchrow(q.MARK_DELETED, job_id, org_id)
+    if row is None or row["deleted_count"] is None:
+        return None
+    if row["marked"]:
+        await activity.record(
+            conn,
+            org_id=org_id,
+            job_id=job_id,
+            event="customers.deleted",
+            details={"deleted": row["marked"], "woo_ids": list(row["sample"] or [])},
+        )
+    deleted: int = row["deleted_count"]
+    return deleted
 
 
 async def recompute(scope: OrgScope, job_id: UUID) -> SyncCompleted | None:
@@ -117,7 +143,7 @@ async def recompute(scope: OrgScope, job_id: UUID) -> SyncCompleted | None:
         row = await conn.fetchrow(q.RECOMPUTE_JOB, job_id, scope.org_id)
         if row is None or not row["finished"]:
             return None
-        done = _completed(job_id, row)
+        done = _completed(job_id, row, await mark_deleted(conn, job_id, scope.org_id))
         if row["recovered"]:  # it had failed: say why it is done now
             await _record_final(conn, done, recovered_from=JobState.FAILED)
         else:
