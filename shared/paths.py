@@ -8,6 +8,8 @@ from uuid import UUID
 
 SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"  # api: the actions
 JOB_PATH = "/api/v1/integrations/woocommerce/sync/jobs/{job_id}"  # api: status_url
+CONNECTIONS_PATH = "/api/v1/integrations/woocommerce/connections"  # api: list
+CONNECTION_PATH = "/api/v1/integrations/woocommerce/connections/{connection_id}"  # api: one
 PROGRESS_PATH = "/api/v1/integrations/sync/progress/{job_id}"  # tracker: SSE, progress_url
 PROGRESS_PAGE_PATH = "/progress/{job_id}"  # tracker: a progress bar fed by PROGRESS_PATH
 

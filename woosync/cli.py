@@ -11,6 +11,7 @@ import click
 
 from shared import db
 from shared.settings import Settings
+from woosync.connections import connections
 from woosync.dlq import dlq
 from woosync.keys import key
 from woosync.secrets import secrets
@@ -118,6 +119,7 @@ def demo(customers: int, seed: int) -> None:
 main.add_command(secrets)
 main.add_command(dlq)
 main.add_command(key)
+main.add_command(connections)
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,10 @@ Route table::
     GET  /readyz                                            PostgreSQL and RabbitMQ reachable
     POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
+    GET  /api/v1/integrations/woocommerce/connections       the org's store connections (paged)
+    GET    /api/v1/integrations/woocommerce/connections/{id}  one connection (never its secret)
+    PATCH  /api/v1/integrations/woocommerce/connections/{id}  new credentials, tested first
+    DELETE /api/v1/integrations/woocommerce/connections/{id}  ?with_customers=true|false
     GET  /openapi.json                                      the OpenAPI 3.1 document
 
 Every route but the two health checks needs an API key and takes a token from its org's rate
@@ -24,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.api.actions import dispatch
+from services.api.actions import connections, dispatch
 from services.api.actions.common import read_status
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
@@ -33,7 +37,7 @@ from services.api.schemas import Readiness
 from services.api.web import deps_of, guarded, parse_action, read_json_object, require_caller
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
-from shared.paths import JOB_PATH, SYNC_PATH
+from shared.paths import CONNECTION_PATH, CONNECTIONS_PATH, JOB_PATH, SYNC_PATH
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -80,11 +84,87 @@ async def get_job(request: Request) -> Response:
     return JSONResponse(status.model_dump(mode="json"))
 
 
+def _connection_id(request: Request) -> UUID:
+    try:
+        return UUID(request.path_params["connection_id"])
+    except ValueError:
+        raise ApiError(422, "invalid_request", "connection_id: invalid UUID") from None
+
+
+def _query(request: Request, allowed: set[str]) -> dict[str, str]:
+    """The query's parameters, each at most once, none but ``allowed``; 422 naming the first
+    that is not."""
+    params: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in allowed:
+            raise ApiError(422, "invalid_request", f"{name}: unexpected query parameter")
+        if name in params:
+            raise ApiError(422, "invalid_request", f"{name}: given more than once")
+        params[name] = value
+    return params
+
+
+@guarded
+async def list_connections(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    params = _query(request, {"limit", "cursor"})
+    limit = params.get("limit", str(connections.DEFAULT_PAGE_SIZE))
+    if not limit.isascii() or not limit.isdigit():
+        raise ApiError(422, "invalid_request", "limit: must be an integer")
+    page = await connections.list_connections(
+        caller.org_id, deps, limit=int(limit), cursor=params.get("cursor")
+    )
+    return JSONResponse(page.model_dump(mode="json"))
+
+
+@guarded
+async def get_connection(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    _query(request, set())
+    found = await connections.show_connection(caller.org_id, deps, _connection_id(request))
+    return JSONResponse(found.model_dump(mode="json"))
+
+
+@guarded
+async def update_connection(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    _query(request, set())
+    connection_id = _connection_id(request)
+    update = connections.parse_update(await read_json_object(request))
+    updated = await connections.update_credentials(
+        caller.org_id, caller.actor(), deps, connection_id, update
+    )
+    return JSONResponse(updated.model_dump(mode="json"))
+
+
+@guarded
+async def delete_connection(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    params = _query(request, {"with_customers"})
+    connection_id = _connection_id(request)
+    deleted = await connections.delete_connection(
+        caller.org_id,
+        caller.actor(),
+        deps,
+        connection_id,
+        with_customers=connections.parse_with_customers(params.get("with_customers")),
+    )
+    return JSONResponse(deleted.model_dump(mode="json"))
+
+
 ROUTES = [
     Route("/healthz", web.healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
+    Route(CONNECTIONS_PATH, list_connections, methods=["GET"]),
+    Route(CONNECTION_PATH, get_connection, methods=["GET"]),
+    Route(CONNECTION_PATH, update_connection, methods=["PATCH"]),
+    Route(CONNECTION_PATH, delete_connection, methods=["DELETE"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]
 
@@ -117,6 +197,11 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         lifespan=lifespan,
         exception_handlers={HTTPException: http_exception_handler},
     )
-    app.state.openapi = build_openapi(sync_path=SYNC_PATH, job_path=JOB_PATH)
+    app.state.openapi = build_openapi(
+        sync_path=SYNC_PATH,
+        job_path=JOB_PATH,
+        connections_path=CONNECTIONS_PATH,
+        connection_path=CONNECTION_PATH,
+    )
     app.state.runtime = runtime
     return app

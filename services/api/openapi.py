@@ -17,6 +17,10 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from services.api.actions import ACTIONS
 from services.api.actions.replay import ReplayResult
 from services.api.schemas import (
+    ConnectionDeleted,
+    ConnectionList,
+    ConnectionOut,
+    ConnectionUpdate,
     ErrorEnvelope,
     Health,
     Readiness,
@@ -33,8 +37,10 @@ ERRORS: dict[int, str] = {
     400: "Malformed JSON, a body that is not an object, or an unknown action.",
     401: "Missing, malformed, unknown or revoked API key (one answer for all).",
     403: "The body's org_id is not the API key's organisation.",
-    404: "No such job for this organisation (another organisation's job looks the same).",
-    409: "The job is already final (force-done), or its connection is busy (retry).",
+    404: "No such job or store connection for this organisation (another organisation's "
+    "looks the same).",
+    409: "The job is already final (force-done), or its connection is busy (retry, or a "
+    "connection delete while one of its jobs is open).",
     413: "The body is larger than 1 MiB.",
     415: "The body is not application/json.",
     422: "A field is invalid (the message names it), or the store refused or is unreachable.",
@@ -87,7 +93,7 @@ def _actions_description() -> str:
 def _components() -> dict[str, Any]:
     requests: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (action.model, "validation") for action in ACTIONS.values()
-    ]
+    ] + [(ConnectionUpdate, "validation")]
     responses: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model, "serialization")
         for model in (
@@ -95,6 +101,9 @@ def _components() -> dict[str, Any]:
             StatusResult,
             RetryResult,
             ReplayResult,
+            ConnectionList,
+            ConnectionOut,
+            ConnectionDeleted,
             ErrorEnvelope,
             Health,
             Readiness,
@@ -104,7 +113,95 @@ def _components() -> dict[str, Any]:
     return dict(schemas.get("$defs", {}))
 
 
-def build_openapi(*, sync_path: str, job_path: str) -> dict[str, Any]:
+def _connection_paths(connections_path: str, connection_path: str) -> dict[str, Any]:
+    """The operations on an org's store connections (services/api/actions/connections.py)."""
+    connection_id = {
+        "name": "connection_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "format": "uuid"},
+    }
+    return {
+        connections_path: {
+            "get": {
+                "operationId": "listConnections",
+                "summary": "The organisation's store connections, a page at a time (no secrets).",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 2048},
+                        "description": "The next_cursor of the previous page.",
+                    },
+                ],
+                "responses": {
+                    "200": {"description": "A page.", "content": _json(_ref(ConnectionList))},
+                    **_errors(401, 422, 429, 500),
+                },
+            }
+        },
+        connection_path: {
+            "get": {
+                "operationId": "getConnection",
+                "summary": "One store connection (never its secret).",
+                "parameters": [connection_id],
+                "responses": {
+                    "200": {"description": "It.", "content": _json(_ref(ConnectionOut))},
+                    **_errors(401, 404, 422, 429, 500),
+                },
+            },
+            "patch": {
+                "operationId": "updateConnection",
+                "summary": "New credentials, tested against the store before they are stored.",
+                "description": (
+                    "The store must accept them (as on start), else 422 and nothing changes. "
+                    "A job reading the store keeps its key; its next crawl loads the new one."
+                ),
+                "parameters": [connection_id],
+                "requestBody": {"required": True, "content": _json(_ref(ConnectionUpdate))},
+                "responses": {
+                    "200": {"description": "Stored.", "content": _json(_ref(ConnectionOut))},
+                    **_errors(400, 401, 404, 413, 415, 422, 429, 500, 503),
+                },
+            },
+            "delete": {
+                "operationId": "deleteConnection",
+                "summary": "Delete a connection and its finished jobs, and its customers if asked.",
+                "description": (
+                    "409 while one of its jobs is open. Without with_customers=true its "
+                    "customers stay, detached from any connection."
+                ),
+                "parameters": [
+                    connection_id,
+                    {
+                        "name": "with_customers",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Deleted.",
+                        "content": _json(_ref(ConnectionDeleted)),
+                    },
+                    **_errors(401, 404, 409, 422, 429, 500),
+                },
+            },
+        },
+    }
+
+
+def build_openapi(
+    *, sync_path: str, job_path: str, connections_path: str, connection_path: str
+) -> dict[str, Any]:
     """The document for the api's routes (paths passed in by the route table)."""
     actions = {name: REF.format(model=a.model.__name__) for name, a in ACTIONS.items()}
     action_body = {
@@ -120,7 +217,8 @@ def build_openapi(*, sync_path: str, job_path: str) -> dict[str, Any]:
             "title": "woosync api",
             "version": "1",
             "description": (
-                "Start and follow syncs of a WooCommerce store's customers. Every route but "
+                "Start and follow syncs of a WooCommerce store's customers, and manage the "
+                "store connections. Every route but "
                 "the health checks needs an API key (Authorization: Bearer wsk_...); the key "
                 "decides the organisation. Progress is streamed by the tracker at the "
                 "progress_url of a job."
@@ -204,5 +302,6 @@ def build_openapi(*, sync_path: str, job_path: str) -> dict[str, Any]:
                     },
                 }
             },
+            **_connection_paths(connections_path, connection_path),
         },
     }
