@@ -27,6 +27,11 @@ Why this is safe under at-least-once delivery and crashes:
   resumed with the api's ``retry``. A job still ``queued`` has had no fetcher yet, which is normal
   while fetchers are busy, so it counts as stalled only while no fetcher consumes its queue.
 
+* A job that finishes after a crawl that proved it read every customer (``fetch_proven``) marks
+  the customers of its connection it did not see as deleted, in the same transaction as the
+  finish (``MARK_DELETED``; docs/architecture.md, "Customers gone from their store"), so the
+  finish and the marks commit together or not at all, once.
+
 ``SyncCompleted`` is published after the commit. If that publish fails, it is kept and retried
 on the next tick; a crash in that window loses the announcement (not the job's state), which is
 acceptable while nothing in woosync consumes it.

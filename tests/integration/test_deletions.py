@@ -1,7 +1,8 @@
 """Customers gone from their store: marked deleted by the tracker when a proven crawl finishes,
 restored by the syncer when a later crawl sees them again (migration 0013).
 
-Jobs, lines and customers are written by SQL as the fetcher and syncer would leave them; the
+The fetcher reads a simulated store and says whether its crawl proved it complete. Otherwise
+jobs, lines and customers are written by SQL as the fetcher and syncer would leave them; the
 tracker's ``recompute`` and ``fail_job`` and the syncer's handler run against the real database
 as the services' role (row-level security applies).
 """
@@ -12,6 +13,7 @@ from uuid import UUID
 
 import asyncpg
 
+from services.fetcher.handlers import handle_sync_requested
 from services.syncer.handlers import handle_customer_batch
 from services.tracker.handlers import fail_job, recompute
 from shared.auth import create_org
@@ -19,6 +21,8 @@ from shared.db import for_org
 from shared.jobs import get_status
 from shared.messages import FetchFailed
 from tests.factories import Job, add_customers, add_lines, make_sync_job, small_customer
+from tests.helpers import Recorder, fetcher_deps, job_row, queue_new_org_sync
+from tools.woosim.testing import running_simulator
 
 STORE = list(range(1, 11))  # the customers stored before the crawl
 
@@ -53,6 +57,20 @@ async def deleted_ids(pool: asyncpg.Pool, connection_id: UUID) -> list[int]:
         connection_id,
     )
     return [r["woo_id"] for r in rows]
+
+
+async def test_the_fetcher_says_whether_its_crawl_proved_it_read_every_customer(
+    pool: asyncpg.Pool,
+) -> None:
+    async with running_simulator(customers=30, seed=4) as sim:
+        proven = await queue_new_org_sync(pool, sim, batch_size=10, concurrency=2)
+        await handle_sync_requested(proven, fetcher_deps(pool, Recorder()))
+        # Windows of one customer cannot overlap: such a crawl proves nothing.
+        single = await queue_new_org_sync(pool, sim, batch_size=1, concurrency=2)
+        await handle_sync_requested(single, fetcher_deps(pool, Recorder()))
+    for request, expected in ((proven, True), (single, False)):
+        row = await job_row(pool, request.job_id)
+        assert row["fetch_done_at"] is not None and row["fetch_proven"] is expected
 
 
 async def test_a_proven_crawl_marks_the_customers_it_did_not_see(
