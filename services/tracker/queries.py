@@ -117,12 +117,12 @@ WITH job AS (
     UPDATE customer c
     SET deleted_at = now(), updated_at = now()
     FROM job
-    WHERE c.org_id = job.org_id AND c.connection_id = job.connection_id
+    WHERE c.org_id = $2 AND c.connection_id = job.connection_id
       AND c.deleted_at IS NULL
       AND c.synced_at < job.started_at
       AND NOT EXISTS (
           SELECT 1 FROM woo_customer_sync_queue_line l
-          WHERE l.job_id = job.id AND l.org_id = job.org_id AND l.woo_id = c.woo_id
+          WHERE l.job_id = $1 AND l.org_id = $2 AND l.woo_id = c.woo_id
       )
     RETURNING c.woo_id
 ), counted AS (
