@@ -1,9 +1,9 @@
 """The consumer edge shared by the fetcher, syncer and tracker: decode, run, then settle.
 
-Every broker message is read here: subscribers take the raw body (:func:`raw_body`, typed with
-:class:`Contract` so the AsyncAPI document shows their models), :func:`consume` decodes it with
-:func:`parse` (the dead-letter tools classify parked messages with the same function) and decides
-park or requeue.
+Every broker message is read here: subscribers take the raw body (:func:`raw_body`, typed
+with ``shared.messages.Contract`` so the AsyncAPI document shows their models), :func:`consume`
+decodes it with :func:`parse` (the dead-letter tools classify parked messages with the same
+function) and decides park or requeue.
 
 A message that cannot be decoded into its model (not JSON, wrong schema, unknown version) is
 parked: copied as it came to its queue's parking queue with a ``parked-error`` header naming
@@ -37,6 +37,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+from uuid import UUID
 
 import aio_pika.exceptions
 import aiormq.exceptions
@@ -44,10 +45,10 @@ import asyncpg
 from faststream.message import StreamMessage
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.message import RabbitMessage
-from pydantic import BaseModel, GetJsonSchemaHandler, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared.broker import publish_body_to_queue
-from shared.logs import redact
+from shared.logs import log_context, redact
 from shared.messages import SCHEMA_VERSION
 from shared.topology import ATTEMPT_HEADER, PARKED_ERROR_HEADER
 
@@ -130,23 +131,6 @@ async def raw_body(message: StreamMessage[Any]) -> bytes:
     a body it cannot parse would stay unacked forever; :func:`consume` parses and parks instead.
     """
     return message.body
-
-
-class Contract:
-    """The message models a subscriber's raw body carries, for FastStream's AsyncAPI document.
-
-    A subscriber takes ``Annotated[bytes, Contract(Model, ...)]``: FastStream hands it the raw
-    body (no validation, see :func:`raw_body`) while the generated schema shows the models of
-    ``shared.messages`` as the payload (``oneOf``: exactly one of them must match).
-    """
-
-    def __init__(self, *models: type[BaseModel]) -> None:
-        self.models = models
-
-    def __get_pydantic_json_schema__(
-        self, core_schema: Any, handler: GetJsonSchemaHandler
-    ) -> dict[str, Any]:
-        return {"oneOf": [handler(model.__pydantic_core_schema__) for model in self.models]}
 
 
 class Malformed(ValueError):
@@ -250,11 +234,30 @@ async def consume(
 
     Without ``parking``, what should be parked is rejected instead, which dead-letters it to the
     same parking queue through the queue's own dead-letter route, without the reason header.
+
+    Every line logged meanwhile, by this edge or the handler, carries the AMQP message id and the
+    message's job and org (``shared.logs.log_context``); a body that is no model still gives its
+    ids when it has them, so the line that parks it names the job.
     """
-    message = decode(models, msg, routing_key=_routing_key(msg))
-    if isinstance(message, str):
-        await park(msg, message, parking, log)
-        return
+    with log_context(message_id=msg.message_id or None):
+        message = decode(models, msg, routing_key=_routing_key(msg))
+        if isinstance(message, str):
+            with log_context(**_ids_of(msg.body)):
+                await park(msg, message, parking, log)
+            return
+        ids = {name: getattr(message, name, None) for name in ("job_id", "org_id")}
+        with log_context(**ids):
+            await _run(msg, message, handle, log, parking)
+
+
+async def _run(
+    msg: RabbitMessage,
+    message: M,
+    handle: Callable[[M], Awaitable[None]],
+    log: logging.Logger,
+    parking: Parking | None,
+) -> None:
+    """Run ``handle`` on a decoded message and settle it by how that went."""
     try:
         await handle(message)
     except Requeue as exc:
@@ -334,6 +337,24 @@ async def settle(msg: RabbitMessage, how: Settlement, log: logging.Logger) -> No
             msg.message_id,
             exc,
         )
+
+
+def _ids_of(body: bytes) -> dict[str, str]:
+    """``job_id`` and ``org_id`` of a body that may be no valid message, for its log lines:
+    only well-formed UUIDs, so a malformed body cannot write what it likes into the log."""
+    try:
+        data = json.loads(body)
+    except (RecursionError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    ids: dict[str, str] = {}
+    for name in ("job_id", "org_id"):
+        try:
+            ids[name] = str(UUID(str(data[name])))
+        except (KeyError, ValueError, TypeError):
+            continue
+    return ids
 
 
 def _routing_key(msg: RabbitMessage) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 from uuid import UUID
 
 import asyncpg
@@ -10,11 +11,12 @@ from pydantic import BaseModel
 
 from shared.db import OrgScope
 from shared.lifecycle import FINAL_JOB_STATES, JobStateField
+from shared.preview import PreviewResult
 
 SELECT_JOB_STATUS = """
 SELECT id, org_id, connection_id, state, total, done_count, failed_count, store_total,
        pages_total, process_count, fetch_done_at, created_at, started_at, finished_at,
-       updated_at, last_error, deleted_count, restored_count
+       updated_at, last_error, deleted_count, restored_count, kind, preview_result
 FROM woo_customer_sync_queue
 WHERE id = $1 AND org_id = $2
 """
@@ -43,6 +45,10 @@ class JobStatus(BaseModel):
     finished_at: datetime | None
     updated_at: datetime
     last_error: str | None
+    # A sync, or a preview read by the fetcher (migration 0015), whose answer is ``preview``
+    # once its store has been read.
+    kind: Literal["sync", "preview"] = "sync"
+    preview: PreviewResult | None = None
 
     @property
     def is_final(self) -> bool:
@@ -78,6 +84,8 @@ def status_from_row(row: asyncpg.Record) -> JobStatus:
         finished_at=row["finished_at"],
         updated_at=row["updated_at"],
         last_error=row["last_error"],
+        kind=row["kind"],
+        preview=row["preview_result"],
     )
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler
 
 from shared.lifecycle import FinalJobState
 
@@ -100,6 +100,24 @@ class SyncCompleted(Message):
     failed: int
     # Customers of the connection this job found gone from the store (marked deleted).
     deleted: int = 0
+
+
+class Contract:
+    """The message models a raw body carries, for FastStream's AsyncAPI document.
+
+    A subscriber takes ``Annotated[bytes, Contract(Model, ...)]``: FastStream hands it the raw
+    body (no validation, see ``shared.consuming.raw_body``) while the generated schema shows
+    these models as the payload (``oneOf``: exactly one of them must match); a publisher of
+    several models (a parking queue) declares the same as its schema.
+    """
+
+    def __init__(self, *models: type[BaseModel]) -> None:
+        self.models = models
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: Any, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        return {"oneOf": [handler(model.__pydantic_core_schema__) for model in self.models]}
 
 
 ALL_MESSAGES: tuple[type[Message], ...] = (

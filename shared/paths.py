@@ -10,6 +10,7 @@ SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"  # api: the action
 JOB_PATH = "/api/v1/integrations/woocommerce/sync/jobs/{job_id}"  # api: status_url
 CONNECTIONS_PATH = "/api/v1/integrations/woocommerce/connections"  # api: list
 CONNECTION_PATH = "/api/v1/integrations/woocommerce/connections/{connection_id}"  # api: one
+PREVIEW_PATH = "/api/v1/integrations/sync/preview"  # api: what a sync would change
 PROGRESS_PATH = "/api/v1/integrations/sync/progress/{job_id}"  # tracker: SSE, progress_url
 PROGRESS_PAGE_PATH = "/progress/{job_id}"  # tracker: a progress bar fed by PROGRESS_PATH
 

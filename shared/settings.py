@@ -6,6 +6,8 @@ One class so that a newcomer sees the whole configuration surface in one screen,
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -28,6 +30,12 @@ class Settings(BaseSettings):
     api_port: int = 8000
     tracker_host: str = "127.0.0.1"
     tracker_port: int = 8001
+    # The fetcher's and the syncer's own HTTP port: /healthz, /readyz and /metrics only. 0 lets
+    # the system pick a free port (several replicas on one host, tests).
+    fetcher_host: str = "127.0.0.1"
+    fetcher_port: int = Field(8002, ge=0, le=65535)
+    syncer_host: str = "127.0.0.1"
+    syncer_port: int = Field(8003, ge=0, le=65535)
     # Base URLs that clients are told to use (status_url, progress_url); behind a proxy they differ.
     public_api_url: str = ""
     public_tracker_url: str = ""
@@ -70,6 +78,12 @@ class Settings(BaseSettings):
     # is failed as stalled, so `retry` can resume it. Must exceed the longest legitimate pause:
     # the store retry budget and the longest retry tier.
     stall_timeout_s: float = Field(600.0, gt=0)
+    # Cleanup (shared/cleanup.py): finished jobs, their lines and pages are removed this many
+    # days after they finished, by the one tracker holding the cleanup lock, every
+    # cleanup_interval_s, at most cleanup_batch_size rows per transaction.
+    retention_days: int = Field(30, ge=1)
+    cleanup_interval_s: float = Field(3600.0, gt=0)
+    cleanup_batch_size: int = Field(1000, ge=1, le=10_000)
 
     # The fetcher's crawl. A store claiming more customers than this fails its job at once
     # (X-WP-Total is the store's word; an int column holds at most 2^31 - 1).
@@ -79,6 +93,14 @@ class Settings(BaseSettings):
     crawl_slice_s: float = Field(900.0, gt=0)
     # How often a crawl checks, between page records, that its job is still open.
     crawl_check_interval_s: float = Field(0.5, gt=0)
+
+    # The api's preview reads a store of at most this many customers (X-WP-Total) while the
+    # client waits, all of it within preview_deadline_s (else 422 store_unreachable).
+    preview_inline_max_customers: int = Field(2000, ge=1, le=2**31 - 1)
+    preview_deadline_s: float = Field(60.0, gt=0)
+    # A larger store is previewed by a job of kind 'preview' (the fetcher reads it, holding its
+    # customers in memory, so it is bounded too: a store above this fails the preview job).
+    preview_job_max_customers: int = Field(50_000, ge=1, le=2**31 - 1)
 
     # Stores on private, loopback, link-local or reserved addresses (demo and tests only).
     allow_private_urls: bool = False
@@ -92,6 +114,8 @@ class Settings(BaseSettings):
     # Jobs of one org that may be draft, queued or processing at once (one per connection always).
     max_concurrent_syncs_per_org: int = Field(4, ge=1)
     log_level: str = "INFO"
+    # json, text, or auto: text when stderr is a terminal, JSON lines otherwise (shared.logs).
+    log_format: Literal["auto", "json", "text"] = "auto"
 
     def api_base(self) -> str:
         return self.public_api_url or f"http://{self.api_host}:{self.api_port}"

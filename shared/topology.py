@@ -11,6 +11,10 @@
     <ns>.syncer.retry.<D>ms  quorum, TTL D, dead-letters back to <ns>.syncer.customer-batch
     <queue>.parking          one per work queue: rejected (malformed) and exhausted messages
 
+Who publishes what where is :meth:`Topology.publications`; every service registers its own as
+FastStream publishers (:func:`declare_publishers`), so the AsyncAPI document shows them
+(``services.asyncapi``, committed as ``docs/asyncapi.json``).
+
 Every work queue is a quorum queue whose own dead-letter target is its parking queue, so a message
 rejected by a consumer is kept, never dropped.
 
@@ -35,7 +39,7 @@ cannot change in place: a change here is a migration (new names, or delete and r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import aiormq.exceptions
 from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
@@ -130,6 +134,107 @@ class Topology:
 
     def queue_names(self) -> list[str]:
         return [q.name for q in self.all_queues()]
+
+    def consumed(self, work: RabbitQueue) -> tuple[type[m.Message], ...]:
+        """The messages a work queue carries (and so its parking queue)."""
+        return {
+            self.fetcher_queue.name: (m.SyncRequested,),
+            self.syncer_queue.name: (m.CustomerBatch,),
+            self.tracker_queue.name: m.TRACKER_EVENTS,
+        }[work.name]
+
+    def binding_note(self, work: RabbitQueue) -> str:
+        """A work queue's bindings in words, for its subscriber's AsyncAPI description."""
+        keys = ", ".join(f"`{key}`" for key in self.bindings[work.name])
+        return f"Queue `{work.name}`, bound to {keys} on the `{self.exchange.name}` exchange."
+
+    def publications(self, service: str) -> tuple[Publication, ...]:
+        """What ``service`` publishes, and where: the publishers of the AsyncAPI document."""
+        fetcher, syncer, tracker = self.work_queues
+
+        def parking(work: RabbitQueue) -> Publication:
+            return Publication(
+                self.consumed(work),
+                self.parking(work).name,
+                "What this service cannot process, as it came, with `parked-error`.",
+            )
+
+        table: dict[str, tuple[Publication, ...]] = {
+            "api": (
+                Publication((m.SyncRequested,), None, "start and retry hand a job to a fetcher."),
+                Publication((m.CustomerBatch,), None, "replay: a job's parked customers."),
+            ),
+            "fetcher": (
+                Publication((m.CustomerBatch,), None, "Each page read, its lines recorded first."),
+                Publication((m.FetchCompleted,), None, "Every page read: the job can finish."),
+                Publication((m.FetchFailed,), None, "The store refused or kept failing."),
+                Publication((m.SyncRequested,), None, "A crawl slice hands its job on."),
+                parking(fetcher),
+            ),
+            "syncer": (
+                Publication((m.LinesDone,), None, "Lines committed as done."),
+                Publication((m.LinesFailed,), None, "Lines failed for good (parked)."),
+                *(
+                    Publication(
+                        (m.CustomerBatch,),
+                        tier.name,
+                        f"Failed customers, attempt {n}; back to `{syncer.name}` after the TTL.",
+                    )
+                    for n, tier in enumerate(self.retry_tiers, 1)
+                ),
+                Publication(
+                    (m.CustomerBatch,),
+                    self.parking(syncer).name,
+                    "Customers that failed every attempt (`parked-attempts`, `parked-error`), "
+                    "and batches the syncer cannot process.",
+                ),
+            ),
+            "tracker": (
+                Publication((m.SyncCompleted,), None, "A job reached a final state."),
+                parking(tracker),
+            ),
+        }
+        return table.get(service, ())
+
+
+@dataclass(frozen=True)
+class Publication:
+    """Messages one service publishes: to the topic exchange under each model's routing key
+    (``queue`` None), or straight to a queue through the default exchange."""
+
+    models: tuple[type[m.Message], ...]
+    queue: str | None
+    description: str
+
+
+def declare_publishers(broker: RabbitBroker, topology: Topology, service: str) -> None:
+    """Register ``service``'s publications as FastStream publishers, so the AsyncAPI document
+    generated from the broker shows what it sends next to what it consumes.
+
+    They describe; publishing itself goes through ``shared.broker`` (confirms, retries, size
+    checks), whose routes these mirror. Starting them declares nothing new: the exchange they
+    name is the topology's, and the default exchange needs no declaration.
+    """
+    for publication in topology.publications(service):
+        if publication.queue is None:
+            for model in publication.models:
+                broker.publisher(
+                    exchange=topology.exchange,
+                    routing_key=model.routing_key,
+                    persist=True,
+                    title=f"{service}:{model.routing_key}",
+                    description=publication.description,
+                    schema=model,
+                )
+            continue
+        models = publication.models
+        broker.publisher(
+            queue=RabbitQueue(publication.queue, declare=False),
+            persist=True,
+            title=f"{service}:{publication.queue}",
+            description=publication.description,
+            schema=models[0] if len(models) == 1 else Annotated[bytes, m.Contract(*models)],
+        )
 
 
 class TopologyMismatch(RuntimeError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -289,3 +290,38 @@ ORG_TABLES = {
     "woo_sync_activity": "org_id",
     "customer": "org_id",
 }
+
+
+async def make_finished_job(
+    db: Db,
+    org_id: UUID,
+    *,
+    state: str = "done",
+    finished_ago: timedelta | None = timedelta(days=40),
+    lines: int = 0,
+    pages: int = 0,
+) -> UUID:
+    """A job of a new connection of ``org_id`` that finished ``finished_ago`` (None: never, for
+    an open one), with ``lines`` lines (done, or failed with a payload when the job failed) and
+    ``pages`` pages read. Run it in a transaction when a cleanup may be running meanwhile."""
+    job_id = await make_job(db, org_id, state=state, fetch_done=True)
+    await db.execute(
+        """UPDATE woo_customer_sync_queue
+           SET finished_at = now() - $2::interval,
+               created_at = now() - coalesce($2::interval, interval '1 hour'),
+               total = $3, done_count = CASE WHEN state = 'failed' THEN 0 ELSE $3 END,
+               failed_count = CASE WHEN state = 'failed' THEN $3 ELSE 0 END
+           WHERE id = $1""",
+        job_id,
+        finished_ago,
+        lines,
+    )
+    line_state = "failed" if state == "failed" else "done"
+    await add_lines(db, job_id, org_id, range(1, lines + 1), line_state, page=1)
+    await db.execute(
+        """INSERT INTO woo_customer_sync_page (job_id, page, customers)
+           SELECT $1, p, 1 FROM generate_series(1, $2::int) AS p""",
+        job_id,
+        pages,
+    )
+    return job_id

@@ -11,8 +11,10 @@ import click
 
 from shared import db
 from shared.settings import Settings
+from woosync.cleanup import cleanup
 from woosync.connections import connections
 from woosync.dlq import dlq
+from woosync.health import health
 from woosync.keys import key
 from woosync.secrets import secrets
 
@@ -117,9 +119,11 @@ def demo(customers: int, seed: int) -> None:
 
 
 main.add_command(secrets)
+main.add_command(health)
 main.add_command(dlq)
 main.add_command(key)
 main.add_command(connections)
+main.add_command(cleanup)
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,8 @@
 """``woosync up``: run the four services as child processes, logs interleaved and prefixed.
 
+Text logs get the service's name as a prefix; JSON logs (``WOOSYNC_LOG_FORMAT=json``, or ``auto``
+when this command's output is no terminal) pass through as they are, one object a line.
+
 Ctrl-C or SIGTERM stops every child with SIGTERM and waits for them; a child that exits on its
 own is restarted with a growing pause, and if it keeps dying the whole stack stops, so a broken
 configuration does not loop forever.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -16,9 +20,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from shared.logs import resolve_format
+
 SERVICES: tuple[str, ...] = ("api", "fetcher", "syncer", "tracker")
 STOP_GRACE_S = 10.0
 MAX_RESTARTS_PER_MINUTE = 5
+LOG_FORMAT_VARIABLE = "WOOSYNC_LOG_FORMAT"
 _COLOURS = {"api": "36", "fetcher": "33", "syncer": "35", "tracker": "32"}
 
 
@@ -44,6 +51,13 @@ def service_environment(env: Mapping[str, str]) -> dict[str, str]:
     return {**kept, "PYTHONUNBUFFERED": "1"}
 
 
+def children_log_format(env: Mapping[str, str], out: object) -> str:
+    """The children write to a pipe, so their ``auto`` is decided here: text when this
+    command's own output is a terminal, JSON otherwise."""
+    wanted = env.get(LOG_FORMAT_VARIABLE, "auto")
+    return resolve_format("auto", out) if wanted == "auto" else wanted  # type: ignore[arg-type]
+
+
 class Supervisor:
     def __init__(
         self,
@@ -54,12 +68,16 @@ class Supervisor:
         out: object = None,
     ) -> None:
         self._children = [Child(name) for name in services]
+        self._out = out or sys.stdout
         self._env = service_environment({**os.environ, **(env or {})})
+        self._env[LOG_FORMAT_VARIABLE] = children_log_format(self._env, self._out)
+        self._json = self._env[LOG_FORMAT_VARIABLE] == "json"
         self._colour = colour
         self._stopping = asyncio.Event()
-        self._out = out or sys.stdout
 
     def _prefix(self, name: str) -> str:
+        if self._json:  # every JSON line names its service; a prefix would make it no JSON
+            return ""
         label = f"{name:<8}|"
         return f"\x1b[{_COLOURS.get(name, '0')}m{label}\x1b[0m " if self._colour else label + " "
 
@@ -98,6 +116,8 @@ class Supervisor:
                 await self._start(child)
 
     def _say(self, text: str) -> None:
+        if self._json:
+            text = json.dumps({"level": "WARNING", "service": "woosync", "message": text})
         self._out.write(self._prefix("woosync") + text + "\n")  # type: ignore[attr-defined]
         self._out.flush()  # type: ignore[attr-defined]
 

@@ -4,16 +4,19 @@ Route table::
 
     GET  /healthz                                           liveness, no I/O
     GET  /readyz                                            PostgreSQL and RabbitMQ reachable
+    GET  /metrics                                           Prometheus metrics (shared.metrics)
     POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
+    POST /api/v1/integrations/sync/preview                  what a sync would change (no writes)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
     GET  /api/v1/integrations/woocommerce/connections       the org's store connections (paged)
     GET    /api/v1/integrations/woocommerce/connections/{id}  one connection (never its secret)
     PATCH  /api/v1/integrations/woocommerce/connections/{id}  new credentials, tested first
     DELETE /api/v1/integrations/woocommerce/connections/{id}  ?with_customers=true|false
     GET  /openapi.json                                      the OpenAPI 3.1 document
+    GET  /asyncapi.json                                     the messages (services.asyncapi)
 
-Every route but the two health checks needs an API key and takes a token from its org's rate
-limit (services.api.web.require_caller).
+Every route but the two health checks and /metrics needs an API key and takes a token from its
+org's rate limit (services.api.web.require_caller).
 """
 
 from __future__ import annotations
@@ -24,20 +27,31 @@ from uuid import UUID
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.api.actions import connections, dispatch
+from services.api.actions import connections, dispatch, preview
 from services.api.actions.common import read_status
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
 from services.api.openapi import build_openapi
-from services.api.schemas import Readiness
-from services.api.web import deps_of, guarded, parse_action, read_json_object, require_caller
+from services.api.schemas import PreviewRequest, Readiness
+from services.api.web import (
+    deps_of,
+    guarded,
+    parse_action,
+    parse_body,
+    read_json_object,
+    require_caller,
+)
+from services.asyncapi import Served
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
-from shared.paths import CONNECTION_PATH, CONNECTIONS_PATH, JOB_PATH, SYNC_PATH
+from shared.logs import log_context
+from shared.metrics import HttpMetrics, RequestMetrics, metrics_endpoint
+from shared.paths import CONNECTION_PATH, CONNECTIONS_PATH, JOB_PATH, PREVIEW_PATH, SYNC_PATH
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -55,10 +69,23 @@ def _readiness_body(database: bool, broker: bool) -> dict[str, str]:
 readyz = guarded(web.readyz(lambda r: (deps_of(r).pool, deps_of(r).broker), _readiness_body))
 
 
+async def metrics(request: Request) -> Response:
+    """Requests by route and status, FastStream's publish metrics; for the scraper, so no key:
+    publish the port only where Prometheus reaches it (docs/operations.md, "Metrics")."""
+    return await metrics_endpoint(request.app.state.runtime.registry)(request)
+
+
 @guarded
 async def openapi(request: Request) -> Response:
     await require_caller(request, deps_of(request))
     return JSONResponse(request.app.state.openapi)
+
+
+@guarded
+async def asyncapi(request: Request) -> Response:
+    await require_caller(request, deps_of(request))
+    served: Served = request.app.state.asyncapi
+    return JSONResponse(await served.get())
 
 
 @guarded
@@ -73,6 +100,17 @@ async def sync_customers(request: Request) -> Response:
 
 
 @guarded
+async def preview_sync(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    body = parse_body(PreviewRequest, await read_json_object(request))
+    if body.org_id != caller.org_id:
+        raise ApiError(403, "forbidden", "org_id does not match the API key's organisation")
+    answer = await preview.answer(body, caller, deps)
+    return JSONResponse(answer.body.model_dump(mode="json"), status_code=answer.status)
+
+
+@guarded
 async def get_job(request: Request) -> Response:
     deps = deps_of(request)
     caller = await require_caller(request, deps)
@@ -80,7 +118,8 @@ async def get_job(request: Request) -> Response:
         job_id = UUID(request.path_params["job_id"])
     except ValueError:
         raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
-    status = await read_status(deps, org_id=caller.org_id, job_id=job_id)
+    with log_context(org_id=caller.org_id, job_id=job_id):
+        status = await read_status(deps, org_id=caller.org_id, job_id=job_id)
     return JSONResponse(status.model_dump(mode="json"))
 
 
@@ -159,13 +198,16 @@ async def delete_connection(request: Request) -> Response:
 ROUTES = [
     Route("/healthz", web.healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
     Route(CONNECTIONS_PATH, list_connections, methods=["GET"]),
     Route(CONNECTION_PATH, get_connection, methods=["GET"]),
     Route(CONNECTION_PATH, update_connection, methods=["PATCH"]),
     Route(CONNECTION_PATH, delete_connection, methods=["DELETE"]),
+    Route(PREVIEW_PATH, preview_sync, methods=["POST"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/asyncapi.json", asyncapi, methods=["GET"]),
 ]
 
 
@@ -196,12 +238,15 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         routes=ROUTES,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_exception_handler},
+        middleware=[Middleware(RequestMetrics, metrics=HttpMetrics(runtime.registry))],
     )
     app.state.openapi = build_openapi(
         sync_path=SYNC_PATH,
         job_path=JOB_PATH,
+        preview_path=PREVIEW_PATH,
         connections_path=CONNECTIONS_PATH,
         connection_path=CONNECTION_PATH,
     )
+    app.state.asyncapi = Served(settings)
     app.state.runtime = runtime
     return app

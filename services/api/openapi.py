@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from services.api.actions import ACTIONS
+from services.api.actions import ACTIONS, preview
 from services.api.actions.replay import ReplayResult
 from services.api.schemas import (
     ConnectionDeleted,
@@ -23,11 +23,14 @@ from services.api.schemas import (
     ConnectionUpdate,
     ErrorEnvelope,
     Health,
+    PreviewJobAccepted,
+    PreviewRequest,
     Readiness,
     RetryResult,
     StartResult,
     StatusResult,
 )
+from shared.preview import PreviewResult
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
@@ -40,14 +43,32 @@ ERRORS: dict[int, str] = {
     404: "No such job or store connection for this organisation (another organisation's "
     "looks the same).",
     409: "The job is already final (force-done), or its connection is busy (retry, or a "
-    "connection delete while one of its jobs is open).",
+    "connection delete while one of its jobs is open), or the connection's secret cannot be "
+    "decrypted (preview).",
     413: "The body is larger than 1 MiB.",
     415: "The body is not application/json.",
     422: "A field is invalid (the message names it), or the store refused or is unreachable.",
     429: "Rate limit of the organisation, or its cap of open syncs; see Retry-After.",
     500: "Unexpected error (details only in the server's log).",
-    503: "The message broker is unavailable; nothing was lost, try again.",
+    503: "The message broker is unavailable, or the api is testing as many stores as it runs "
+    "at once; nothing was lost, try again.",
 }
+PREVIEW_DESCRIPTION = (
+    "Reads the whole store (given by URL and key as start takes it, or as connection_id) as a "
+    "sync reads it and compares each customer with the stored row, writing nothing but one "
+    "audit row: no connection, job, line, page or customer. Counts and up to "
+    "options.sample_size samples per category: create (no row), update (mapped fields differ; "
+    "the diff is {field: {store, mantis}}), unchanged, delete (rows whose customer the store "
+    "no longer has; null unless the read is proven complete), conflict (the store's version is "
+    "older than the stored one: a sync keeps the stored version) and invalid (items a sync "
+    "would fail). pages and estimate: the windows a sync reads and how long that takes at the "
+    "given concurrency, from the latency measured here. 404: no such connection for this "
+    "organisation; 409: its stored secret cannot be decrypted; 422: invalid fields, a store "
+    "that refuses or is unreachable, or a store too large (preview_too_large); 202: a store larger "
+    "than WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS is previewed by a job of kind preview (the org's "
+    "connection to it is needed), with the status and progress stream of a sync; 409: a job of "
+    "the connection is open; 429/503: too many store tests running or open jobs."
+)
 RETRY_AFTER = {
     "Retry-After": {
         "description": "Seconds to wait before trying again.",
@@ -93,7 +114,7 @@ def _actions_description() -> str:
 def _components() -> dict[str, Any]:
     requests: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (action.model, "validation") for action in ACTIONS.values()
-    ] + [(ConnectionUpdate, "validation")]
+    ] + [(ConnectionUpdate, "validation"), (PreviewRequest, "validation")]
     responses: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model, "serialization")
         for model in (
@@ -104,6 +125,8 @@ def _components() -> dict[str, Any]:
             ConnectionList,
             ConnectionOut,
             ConnectionDeleted,
+            PreviewResult,
+            PreviewJobAccepted,
             ErrorEnvelope,
             Health,
             Readiness,
@@ -200,7 +223,12 @@ def _connection_paths(connections_path: str, connection_path: str) -> dict[str, 
 
 
 def build_openapi(
-    *, sync_path: str, job_path: str, connections_path: str, connection_path: str
+    *,
+    sync_path: str,
+    job_path: str,
+    preview_path: str,
+    connections_path: str,
+    connection_path: str,
 ) -> dict[str, Any]:
     """The document for the api's routes (paths passed in by the route table)."""
     actions = {name: REF.format(model=a.model.__name__) for name, a in ACTIONS.items()}
@@ -235,9 +263,7 @@ def build_openapi(
                     "operationId": "healthz",
                     "summary": "Liveness: the process answers.",
                     **open_route,
-                    "responses": {
-                        "200": {"description": "Alive.", "content": _json(_ref(Health))}
-                    },
+                    "responses": {"200": {"description": "Alive.", "content": _json(_ref(Health))}},
                 }
             },
             "/readyz": {
@@ -251,6 +277,19 @@ def build_openapi(
                     },
                 }
             },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics: requests by route and status, publishes.",
+                    **open_route,
+                    "responses": {
+                        "200": {
+                            "description": "The Prometheus text exposition format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -258,6 +297,19 @@ def build_openapi(
                     "responses": {
                         "200": {
                             "description": "The OpenAPI document.",
+                            "content": _json({"type": "object"}),
+                        },
+                        **_errors(401, 429, 500),
+                    },
+                }
+            },
+            "/asyncapi.json": {
+                "get": {
+                    "operationId": "asyncapi",
+                    "summary": "The AsyncAPI 3.0 document of the messages between the services.",
+                    "responses": {
+                        "200": {
+                            "description": "The AsyncAPI document (docs/asyncapi.json).",
                             "content": _json({"type": "object"}),
                         },
                         **_errors(401, 429, 500),
@@ -279,6 +331,29 @@ def build_openapi(
                         "202": {
                             "description": "start accepted; retry or replay sent work again.",
                             "content": _json({"anyOf": accepted}),
+                        },
+                        **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503),
+                    },
+                }
+            },
+            preview_path: {
+                "post": {
+                    "operationId": "previewSync",
+                    "summary": preview.SUMMARY,
+                    "description": PREVIEW_DESCRIPTION,
+                    "requestBody": {"required": True, "content": _json(_ref(PreviewRequest))},
+                    "responses": {
+                        "200": {
+                            "description": "The preview: counts, samples with field-level "
+                            "diffs, pages and the estimated duration of a sync's reading.",
+                            "content": _json(_ref(PreviewResult)),
+                        },
+                        "202": {
+                            "description": "The store has more customers than "
+                            "WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS: a job of kind preview reads "
+                            "it; its status (status_url, progress_url) carries the preview "
+                            "when done.",
+                            "content": _json(_ref(PreviewJobAccepted)),
                         },
                         **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503),
                     },

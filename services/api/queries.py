@@ -62,7 +62,7 @@ LOCK_ORG_SYNCS = "SELECT pg_advisory_xact_lock(7428103, hashtext($1::uuid::text)
 
 # The oldest open job of a connection: a second start answers with it.
 SELECT_OPEN_JOB_OF_CONNECTION = f"""
-SELECT id, connection_id, state
+SELECT id, connection_id, state, kind
 FROM woo_customer_sync_queue
 WHERE org_id = $1 AND connection_id = $2 AND state IN {sql_in(OPEN_JOB_STATES)}
 ORDER BY created_at
@@ -238,3 +238,33 @@ SELECT count(*)::int FROM gone
 """
 
 DELETE_CONNECTION = "DELETE FROM woo_connections WHERE org_id = $1 AND id = $2"
+# -- preview (read only: services.api.actions.preview) ------------------------------------------
+
+# A stored connection and its key, to preview its store with what a sync would use.
+SELECT_CONNECTION_FOR_PREVIEW = """
+SELECT id, store_url, auth_mode, verify_tls, consumer_key, consumer_secret_enc
+FROM woo_connections
+WHERE org_id = $1 AND id = $2
+"""
+
+# The org's connection to a store, if it has one (no lock: a preview changes nothing).
+SELECT_CONNECTION_ID_OF_STORE = """
+SELECT id FROM woo_connections
+WHERE org_id = $1 AND store_identity = regexp_replace($2::text, '^[^:/]*://', '')
+"""
+
+# A preview job (migration 0015): read by the fetcher like a sync, writing only its answer.
+# $4 is the kind, 'preview' (a parameter: literals in state-changing SQL are read as states).
+INSERT_PREVIEW_JOB = changes_state(
+    "api.INSERT_PREVIEW_JOB",
+    "job",
+    {Actor.API_START: moves((None,), (JobState.DRAFT,))},
+    f"""
+INSERT INTO woo_customer_sync_queue
+    (id, org_id, connection_id, state, kind, batch_size, concurrency, store_total,
+     preview_sample_size)
+VALUES ($1, $2, $3, {sql_state(JobState.DRAFT)}, $4, $5, $6, $7, $8)
+ON CONFLICT DO NOTHING
+RETURNING id
+""",
+)

@@ -129,8 +129,50 @@ ActionRequest = StartRequest | StatusRequest | RetryRequest | ForceDoneRequest |
 # Which model validates which action, with its handler: services.api.actions.ACTIONS.
 
 
+MAX_PREVIEW_SAMPLE = 50
+
+
+class PreviewOptions(_Request):
+    sample_size: Annotated[int, Field(strict=True, ge=0, le=MAX_PREVIEW_SAMPLE)] = Field(
+        5, description="Customers shown per category, each with its field-level diff."
+    )
+    concurrency: Annotated[int, Field(strict=True, ge=1, le=16)] | None = Field(
+        None,
+        description=(
+            "Pages read at once, by the preview and in its estimate of a sync "
+            "(default WOOSYNC_DEFAULT_CONCURRENCY)."
+        ),
+    )
+
+
+class PreviewRequest(_Request):
+    """A store to preview: its URL and key (as ``start`` takes them), or a stored connection."""
+
+    org_id: UUID
+    config: StoreConfigIn | None = None
+    connection_id: UUID | None = None
+    options: PreviewOptions = PreviewOptions()
+
+    @model_validator(mode="after")
+    def _one_store(self) -> PreviewRequest:
+        if (self.config is None) == (self.connection_id is None):
+            raise ValueError("give exactly one of config (a store) and connection_id")
+        return self
+
+
 class StartResult(BaseModel):
     job_id: UUID
+    state: JobStateField
+    status_url: str
+    progress_url: str
+
+
+class PreviewJobAccepted(BaseModel):
+    """A store too large to preview while the client waits: a job of kind ``preview`` reads it;
+    its status (``status_url``, ``progress_url``) carries the preview once it is done."""
+
+    job_id: UUID
+    kind: Literal["preview"]
     state: JobStateField
     status_url: str
     progress_url: str

@@ -42,6 +42,8 @@ class StoreProbe(Protocol):
 
 
 StoreClientFactory = Callable[[StoreConfig], AbstractAsyncContextManager[StoreProbe]]
+# (store, concurrency) -> a client whose list_customers reads pages (the preview's reads).
+StoreReaderFactory = Callable[[StoreConfigIn, int], WooClient]
 
 
 def store_client_factory(settings: Settings) -> StoreClientFactory:
@@ -194,17 +196,49 @@ async def check_store(deps: ProbeDeps, config: StoreConfigIn, org_id: UUID) -> i
 
 async def _probe_store(deps: ProbeDeps, config: StoreConfigIn) -> int:
     """One ``check_connection`` of the store, its failures as the api's answers."""
-    secret = config.consumer_secret.get_secret_value()
     try:
         async with deps.store_client(_store_config(config)) as client:
             return await client.check_connection()
-    except StoreAuthError as exc:
-        raise ApiError(422, "store_credentials_refused", _safe_store_message(exc, secret)) from None
-    except StoreUnavailable as exc:
-        raise ApiError(422, "store_unreachable", _safe_store_message(exc, secret)) from None
-    except StoreTLSError as exc:
-        raise ApiError(422, "store_tls_error", _safe_store_message(exc, secret)) from None
-    except StoreError as exc:
-        raise ApiError(422, "store_bad_response", _safe_store_message(exc, secret)) from None
-    except StoreUrlError as exc:  # the address changed since check_store_url (DNS rebinding)
-        raise _url_refused(exc) from None
+    except (StoreError, StoreUrlError) as exc:
+        raise store_failure(exc, config) from None
+
+
+def store_failure(exc: StoreError | StoreUrlError, config: StoreConfigIn) -> ApiError:
+    """A failed store request as the api's 422 answer, without the store's secret."""
+    if isinstance(exc, StoreUrlError):  # the address changed since check_store_url (rebinding)
+        return _url_refused(exc)
+    secret = config.consumer_secret.get_secret_value()
+    code = (
+        "store_credentials_refused"
+        if isinstance(exc, StoreAuthError)
+        else "store_unreachable"
+        if isinstance(exc, StoreUnavailable)
+        else "store_tls_error"
+        if isinstance(exc, StoreTLSError)
+        else "store_bad_response"
+    )
+    return ApiError(422, code, _safe_store_message(exc, secret))
+
+
+def store_reader_factory(settings: Settings) -> StoreReaderFactory:
+    """Clients that read a store's pages for a preview: the api's short retry policy, a
+    connection pool of the preview's concurrency, the fetcher's size and address limits."""
+    policy = RetryPolicy(
+        max_attempts=CHECK_MAX_ATTEMPTS,
+        backoff_base_s=0.25,
+        backoff_max_s=1.0,
+        budget_s=settings.preview_deadline_s,
+    )
+
+    def open_reader(config: StoreConfigIn, concurrency: int) -> WooClient:
+        return WooClient(
+            _store_config(config),
+            policy=policy,
+            timeout_s=min(settings.store_timeout_s, CHECK_TIMEOUT_S),
+            deadline_s=min(settings.store_request_deadline_s, settings.preview_deadline_s),
+            max_response_bytes=settings.store_max_response_bytes,
+            max_connections=concurrency,
+            pin_public_address=not settings.allow_private_urls,
+        )
+
+    return open_reader

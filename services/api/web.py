@@ -12,9 +12,9 @@ import json
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -30,6 +30,7 @@ log = logging.getLogger("woosync.api")
 MAX_BODY_BYTES = 1024 * 1024
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+M = TypeVar("M", bound=BaseModel)
 
 
 def guarded(endpoint: Endpoint) -> Endpoint:
@@ -130,6 +131,11 @@ def parse_action(payload: dict[str, Any]) -> ActionRequest:
     if model is None:
         allowed = ", ".join(ACTION_MODELS)
         raise ApiError(400, "unknown_action", f"action must be one of: {allowed}")
+    return parse_body(model, payload)
+
+
+def parse_body(model: type[M], payload: dict[str, Any]) -> M:
+    """The payload validated as ``model``; 422 naming each field that is wrong."""
     try:
         return model.model_validate(payload)
     except ValidationError as exc:

@@ -47,15 +47,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+from uuid import UUID
 
 import asyncpg
 
 from services.fetcher import items, paging
 from services.fetcher import queries as q
+from services.fetcher.preview import compare_store, preview_result
+from services.fetcher.preview_read import StoreTooLarge, read_store
 from shared import activity
 from shared.broker import DEFAULT_MAX_MESSAGE_BYTES, split_customer_batch
 from shared.consuming import Requeue, is_infrastructure_error
@@ -79,6 +83,7 @@ class PageReader(Protocol):
 
 T = TypeVar("T")
 ClientFactory = Callable[[StoreConfig, int], AbstractAsyncContextManager[PageReader]]
+PageObserver = Callable[[UUID, float, str | None], None]
 
 # Extra reads allowed to close gaps, beyond two per page of the store.
 GAP_READS_SPARE = 4
@@ -112,6 +117,9 @@ class FetcherDeps:
     check_interval_s: float = 0.5  # WOOSYNC_CRAWL_CHECK_INTERVAL_S
     # WOOSYNC_MAX_MESSAGE_BYTES: a page's customers go out in as many batches as that needs.
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    preview_max_customers: int = 50_000  # WOOSYNC_PREVIEW_JOB_MAX_CUSTOMERS
+    # Told of every page read: (connection id, seconds, None or the failure's kind); metrics.
+    observe_page: PageObserver | None = None
 
 
 @dataclass
@@ -129,9 +137,20 @@ class _Job:
 
     async def fetch(self, client: PageReader, page: int | None, offset: int) -> Any:
         """Read one window; checks what the answer claims (see the module docstring)."""
-        result = await client.list_customers(
-            page=page or 1, per_page=self.batch_size, offset=offset
-        )
+        started = time.monotonic()
+        error: str | None = None
+        try:
+            result = await client.list_customers(
+                page=page or 1, per_page=self.batch_size, offset=offset
+            )
+        except Exception as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            if self.deps.observe_page is not None:
+                self.deps.observe_page(
+                    self.request.connection_id, time.monotonic() - started, error
+                )
         for name, value in (("X-WP-Total", result.total), ("X-WP-TotalPages", result.total_pages)):
             problem = items.total_problem(name, value, self.deps.max_store_customers)
             if problem:
@@ -311,6 +330,9 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
         )
         # DNS may have changed since the api checked the URL.
         await ensure_public_url(config.url, allow_private=deps.allow_private_urls)
+        if row["kind"] == "preview":
+            await _supervised(job, _preview(job, config, row))
+            return
         pages = await _supervised(job, _crawl(job, config, concurrency=row["concurrency"]))
         lines = await scope.fetchval(
             q.MARK_FETCH_DONE, request.job_id, pages, request.org_id, paging.proves(job.batch_size)
@@ -346,6 +368,52 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     )
     await deps.publish(
         FetchCompleted(job_id=request.job_id, org_id=request.org_id, pages=pages, customers=lines)
+    )
+
+
+async def _preview(job: _Job, config: StoreConfig, row: asyncpg.Record) -> None:
+    """A preview job: read the whole store (``services.fetcher.preview_read``), compare it with
+    the stored customers and keep the answer on the job; no line, page or customer is written."""
+    request = job.request
+    concurrency = row["concurrency"]
+    try:
+        async with job.deps.open_client(config, concurrency) as client:
+            read = await read_store(
+                client,
+                per_page=job.batch_size,
+                concurrency=concurrency,
+                max_customers=job.deps.preview_max_customers,
+            )
+    except StoreTooLarge as exc:
+        raise CrawlFailed(
+            f"{exc}: more than a preview job reads ({job.deps.preview_max_customers:,}, "
+            "WOOSYNC_PREVIEW_JOB_MAX_CUSTOMERS)"
+        ) from None
+    comparison = await compare_store(
+        job.deps.pool,
+        read,
+        org_id=request.org_id,
+        connection_id=request.connection_id,
+        sample_size=row["preview_sample_size"] or 0,
+    )
+    result = preview_result(row["store_url"], request.connection_id, read, comparison, concurrency)
+    await job.db.execute(
+        q.FINISH_PREVIEW,
+        request.job_id,
+        request.org_id,
+        result.model_dump(mode="json"),
+        read.total,
+        read.pages,
+    )
+    await activity.record(
+        job.db,
+        org_id=request.org_id,
+        job_id=request.job_id,
+        event="fetch.completed",
+        details={"pages": read.pages, "kind": "preview", "counts": result.counts.model_dump()},
+    )
+    await job.deps.publish(
+        FetchCompleted(job_id=request.job_id, org_id=request.org_id, pages=read.pages, customers=0)
     )
 
 
@@ -453,9 +521,7 @@ async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
         # Without X-WP-Total (a proxy may strip it) the tail loop below reads page by page.
         total_pages = paging.pages_for(first.total, per_page)
         await job.db.execute(q.RECORD_STORE_TOTALS, job_id, first.total, total_pages, org_id)
-        fetched = {
-            r["page"]: r for r in await job.db.fetch(q.SELECT_FETCHED_PAGES, job_id, org_id)
-        }
+        fetched = {r["page"]: r for r in await job.db.fetch(q.SELECT_FETCHED_PAGES, job_id, org_id)}
         windows = [window]
         windows += [
             paging.Window(r["start_offset"], r["customers"], r["first_id"], r["last_id"])

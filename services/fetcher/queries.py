@@ -14,12 +14,13 @@ from shared.lifecycle import (
     sql_in,
     sql_state,
 )
+from shared.preview import STORED_COLUMNS
 
 # A message can only ever reach its own org's connection.
 SELECT_JOB_WITH_CONNECTION = """
-SELECT j.id, j.org_id, j.state, j.batch_size, j.concurrency, j.fetch_done_at,
-       c.id AS connection_id, c.store_url, c.auth_mode, c.verify_tls, c.consumer_key,
-       c.consumer_secret_enc
+SELECT j.id, j.org_id, j.state, j.batch_size, j.concurrency, j.fetch_done_at, j.kind,
+       j.preview_sample_size, c.id AS connection_id, c.store_url, c.auth_mode, c.verify_tls,
+       c.consumer_key, c.consumer_secret_enc
 FROM woo_customer_sync_queue j
 JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
 WHERE j.id = $1 AND j.org_id = $2
@@ -166,4 +167,38 @@ WHERE id = $1 AND org_id = $3
 RETURNING (
     SELECT count(*) FROM woo_customer_sync_queue_line WHERE job_id = $1 AND org_id = $3
 ) AS lines
+"""
+
+# -- previews (read only: services.fetcher.preview) ----------------------------------------------
+
+# The stored rows of the store's customers ($3: their woo_ids), columns of shared.preview.
+SELECT_PREVIEW_ROWS = f"""
+SELECT {", ".join(STORED_COLUMNS)}
+FROM customer
+WHERE org_id = $1 AND connection_id = $2 AND woo_id = ANY($3::bigint[])
+"""
+
+# The rows of the connection whose customers the store no longer has ($3: every woo_id it has):
+# how many, and the first $4 of them: what a sync would mark deleted (migration 0013). A row
+# already marked deleted is not counted again.
+_NOT_IN_STORE = """
+FROM customer
+WHERE org_id = $1 AND connection_id = $2 AND woo_id <> ALL($3::bigint[])
+  AND deleted_at IS NULL
+"""
+COUNT_PREVIEW_GONE = "SELECT count(*)" + _NOT_IN_STORE
+SELECT_PREVIEW_GONE = (
+    f"SELECT {', '.join(STORED_COLUMNS)}" + _NOT_IN_STORE + "ORDER BY woo_id LIMIT $4"
+)
+
+# A preview job's answer, once its store is read: the job is then read, as a sync's is after its
+# last page (the tracker finishes it: it has no line to wait for). Not a state change.
+FINISH_PREVIEW = """
+UPDATE woo_customer_sync_queue
+SET preview_result = $3,
+    store_total = coalesce(store_total, $4),
+    pages_total = greatest(coalesce(pages_total, 0), $5),
+    fetch_done_at = coalesce(fetch_done_at, now()),
+    updated_at = now()
+WHERE id = $1 AND org_id = $2 AND kind = 'preview'
 """

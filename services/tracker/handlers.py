@@ -55,7 +55,7 @@ from shared import activity
 from shared.broker import publish
 from shared.db import OrgScope, for_org
 from shared.lifecycle import JobState
-from shared.logs import redact
+from shared.logs import log_context, redact
 from shared.messages import (
     FetchCompleted,
     FetchFailed,
@@ -266,23 +266,24 @@ class Tracker:
         jobs, self._dirty = self._dirty, {}
         finished: list[SyncCompleted] = []
         for job_id, org_id in jobs.items():
-            try:
-                done = await recompute(for_org(self._pool, org_id), job_id)
-            except Exception as exc:
-                self._database.failed(exc, f"recomputing job {job_id}")
-                self._dirty[job_id] = org_id
-                continue
-            self._database.succeeded()
-            if done is not None:
-                log.info(
-                    "job %s %s: %d done, %d failed of %d",
-                    job_id,
-                    done.state,
-                    done.done,
-                    done.failed,
-                    done.total,
-                )
-                finished.append(done)
+            with log_context(job_id=job_id, org_id=org_id):
+                try:
+                    done = await recompute(for_org(self._pool, org_id), job_id)
+                except Exception as exc:
+                    self._database.failed(exc, f"recomputing job {job_id}")
+                    self._dirty[job_id] = org_id
+                    continue
+                self._database.succeeded()
+                if done is not None:
+                    log.info(
+                        "job %s %s: %d done, %d failed of %d",
+                        job_id,
+                        done.state,
+                        done.done,
+                        done.failed,
+                        done.total,
+                    )
+                    finished.append(done)
         await self._announce(finished)
 
     async def sweep(self) -> None:
@@ -319,10 +320,11 @@ class Tracker:
         for row in candidates:
             if row["state"] == JobState.QUEUED and fetchers > 0:
                 continue  # waiting for a busy fetcher is not a stall
-            done = await stall_job(for_org(self._pool, row["org_id"]), row["id"], timeout_s)
-            if done is not None:
-                log.warning("job %s stalled (no progress for %g s)", done.job_id, timeout_s)
-                stalled.append(done)
+            with log_context(job_id=row["id"], org_id=row["org_id"]):
+                done = await stall_job(for_org(self._pool, row["org_id"]), row["id"], timeout_s)
+                if done is not None:
+                    log.warning("job %s stalled (no progress for %g s)", done.job_id, timeout_s)
+                    stalled.append(done)
         await self._announce(stalled)
 
     async def run(self) -> None:
@@ -347,9 +349,10 @@ class Tracker:
 
     async def _announce(self, completed: list[SyncCompleted]) -> None:
         for index, done in enumerate(completed):
-            try:
-                await self._publish(done)
-            except Exception:
-                log.exception("publishing sync.completed failed; retrying on the next tick")
-                self._unannounced.extend(completed[index:])
-                return
+            with log_context(job_id=done.job_id, org_id=done.org_id, message_id=done.message_id):
+                try:
+                    await self._publish(done)
+                except Exception:
+                    log.exception("publishing sync.completed failed; retrying on the next tick")
+                    self._unannounced.extend(completed[index:])
+                    return

@@ -48,6 +48,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         "WOOSYNC_SECRET_KEY": "e2e-secret-key",
         "WOOSYNC_API_PORT": str(free_port()),
         "WOOSYNC_TRACKER_PORT": str(free_port()),
+        "WOOSYNC_FETCHER_PORT": str(free_port()),
+        "WOOSYNC_SYNCER_PORT": str(free_port()),
         "WOOSYNC_RETRY_DELAYS_MS": "[200,400,800]",
         "WOOSYNC_ALLOW_PRIVATE_URLS": "true",
     }

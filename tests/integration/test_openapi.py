@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services.api.app import CONNECTION_PATH, CONNECTIONS_PATH, JOB_PATH, SYNC_PATH
+from services.api.app import CONNECTION_PATH, CONNECTIONS_PATH, JOB_PATH, PREVIEW_PATH, SYNC_PATH
 from shared.settings import Settings
 from tests.helpers import free_port
 from tools.woosim.testing import SimHandle, spawn_simulator
@@ -215,12 +215,15 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     assert {op.label for op in operations} == {
         "GET /healthz",
         "GET /readyz",
+        "GET /asyncapi.json",
+        "GET /metrics",
         f"POST {SYNC_PATH}",
         f"GET {JOB_PATH}",
         f"GET {CONNECTIONS_PATH}",
         f"GET {CONNECTION_PATH}",
         f"PATCH {CONNECTION_PATH}",
         f"DELETE {CONNECTION_PATH}",
+        f"POST {PREVIEW_PATH}",
     }
     seen: dict[str, set[int]] = {}
     for operation in operations:
@@ -238,3 +241,4 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     deletes = seen[f"DELETE {CONNECTION_PATH}"]
     assert 404 in deletes and deletes & {200, 409}, seen
     assert 200 in seen[f"GET {CONNECTIONS_PATH}"], seen
+    assert {200, 422} <= seen[f"POST {PREVIEW_PATH}"], seen

@@ -23,7 +23,7 @@ from shared.auth import authenticate
 from shared.broker import make_broker
 from shared.settings import Settings
 from shared.topology import Topology, declare_topology
-from tests.conftest import PG_ADMIN_URL, _dsn
+from tests.conftest import PG_ADMIN_URL
 from tests.e2e.harness import Stack
 from tests.factories import ORG_TABLES
 from tests.helpers import service_env
@@ -148,25 +148,6 @@ async def test_a_role_with_bypassrls_is_refused_whatever_its_url(
 
 
 # -- an owner that is not a superuser -----------------------------------------------------------
-
-
-@pytest.fixture
-async def plain_owner_database(template_database: str) -> AsyncIterator[str]:
-    """A database migrated by a login role that is neither superuser nor BYPASSRLS: FORCE binds
-    it, as it would a production owner. Yields the owner's URL."""
-    role = f"woosync_owner_{uuid.uuid4().hex[:8]}"
-    name = f"woosync_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await admin.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS")
-        await admin.execute(f'CREATE DATABASE "{name}" OWNER {role}')
-        owner_url = _as_role(_dsn(name), role)
-        await db.migrate_up(owner_url)
-        yield owner_url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f"DROP ROLE IF EXISTS {role}")
-        await admin.close()
 
 
 async def declare(settings: Settings, topology: Topology) -> None:

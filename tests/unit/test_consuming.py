@@ -24,6 +24,7 @@ from shared.consuming import (
     parse,
     requeue_pause_s,
 )
+from shared.logs import current_context
 from shared.messages import TRACKER_EVENTS, CustomerBatch, FetchFailed, LinesDone
 from shared.topology import DELIVERY_LIMIT
 
@@ -183,3 +184,59 @@ async def test_consume_is_the_one_place_deciding_park_or_requeue(
     log = logging.getLogger("test.consume")
     await consume(delivery, CustomerBatch, handle, log)  # type: ignore[arg-type]
     assert delivery.settled == [settled]
+
+
+# --- every line logged while a message is handled names it -------------------------------------
+
+
+class Lines(logging.Handler):
+    """The context ids each record carried when it was logged."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        super().__init__()
+        self.seen: list[dict[str, str]] = []
+        log.setLevel(logging.INFO)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append({"message": record.getMessage(), **current_context()})
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_consume_binds_message_job_and_org_for_the_handler_and_itself(fails: bool) -> None:
+    job, org = uuid4(), uuid4()
+    raw = json.dumps(
+        {"schema_version": 1, "job_id": str(job), "org_id": str(org),
+         "connection_id": str(uuid4()), "customers": []}
+    ).encode()
+    log = logging.getLogger(f"test.consume.ids.{fails}")
+    lines = Lines(log)
+    log.addHandler(lines)
+
+    async def handle(_: CustomerBatch) -> None:
+        log.info("handling")
+        if fails:
+            raise ValueError("a bug")
+
+    try:
+        await consume(FakeDelivery(raw), CustomerBatch, handle, log)  # type: ignore[arg-type]
+    finally:
+        log.removeHandler(lines)
+    ids = {"job_id": str(job), "org_id": str(org), "message_id": "m-1"}
+    assert lines.seen and all(line.items() >= ids.items() for line in lines.seen), lines.seen
+    assert len(lines.seen) == (3 if fails else 1)  # handling; handler failed; parking
+    assert current_context() == {}
+
+
+async def test_a_malformed_body_is_parked_with_whatever_ids_it_has() -> None:
+    job = uuid4()
+    log = logging.getLogger("test.consume.malformed")
+    lines = Lines(log)
+    log.addHandler(lines)
+    try:
+        raw = json.dumps({"job_id": str(job), "org_id": "not-a-uuid\nforged"}).encode()
+        await consume(FakeDelivery(raw), CustomerBatch, _ok, log)  # type: ignore[arg-type]
+    finally:
+        log.removeHandler(lines)
+    [line] = lines.seen
+    assert line["message"].startswith("parking message m-1: malformed CustomerBatch")
+    assert line["job_id"] == str(job) and line["message_id"] == "m-1" and "org_id" not in line

@@ -24,6 +24,7 @@ from services.api.schemas import (
     StatusRequest,
 )
 from shared.auth import Caller
+from shared.logs import log_context
 
 
 @dataclass(frozen=True)
@@ -48,5 +49,6 @@ ACTION_MODELS: dict[str, type[ActionRequest]] = {
 
 
 async def dispatch(request: ActionRequest, caller: Caller, deps: Deps) -> Answer:
-    """Run the handler of the request's action."""
-    return await ACTIONS[request.action].handler(request, caller, deps)
+    """Run the handler of the request's action; its log lines name the org and the job."""
+    with log_context(org_id=caller.org_id, job_id=getattr(request, "job_id", None)):
+        return await ACTIONS[request.action].handler(request, caller, deps)

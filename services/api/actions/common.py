@@ -3,6 +3,7 @@ of a draft job to the fetcher."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,7 +21,10 @@ from shared import activity
 from shared.db import for_org
 from shared.jobs import get_status
 from shared.lifecycle import JobState
+from shared.logs import log_context
 from shared.messages import CustomerBatch, SyncRequested
+
+log = logging.getLogger("woosync.api.actions")
 
 # What a client at the cap of open syncs is told to wait before trying again.
 SYNC_CAP_RETRY_AFTER_S = 30
@@ -47,6 +51,14 @@ def connection_busy(job_id: UUID) -> ApiError:
         "connection_busy",
         f"job {job_id} of the same store connection is reading the store; "
         "retry this job when it has finished",
+    )
+
+
+def preview_running(job_id: UUID) -> ApiError:
+    return ApiError(
+        409,
+        "connection_busy",
+        f"preview job {job_id} is reading this store; start or preview again when it has finished",
     )
 
 
@@ -80,6 +92,12 @@ async def hand_to_fetcher(
     message = SyncRequested(
         job_id=job_id, org_id=org_id, connection_id=connection_id, reason=reason
     )
+    with log_context(job_id=job_id, org_id=org_id, message_id=message.message_id):
+        return await _hand_over(deps, message, actor)
+
+
+async def _hand_over(deps: Deps, message: SyncRequested, actor: Mapping[str, str]) -> str:
+    job_id, org_id, reason = message.job_id, message.org_id, message.reason
     try:
         async with for_org(deps.pool, org_id).transaction() as conn:
             state: str = await conn.fetchval(q.LOCK_JOB_STATE, job_id, org_id)
@@ -104,6 +122,7 @@ async def hand_to_fetcher(
             details={"message": "sync.requested", "reason": reason, **actor},
         )
         raise
+    log.info("job %s queued for the fetcher (%s)", job_id, reason)
     return JobState.QUEUED
 
 

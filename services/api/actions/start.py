@@ -15,7 +15,12 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from services.api import queries as q
-from services.api.actions.common import Answer, hand_to_fetcher, too_many_syncs
+from services.api.actions.common import (
+    Answer,
+    hand_to_fetcher,
+    preview_running,
+    too_many_syncs,
+)
 from services.api.deps import Deps
 from services.api.schemas import StartRequest, StartResult, StoreConfigIn
 from services.api.store_probe import check_store
@@ -144,6 +149,8 @@ async def _open_job_or_new(
         deps.secrets.encrypt(config.consumer_secret.get_secret_value()),
     )
     running = await conn.fetchrow(q.SELECT_OPEN_JOB_OF_CONNECTION, org_id, connection_id)
+    if running is not None and running["kind"] == "preview":
+        raise preview_running(running["id"])
     if previous is not None:
         job_id = running["id"] if running is not None else new_job_id
         await _record_connection_change(conn, previous, config, org_id, job_id, caller)
