@@ -14,6 +14,8 @@ from uuid import UUID
 import asyncpg
 
 from services.fetcher.handlers import handle_sync_requested
+from services.fetcher.preview import compare_store
+from services.fetcher.preview_read import StoreRead
 from services.syncer.handlers import handle_customer_batch
 from services.tracker.handlers import fail_job, recompute
 from shared.auth import create_org
@@ -195,3 +197,18 @@ async def new_job_of(pool: asyncpg.Pool, job: Job) -> UUID:
         job.connection_id,
     )
     return job_id
+
+
+async def test_the_preview_counts_what_a_sync_would_mark_deleted(
+    pool: asyncpg.Pool, app_pool: asyncpg.Pool
+) -> None:
+    org_id, _ = await create_org(pool, "acme")
+    job = await crawled_job(pool, org_id, seen=[1, 2, 3, 4, 5, 6, 7, 8], failed=[])
+    await recompute(for_org(app_pool, org_id), job.job_id)  # 9 and 10 marked deleted
+    # The store now holds 1 to 6 and 10 (back again): 7 and 8 are newly gone.
+    read = StoreRead(per_page=100, customers={w: small_customer(w) for w in [1, 2, 3, 4, 5, 6, 10]})
+    comparison = await compare_store(
+        app_pool, read, org_id=org_id, connection_id=job.connection_id, sample_size=5
+    )
+    assert comparison.counts["delete"] == 2
+    assert [sample.woo_id for sample in comparison.samples["delete"]] == [7, 8]
