@@ -17,6 +17,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from services.api.actions import ACTIONS, preview
 from services.api.actions.replay import ReplayResult
 from services.api.schemas import (
+    CancelResult,
     ConnectionDeleted,
     ConnectionList,
     ConnectionOut,
@@ -26,6 +27,7 @@ from services.api.schemas import (
     PreviewJobAccepted,
     PreviewRequest,
     Readiness,
+    ResumeResult,
     RetryResult,
     StartResult,
     StatusResult,
@@ -42,9 +44,14 @@ ERRORS: dict[int, str] = {
     403: "The body's org_id is not the API key's organisation.",
     404: "No such job or store connection for this organisation (another organisation's "
     "looks the same).",
-    409: "The job is already final (force-done), or its connection is busy (retry, or a "
-    "connection delete while one of its jobs is open), or the connection's secret cannot be "
-    "decrypted (preview).",
+    409: (
+        "The job's state does not allow the action (action_not_allowed: pause, resume, cancel, "
+        "retry, force-done; the message names the state), the job is already final "
+        "(force-done), its connection is busy (retry), a cancelled job of the store is "
+        "still stopping its crawl (start: crawl_not_stopped, see Retry-After), the "
+        "connection's secret cannot be decrypted (preview), or a store connection has an open "
+        "job (delete)."
+    ),
     413: "The body is larger than 1 MiB.",
     415: "The body is not application/json.",
     422: "A field is invalid (the message names it), or the store refused or is unreachable.",
@@ -127,6 +134,8 @@ def _components() -> dict[str, Any]:
             ConnectionDeleted,
             PreviewResult,
             PreviewJobAccepted,
+            ResumeResult,
+            CancelResult,
             ErrorEnvelope,
             Health,
             Readiness,
@@ -236,8 +245,11 @@ def build_openapi(
         "oneOf": [{"$ref": ref} for ref in actions.values()],
         "discriminator": {"propertyName": "action", "mapping": actions},
     }
-    any_result = [_ref(m) for m in (StartResult, StatusResult, RetryResult, ReplayResult)]
-    accepted = [_ref(m) for m in (StartResult, RetryResult, ReplayResult)]
+    any_result = [
+        _ref(m)
+        for m in (StartResult, StatusResult, RetryResult, ReplayResult, CancelResult)
+    ]
+    accepted = [_ref(m) for m in (StartResult, RetryResult, ReplayResult, ResumeResult)]
     open_route = {"security": []}
     return {
         "openapi": "3.1.0",
@@ -324,12 +336,14 @@ def build_openapi(
                     "requestBody": {"required": True, "content": _json(action_body)},
                     "responses": {
                         "200": {
-                            "description": "status, force-done, a retry or replay that changed "
-                            "nothing, or a start answered by the connection's open job.",
+                            "description": "status, force-done, pause, cancel, a retry or "
+                            "replay that changed nothing, or a start answered by the "
+                            "connection's open job.",
                             "content": _json({"anyOf": any_result}),
                         },
                         "202": {
-                            "description": "start accepted; retry or replay sent work again.",
+                            "description": "start accepted; retry or replay sent work again; "
+                            "resume sent the job on.",
                             "content": _json({"anyOf": accepted}),
                         },
                         **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503),

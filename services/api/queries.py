@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from shared.lifecycle import (
+    ACTIVE_JOB_STATES,
     FINAL_JOB_STATES,
     OPEN_JOB_STATES,
+    OPEN_LINE_STATES,
     Actor,
     JobState,
     LineState,
@@ -74,11 +76,13 @@ SELECT count(*) FROM woo_customer_sync_queue
 WHERE org_id = $1 AND state IN {sql_in(OPEN_JOB_STATES)}
 """
 
-# Another job of the connection that has not read all its pages (holds migration 0002's slot).
+# Another job of the connection that has not read all its pages (holds migration 0002's slot),
+# or was cancelled while its crawl has not yet stopped (migration 0010).
 SELECT_OTHER_FETCHING_JOB = f"""
 SELECT id FROM woo_customer_sync_queue
-WHERE org_id = $1 AND connection_id = $2 AND id <> $3
-  AND state IN {sql_in(OPEN_JOB_STATES)} AND fetch_done_at IS NULL
+WHERE org_id = $1 AND connection_id = $2 AND id <> $3 AND fetch_done_at IS NULL
+  AND (state IN {sql_in(OPEN_JOB_STATES)}
+       OR (state = {sql_state(JobState.CANCELLED)} AND crawl_stopped_at IS NULL))
 LIMIT 1
 """
 
@@ -150,11 +154,11 @@ WHERE job_id = $1 AND org_id = $2 AND state = {sql_state(LineState.FAILED)} AND 
 FORCE_DONE = changes_state(
     "api.FORCE_DONE",
     "job",
-    {Actor.API_FORCE_DONE: moves(OPEN_JOB_STATES, (JobState.DONE,))},
+    {Actor.API_FORCE_DONE: moves(ACTIVE_JOB_STATES, (JobState.DONE,))},
     f"""
 UPDATE woo_customer_sync_queue
 SET state = {sql_state(JobState.DONE)}, finished_at = now(), updated_at = now(), last_error = $2
-WHERE id = $1 AND org_id = $3 AND state NOT IN {sql_in(FINAL_JOB_STATES)}
+WHERE id = $1 AND org_id = $3 AND state IN {sql_in(ACTIVE_JOB_STATES)}
 """,
 )
 
@@ -214,6 +218,14 @@ SET auth_mode = $3, verify_tls = $4, consumer_key = $5, consumer_secret_enc = $6
 WHERE org_id = $1 AND id = $2
 """
 
+# A cancelled job of the connection whose crawl has not stopped yet (migration 0010).
+SELECT_STOPPING_JOB_OF_CONNECTION = f"""
+SELECT id FROM woo_customer_sync_queue
+WHERE org_id = $1 AND connection_id = $2
+  AND state = {sql_state(JobState.CANCELLED)} AND crawl_stopped_at IS NULL
+LIMIT 1
+"""
+
 COUNT_CONNECTION_CUSTOMERS = """
 SELECT count(*)::int FROM customer WHERE org_id = $1 AND connection_id = $2
 """
@@ -238,6 +250,8 @@ SELECT count(*)::int FROM gone
 """
 
 DELETE_CONNECTION = "DELETE FROM woo_connections WHERE org_id = $1 AND id = $2"
+
+
 # -- preview (read only: services.api.actions.preview) ------------------------------------------
 
 # A stored connection and its key, to preview its store with what a sync would use.
@@ -268,3 +282,93 @@ ON CONFLICT DO NOTHING
 RETURNING id
 """,
 )
+# --- pause, resume, cancel ------------------------------------------------------------------
+
+# What the three actions decide on, the job locked: a pause or cancel then waits for a batch
+# the syncer is writing (it holds KEY SHARE on the job), and no batch is written after it.
+LOCK_JOB_FOR_CONTROL = """
+SELECT id, connection_id, state, fetch_done_at, process_count, crawl_stopped_at
+FROM woo_customer_sync_queue
+WHERE id = $1 AND org_id = $2
+FOR UPDATE
+"""
+
+PAUSE_JOB = changes_state(
+    "api.PAUSE_JOB",
+    "job",
+    {Actor.API_PAUSE: moves((JobState.QUEUED, JobState.PROCESSING), (JobState.PAUSED,))},
+    f"""
+UPDATE woo_customer_sync_queue
+SET state = {sql_state(JobState.PAUSED)}, updated_at = now()
+WHERE id = $1 AND org_id = $2
+  AND state IN {sql_in({JobState.QUEUED, JobState.PROCESSING})}
+""",
+)
+
+# $3 the state it resumes in (queued: pages are left to read; processing: every page was read).
+# updated_at restarts the tracker's stall timer: paused time is no stall. crawl_stopped_at is
+# cleared: a crawl runs again, or its sync.requested is on its way, until the fetcher says so.
+RESUME_JOB = changes_state(
+    "api.RESUME_JOB",
+    "job",
+    {Actor.API_RESUME: moves((JobState.PAUSED,), (JobState.QUEUED, JobState.PROCESSING))},
+    f"""
+UPDATE woo_customer_sync_queue
+SET state = $3::text, updated_at = now(), crawl_stopped_at = NULL,
+    queued_at = CASE WHEN $3::text = {sql_state(JobState.QUEUED)} THEN now() ELSE queued_at END
+WHERE id = $1 AND org_id = $2 AND state = {sql_state(JobState.PAUSED)}
+""",
+)
+
+# The batches the syncer held while the job was paused, oldest first.
+SELECT_HELD_BATCHES = """
+SELECT id, attempt, batch FROM woo_customer_sync_hold
+WHERE job_id = $1 AND org_id = $2
+ORDER BY id
+"""
+
+DELETE_HELD_BATCHES = """
+DELETE FROM woo_customer_sync_hold WHERE job_id = $1 AND org_id = $2
+"""
+
+# $3 the reason, $4 whether no crawl of the job can be running (it never began, every page was
+# read, or a pause already stopped it): then its connection is free at once; otherwise the
+# fetcher frees it when its crawl stops (services.fetcher.queries.MARK_CRAWL_STOPPED).
+CANCEL_JOB = changes_state(
+    "api.CANCEL_JOB",
+    "job",
+    {Actor.API_CANCEL: moves(OPEN_JOB_STATES, (JobState.CANCELLED,))},
+    f"""
+UPDATE woo_customer_sync_queue
+SET state = {sql_state(JobState.CANCELLED)}, finished_at = now(), updated_at = now(),
+    last_error = $3,
+    crawl_stopped_at = CASE WHEN $4::boolean THEN coalesce(crawl_stopped_at, now())
+                            ELSE crawl_stopped_at END
+WHERE id = $1 AND org_id = $2 AND state IN {sql_in(OPEN_JOB_STATES)}
+RETURNING crawl_stopped_at
+""",
+)
+
+# The job's open lines are settled as cancelled; the counts are brought up to date.
+CANCEL_LINES = changes_state(
+    "api.CANCEL_LINES",
+    "line",
+    {Actor.API_CANCEL: moves(OPEN_LINE_STATES, (LineState.CANCELLED,))},
+    f"""
+UPDATE woo_customer_sync_queue_line
+SET state = {sql_state(LineState.CANCELLED)}, updated_at = now()
+WHERE job_id = $1 AND org_id = $2 AND state IN {sql_in(OPEN_LINE_STATES)}
+""",
+)
+
+RECOUNT_JOB = f"""
+UPDATE woo_customer_sync_queue j
+SET total = c.total, done_count = c.done, failed_count = c.failed
+FROM (
+    SELECT count(*)::int AS total,
+           (count(*) FILTER (WHERE state = {sql_state(LineState.DONE)}))::int AS done,
+           (count(*) FILTER (WHERE state = {sql_state(LineState.FAILED)}))::int AS failed
+    FROM woo_customer_sync_queue_line WHERE job_id = $1 AND org_id = $2
+) AS c
+WHERE j.id = $1 AND j.org_id = $2
+"""

@@ -125,7 +125,35 @@ class ConnectionUpdate(_Request):
         return StoreConfigIn._secret_length(value)
 
 
-ActionRequest = StartRequest | StatusRequest | RetryRequest | ForceDoneRequest | ReplayRequest
+class PauseRequest(_Request):
+    action: Literal["pause"]
+    org_id: UUID
+    job_id: UUID
+
+
+class ResumeRequest(_Request):
+    action: Literal["resume"]
+    org_id: UUID
+    job_id: UUID
+
+
+class CancelRequest(_Request):
+    action: Literal["cancel"]
+    org_id: UUID
+    job_id: UUID
+    reason: str | None = Field(None, min_length=1, max_length=500)
+
+
+ActionRequest = (
+    StartRequest
+    | StatusRequest
+    | RetryRequest
+    | ForceDoneRequest
+    | ReplayRequest
+    | PauseRequest
+    | ResumeRequest
+    | CancelRequest
+)
 # Which model validates which action, with its handler: services.api.actions.ACTIONS.
 
 
@@ -224,6 +252,17 @@ class ConnectionDeleted(BaseModel):
     customers_deleted: int = Field(description="Customer rows removed (0 without customers).")
     customers_kept: int = Field(description="Customer rows left in place, detached.")
     jobs_deleted: int
+
+
+class ResumeResult(StatusResult):
+    released: int  # batches held while paused, sent to the syncer again
+    fetch_resumed: bool  # the fetcher was asked to read on from the first unread page
+
+
+class CancelResult(StatusResult):
+    lines_cancelled: int  # open lines settled as cancelled
+    held_dropped: int  # batches held while paused, dropped
+    crawl_stopped: bool  # no crawl of the job runs: its store is free for a new sync
 
 
 class Health(BaseModel):

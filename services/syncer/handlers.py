@@ -42,6 +42,14 @@ A customer stored with its NUL characters removed, or a payload older than the s
 makes its line ``done``; the line's ``warning`` says which (``NUL characters removed from
 first_name``, ``stale payload: ...``).
 
+Paused and cancelled jobs
+------------------------
+A batch of a paused job is not written: it is kept as it came, with its attempt, in
+``woo_customer_sync_hold`` and the delivery acked (so it spends no redelivery and holds no queue
+up); ``resume`` publishes the held batches again. A batch of a cancelled job is not written
+either: its open lines are settled as ``cancelled``. The job's state is read under a lock that
+a pause or cancel waits for, so no batch is written after either has answered.
+
 Failures
 --------
 If the batch upsert is refused by PostgreSQL for a row's sake, the batch is bisected inside
@@ -64,7 +72,7 @@ import asyncpg
 from services.syncer import queries as q
 from shared import activity
 from shared.db import for_org
-from shared.lifecycle import LineState
+from shared.lifecycle import JobState, LineState
 from shared.mapping import (
     CustomerRow,
     MappingError,
@@ -146,6 +154,8 @@ class BatchOutcome:
     failed: LinesFailed | None = None
     failures: tuple[CustomerFailure, ...] = ()
     stale: tuple[Stale, ...] = ()
+    held: bool = False  # the job is paused: the batch was kept, nothing written
+    dropped: bool = False  # the job is cancelled: nothing written
 
 
 def read_attempt(headers: Mapping[str, Any] | None) -> int:
@@ -176,9 +186,21 @@ async def handle_customer_batch(
     rows, failures, customers = map_batch(batch)
     final = attempt >= max_attempts
     async with for_org(pool, batch.org_id).transaction() as conn:
-        connection_id = await conn.fetchval(q.SELECT_JOB_CONNECTION, batch.job_id, batch.org_id)
-        if connection_id is None:
+        job = await conn.fetchrow(q.SELECT_JOB_CONNECTION, batch.job_id, batch.org_id)
+        if job is None:
             raise UnknownJob(f"job {batch.job_id} of org {batch.org_id} does not exist")
+        if job["state"] == JobState.PAUSED:
+            await conn.execute(
+                q.HOLD_BATCH, batch.job_id, batch.org_id, attempt, batch.model_dump_json().encode()
+            )
+            log.info("job %s is paused: batch %s held", batch.job_id, batch.message_id)
+            return BatchOutcome(held=True)
+        if job["state"] == JobState.CANCELLED:
+            ids = sorted({r.woo_id for r in rows} | {f.woo_id for f in failures if f.woo_id})
+            await conn.execute(q.CANCEL_LINES, batch.job_id, batch.org_id, ids)
+            log.info("job %s is cancelled: batch %s not written", batch.job_id, batch.message_id)
+            return BatchOutcome(dropped=True)
+        connection_id = job["connection_id"]
         if connection_id != batch.connection_id:
             rows = [replace(row, connection_id=connection_id) for row in rows]
         await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")

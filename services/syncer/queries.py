@@ -6,16 +6,48 @@ Both statements take their whole set at once (the customers as one array per col
 cannot deadlock each other.
 """
 
-from shared.lifecycle import Actor, LineState, changes_state, moves, sql_state
+from shared.lifecycle import (
+    OPEN_LINE_STATES,
+    Actor,
+    LineState,
+    changes_state,
+    moves,
+    sql_in,
+    sql_state,
+)
 from shared.mapping import CUSTOMER_COLUMNS
 
 # The job must exist and belong to the org the batch names (tenant isolation). Its connection,
 # not the batch's, is where the customers go: a batch queued before migration 0009 merged its
 # store's connections names one that no longer exists, and the job was moved to the survivor.
+# The job's state is read under a KEY SHARE lock held to the commit: a pause or cancel (which
+# lock the job FOR UPDATE) waits for a batch being written, and a batch written after one sees
+# it. The fetcher's and the tracker's updates of the job row do not conflict with this lock.
 SELECT_JOB_CONNECTION = """
-SELECT connection_id FROM woo_customer_sync_queue
+SELECT connection_id, state FROM woo_customer_sync_queue
 WHERE id = $1 AND org_id = $2
+FOR KEY SHARE
 """
+
+# A batch of a paused job, kept as it came until the job is resumed (migration 0010).
+HOLD_BATCH = """
+INSERT INTO woo_customer_sync_hold (job_id, org_id, attempt, batch)
+VALUES ($1, $2, $3, $4)
+"""
+
+# A batch of a cancelled job is not written: its lines that are still open are settled as
+# cancelled (a batch published just before the cancel, or a replay after it).
+CANCEL_LINES = changes_state(
+    "syncer.CANCEL_LINES",
+    "line",
+    {Actor.SYNCER: moves(OPEN_LINE_STATES, (LineState.CANCELLED,))},
+    f"""
+UPDATE woo_customer_sync_queue_line
+SET state = {sql_state(LineState.CANCELLED)}, updated_at = now()
+WHERE job_id = $1 AND org_id = $2 AND woo_id = ANY($3::bigint[])
+  AND state IN {sql_in(OPEN_LINE_STATES)}
+""",
+)
 
 # What each customer travels as: one array per field, $3 onwards in this order, with the type of
 # its elements. services/syncer/handlers.py builds the arrays from this tuple; the statement's
@@ -167,6 +199,7 @@ ON CONFLICT (job_id, woo_id) DO UPDATE SET
     warning = EXCLUDED.warning,
     payload = EXCLUDED.payload,
     updated_at = now()
-WHERE l.state <> {sql_state(LineState.DONE)} AND l.org_id = EXCLUDED.org_id
+WHERE l.state NOT IN {sql_in({LineState.DONE, LineState.CANCELLED})}
+  AND l.org_id = EXCLUDED.org_id
 """,
 )

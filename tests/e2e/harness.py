@@ -216,7 +216,7 @@ async def wait_final(settings: Settings, job_id: str, timeout_s: float = 120.0) 
     while True:
         try:
             row = await job_status(settings, job_id)
-            if row["state"] in ("done", "failed"):
+            if row["state"] in ("done", "failed", "cancelled"):
                 return row
         except (OSError, asyncpg.PostgresError):
             pass  # the database may be restarting

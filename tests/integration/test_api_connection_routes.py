@@ -245,3 +245,22 @@ async def test_delete_is_refused_while_a_job_is_open_then_keeps_or_removes_custo
     assert await count(api, "customer", "connection_id = $1", connection_id) == 0
     assert await api.pool.fetchval("SELECT count(*) FROM customer") == 2  # the first store's
     assert len(await events(api, "connection.deleted")) == 2
+
+
+async def test_delete_waits_for_a_cancelled_crawl_to_stop(api: Api, store: SimHandle) -> None:
+    connection_id, job_id = await started(api, store)
+    await api.pool.execute(
+        """UPDATE woo_customer_sync_queue SET state = 'cancelled', crawl_stopped_at = NULL
+           WHERE id = $1""",
+        job_id,
+    )
+    refused = await call(api, "DELETE", one(connection_id))
+    assert error_of(refused) == (409, "crawl_not_stopped")
+    assert refused.headers["Retry-After"] == "5"
+    assert await count(api, "woo_connections", "id = $1", connection_id) == 1
+
+    await api.pool.execute(
+        "UPDATE woo_customer_sync_queue SET crawl_stopped_at = now() WHERE id = $1", job_id
+    )
+    deleted = await call(api, "DELETE", one(connection_id))
+    assert deleted.status_code == 200 and deleted.json()["jobs_deleted"] == 1

@@ -203,9 +203,9 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     request_body = document["paths"][SYNC_PATH]["post"]["requestBody"]
     actions = request_body["content"]["application/json"]["schema"]
     assert set(actions["discriminator"]["mapping"]) == {
-        "start", "status", "retry", "force-done", "replay"
+        "start", "status", "retry", "force-done", "replay", "pause", "resume", "cancel"
     }
-    assert len(actions["oneOf"]) == 5
+    assert len(actions["oneOf"]) == 8
 
     schema = schemathesis.openapi.from_url(
         f"{live_api.url}/openapi.json", headers=live_api.auth, timeout=10

@@ -10,7 +10,8 @@ last characters).
 * New credentials are tested against the store first, as a ``start`` tests them: a store that
   refuses them (or cannot be reached) answers 422 and the stored ones stay. A job reading the
   store keeps the key it began with; its next crawl (a retry, a redelivery) loads the new one.
-* Deleting a connection is refused (409) while one of its jobs is open. Its finished jobs go
+* Deleting a connection is refused (409) while one of its jobs is open (or cancelled with its
+  crawl not yet stopped). Its finished jobs go
   with it (their lines and pages too; their activity rows stay). Its customers are removed with
   ``with_customers=true``; otherwise they stay as they are, detached: their ``connection_id``
   names no connection, and a new connection to the same store (a later ``start``) gets a new id
@@ -68,6 +69,16 @@ def connection_has_open_job(job_id: UUID) -> ApiError:
         "connection_busy",
         f"job {job_id} of this store connection is open; wait until it has finished "
         "(or force it done), then delete the connection",
+    )
+
+
+def crawl_still_running(job_id: UUID) -> ApiError:
+    return ApiError(
+        409,
+        "crawl_not_stopped",
+        f"job {job_id} of this store connection was cancelled and its crawl has not stopped "
+        "yet; delete the connection in a few seconds",
+        headers={"Retry-After": "5"},
     )
 
 
@@ -218,6 +229,9 @@ async def delete_connection(
         open_job = await conn.fetchrow(q.SELECT_OPEN_JOB_OF_CONNECTION, org_id, connection_id)
         if open_job is not None:
             raise connection_has_open_job(open_job["id"])
+        stopping = await conn.fetchval(q.SELECT_STOPPING_JOB_OF_CONNECTION, org_id, connection_id)
+        if stopping is not None:
+            raise crawl_still_running(stopping)
         removed = 0
         if with_customers:
             removed = await conn.fetchval(q.DELETE_CONNECTION_CUSTOMERS, org_id, connection_id)
