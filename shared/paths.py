@@ -7,7 +7,10 @@ from urllib.parse import quote
 from uuid import UUID
 
 SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"  # api: the actions
-JOB_PATH = "/api/v1/integrations/woocommerce/sync/jobs/{job_id}"  # api: status_url
+JOBS_PATH = "/api/v1/integrations/woocommerce/sync/jobs"  # api: the org's jobs, newest first
+JOB_PATH = JOBS_PATH + "/{job_id}"  # api: status_url
+JOB_LINES_PATH = JOB_PATH + "/lines"  # api: a job's lines by state (failed by default)
+JOB_ACTIVITY_PATH = JOB_PATH + "/activity"  # api: a job's activity log
 CONNECTIONS_PATH = "/api/v1/integrations/woocommerce/connections"  # api: list
 CONNECTION_PATH = "/api/v1/integrations/woocommerce/connections/{connection_id}"  # api: one
 PREVIEW_PATH = "/api/v1/integrations/sync/preview"  # api: what a sync would change

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # Base URLs that clients are told to use (status_url, progress_url); behind a proxy they differ.
     public_api_url: str = ""
     public_tracker_url: str = ""
+    # The API key the `woosync jobs` commands send to the api and tracker (never printed).
+    api_key: SecretStr | None = None
 
     # Prefix for the exchange and every queue: isolates test runs and side-by-side deployments.
     namespace: str = "woosync"

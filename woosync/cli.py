@@ -15,6 +15,7 @@ from woosync.cleanup import cleanup
 from woosync.connections import connections
 from woosync.dlq import dlq
 from woosync.health import health
+from woosync.jobs import jobs
 from woosync.keys import key
 from woosync.secrets import secrets
 
@@ -124,6 +125,7 @@ main.add_command(dlq)
 main.add_command(key)
 main.add_command(connections)
 main.add_command(cleanup)
+main.add_command(jobs)
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,10 @@ Route table::
     GET  /metrics                                           Prometheus metrics (shared.metrics)
     POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
     POST /api/v1/integrations/sync/preview                  what a sync would change (no writes)
+    GET  /api/v1/integrations/woocommerce/sync/jobs         the org's jobs, newest first (paged)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
+    GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/lines     a job's lines by state (paged)
+    GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/activity  a job's activity log (paged)
     GET  /api/v1/integrations/woocommerce/connections       the org's store connections (paged)
     GET    /api/v1/integrations/woocommerce/connections/{id}  one connection (never its secret)
     PATCH  /api/v1/integrations/woocommerce/connections/{id}  new credentials, tested first
@@ -32,12 +35,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.api.actions import connections, dispatch, preview
+from services.api.actions import connections, dispatch, history, preview
 from services.api.actions.common import read_status
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
 from services.api.openapi import build_openapi
-from services.api.schemas import PreviewRequest, Readiness
+from services.api.schemas import ActivityQuery, JobsQuery, LinesQuery, PreviewRequest, Readiness
 from services.api.web import (
     deps_of,
     guarded,
@@ -51,7 +54,16 @@ from shared import web
 from shared.crypto import ProgressTokens, SecretBox
 from shared.logs import log_context
 from shared.metrics import HttpMetrics, RequestMetrics, metrics_endpoint
-from shared.paths import CONNECTION_PATH, CONNECTIONS_PATH, JOB_PATH, PREVIEW_PATH, SYNC_PATH
+from shared.paths import (
+    CONNECTION_PATH,
+    CONNECTIONS_PATH,
+    JOB_ACTIVITY_PATH,
+    JOB_LINES_PATH,
+    JOB_PATH,
+    JOBS_PATH,
+    PREVIEW_PATH,
+    SYNC_PATH,
+)
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -99,6 +111,13 @@ async def sync_customers(request: Request) -> Response:
     return JSONResponse(answer.body.model_dump(mode="json"), status_code=answer.status)
 
 
+def _job_id(request: Request) -> UUID:
+    try:
+        return UUID(request.path_params["job_id"])
+    except ValueError:
+        raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
+
+
 @guarded
 async def preview_sync(request: Request) -> Response:
     deps = deps_of(request)
@@ -114,13 +133,39 @@ async def preview_sync(request: Request) -> Response:
 async def get_job(request: Request) -> Response:
     deps = deps_of(request)
     caller = await require_caller(request, deps)
-    try:
-        job_id = UUID(request.path_params["job_id"])
-    except ValueError:
-        raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
+    job_id = _job_id(request)
     with log_context(org_id=caller.org_id, job_id=job_id):
         status = await read_status(deps, org_id=caller.org_id, job_id=job_id)
     return JSONResponse(status.model_dump(mode="json"))
+
+
+@guarded
+async def list_jobs(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    query = history.parse_query(JobsQuery, request.query_params.multi_items())
+    page = await history.list_jobs(query, caller, deps)
+    return JSONResponse(page.model_dump(mode="json"))
+
+
+@guarded
+async def list_lines(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    job_id = _job_id(request)
+    query = history.parse_query(LinesQuery, request.query_params.multi_items())
+    page = await history.list_lines(job_id, query, caller, deps)
+    return JSONResponse(page.model_dump(mode="json"))
+
+
+@guarded
+async def list_activity(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    job_id = _job_id(request)
+    query = history.parse_query(ActivityQuery, request.query_params.multi_items())
+    page = await history.list_activity(job_id, query, caller, deps)
+    return JSONResponse(page.model_dump(mode="json"))
 
 
 def _connection_id(request: Request) -> UUID:
@@ -200,12 +245,15 @@ ROUTES = [
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
+    Route(JOBS_PATH, list_jobs, methods=["GET"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
+    Route(PREVIEW_PATH, preview_sync, methods=["POST"]),
+    Route(JOB_LINES_PATH, list_lines, methods=["GET"]),
+    Route(JOB_ACTIVITY_PATH, list_activity, methods=["GET"]),
     Route(CONNECTIONS_PATH, list_connections, methods=["GET"]),
     Route(CONNECTION_PATH, get_connection, methods=["GET"]),
     Route(CONNECTION_PATH, update_connection, methods=["PATCH"]),
     Route(CONNECTION_PATH, delete_connection, methods=["DELETE"]),
-    Route(PREVIEW_PATH, preview_sync, methods=["POST"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/asyncapi.json", asyncapi, methods=["GET"]),
 ]
@@ -243,6 +291,9 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
     app.state.openapi = build_openapi(
         sync_path=SYNC_PATH,
         job_path=JOB_PATH,
+        jobs_path=JOBS_PATH,
+        lines_path=JOB_LINES_PATH,
+        activity_path=JOB_ACTIVITY_PATH,
         preview_path=PREVIEW_PATH,
         connections_path=CONNECTIONS_PATH,
         connection_path=CONNECTION_PATH,

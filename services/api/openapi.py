@@ -9,14 +9,17 @@ Every status code an operation can answer is listed, the errors all with the one
 
 from __future__ import annotations
 
-from typing import Any
+import types
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from services.api.actions import ACTIONS, preview
 from services.api.actions.replay import ReplayResult
 from services.api.schemas import (
+    ActivityPage,
+    ActivityQuery,
     CancelResult,
     ConnectionDeleted,
     ConnectionList,
@@ -24,6 +27,10 @@ from services.api.schemas import (
     ConnectionUpdate,
     ErrorEnvelope,
     Health,
+    JobsPage,
+    JobsQuery,
+    LinesPage,
+    LinesQuery,
     PreviewJobAccepted,
     PreviewRequest,
     Readiness,
@@ -54,7 +61,8 @@ ERRORS: dict[int, str] = {
     ),
     413: "The body is larger than 1 MiB.",
     415: "The body is not application/json.",
-    422: "A field is invalid (the message names it), or the store refused or is unreachable.",
+    422: "A field or query parameter is invalid (the message names it), or the store refused "
+    "or is unreachable.",
     429: "Rate limit of the organisation, or its cap of open syncs; see Retry-After.",
     500: "Unexpected error (details only in the server's log).",
     503: "The message broker is unavailable, or the api is testing as many stores as it runs "
@@ -111,6 +119,58 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): _error(status) for status in statuses}
 
 
+JOB_ID_PARAMETER = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The query string of a read route, from the model that validates it (so they agree)."""
+    parameters = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if get_origin(annotation) in (Union, types.UnionType):  # optional: null is no query value
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        if field.metadata:
+            annotation = Annotated[(annotation, *field.metadata)]
+        schema = TypeAdapter(annotation).json_schema()
+        schema.pop("title", None)
+        if field.default is not None:
+            schema["default"] = getattr(field.default, "value", field.default)
+        parameter: dict[str, Any] = {"name": name, "in": "query", "required": False}
+        description = field.description or schema.pop("description", None)
+        if description:
+            parameter["description"] = description
+        parameters.append({**parameter, "schema": schema})
+    return parameters
+
+
+def _page_route(
+    operation_id: str,
+    summary: str,
+    description: str,
+    query: type[BaseModel],
+    page: type[BaseModel],
+    *,
+    job: bool,
+) -> dict[str, Any]:
+    return {
+        "get": {
+            "operationId": operation_id,
+            "summary": summary,
+            "description": description,
+            "parameters": ([JOB_ID_PARAMETER] if job else []) + _query_parameters(query),
+            "responses": {
+                "200": {"description": "One page.", "content": _json(_ref(page))},
+                **_errors(401, *([404] if job else []), 422, 429, 500),
+            },
+        }
+    }
+
+
 def _actions_description() -> str:
     """Each action's summary, then what the actions add about their answers (the table's)."""
     lines = [f"{name}: {action.summary}" for name, action in ACTIONS.items()]
@@ -136,6 +196,9 @@ def _components() -> dict[str, Any]:
             PreviewJobAccepted,
             ResumeResult,
             CancelResult,
+            JobsPage,
+            LinesPage,
+            ActivityPage,
             ErrorEnvelope,
             Health,
             Readiness,
@@ -235,6 +298,9 @@ def build_openapi(
     *,
     sync_path: str,
     job_path: str,
+    jobs_path: str,
+    lines_path: str,
+    activity_path: str,
     preview_path: str,
     connections_path: str,
     connection_path: str,
@@ -377,20 +443,42 @@ def build_openapi(
                 "get": {
                     "operationId": "getJob",
                     "summary": "A job's status (the status_url of start).",
-                    "parameters": [
-                        {
-                            "name": "job_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string", "format": "uuid"},
-                        }
-                    ],
+                    "description": "rate_per_s and eta_s are measured over a recent window "
+                    "of the job's settled lines; null when final or not known yet.",
+                    "parameters": [JOB_ID_PARAMETER],
                     "responses": {
                         "200": {"description": "The job.", "content": _json(_ref(StatusResult))},
                         **_errors(401, 404, 422, 429, 500),
                     },
                 }
             },
+            jobs_path: _page_route(
+                "listJobs",
+                "The organisation's jobs, newest first.",
+                "Filtered by state and connection_id; paged by an opaque cursor (next_cursor, "
+                "or the next link, keeps the filters). An unknown state is a 422 naming it.",
+                JobsQuery,
+                JobsPage,
+                job=False,
+            ),
+            lines_path: _page_route(
+                "listJobLines",
+                "A job's lines in one state (failed by default), with their errors.",
+                "In woo_id order, paged by an opaque cursor. retryable says whether the "
+                "customer is kept for retry or replay.",
+                LinesQuery,
+                LinesPage,
+                job=True,
+            ),
+            activity_path: _page_route(
+                "listJobActivity",
+                "A job's activity log: who did what, when.",
+                "Oldest first, paged by an opaque cursor; by names who did it, "
+                "details.api_key_id the API key of an api action.",
+                ActivityQuery,
+                ActivityPage,
+                job=True,
+            ),
             **_connection_paths(connections_path, connection_path),
         },
     }

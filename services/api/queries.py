@@ -372,3 +372,46 @@ FROM (
 ) AS c
 WHERE j.id = $1 AND j.org_id = $2
 """
+
+# History (services.api.actions.history). Each is a keyset page: the caller asks for one row
+# more than it shows, to know whether there is a next page; the cursor is the last row's key.
+
+# $1 org, $2 state or NULL, $3 connection or NULL, $4/$5 the last row's (created_at, id) or
+# NULL, $6 rows. Newest first; the id breaks ties of one created_at. The org index
+# (org_id, created_at DESC) serves the order.
+SELECT_JOBS_PAGE = """
+SELECT j.id, j.connection_id, c.store_url, j.state, j.total, j.done_count, j.failed_count,
+       j.store_total, j.fetch_done_at, j.created_at, j.started_at, j.finished_at, j.updated_at,
+       j.last_error
+FROM woo_customer_sync_queue j
+JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
+WHERE j.org_id = $1
+  AND ($2::text IS NULL OR j.state = $2::text)
+  AND ($3::uuid IS NULL OR j.connection_id = $3::uuid)
+  AND ($4::timestamptz IS NULL OR (j.created_at, j.id) < ($4::timestamptz, $5::uuid))
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT $6
+"""
+
+JOB_EXISTS = """
+SELECT EXISTS (SELECT 1 FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2)
+"""
+
+# $1 job, $2 org, $3 state, $4 the last woo_id shown or NULL, $5 rows. In woo_id order.
+SELECT_LINES_PAGE = """
+SELECT woo_id, state, page, attempts, last_error, payload IS NOT NULL AS retryable, updated_at
+FROM woo_customer_sync_queue_line
+WHERE job_id = $1 AND org_id = $2 AND state = $3::text
+  AND ($4::bigint IS NULL OR woo_id > $4::bigint)
+ORDER BY woo_id
+LIMIT $5
+"""
+
+# $1 job, $2 org, $3 the last id shown or NULL, $4 rows. Oldest first (migration 0011's index).
+SELECT_ACTIVITY_PAGE = """
+SELECT id, at, level, event, details
+FROM woo_sync_activity
+WHERE job_id = $1 AND org_id = $2 AND ($3::bigint IS NULL OR id > $3::bigint)
+ORDER BY id
+LIMIT $4
+"""

@@ -7,7 +7,7 @@ Booleans and integers are strict: ``"verify_tls": "no"`` is refused rather than 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from shared.jobs import JobStatus
-from shared.lifecycle import JobStateField
+from shared.lifecycle import JobState, JobStateField, LineState
 from shared.storeurl import normalize_store_url
 
 MAX_SECRET_LENGTH = 200
@@ -263,6 +263,108 @@ class CancelResult(StatusResult):
     lines_cancelled: int  # open lines settled as cancelled
     held_dropped: int  # batches held while paused, dropped
     crawl_stopped: bool  # no crawl of the job runs: its store is free for a new sync
+
+
+# History: the query strings of the three read routes, and their pages. Query strings are text,
+# so integers are parsed (lax), but unknown parameters are refused like unknown body fields.
+
+MAX_PAGE_LIMIT = 200
+DEFAULT_PAGE_LIMIT = 50
+
+PageLimit = Annotated[
+    int, Field(ge=1, le=MAX_PAGE_LIMIT, description="Rows per page (at most 200).")
+]
+Cursor = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        description="The next_cursor of the previous page; none for the first page.",
+    ),
+]
+
+
+class JobsQuery(_Request):
+    """``GET .../sync/jobs``: the org's jobs, newest first."""
+
+    state: JobState | None = Field(None, description="Only jobs in this state.")
+    connection_id: UUID | None = Field(None, description="Only jobs of this store connection.")
+    limit: PageLimit = DEFAULT_PAGE_LIMIT
+    cursor: Cursor | None = None
+
+
+class LinesQuery(_Request):
+    """``GET .../sync/jobs/{job_id}/lines``: a job's lines in one state, in woo_id order."""
+
+    state: LineState = Field(LineState.FAILED, description="Only lines in this state.")
+    limit: PageLimit = DEFAULT_PAGE_LIMIT
+    cursor: Cursor | None = None
+
+
+class ActivityQuery(_Request):
+    """``GET .../sync/jobs/{job_id}/activity``: a job's activity log, oldest first."""
+
+    limit: PageLimit = DEFAULT_PAGE_LIMIT
+    cursor: Cursor | None = None
+
+
+class JobSummary(BaseModel):
+    job_id: UUID
+    connection_id: UUID
+    store_url: str
+    state: JobStateField
+    total: int
+    done: int
+    failed: int
+    store_total: int | None
+    fetch_complete: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    last_error: str | None
+    status_url: str
+
+
+class LineSummary(BaseModel):
+    woo_id: int
+    state: LineState
+    page: int | None
+    attempts: int
+    last_error: str | None
+    retryable: bool = Field(description="The customer is kept: retry or replay can send it again.")
+    updated_at: datetime
+
+
+class ActivityEntry(BaseModel):
+    id: int
+    at: datetime
+    level: Literal["debug", "info", "warning", "error"]
+    event: str
+    by: str | None = Field(
+        description="Who did it: api (details.api_key_id names the key), cli, fetcher, tracker, "
+        "a migration; null when the row does not say."
+    )
+    details: dict[str, Any] = Field(description="What happened, as the writer recorded it.")
+
+
+class _Page(BaseModel):
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page (same filters); null on the last page."
+    )
+    next: str | None = Field(description="The next page's URL; null on the last page.")
+
+
+class JobsPage(_Page):
+    items: list[JobSummary]
+
+
+class LinesPage(_Page):
+    items: list[LineSummary]
+
+
+class ActivityPage(_Page):
+    items: list[ActivityEntry]
 
 
 class Health(BaseModel):

@@ -35,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from services.api.app import CONNECTION_PATH, CONNECTIONS_PATH, JOB_PATH, PREVIEW_PATH, SYNC_PATH
+from shared.paths import JOB_ACTIVITY_PATH, JOB_LINES_PATH, JOBS_PATH
 from shared.settings import Settings
 from tests.helpers import free_port
 from tools.woosim.testing import SimHandle, spawn_simulator
@@ -224,6 +225,9 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         f"PATCH {CONNECTION_PATH}",
         f"DELETE {CONNECTION_PATH}",
         f"POST {PREVIEW_PATH}",
+        f"GET {JOBS_PATH}",
+        f"GET {JOB_LINES_PATH}",
+        f"GET {JOB_ACTIVITY_PATH}",
     }
     seen: dict[str, set[int]] = {}
     for operation in operations:
@@ -242,3 +246,6 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     assert 404 in deletes and deletes & {200, 409}, seen
     assert 200 in seen[f"GET {CONNECTIONS_PATH}"], seen
     assert {200, 422} <= seen[f"POST {PREVIEW_PATH}"], seen
+    assert {200, 422} <= seen[f"GET {JOBS_PATH}"], seen
+    for path in (JOB_LINES_PATH, JOB_ACTIVITY_PATH):
+        assert {200, 404, 422} <= seen[f"GET {path}"], seen
