@@ -44,6 +44,7 @@ SELECT j.id, j.org_id, j.connection_id, j.state, j.total, j.done_count, j.failed
        COALESCE(j.conflict_policy,
                 (SELECT c.conflict_policy FROM woo_connections c
                  WHERE c.id = j.connection_id AND c.org_id = j.org_id)) AS conflict_policy,
+       j.deleted_count, j.restored_count,
        CASE WHEN j.state NOT IN {sql_in(FINAL_JOB_STATES)} THEN (
            SELECT count(*) FROM woo_customer_sync_queue_line l
            WHERE l.job_id = j.id AND l.org_id = j.org_id
@@ -66,6 +67,11 @@ class JobStatus(BaseModel):
     conflicts: int  # lines waiting as conflicts for a person (manual policy); keep the job open
     pending: int  # neither settled nor waiting as conflicts: on their way
     percent: float
+    # Customers of the connection this job's crawl found gone from the store and marked deleted
+    # (set when the job finishes, only after a crawl proven complete), and deleted customers it
+    # saw again and restored (as its batches are written).
+    deleted: int
+    restored: int
     store_total: int | None
     pages_total: int | None
     process_count: int
@@ -143,6 +149,8 @@ def status_from_row(row: asyncpg.Record, window_s: float = RATE_WINDOW_S) -> Job
         conflicts=conflicts,
         pending=pending,
         percent=percent,
+        deleted=row["deleted_count"],
+        restored=row["restored_count"],
         store_total=row["store_total"],
         pages_total=row["pages_total"],
         process_count=row["process_count"],

@@ -98,6 +98,8 @@ class SyncCompleted(Message):
     total: int
     done: int
     failed: int
+    # Customers of the connection this job found gone from the store (marked deleted).
+    deleted: int = 0
 
 
 class Contract:

@@ -343,21 +343,35 @@ def fetcher_deps(
 # --- the woosync command --------------------------------------------------------------------
 
 
-async def woosync(settings: Settings, *args: str) -> str:
+async def woosync(settings: Settings, *args: str, stdin: str | None = None) -> str:
     """Run the real ``woosync`` command; its stdout, after asserting it succeeded."""
-    env = service_env(settings, WOOSYNC_ADMIN_DATABASE_URL=settings.admin_database_url)
+    code, stdout, stderr = await woosync_run(settings, *args, stdin=stdin)
+    assert code == 0, stderr[-2000:]
+    return stdout
+
+
+async def woosync_run(
+    settings: Settings, *args: str, stdin: str | None = None, **env: str
+) -> tuple[int, str, str]:
+    """Run the real ``woosync`` command: its exit code, stdout and stderr. ``env``: extra
+    WOOSYNC_* settings."""
+    environment = service_env(
+        settings, WOOSYNC_ADMIN_DATABASE_URL=settings.admin_database_url, **env
+    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "woosync.cli", *args, env=env,
+        sys.executable, "-m", "woosync.cli", *args, env=environment,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+        data = stdin.encode() if stdin is not None else None
+        stdout, stderr = await asyncio.wait_for(process.communicate(data), 60)
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
-    return stdout.decode()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode(errors="replace")
 
 
 # --- queues ---------------------------------------------------------------------------------

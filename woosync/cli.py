@@ -13,6 +13,7 @@ from shared import db
 from shared.settings import Settings
 from woosync.cleanup import cleanup
 from woosync.conflicts import conflicts
+from woosync.connections import connections
 from woosync.dlq import dlq
 from woosync.health import health
 from woosync.jobs import jobs
@@ -123,6 +124,7 @@ main.add_command(secrets)
 main.add_command(health)
 main.add_command(dlq)
 main.add_command(key)
+main.add_command(connections)
 main.add_command(cleanup)
 main.add_command(jobs)
 main.add_command(conflicts)

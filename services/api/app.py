@@ -14,6 +14,10 @@ Route table::
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/lines     a job's lines by state (paged)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/activity  a job's activity log (paged)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/conflicts   its waiting conflicts, paged
+    GET  /api/v1/integrations/woocommerce/connections       the org's store connections (paged)
+    GET    /api/v1/integrations/woocommerce/connections/{id}  one connection (never its secret)
+    PATCH  /api/v1/integrations/woocommerce/connections/{id}  new credentials, tested first
+    DELETE /api/v1/integrations/woocommerce/connections/{id}  ?with_customers=true|false
     GET  /openapi.json                                      the OpenAPI 3.1 document
     GET  /asyncapi.json                                     the messages (services.asyncapi)
 
@@ -34,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.api.actions import conflicts, dispatch, history, preview
+from services.api.actions import conflicts, connections, dispatch, history, preview
 from services.api.actions.common import read_status
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
@@ -55,6 +59,8 @@ from shared.logs import log_context
 from shared.metrics import HttpMetrics, RequestMetrics, metrics_endpoint
 from shared.paths import (
     CONFLICTS_PATH,
+    CONNECTION_PATH,
+    CONNECTIONS_PATH,
     JOB_ACTIVITY_PATH,
     JOB_LINES_PATH,
     JOB_PATH,
@@ -191,6 +197,78 @@ async def get_conflicts(request: Request) -> Response:
     return JSONResponse(page.model_dump(mode="json"))
 
 
+def _connection_id(request: Request) -> UUID:
+    try:
+        return UUID(request.path_params["connection_id"])
+    except ValueError:
+        raise ApiError(422, "invalid_request", "connection_id: invalid UUID") from None
+
+
+def _query(request: Request, allowed: set[str]) -> dict[str, str]:
+    """The query's parameters, each at most once, none but ``allowed``; 422 naming the first
+    that is not."""
+    params: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in allowed:
+            raise ApiError(422, "invalid_request", f"{name}: unexpected query parameter")
+        if name in params:
+            raise ApiError(422, "invalid_request", f"{name}: given more than once")
+        params[name] = value
+    return params
+
+
+@guarded
+async def list_connections(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    params = _query(request, {"limit", "cursor"})
+    limit = params.get("limit", str(connections.DEFAULT_PAGE_SIZE))
+    if not limit.isascii() or not limit.isdigit():
+        raise ApiError(422, "invalid_request", "limit: must be an integer")
+    page = await connections.list_connections(
+        caller.org_id, deps, limit=int(limit), cursor=params.get("cursor")
+    )
+    return JSONResponse(page.model_dump(mode="json"))
+
+
+@guarded
+async def get_connection(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    _query(request, set())
+    found = await connections.show_connection(caller.org_id, deps, _connection_id(request))
+    return JSONResponse(found.model_dump(mode="json"))
+
+
+@guarded
+async def update_connection(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    _query(request, set())
+    connection_id = _connection_id(request)
+    update = connections.parse_update(await read_json_object(request))
+    updated = await connections.update_credentials(
+        caller.org_id, caller.actor(), deps, connection_id, update
+    )
+    return JSONResponse(updated.model_dump(mode="json"))
+
+
+@guarded
+async def delete_connection(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    params = _query(request, {"with_customers"})
+    connection_id = _connection_id(request)
+    deleted = await connections.delete_connection(
+        caller.org_id,
+        caller.actor(),
+        deps,
+        connection_id,
+        with_customers=connections.parse_with_customers(params.get("with_customers")),
+    )
+    return JSONResponse(deleted.model_dump(mode="json"))
+
+
 ROUTES = [
     Route("/healthz", web.healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
@@ -202,6 +280,10 @@ ROUTES = [
     Route(JOB_LINES_PATH, list_lines, methods=["GET"]),
     Route(JOB_ACTIVITY_PATH, list_activity, methods=["GET"]),
     Route(CONFLICTS_PATH, get_conflicts, methods=["GET"]),
+    Route(CONNECTIONS_PATH, list_connections, methods=["GET"]),
+    Route(CONNECTION_PATH, get_connection, methods=["GET"]),
+    Route(CONNECTION_PATH, update_connection, methods=["PATCH"]),
+    Route(CONNECTION_PATH, delete_connection, methods=["DELETE"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/asyncapi.json", asyncapi, methods=["GET"]),
 ]
@@ -244,6 +326,8 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         activity_path=JOB_ACTIVITY_PATH,
         preview_path=PREVIEW_PATH,
         conflicts_path=CONFLICTS_PATH,
+        connections_path=CONNECTIONS_PATH,
+        connection_path=CONNECTION_PATH,
     )
     app.state.asyncapi = Served(settings)
     app.state.runtime = runtime

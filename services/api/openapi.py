@@ -23,6 +23,10 @@ from services.api.schemas import (
     ActivityQuery,
     CancelResult,
     ConflictPage,
+    ConnectionDeleted,
+    ConnectionList,
+    ConnectionOut,
+    ConnectionUpdate,
     ErrorEnvelope,
     Health,
     JobsPage,
@@ -48,15 +52,15 @@ ERRORS: dict[int, str] = {
     400: "Malformed JSON, a body that is not an object, or an unknown action.",
     401: "Missing, malformed, unknown or revoked API key (one answer for all).",
     403: "The body's org_id is not the API key's organisation.",
-    404: "No such job (or store connection) for this organisation (another organisation's "
+    404: "No such job or store connection for this organisation (another organisation's "
     "looks the same).",
     409: (
         "The job's state does not allow the action (action_not_allowed: pause, resume, cancel, "
         "retry, force-done; the message names the state), the job is already final "
         "(force-done), its connection is busy (retry), a cancelled job of the store is "
         "still stopping its crawl (start: crawl_not_stopped, see Retry-After), the "
-        "connection's secret cannot be decrypted (preview), or the customer is not waiting "
-        "as a conflict (resolve-conflicts)."
+        "connection's secret cannot be decrypted (preview), the customer is not waiting "
+        "as a conflict (resolve-conflicts), or a store connection has an open job (delete)."
     ),
     413: "The body is larger than 1 MiB.",
     415: "The body is not application/json.",
@@ -181,7 +185,7 @@ def _actions_description() -> str:
 def _components() -> dict[str, Any]:
     requests: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (action.model, "validation") for action in ACTIONS.values()
-    ] + [(PreviewRequest, "validation")]
+    ] + [(ConnectionUpdate, "validation"), (PreviewRequest, "validation")]
     responses: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model, "serialization")
         for model in (
@@ -189,6 +193,9 @@ def _components() -> dict[str, Any]:
             StatusResult,
             RetryResult,
             ReplayResult,
+            ConnectionList,
+            ConnectionOut,
+            ConnectionDeleted,
             PreviewResult,
             PreviewJobAccepted,
             ResumeResult,
@@ -207,6 +214,92 @@ def _components() -> dict[str, Any]:
     return dict(schemas.get("$defs", {}))
 
 
+def _connection_paths(connections_path: str, connection_path: str) -> dict[str, Any]:
+    """The operations on an org's store connections (services/api/actions/connections.py)."""
+    connection_id = {
+        "name": "connection_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "format": "uuid"},
+    }
+    return {
+        connections_path: {
+            "get": {
+                "operationId": "listConnections",
+                "summary": "The organisation's store connections, a page at a time (no secrets).",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 2048},
+                        "description": "The next_cursor of the previous page.",
+                    },
+                ],
+                "responses": {
+                    "200": {"description": "A page.", "content": _json(_ref(ConnectionList))},
+                    **_errors(401, 422, 429, 500),
+                },
+            }
+        },
+        connection_path: {
+            "get": {
+                "operationId": "getConnection",
+                "summary": "One store connection (never its secret).",
+                "parameters": [connection_id],
+                "responses": {
+                    "200": {"description": "It.", "content": _json(_ref(ConnectionOut))},
+                    **_errors(401, 404, 422, 429, 500),
+                },
+            },
+            "patch": {
+                "operationId": "updateConnection",
+                "summary": "New credentials, tested against the store before they are stored.",
+                "description": (
+                    "The store must accept them (as on start), else 422 and nothing changes. "
+                    "A job reading the store keeps its key; its next crawl loads the new one."
+                ),
+                "parameters": [connection_id],
+                "requestBody": {"required": True, "content": _json(_ref(ConnectionUpdate))},
+                "responses": {
+                    "200": {"description": "Stored.", "content": _json(_ref(ConnectionOut))},
+                    **_errors(400, 401, 404, 413, 415, 422, 429, 500, 503),
+                },
+            },
+            "delete": {
+                "operationId": "deleteConnection",
+                "summary": "Delete a connection and its finished jobs, and its customers if asked.",
+                "description": (
+                    "409 while one of its jobs is open. Without with_customers=true its "
+                    "customers stay, detached from any connection."
+                ),
+                "parameters": [
+                    connection_id,
+                    {
+                        "name": "with_customers",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Deleted.",
+                        "content": _json(_ref(ConnectionDeleted)),
+                    },
+                    **_errors(401, 404, 409, 422, 429, 500),
+                },
+            },
+        },
+    }
+
+
 def build_openapi(
     *,
     sync_path: str,
@@ -216,6 +309,8 @@ def build_openapi(
     activity_path: str,
     preview_path: str,
     conflicts_path: str,
+    connections_path: str,
+    connection_path: str,
 ) -> dict[str, Any]:
     """The document for the api's routes (paths passed in by the route table)."""
     actions = {name: REF.format(model=a.model.__name__) for name, a in ACTIONS.items()}
@@ -242,7 +337,8 @@ def build_openapi(
             "title": "woosync api",
             "version": "1",
             "description": (
-                "Start and follow syncs of a WooCommerce store's customers. Every route but "
+                "Start and follow syncs of a WooCommerce store's customers, and manage the "
+                "store connections. Every route but "
                 "the health checks needs an API key (Authorization: Bearer wsk_...); the key "
                 "decides the organisation. Progress is streamed by the tracker at the "
                 "progress_url of a job."
@@ -441,5 +537,6 @@ def build_openapi(
                     },
                 }
             },
+            **_connection_paths(connections_path, connection_path),
         },
     }

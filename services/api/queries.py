@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shared.lifecycle import (
     ACTIVE_JOB_STATES,
+    FINAL_JOB_STATES,
     OPEN_JOB_STATES,
     OPEN_LINE_STATES,
     Actor,
@@ -165,6 +166,95 @@ SET state = {sql_state(JobState.DONE)}, finished_at = now(), updated_at = now(),
 WHERE id = $1 AND org_id = $3 AND state IN {sql_in(ACTIVE_JOB_STATES)}
 """,
 )
+
+
+# --- store connections (services/api/actions/connections.py) ----------------------------------
+
+# A connection as its org sees it (never the secret): the key's ending, its customers (stored,
+# and marked deleted), its open job and its latest job. $1 org id, then the filter's parameters.
+_CONNECTION_VIEW = f"""
+SELECT c.id, c.store_url, c.store_identity, c.auth_mode, c.verify_tls,
+       right(c.consumer_key, 4) AS consumer_key_ending,
+       length(c.consumer_secret_enc) > 0 AS has_secret,
+       c.created_at, c.updated_at,
+       counts.customers, counts.customers_deleted,
+       (SELECT j.id FROM woo_customer_sync_queue j
+        WHERE j.org_id = c.org_id AND j.connection_id = c.id
+          AND j.state IN {sql_in(OPEN_JOB_STATES)}
+        ORDER BY j.created_at LIMIT 1) AS open_job_id,
+       (SELECT j.id FROM woo_customer_sync_queue j
+        WHERE j.org_id = c.org_id AND j.connection_id = c.id
+        ORDER BY j.created_at DESC, j.id DESC LIMIT 1) AS last_job_id
+FROM woo_connections c
+CROSS JOIN LATERAL (
+    SELECT (count(*) FILTER (WHERE cu.deleted_at IS NULL))::int AS customers,
+           (count(*) FILTER (WHERE cu.deleted_at IS NOT NULL))::int AS customers_deleted
+    FROM customer cu
+    WHERE cu.org_id = c.org_id AND cu.connection_id = c.id
+) AS counts
+"""
+
+# A page of the org's connections in the order of their store ($2: the last store of the
+# previous page, or null; $3: how many).
+LIST_CONNECTIONS = (
+    _CONNECTION_VIEW
+    + """
+WHERE c.org_id = $1 AND ($2::text IS NULL OR c.store_identity > $2::text)
+ORDER BY c.store_identity
+LIMIT $3
+"""
+)
+
+SELECT_CONNECTION = _CONNECTION_VIEW + "WHERE c.org_id = $1 AND c.id = $2"
+
+# The stored connection, locked until the transaction ends (an update, a delete).
+LOCK_CONNECTION = """
+SELECT id, store_url, auth_mode, verify_tls, consumer_key
+FROM woo_connections
+WHERE org_id = $1 AND id = $2
+FOR UPDATE
+"""
+
+# Called only after the store accepted these credentials.
+UPDATE_CONNECTION_CREDENTIALS = """
+UPDATE woo_connections
+SET auth_mode = $3, verify_tls = $4, consumer_key = $5, consumer_secret_enc = $6,
+    updated_at = now()
+WHERE org_id = $1 AND id = $2
+"""
+
+# A cancelled job of the connection whose crawl has not stopped yet (migration 0010).
+SELECT_STOPPING_JOB_OF_CONNECTION = f"""
+SELECT id FROM woo_customer_sync_queue
+WHERE org_id = $1 AND connection_id = $2
+  AND state = {sql_state(JobState.CANCELLED)} AND crawl_stopped_at IS NULL
+LIMIT 1
+"""
+
+COUNT_CONNECTION_CUSTOMERS = """
+SELECT count(*)::int FROM customer WHERE org_id = $1 AND connection_id = $2
+"""
+
+DELETE_CONNECTION_CUSTOMERS = """
+WITH gone AS (
+    DELETE FROM customer WHERE org_id = $1 AND connection_id = $2 RETURNING 1
+)
+SELECT count(*)::int FROM gone
+"""
+
+# Finished jobs only: an open one (which the caller refused under the org's sync lock) stays,
+# and then the connection's own delete fails on the foreign key. Lines and pages go with them
+# (ON DELETE CASCADE); their activity rows stay (append-only).
+DELETE_CONNECTION_JOBS = f"""
+WITH gone AS (
+    DELETE FROM woo_customer_sync_queue
+    WHERE org_id = $1 AND connection_id = $2 AND state IN {sql_in(FINAL_JOB_STATES)}
+    RETURNING 1
+)
+SELECT count(*)::int FROM gone
+"""
+
+DELETE_CONNECTION = "DELETE FROM woo_connections WHERE org_id = $1 AND id = $2"
 
 
 # -- preview (read only: services.api.actions.preview) ------------------------------------------

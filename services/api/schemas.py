@@ -123,6 +123,21 @@ class ReplayRequest(_Request):
     job_id: UUID
 
 
+class ConnectionUpdate(_Request):
+    """New credentials for a store connection (PATCH). The store is not changed: its URL is
+    the connection's identity. ``auth`` and ``verify_tls`` keep their stored values when absent."""
+
+    consumer_key: str = Field(min_length=1, max_length=200)
+    consumer_secret: SecretStr
+    auth: Literal["basic", "query", "oauth1"] | None = None
+    verify_tls: StrictBool | None = None
+
+    @field_validator("consumer_secret")
+    @classmethod
+    def _secret_length(cls, value: SecretStr) -> SecretStr:
+        return StoreConfigIn._secret_length(value)
+
+
 class PauseRequest(_Request):
     action: Literal["pause"]
     org_id: UUID
@@ -237,6 +252,39 @@ class RetryResult(StatusResult):
     @property
     def changed_anything(self) -> bool:
         return self.requeued > 0 or self.fetch_resumed or self.job_reopened
+
+
+class ConnectionOut(BaseModel):
+    """A store connection as its org sees it: never its secret, only the key's last characters."""
+
+    connection_id: UUID
+    store_url: str
+    auth: Literal["basic", "query", "oauth1"]
+    verify_tls: bool
+    consumer_key_ending: str = Field(description="The consumer key's last 4 characters.")
+    has_secret: bool = Field(description="A consumer secret is stored (it is never shown).")
+    customers: int = Field(description="Customers stored for this store and not deleted.")
+    customers_deleted: int = Field(description="Customers marked deleted (gone from the store).")
+    open_job_id: UUID | None = Field(description="The job reading or syncing it now, if any.")
+    last_job_id: UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConnectionList(BaseModel):
+    connections: list[ConnectionOut]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null on the last page."
+    )
+
+
+class ConnectionDeleted(BaseModel):
+    connection_id: UUID
+    store_url: str
+    with_customers: bool
+    customers_deleted: int = Field(description="Customer rows removed (0 without customers).")
+    customers_kept: int = Field(description="Customer rows left in place, detached.")
+    jobs_deleted: int
 
 
 class ResumeResult(StatusResult):

@@ -375,7 +375,9 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
             return
         crawl = _crawl(job, config, concurrency=row["concurrency"], recorded_pages=recorded_pages)
         pages = await _supervised(job, crawl)
-        lines = await scope.fetchval(q.MARK_FETCH_DONE, request.job_id, pages, request.org_id)
+        lines = await scope.fetchval(
+            q.MARK_FETCH_DONE, request.job_id, pages, request.org_id, paging.proves(job.batch_size)
+        )
     except (StoreError, StoreUrlError, UndecryptableSecret, CrawlFailed) as exc:
         await _fail(job, str(exc), "store failed")
         return

@@ -31,6 +31,11 @@ def overlap(per_page: int) -> int:
     return 0 if per_page < 2 else max(1, per_page // 20)
 
 
+def proves(per_page: int) -> bool:
+    """Whether windows of ``per_page`` overlap, so that a crawl's completeness is proven."""
+    return overlap(per_page) > 0
+
+
 def stride(per_page: int) -> int:
     return per_page - overlap(per_page)
 

@@ -170,9 +170,12 @@ COUNT_LINES = """
 SELECT count(*) FROM woo_customer_sync_queue_line WHERE job_id = $1 AND org_id = $2
 """
 
+# $4: the crawl's windows were proven to join (pages of two customers or more): only such a
+# crawl may mark the customers it did not see as deleted (services/tracker, migration 0013).
 MARK_FETCH_DONE = """
 UPDATE woo_customer_sync_queue
 SET fetch_done_at = coalesce(fetch_done_at, now()),
+    fetch_proven = $4,
     pages_total = greatest(coalesce(pages_total, 0), $2),
     updated_at = now()
 WHERE id = $1 AND org_id = $3
@@ -191,12 +194,12 @@ WHERE org_id = $1 AND connection_id = $2 AND woo_id = ANY($3::bigint[])
 """
 
 # The rows of the connection whose customers the store no longer has ($3: every woo_id it has):
-# how many, and the first $4 of them. The filter of what counts as a customer still present in
-# MantisNXT is here alone: once soft deletions (customer.deleted_at) exist, add
-# "AND deleted_at IS NULL" so that a row already marked deleted is not counted again.
+# how many, and the first $4 of them: what a sync would mark deleted (migration 0013). A row
+# already marked deleted is not counted again.
 _NOT_IN_STORE = """
 FROM customer
 WHERE org_id = $1 AND connection_id = $2 AND woo_id <> ALL($3::bigint[])
+  AND deleted_at IS NULL
 """
 COUNT_PREVIEW_GONE = "SELECT count(*)" + _NOT_IN_STORE
 SELECT_PREVIEW_GONE = (

@@ -83,7 +83,7 @@ from uuid import UUID, uuid5
 import asyncpg
 
 from services.syncer import queries as q
-from shared import conflicts
+from shared import activity, conflicts
 from shared.conflicts import DEFAULT_POLICY, ConflictPolicy, Outcome, StoredVersion, decide
 from shared.conflicts import warning as conflict_warning
 from shared.db import for_org
@@ -235,6 +235,7 @@ async def handle_customer_batch(
         rows, held, taken = await settle_conflicts(conn, rows, policy)
         synced, refused, stale = await upsert_isolating(conn, rows)
         await conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+        restored = await restore_customers(conn, batch, connection_id, synced)
         failures += [
             CustomerFailure(r.woo_id, error, customers[r.woo_id], retryable)
             for r, error, retryable in refused
@@ -268,6 +269,10 @@ async def handle_customer_batch(
         " (parked)" if outcome.park else "",
         " (retrying)" if outcome.retry else "",
     )
+    if restored:
+        log.info(
+            "job %s: %d customers deleted earlier are back in the store", batch.job_id, restored
+        )
     return outcome
 
 
@@ -336,6 +341,34 @@ def _held_lines(held: Sequence[Held], customers: Mapping[int, Any]) -> list[dict
             }
         )
     return lines
+
+
+async def restore_customers(
+    conn: asyncpg.Connection,
+    batch: CustomerBatch,
+    connection_id: UUID,
+    synced: Sequence[CustomerRow],
+) -> int:
+    """Clear ``deleted_at`` of stored customers that this job's crawl saw again
+    (``RESTORE_CUSTOMERS``), in the batch's transaction; how many came back."""
+    if not synced:
+        return 0
+    rows = await conn.fetch(
+        q.RESTORE_CUSTOMERS,
+        batch.org_id,
+        connection_id,
+        batch.job_id,
+        [row.woo_id for row in synced],
+    )
+    if rows:
+        await activity.record(
+            conn,
+            org_id=batch.org_id,
+            job_id=batch.job_id,
+            event="customers.restored",
+            details={"restored": len(rows), "woo_ids": [r["woo_id"] for r in rows[:20]]},
+        )
+    return len(rows)
 
 
 def map_batch(

@@ -155,6 +155,35 @@ WHERE c.source_hash IS DISTINCT FROM i.source_hash
 ORDER BY i.woo_id
 """
 
+# $1 org_id, $2 connection_id, $3 job_id, $4 the woo ids this batch stored. Customers the
+# tracker marked deleted (migration 0013) that a later crawl found in the store again: deleted_at
+# is cleared, the job's restored_count counts them. Only a customer marked before this job's
+# crawl began comes back: a replay of an older job's parked customers never undoes a deletion
+# found since. Locks in woo_id order, like the upsert. Returns the restored woo ids.
+RESTORE_CUSTOMERS = """
+WITH job AS (
+    SELECT started_at FROM woo_customer_sync_queue WHERE id = $3 AND org_id = $1
+), back AS (
+    SELECT c.woo_id
+    FROM customer c, job
+    WHERE c.org_id = $1 AND c.connection_id = $2 AND c.woo_id = ANY($4::bigint[])
+      AND c.deleted_at < job.started_at
+    ORDER BY c.woo_id
+    FOR UPDATE OF c
+), restored AS (
+    UPDATE customer c
+    SET deleted_at = NULL, updated_at = now()
+    FROM back
+    WHERE c.org_id = $1 AND c.connection_id = $2 AND c.woo_id = back.woo_id
+    RETURNING c.woo_id
+), counted AS (
+    UPDATE woo_customer_sync_queue j
+    SET restored_count = j.restored_count + (SELECT count(*) FROM restored)
+    WHERE j.id = $3 AND j.org_id = $1 AND EXISTS (SELECT 1 FROM restored)
+)
+SELECT woo_id FROM restored ORDER BY woo_id
+"""
+
 # $1 job_id, $2 org_id, $3: jsonb array of {woo_id, state, error, warning, payload,
 # mantis_version}, woo_ids unique. Every line this delivery settled, whatever its outcome: done
 # clears the error and the kept payload and records the warning, if any (NUL removed, stale

@@ -27,6 +27,11 @@ Why this is safe under at-least-once delivery and crashes:
   resumed with the api's ``retry``. A job still ``queued`` has had no fetcher yet, which is normal
   while fetchers are busy, so it counts as stalled only while no fetcher consumes its queue.
 
+* A job that finishes after a crawl that proved it read every customer (``fetch_proven``) marks
+  the customers of its connection it did not see as deleted, in the same transaction as the
+  finish (``MARK_DELETED``; docs/architecture.md, "Customers gone from their store"), so the
+  finish and the marks commit together or not at all, once.
+
 ``SyncCompleted`` is published after the commit. If that publish fails, it is kept and retried
 on the next tick; a crash in that window loses the announcement (not the job's state), which is
 acceptable while nothing in woosync consumes it.
@@ -48,6 +53,7 @@ from faststream.rabbit import RabbitBroker
 from services.tracker import queries as q
 from shared import activity
 from shared.broker import publish
+from shared.conflicts import MARK_WOOSYNC_WRITER
 from shared.db import OrgScope, for_org
 from shared.lifecycle import JobState
 from shared.logs import log_context, redact
@@ -81,7 +87,7 @@ async def announce(broker: RabbitBroker, topology: Topology, done: SyncCompleted
         log.debug("sync.completed for job %s: no queue is bound to it", done.job_id)
 
 
-def _completed(job_id: UUID, row: asyncpg.Record) -> SyncCompleted:
+def _completed(job_id: UUID, row: asyncpg.Record, deleted: int | None = None) -> SyncCompleted:
     return SyncCompleted(
         job_id=job_id,
         org_id=row["org_id"],
@@ -89,6 +95,7 @@ def _completed(job_id: UUID, row: asyncpg.Record) -> SyncCompleted:
         total=row["total"],
         done=row["done_count"],
         failed=row["failed_count"],
+        deleted=row["deleted_count"] if deleted is None else deleted,
     )
 
 
@@ -100,8 +107,34 @@ async def _record_final(conn: asyncpg.Connection, done: SyncCompleted, **details
         job_id=done.job_id,
         event="job.completed" if ok else "job.failed",
         level="info" if ok else "error",
-        details={"total": done.total, "done": done.done, "failed": done.failed, **details},
+        details={
+            "total": done.total,
+            "done": done.done,
+            "failed": done.failed,
+            **({"deleted": done.deleted} if done.deleted else {}),
+            **details,
+        },
     )
+
+
+async def mark_deleted(conn: asyncpg.Connection, job_id: UUID, org_id: UUID) -> int | None:
+    """Mark the customers the job's proven crawl did not see as deleted (``MARK_DELETED``), in
+    the transaction that finishes the job; the job's deleted count, or None when its crawl
+    proves nothing (then nothing is marked). A ``customers.deleted`` activity row names them."""
+    await conn.execute(MARK_WOOSYNC_WRITER)  # woosync's own write: no MantisNXT edit (0017)
+    row = await conn.fetchrow(q.MARK_DELETED, job_id, org_id)
+    if row is None or row["deleted_count"] is None:
+        return None
+    if row["marked"]:
+        await activity.record(
+            conn,
+            org_id=org_id,
+            job_id=job_id,
+            event="customers.deleted",
+            details={"deleted": row["marked"], "woo_ids": list(row["sample"] or [])},
+        )
+    deleted: int = row["deleted_count"]
+    return deleted
 
 
 async def recompute(scope: OrgScope, job_id: UUID) -> SyncCompleted | None:
@@ -117,7 +150,7 @@ async def recompute(scope: OrgScope, job_id: UUID) -> SyncCompleted | None:
         row = await conn.fetchrow(q.RECOMPUTE_JOB, job_id, scope.org_id)
         if row is None or not row["finished"]:
             return None
-        done = _completed(job_id, row)
+        done = _completed(job_id, row, await mark_deleted(conn, job_id, scope.org_id))
         if row["recovered"]:  # it had failed: say why it is done now
             await _record_final(conn, done, recovered_from=JobState.FAILED)
         else:

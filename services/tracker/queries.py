@@ -95,10 +95,50 @@ WHERE j.id = d.id AND j.org_id = $2
   AND (d.changed OR d.finishing OR d.recovering)
   AND (NOT d.finishing OR j.state IN {RUNNING})
   AND (NOT d.recovering OR j.state = {FAILED})
-RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count,
+RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count, j.deleted_count,
           d.finishing OR d.recovering AS finished, d.recovering AS recovered
 """,
 )
+
+# $1 job id, $2 org id; run in the transaction in which RECOMPUTE_JOB finished the job (its pages
+# all read, no line open). Customers gone from the store (migration 0013): if the job's crawl
+# proved it read every customer (fetch_proven, set by the fetcher with fetch_done_at), each
+# customer of its connection that has no line in the job (a failed line is a customer the store
+# still has) is marked deleted, as one anti-join. Only rows last written before the crawl began
+# (synced_at < started_at): a customer written meanwhile by anything else (another job's replay,
+# a future webhook) may be newer than the crawl's view of the store. Rows are kept; deleted_at
+# is set once (a customer already marked keeps its first date). The job's deleted_count holds
+# how many this finish marked; a second finish (a failed job recovering) marks only what is new.
+MARK_DELETED = """
+WITH job AS (
+    SELECT id, org_id, connection_id, started_at
+    FROM woo_customer_sync_queue
+    WHERE id = $1 AND org_id = $2 AND fetch_proven AND fetch_done_at IS NOT NULL
+      AND started_at IS NOT NULL
+), gone AS (
+    UPDATE customer c
+    SET deleted_at = now(), updated_at = now()
+    FROM job
+    WHERE c.org_id = $2 AND c.connection_id = job.connection_id
+      AND c.deleted_at IS NULL
+      AND c.synced_at < job.started_at
+      AND NOT EXISTS (
+          SELECT 1 FROM woo_customer_sync_queue_line l
+          WHERE l.job_id = $1 AND l.org_id = $2 AND l.woo_id = c.woo_id
+      )
+    RETURNING c.woo_id
+), counted AS (
+    UPDATE woo_customer_sync_queue j
+    SET deleted_count = j.deleted_count + (SELECT count(*) FROM gone)
+    FROM job
+    WHERE j.id = job.id AND j.org_id = job.org_id
+    RETURNING j.deleted_count
+)
+SELECT (SELECT count(*) FROM gone)::int AS marked,
+       (SELECT deleted_count FROM counted) AS deleted_count,
+       (SELECT array_agg(woo_id) FROM (SELECT woo_id FROM gone ORDER BY woo_id LIMIT 20) AS s)
+           AS sample
+"""
 
 # $1 job id, $2 org id, $3 error. The fetcher gave up: fail the job now, whatever its lines say,
 # with its counts brought up to date. Guarded like RECOMPUTE_JOB; no row: already final.
@@ -119,7 +159,7 @@ SET state = {FAILED},
     failed_count = c.failed
 FROM counts c
 WHERE j.id = $1 AND j.org_id = $2 AND j.state IN {RUNNING}
-RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count
+RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count, j.deleted_count
 """,
 )
 
@@ -161,7 +201,7 @@ WHERE j.id = $1 AND j.org_id = $2
       WHERE l.job_id = $1 AND l.org_id = $2 AND l.updated_at >= now() - make_interval(secs => $3)
   )
   AND NOT (j.fetch_done_at IS NOT NULL AND c.conflicts > 0 AND c.open = c.conflicts)
-RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count,
+RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count, j.deleted_count,
           b.state AS previous_state, b.updated_at AS last_progress_at,
           j.fetch_done_at IS NOT NULL AS fetch_complete
 """,

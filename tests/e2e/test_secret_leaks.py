@@ -30,6 +30,7 @@ import pytest
 
 from shared import db
 from shared.crypto import SecretBox
+from shared.paths import CONNECTION_PATH, CONNECTIONS_PATH
 from shared.settings import Settings
 from shared.topology import Topology
 from tests.e2e.harness import ROUTE, Org, Stack, new_org, wait_final
@@ -217,6 +218,22 @@ async def test_the_secret_appears_nowhere_but_encrypted(
             answers.append(("progress stream", describe(progress) + stream.decode()))
             assert b"event: complete" in stream
 
+            # The store connection, listed, shown, and given credentials (refused, accepted).
+            connection = CONNECTION_PATH.format(connection_id=status.json()["connection_id"])
+            listed = await api.get(CONNECTIONS_PATH)
+            answers.append(("connections", describe(listed)))
+            shown = await api.get(connection)
+            answers.append(("connection", describe(shown)))
+            assert listed.status_code == shown.status_code == 200
+            for label, secret, expected in (
+                ("new credentials refused", WRONG_SECRET, 422),
+                ("new credentials", SECRET, 200),
+            ):
+                body = {"consumer_key": sim.consumer_key, "consumer_secret": secret}
+                updated = await api.patch(connection, json=body)
+                answers.append((label, describe(updated)))
+                assert updated.status_code == expected, (label, updated.text)
+
             # A crawl that fails: the store stops accepting the key after the api checked it.
             stack.stop("fetcher")
             again = await api.post(ROUTE, json=start_body(org, sim, SECRET))
@@ -257,6 +274,7 @@ async def test_the_secret_appears_nowhere_but_encrypted(
     assert customers == CUSTOMERS
     events = {r["event"] for r in activity}
     assert {"job.created", "job.retried", "fetch.completed", "fetch.failed"} <= events
+    assert "connection.credentials_updated" in events
     details = [(f"activity {r['event']}", r["details"]) for r in activity]
 
     assert leaks(logs) == []

@@ -107,7 +107,7 @@ async def test_row_has_exactly_the_table_columns(pool: asyncpg.Pool) -> None:
            WHERE table_name = 'customer' ORDER BY ordinal_position"""
     )
     table = [c["column_name"] for c in columns]
-    bookkeeping = ("created_at", "updated_at", "synced_at", "mantis_updated_at")
+    bookkeeping = ("created_at", "updated_at", "synced_at", "mantis_updated_at", "deleted_at")
     assert [c for c in table if c not in bookkeeping] == list(CUSTOMER_COLUMNS)
 
 

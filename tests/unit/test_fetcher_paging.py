@@ -23,6 +23,13 @@ def test_windows_overlap_and_cover_the_store() -> None:
     assert paging.page_offset(21, 100) + 100 >= 2000 > paging.page_offset(20, 100) + 100
 
 
+def test_only_overlapping_windows_prove_a_crawl_complete() -> None:
+    # A crawl in windows of one customer cannot find gaps, so it may not mark deletions.
+    assert not paging.proves(1)
+    assert paging.find_gaps([paging.Window.of(5, [9], 1)], 1) == []  # nothing is checked
+    assert all(paging.proves(n) for n in (2, 3, 20, 100))
+
+
 def test_a_quiet_store_has_no_gaps_even_with_holes_in_its_ids() -> None:
     ids = [i * 3 for i in range(1, 40)]  # users deleted long ago leave holes
     per_page = 10

@@ -69,6 +69,8 @@ def _row(**overrides: Any) -> dict[str, Any]:
         "preview_result": None,
         "conflicts": 0,
         "conflict_policy": None,
+        "deleted_count": 0,
+        "restored_count": 0,
         "recent_settled": 30,
         "age_s": 120.0,
     }
