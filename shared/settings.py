@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     # Base URLs that clients are told to use (status_url, progress_url); behind a proxy they differ.
     public_api_url: str = ""
     public_tracker_url: str = ""
+    # Where stores deliver webhooks (the api as the store reaches it); public_api_url if empty.
+    public_webhook_url: str = ""
+    # The tracker's leader checks every connection's webhooks this often: re-enables those
+    # WooCommerce disabled after failed deliveries, re-creates deleted ones.
+    webhook_check_interval_s: float = Field(300.0, gt=0)
 
     # Prefix for the exchange and every queue: isolates test runs and side-by-side deployments.
     namespace: str = "woosync"
@@ -113,6 +118,9 @@ class Settings(BaseSettings):
 
     def api_base(self) -> str:
         return self.public_api_url or f"http://{self.api_host}:{self.api_port}"
+
+    def webhook_base(self) -> str:
+        return self.public_webhook_url or self.api_base()
 
     def tracker_base(self) -> str:
         return self.public_tracker_url or f"http://{self.tracker_host}:{self.tracker_port}"

@@ -7,11 +7,14 @@ Route table::
     POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
     POST /api/v1/integrations/sync/preview                  what a sync would change (no writes)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
+    POST /api/v1/integrations/woocommerce/webhooks/{token}  a store's webhook delivery (no key)
     GET  /openapi.json                                      the OpenAPI 3.1 document
     GET  /asyncapi.json                                     the messages (services.asyncapi)
 
-Every route but the two health checks needs an API key and takes a token from its org's rate
-limit (services.api.web.require_caller).
+Every route but the two health checks and the webhook deliveries needs an API key and takes a
+token from its org's rate limit (services.api.web.require_caller); a delivery is proven by its
+signature instead (services.api.webhooks). The actions include webhooks-enable, -disable and
+-status (services.api.actions.webhooks).
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ from services.api.web import (
     read_json_object,
     require_caller,
 )
+from services.api.webhooks import receive as receive_webhook
 from services.asyncapi import Served
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
 from shared.logs import log_context
-from shared.paths import JOB_PATH, PREVIEW_PATH, SYNC_PATH
+from shared.paths import JOB_PATH, PREVIEW_PATH, SYNC_PATH, WEBHOOK_PATH
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -116,6 +120,7 @@ ROUTES = [
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
     Route(PREVIEW_PATH, preview_sync, methods=["POST"]),
+    Route(WEBHOOK_PATH, receive_webhook, methods=["POST"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/asyncapi.json", asyncapi, methods=["GET"]),
 ]
@@ -150,7 +155,7 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         exception_handlers={HTTPException: http_exception_handler},
     )
     app.state.openapi = build_openapi(
-        sync_path=SYNC_PATH, job_path=JOB_PATH, preview_path=PREVIEW_PATH
+        sync_path=SYNC_PATH, job_path=JOB_PATH, preview_path=PREVIEW_PATH, webhook_path=WEBHOOK_PATH
     )
     app.state.asyncapi = Served(settings)
     app.state.runtime = runtime

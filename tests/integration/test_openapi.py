@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services.api.app import JOB_PATH, PREVIEW_PATH, SYNC_PATH
+from services.api.app import JOB_PATH, PREVIEW_PATH, SYNC_PATH, WEBHOOK_PATH
 from shared.settings import Settings
 from tests.helpers import free_port
 from tools.woosim.testing import SimHandle, spawn_simulator
@@ -185,9 +185,10 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     request_body = document["paths"][SYNC_PATH]["post"]["requestBody"]
     actions = request_body["content"]["application/json"]["schema"]
     assert set(actions["discriminator"]["mapping"]) == {
-        "start", "status", "retry", "force-done", "replay"
+        "start", "status", "retry", "force-done", "replay",
+        "webhooks-enable", "webhooks-disable", "webhooks-status",
     }
-    assert len(actions["oneOf"]) == 5
+    assert len(actions["oneOf"]) == 8
 
     schema = schemathesis.openapi.from_url(
         f"{live_api.url}/openapi.json", headers=live_api.auth, timeout=10
@@ -201,6 +202,7 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         f"POST {SYNC_PATH}",
         f"GET {JOB_PATH}",
         f"POST {PREVIEW_PATH}",
+        f"POST {WEBHOOK_PATH}",
     }
     seen: dict[str, set[int]] = {}
     for operation in operations:

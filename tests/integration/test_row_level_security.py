@@ -14,7 +14,14 @@ import pytest
 
 from shared.auth import authenticate, create_org
 from shared.db import APP_ROLE, for_org
-from tests.factories import ORG_TABLES, add_customers, add_lines, add_page, make_job
+from tests.factories import (
+    ORG_TABLES,
+    add_customers,
+    add_lines,
+    add_page,
+    add_webhooks,
+    make_job,
+)
 
 # Every table that holds an org's data, with the column that names the org (pages name it
 # through their job).
@@ -53,6 +60,7 @@ async def two_orgs(pool: asyncpg.Pool) -> TwoOrgs:
         await add_customers(pool, job_id, range(1, size + 1))
         for page in range(1, size + 1):
             await add_page(pool, job_id, page, 1)
+        await add_webhooks(pool, job_id, size - 2)
     counts_a, counts_b = await _counts(pool, a), await _counts(pool, b)
     assert all(counts_a.values()) and all(counts_b.values())
     return TwoOrgs(a, b, key_a, counts_a, counts_b)

@@ -117,7 +117,16 @@ def test_force_done_needs_a_reason() -> None:
 
 
 def test_every_action_has_a_model() -> None:
-    assert set(ACTION_MODELS) == {"start", "status", "retry", "force-done", "replay"}
+    assert set(ACTION_MODELS) == {
+        "start",
+        "status",
+        "retry",
+        "force-done",
+        "replay",
+        "webhooks-enable",
+        "webhooks-disable",
+        "webhooks-status",
+    }
 
 
 @pytest.mark.parametrize("auth", ["basic", "query"])

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.api.actions import force_done, replay, retry, start, status
+from services.api.actions import force_done, replay, retry, start, status, webhooks
 from services.api.actions.common import Answer
 from services.api.deps import Deps
 from services.api.schemas import (
@@ -22,6 +22,9 @@ from services.api.schemas import (
     RetryRequest,
     StartRequest,
     StatusRequest,
+    WebhooksDisableRequest,
+    WebhooksEnableRequest,
+    WebhooksStatusRequest,
 )
 from shared.auth import Caller
 from shared.logs import log_context
@@ -41,6 +44,9 @@ ACTIONS: dict[str, Action] = {
     "retry": Action(RetryRequest, retry.answer, retry.SUMMARY),
     "force-done": Action(ForceDoneRequest, force_done.answer, force_done.SUMMARY),
     "replay": Action(ReplayRequest, replay.answer, replay.SUMMARY),
+    "webhooks-enable": Action(WebhooksEnableRequest, webhooks.enable, webhooks.ENABLE_SUMMARY),
+    "webhooks-disable": Action(WebhooksDisableRequest, webhooks.disable, webhooks.DISABLE_SUMMARY),
+    "webhooks-status": Action(WebhooksStatusRequest, webhooks.status, webhooks.STATUS_SUMMARY),
 }
 
 ACTION_MODELS: dict[str, type[ActionRequest]] = {
