@@ -39,7 +39,8 @@ WHERE org_id = $1 AND id = $2
 """
 
 SELECT_WEBHOOKS = """
-SELECT id, topic, woo_webhook_id, woo_status, reenabled_count, checked_at
+SELECT id, topic, woo_webhook_id, woo_status, reenabled_count, checked_at,
+       created_at < now() - make_interval(secs => $3) AS registration_abandoned
 FROM woo_webhook
 WHERE org_id = $1 AND connection_id = $2
 ORDER BY topic
@@ -65,6 +66,10 @@ UPDATE woo_webhook SET woo_status = $3, checked_at = now(), updated_at = now(),
     reenabled_count = reenabled_count + CASE WHEN $4 THEN 1 ELSE 0 END
 WHERE org_id = $1 AND id = $2
 """
+
+# A row without the store's id is being registered (the store pings before it answers); after
+# this long its registration is taken as abandoned (a crash) and the check re-creates it.
+REGISTRATION_GRACE_S = 300.0
 
 # The tracker's sweep, across orgs (a security-definer function of migration 0019).
 WEBHOOK_CONNECTIONS = "SELECT org_id, connection_id FROM woosync_webhook_connections()"
@@ -108,7 +113,9 @@ async def store_config(
 
 
 async def states(pool: asyncpg.Pool, org_id: UUID, connection_id: UUID) -> list[WebhookState]:
-    rows = await for_org(pool, org_id).fetch(SELECT_WEBHOOKS, org_id, connection_id)
+    rows = await for_org(pool, org_id).fetch(
+        SELECT_WEBHOOKS, org_id, connection_id, REGISTRATION_GRACE_S
+    )
     return [
         WebhookState(r["topic"], r["woo_webhook_id"], r["woo_status"], r["reenabled_count"])
         for r in rows
@@ -200,6 +207,8 @@ async def check(
     report = CheckReport()
     on_store = {h.get("id"): h for h in await client.list_webhooks()}
     for row in await _rows(pool, org_id, connection_id):
+        if row["woo_webhook_id"] is None and not row["registration_abandoned"]:
+            continue  # webhooks-enable is registering it right now
         hook = on_store.get(row["woo_webhook_id"]) if row["woo_webhook_id"] else None
         if hook is None:
             await for_org(pool, org_id).execute(DELETE_WEBHOOK, org_id, row["id"])
@@ -242,7 +251,8 @@ async def check(
 
 
 async def _rows(pool: asyncpg.Pool, org_id: UUID, connection_id: UUID) -> list[Any]:
-    return list(await for_org(pool, org_id).fetch(SELECT_WEBHOOKS, org_id, connection_id))
+    scope = for_org(pool, org_id)
+    return list(await scope.fetch(SELECT_WEBHOOKS, org_id, connection_id, REGISTRATION_GRACE_S))
 
 
 async def _create(

@@ -10,6 +10,7 @@ Disable deletes them from the store. Status shows what woosync knows, never a se
 
 from __future__ import annotations
 
+import asyncpg
 from pydantic import SecretStr
 
 from services.api.actions.common import Answer
@@ -93,6 +94,12 @@ async def enable(request: WebhooksEnableRequest, caller: Caller, deps: Deps) -> 
             )
     except StoreError as exc:
         raise store_failure(exc, store) from None
+    except asyncpg.UniqueViolationError:
+        raise ApiError(
+            409,
+            "connection_busy",
+            "the connection's webhooks are being registered by another request; try again",
+        ) from None
     return Answer(await _result(deps, caller, request.connection_id))
 
 
