@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from services.tracker.webhooks import WebhookWatcher
+from shared import db
 from shared.crypto import SecretBox
 from shared.paths import WEBHOOK_PATH
 from shared.settings import Settings
@@ -24,6 +25,7 @@ from tests.factories import make_connection, small_customer
 from tests.helpers import Api, error_of, running_syncer, wait_until
 from tools.woosim import wp
 from tools.woosim.testing import SimHandle
+from woosync.secrets import rotate_secrets
 
 WAIT_S = 30.0
 
@@ -329,3 +331,33 @@ async def test_the_tracker_check_re_enables_what_failed_deliveries_disabled(
 @pytest.fixture(autouse=True)
 def _no_rate_limit_surprises(settings: Settings) -> None:
     assert settings.allow_private_urls  # the simulator and the api listen on 127.0.0.1
+
+
+async def test_key_rotation_re_encrypts_webhook_secrets(
+    api: Api, database_url: str, settings: Settings
+) -> None:
+    """``woosync secrets rotate`` covers webhook secrets too: deliveries verify after the old
+    key is gone."""
+    connection_id = await make_connection(api.pool, api.org_id)
+    token, secret = await known_webhook(api, connection_id, "customer.updated")
+    new_box = SecretBox("a-new-secret-key", [settings.secret_key.get_secret_value()])
+    conn = await db.connect(database_url, operator=True)
+    try:
+        report = await rotate_secrets(conn, new_box)
+    finally:
+        await conn.close()
+    assert report.webhooks is not None
+    assert (report.webhooks.checked, report.webhooks.rotated) == (1, 1)
+    stored_secret = await api.pool.fetchval("SELECT secret_enc FROM woo_webhook")
+    assert SecretBox("a-new-secret-key").decrypt(stored_secret) == secret
+
+
+async def test_the_delivery_lookup_functions_are_not_public(api: Api) -> None:
+    acl = await api.pool.fetch(
+        """SELECT proname, proacl::text[] AS acl FROM pg_proc
+           WHERE proname IN ('woosync_webhook_by_token', 'woosync_webhook_connections')"""
+    )
+    assert len(acl) == 2
+    for row in acl:
+        grantees = {entry.split("=", 1)[0] for entry in row["acl"]}
+        assert "" not in grantees and "woosync_app" in grantees, row  # "" is PUBLIC
