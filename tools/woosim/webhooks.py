@@ -96,6 +96,7 @@ class Delivery:
     webhook_id: int
     resource_id: int
     body: bytes | None = None  # built when queued (reorder mode); else at send time
+    changed_at: float = field(default_factory=time.time)  # when the store made the change
 
 
 # The customer's body as GET /customers/{id} answers it, or None when it is gone.
@@ -292,6 +293,7 @@ class WebhookHub:
                 "resource_id": delivery.resource_id,
                 "status": status,
                 "ok": ok,
+                "changed_at": delivery.changed_at,
                 "at": started,
             }
         )
