@@ -12,6 +12,7 @@ from uuid import uuid4
 import pytest
 
 from services.api.webhooks import change_of
+from shared.logs import redact
 from shared.woocommerce import webhooks as wh
 from tools.woosim.webhooks import signature as simulator_signature
 
@@ -94,3 +95,10 @@ def test_a_delivery_becomes_one_change() -> None:
 )
 def test_a_delivery_without_a_customer_id_is_no_change(body: bytes) -> None:
     assert change_of("customer.updated", body, org_id=uuid4(), connection_id=uuid4()) is None
+
+
+def test_delivery_url_tokens_are_masked_in_logs() -> None:
+    token = wh.new_token()
+    line = f'127.0.0.1:5 - "POST /api/v1/integrations/woocommerce/webhooks/{token} HTTP/1.1" 200'
+    masked = redact(line)
+    assert token not in masked and "/woocommerce/webhooks/***" in masked
