@@ -40,7 +40,7 @@ import tenacity
 from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker
 
-from shared.messages import CustomerBatch, Message
+from shared.messages import CustomerBatch, CustomerChanged, Envelope
 from shared.settings import Settings
 from shared.topology import Topology
 
@@ -147,13 +147,16 @@ def make_broker(settings: Settings, *, logger: logging.Logger | None = None) -> 
     return broker
 
 
-def encode(message: Message) -> bytes:
+def encode(message: Envelope) -> bytes:
     """The message's JSON body. A ``CustomerBatch``'s customers are written by the standard
     library's ``json``: pydantic's serializer stops at about 250 levels of nesting, and customers
     are free-form (``meta_data``); the mapping decides what is too deep to store."""
     if isinstance(message, CustomerBatch):
         envelope = message.model_dump(mode="json", exclude={"customers"})
         return _json_bytes({**envelope, "customers": message.customers})
+    if isinstance(message, CustomerChanged):
+        envelope = message.model_dump(mode="json", exclude={"customer"})
+        return _json_bytes({**envelope, "customer": message.customer})
     return message.model_dump_json().encode()
 
 
@@ -222,7 +225,7 @@ def split_customer_batch(
 async def publish(
     broker: RabbitBroker,
     topology: Topology,
-    message: Message,
+    message: Envelope,
     *,
     headers: Mapping[str, Any] | None = None,
 ) -> None:
@@ -241,7 +244,7 @@ async def publish(
 async def publish_to_queue(
     broker: RabbitBroker,
     queue: str,
-    message: Message,
+    message: Envelope,
     *,
     headers: Mapping[str, Any] | None = None,
 ) -> None:

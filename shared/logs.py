@@ -40,6 +40,7 @@ _SECRET_PATTERNS = (
     re.compile(r"(oauth_signature=)[^&\s\"']+"),
     re.compile(r"\b(cs_)[0-9a-fA-F]{8,}"),
     re.compile(r"([?&]token=)[^&\s\"']+"),  # signed progress tokens in access logs
+    re.compile(r"(/woocommerce/webhooks/)[A-Za-z0-9_%-]+"),  # webhook URL tokens
     re.compile(r"\b(wsk_)[A-Za-z0-9_-]{8,}"),  # API keys (shared.crypto.API_KEY_PREFIX)
     re.compile(r"(\bBearer\s+)[^\s\"',]+", re.IGNORECASE),
 )

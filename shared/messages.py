@@ -22,15 +22,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Message(BaseModel):
+class Envelope(BaseModel):
+    """What every message carries: its version, its id, its org and when it was sent."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     routing_key: ClassVar[str]
 
     schema_version: Literal[1] = SCHEMA_VERSION
     message_id: UUID = Field(default_factory=uuid4)
-    job_id: UUID
     org_id: UUID
     occurred_at: datetime = Field(default_factory=utcnow)
+
+
+class Message(Envelope):
+    """A message about one job (every message but the webhooks' ``customer.changed``)."""
+
+    job_id: UUID
 
 
 class SyncRequested(Message):
@@ -52,6 +59,23 @@ class CustomerBatch(Message):
     connection_id: UUID
     page: int | None = None  # None for batches re-published by retry or replay
     customers: list[dict[str, Any]]
+
+
+class CustomerChanged(Envelope):
+    """api -> syncer: one change a store's webhook delivered, signature verified; no job.
+
+    ``customer`` is the body of a ``customer.created`` / ``customer.updated`` delivery (the
+    customer as ``GET /customers/{id}`` returns it at send time, minus ``_links``); None for
+    ``deleted``, whose body is only the id. ``occurred_at`` is when the api received it: a delete
+    applies only if it is not older than the stored version's ``date_modified_gmt``. Deliveries
+    are at least once and out of order, so the syncer applies them idempotently.
+    """
+
+    routing_key: ClassVar[str] = "customer.changed"
+    connection_id: UUID
+    event: Literal["created", "updated", "deleted"]
+    woo_id: int
+    customer: dict[str, Any] | None = None
 
 
 class LineFailure(BaseModel):
@@ -120,9 +144,10 @@ class Contract:
         return {"oneOf": [handler(model.__pydantic_core_schema__) for model in self.models]}
 
 
-ALL_MESSAGES: tuple[type[Message], ...] = (
+ALL_MESSAGES: tuple[type[Envelope], ...] = (
     SyncRequested,
     CustomerBatch,
+    CustomerChanged,
     LinesDone,
     LinesFailed,
     FetchCompleted,

@@ -17,6 +17,8 @@ PREVIEW_PATH = "/api/v1/integrations/sync/preview"  # api: what a sync would cha
 CONFLICTS_PATH = JOB_PATH + "/conflicts"  # api: a job's conflicts waiting for a person
 PROGRESS_PATH = "/api/v1/integrations/sync/progress/{job_id}"  # tracker: SSE, progress_url
 PROGRESS_PAGE_PATH = "/progress/{job_id}"  # tracker: a progress bar fed by PROGRESS_PATH
+# api: a store's webhook deliveries; the token names one webhook (no API key: the signature).
+WEBHOOK_PATH = "/api/v1/integrations/woocommerce/webhooks/{token}"
 
 
 def status_url(api_base: str, job_id: UUID) -> str:
@@ -25,3 +27,7 @@ def status_url(api_base: str, job_id: UUID) -> str:
 
 def progress_url(tracker_base: str, job_id: UUID, token: str) -> str:
     return tracker_base + PROGRESS_PATH.format(job_id=job_id) + "?token=" + quote(token, safe="")
+
+
+def webhook_url(public_base: str, token: str) -> str:
+    return public_base.rstrip("/") + WEBHOOK_PATH.format(token=quote(token, safe=""))

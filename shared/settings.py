@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     public_tracker_url: str = ""
     # The API key the `woosync jobs` commands send to the api and tracker (never printed).
     api_key: SecretStr | None = None
+    # Where stores deliver webhooks (the api as the store reaches it); public_api_url if empty.
+    public_webhook_url: str = ""
+    # The tracker's leader checks every connection's webhooks this often: re-enables those
+    # WooCommerce disabled after failed deliveries, re-creates deleted ones.
+    webhook_check_interval_s: float = Field(300.0, gt=0)
 
     # Prefix for the exchange and every queue: isolates test runs and side-by-side deployments.
     namespace: str = "woosync"
@@ -124,6 +129,9 @@ class Settings(BaseSettings):
 
     def api_base(self) -> str:
         return self.public_api_url or f"http://{self.api_host}:{self.api_port}"
+
+    def webhook_base(self) -> str:
+        return self.public_webhook_url or self.api_base()
 
     def tracker_base(self) -> str:
         return self.public_tracker_url or f"http://{self.tracker_host}:{self.tracker_port}"

@@ -5,6 +5,7 @@
     <ns> (topic exchange)
       sync.requested  -> <ns>.fetcher.sync-requested
       customer.batch  -> <ns>.syncer.customer-batch
+      customer.changed -> <ns>.syncer.customer-batch   (webhook deliveries, no job)
       line.* fetch.*  -> <ns>.tracker.events
       sync.completed  -> (no queue yet; published for integrations)
 
@@ -109,7 +110,10 @@ class Topology:
             "bindings",
             {
                 self.fetcher_queue.name: (m.SyncRequested.routing_key,),
-                self.syncer_queue.name: (m.CustomerBatch.routing_key,),
+                self.syncer_queue.name: (
+                    m.CustomerBatch.routing_key,
+                    m.CustomerChanged.routing_key,
+                ),
                 self.tracker_queue.name: ("line.*", "fetch.*"),
             },
         )
@@ -135,11 +139,11 @@ class Topology:
     def queue_names(self) -> list[str]:
         return [q.name for q in self.all_queues()]
 
-    def consumed(self, work: RabbitQueue) -> tuple[type[m.Message], ...]:
+    def consumed(self, work: RabbitQueue) -> tuple[type[m.Envelope], ...]:
         """The messages a work queue carries (and so its parking queue)."""
         return {
             self.fetcher_queue.name: (m.SyncRequested,),
-            self.syncer_queue.name: (m.CustomerBatch,),
+            self.syncer_queue.name: (m.CustomerBatch, m.CustomerChanged),
             self.tracker_queue.name: m.TRACKER_EVENTS,
         }[work.name]
 
@@ -163,6 +167,9 @@ class Topology:
             "api": (
                 Publication((m.SyncRequested,), None, "start and retry hand a job to a fetcher."),
                 Publication((m.CustomerBatch,), None, "replay: a job's parked customers."),
+                Publication(
+                    (m.CustomerChanged,), None, "A store's webhook delivery, signature verified."
+                ),
             ),
             "fetcher": (
                 Publication((m.CustomerBatch,), None, "Each page read, its lines recorded first."),
@@ -202,7 +209,7 @@ class Publication:
     """Messages one service publishes: to the topic exchange under each model's routing key
     (``queue`` None), or straight to a queue through the default exchange."""
 
-    models: tuple[type[m.Message], ...]
+    models: tuple[type[m.Envelope], ...]
     queue: str | None
     description: str
 

@@ -300,6 +300,7 @@ ORG_TABLES = {
     "woo_sync_activity": "org_id",
     "customer": "org_id",
     "woo_customer_sync_hold": "org_id",
+    "woo_webhook": "org_id",
 }
 
 
@@ -336,3 +337,16 @@ async def make_finished_job(
         pages,
     )
     return job_id
+
+
+async def add_webhooks(pool: asyncpg.Pool, job_id: UUID, count: int) -> None:
+    """``count`` (at most 3) webhook rows on the job's connection, with dummy tokens/secrets."""
+    topics = ("customer.created", "customer.updated", "customer.deleted")[:count]
+    await pool.execute(
+        """INSERT INTO woo_webhook (id, org_id, connection_id, topic, token_hash, secret_enc)
+           SELECT gen_random_uuid(), j.org_id, j.connection_id, t,
+                  sha256(convert_to(t || j.id::text, 'UTF8')), '\\x00'
+           FROM woo_customer_sync_queue j, unnest($2::text[]) AS t WHERE j.id = $1""",
+        job_id,
+        list(topics),
+    )

@@ -1,4 +1,5 @@
-"""``woosync secrets rotate``: re-encrypt every stored store secret under the current key.
+"""``woosync secrets rotate``: re-encrypt every stored store secret under the current key, and
+every webhook secret (migration 0019) likewise.
 
 Run it after every service has been restarted with the new ``WOOSYNC_SECRET_KEY`` and the old
 one in ``WOOSYNC_SECRET_KEY_PREVIOUS`` (SECURITY.md, "Rotating the secret key"). Rows are read
@@ -38,6 +39,23 @@ FROM unnest($1::uuid[], $2::bytea[]) AS r (id, secret_enc)
 WHERE c.id = r.id
 """
 
+# The same for the secrets of registered webhooks (shared.webhooks).
+SELECT_WEBHOOK_SECRETS_AFTER = """
+SELECT id, secret_enc
+FROM woo_webhook
+WHERE id > $1
+ORDER BY id
+LIMIT $2
+FOR UPDATE
+"""
+
+UPDATE_WEBHOOK_SECRETS = """
+UPDATE woo_webhook AS w
+SET secret_enc = r.secret_enc, updated_at = now()
+FROM unnest($1::uuid[], $2::bytea[]) AS r (id, secret_enc)
+WHERE w.id = r.id
+"""
+
 _BEFORE_EVERY_ID = UUID(int=0)
 
 
@@ -47,6 +65,8 @@ class RotationReport:
     rotated: int = 0  # decrypted under a previous key, now under the current one
     current: int = 0  # already under the current key: left as they are
     undecryptable: list[UUID] = field(default_factory=list)  # no configured key opens them
+    # The webhook secrets, counted apart (None until rotate_secrets has gone through them).
+    webhooks: RotationReport | None = None
 
 
 async def rotate_secrets(
@@ -56,30 +76,29 @@ async def rotate_secrets(
 
     Rows no key decrypts are left untouched and listed. ``dry_run`` rolls everything back.
     """
-    report = RotationReport()
+    report = RotationReport(webhooks=RotationReport())
     transaction = conn.transaction()
     await transaction.start()
     try:
-        after = _BEFORE_EVERY_ID
-        while rows := await conn.fetch(SELECT_SECRETS_AFTER, after, batch_size):
-            ids: list[UUID] = []
-            tokens: list[bytes] = []
-            for row in rows:
-                token = row["consumer_secret_enc"]
-                if box.is_current(token):
-                    report.current += 1
-                    continue
-                try:
-                    tokens.append(box.rotate(token))
-                except UndecryptableSecret:
-                    report.undecryptable.append(row["id"])
-                    continue
-                ids.append(row["id"])
-            if ids:
-                await conn.execute(UPDATE_SECRETS, ids, tokens)
-            report.checked += len(rows)
-            report.rotated += len(ids)
-            after = rows[-1]["id"]
+        await _rotate(
+            conn,
+            box,
+            report,
+            SELECT_SECRETS_AFTER,
+            UPDATE_SECRETS,
+            "consumer_secret_enc",
+            batch_size,
+        )
+        assert report.webhooks is not None
+        await _rotate(
+            conn,
+            box,
+            report.webhooks,
+            SELECT_WEBHOOK_SECRETS_AFTER,
+            UPDATE_WEBHOOK_SECRETS,
+            "secret_enc",
+            batch_size,
+        )
     except BaseException:
         await transaction.rollback()
         raise
@@ -88,6 +107,37 @@ async def rotate_secrets(
     else:
         await transaction.commit()
     return report
+
+
+async def _rotate(
+    conn: asyncpg.Connection,
+    box: SecretBox,
+    report: RotationReport,
+    select: str,
+    update: str,
+    column: str,
+    batch_size: int,
+) -> None:
+    after = _BEFORE_EVERY_ID
+    while rows := await conn.fetch(select, after, batch_size):
+        ids: list[UUID] = []
+        tokens: list[bytes] = []
+        for row in rows:
+            token = row[column]
+            if box.is_current(token):
+                report.current += 1
+                continue
+            try:
+                tokens.append(box.rotate(token))
+            except UndecryptableSecret:
+                report.undecryptable.append(row["id"])
+                continue
+            ids.append(row["id"])
+        if ids:
+            await conn.execute(update, ids, tokens)
+        report.checked += len(rows)
+        report.rotated += len(ids)
+        after = rows[-1]["id"]
 
 
 @click.group()
@@ -128,5 +178,17 @@ def rotate(batch_size: int, dry_run: bool) -> None:
             "or have its org start a sync with the store's credentials again",
             err=True,
         )
-    if report.undecryptable:
+    hooks = report.webhooks
+    if hooks is not None and hooks.checked:
+        click.echo(
+            f"checked {hooks.checked} webhook secrets: {verb} {hooks.rotated}, "
+            f"already current {hooks.current}, undecryptable {len(hooks.undecryptable)}"
+        )
+        for webhook_id in hooks.undecryptable:
+            click.echo(
+                f"webhook {webhook_id}: no configured key decrypts its secret; its deliveries "
+                "are refused until its connection's webhooks are disabled and enabled again",
+                err=True,
+            )
+    if report.undecryptable or (hooks is not None and hooks.undecryptable):
         sys.exit(1)

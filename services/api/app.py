@@ -18,11 +18,14 @@ Route table::
     GET    /api/v1/integrations/woocommerce/connections/{id}  one connection (never its secret)
     PATCH  /api/v1/integrations/woocommerce/connections/{id}  new credentials, tested first
     DELETE /api/v1/integrations/woocommerce/connections/{id}  ?with_customers=true|false
+    POST /api/v1/integrations/woocommerce/webhooks/{token}  a store's webhook delivery (no key)
     GET  /openapi.json                                      the OpenAPI 3.1 document
     GET  /asyncapi.json                                     the messages (services.asyncapi)
 
-Every route but the two health checks and /metrics needs an API key and takes a token from its
-org's rate limit (services.api.web.require_caller).
+Every route but the two health checks, /metrics and the webhook deliveries needs an API key and
+takes a token from its org's rate limit (services.api.web.require_caller); a delivery is proven
+by its signature instead (services.api.webhooks). The actions include webhooks-enable, -disable
+and -status (services.api.actions.webhooks).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from services.api.web import (
     read_json_object,
     require_caller,
 )
+from services.api.webhooks import receive as receive_webhook
 from services.asyncapi import Served
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
@@ -67,6 +71,7 @@ from shared.paths import (
     JOBS_PATH,
     PREVIEW_PATH,
     SYNC_PATH,
+    WEBHOOK_PATH,
 )
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
@@ -284,6 +289,7 @@ ROUTES = [
     Route(CONNECTION_PATH, get_connection, methods=["GET"]),
     Route(CONNECTION_PATH, update_connection, methods=["PATCH"]),
     Route(CONNECTION_PATH, delete_connection, methods=["DELETE"]),
+    Route(WEBHOOK_PATH, receive_webhook, methods=["POST"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/asyncapi.json", asyncapi, methods=["GET"]),
 ]
@@ -328,6 +334,7 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         conflicts_path=CONFLICTS_PATH,
         connections_path=CONNECTIONS_PATH,
         connection_path=CONNECTION_PATH,
+        webhook_path=WEBHOOK_PATH,
     )
     app.state.asyncapi = Served(settings)
     app.state.runtime = runtime

@@ -41,7 +41,9 @@ from services.api.schemas import (
     RetryResult,
     StartResult,
     StatusResult,
+    WebhooksResult,
 )
+from shared.paths import WEBHOOK_PATH
 from shared.preview import PreviewResult
 
 REF = "#/components/schemas/{model}"
@@ -205,6 +207,7 @@ def _components() -> dict[str, Any]:
             ActivityPage,
             ResolveResult,
             ConflictPage,
+            WebhooksResult,
             ErrorEnvelope,
             Health,
             Readiness,
@@ -212,6 +215,22 @@ def _components() -> dict[str, Any]:
     ]
     _, schemas = models_json_schema(requests + responses, ref_template=REF)
     return dict(schemas.get("$defs", {}))
+
+
+WEBHOOK_DESCRIPTION = (
+    "Where a store delivers the webhooks that webhooks-enable registered; the token names one "
+    "webhook. No API key: the X-WC-Webhook-Signature header (base64 HMAC-SHA256 of the raw "
+    "body with the webhook's secret) proves the delivery. The creation ping (form body "
+    "webhook_id=N, no signature) is answered 200. A verified customer.created/updated/deleted "
+    "is handed to the syncer and answered 200 at once; a body without a customer id is "
+    "answered 200 (ignored). 401: missing or wrong signature; 404: no such webhook; 503: the "
+    "broker is unavailable (WooCommerce does not retry; the next full sync reconciles)."
+)
+_DELIVERY_ANSWER = {
+    "type": "object",
+    "properties": {"status": {"enum": ["ok", "accepted", "ignored"]}},
+    "required": ["status"],
+}
 
 
 def _connection_paths(connections_path: str, connection_path: str) -> dict[str, Any]:
@@ -311,6 +330,7 @@ def build_openapi(
     conflicts_path: str,
     connections_path: str,
     connection_path: str,
+    webhook_path: str = WEBHOOK_PATH,
 ) -> dict[str, Any]:
     """The document for the api's routes (paths passed in by the route table)."""
     actions = {name: REF.format(model=a.model.__name__) for name, a in ACTIONS.items()}
@@ -327,6 +347,7 @@ def build_openapi(
             ReplayResult,
             CancelResult,
             ResolveResult,
+            WebhooksResult,
         )
     ]
     accepted = [_ref(m) for m in (StartResult, RetryResult, ReplayResult, ResumeResult)]
@@ -417,8 +438,9 @@ def build_openapi(
                     "responses": {
                         "200": {
                             "description": "status, force-done, pause, cancel, "
-                            "resolve-conflicts, a retry or replay that changed nothing, or a "
-                            "start answered by the connection's open job.",
+                            "resolve-conflicts, a retry or replay that changed nothing, a "
+                            "start answered by the connection's open job, or the connection's "
+                            "webhooks (webhooks-enable, -disable, -status).",
                             "content": _json({"anyOf": any_result}),
                         },
                         "202": {
@@ -450,6 +472,54 @@ def build_openapi(
                             "content": _json(_ref(PreviewJobAccepted)),
                         },
                         **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503),
+                    },
+                }
+            },
+            webhook_path: {
+                "post": {
+                    "operationId": "receiveWebhook",
+                    "summary": "A store's webhook delivery (customer.created/updated/deleted).",
+                    "description": WEBHOOK_DESCRIPTION,
+                    **open_route,
+                    "parameters": [
+                        {
+                            "name": "token",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            JSON: {"schema": {"type": "object"}},
+                            "application/x-www-form-urlencoded": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"webhook_id": {"type": "string"}},
+                                }
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The ping answered, or the delivery accepted or "
+                            "ignored.",
+                            "content": _json(_DELIVERY_ANSWER),
+                        },
+                        **{
+                            str(status): {
+                                "description": text,
+                                "content": _json(_ref(ErrorEnvelope)),
+                            }
+                            for status, text in (
+                                (401, "The signature is missing or wrong."),
+                                (404, "No such webhook."),
+                                (413, "The body is larger than 1 MiB."),
+                                (500, "Unexpected error (details only in the server's log)."),
+                                (503, "The message broker is unavailable."),
+                            )
+                        },
                     },
                 }
             },

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from services.api.deps import Deps
 from services.api.errors import ApiError
 from shared.broker import publish
-from shared.messages import Message
+from shared.messages import Envelope
 
 log = logging.getLogger("woosync.api.actions")
 
@@ -23,7 +23,7 @@ def broker_unavailable() -> ApiError:
 
 async def publish_all(
     deps: Deps,
-    messages: Sequence[Message],
+    messages: Sequence[Envelope],
     *,
     timeout_s: float = PUBLISH_TIMEOUT_S,
     context: str = "publish",

@@ -176,6 +176,24 @@ class ResolveConflictsRequest(_Request):
         return self
 
 
+class WebhooksEnableRequest(_Request):
+    action: Literal["webhooks-enable"]
+    org_id: UUID
+    connection_id: UUID
+
+
+class WebhooksDisableRequest(_Request):
+    action: Literal["webhooks-disable"]
+    org_id: UUID
+    connection_id: UUID
+
+
+class WebhooksStatusRequest(_Request):
+    action: Literal["webhooks-status"]
+    org_id: UUID
+    connection_id: UUID
+
+
 ActionRequest = (
     StartRequest
     | StatusRequest
@@ -186,6 +204,9 @@ ActionRequest = (
     | ResumeRequest
     | CancelRequest
     | ResolveConflictsRequest
+    | WebhooksEnableRequest
+    | WebhooksDisableRequest
+    | WebhooksStatusRequest
 )
 # Which model validates which action, with its handler: services.api.actions.ACTIONS.
 
@@ -449,3 +470,20 @@ class ErrorEnvelope(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     error: ErrorDetail
+
+
+class WebhookOut(BaseModel):
+    """One of the connection's webhooks (never its secret or its delivery URL's token)."""
+
+    topic: str
+    woo_webhook_id: int | None
+    status: str | None = Field(description="As last seen on the store: active, paused, disabled")
+    reenabled_count: int = Field(
+        description="How often woosync re-enabled it after WooCommerce "
+        "disabled it for failed deliveries"
+    )
+
+
+class WebhooksResult(BaseModel):
+    connection_id: UUID
+    webhooks: list[WebhookOut]

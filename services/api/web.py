@@ -93,7 +93,7 @@ def _too_large() -> ApiError:
     return ApiError(413, "payload_too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
 
 
-async def _read_bounded(request: Request, limit: int) -> bytes:
+async def read_bounded(request: Request, limit: int) -> bytes:
     """The body, refusing it by its declared length first and by what actually arrives second."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
@@ -114,7 +114,7 @@ def _refuse_constant(name: str) -> Any:
 
 async def read_json_object(request: Request) -> dict[str, Any]:
     _require_json_content_type(request)
-    body = await _read_bounded(request, MAX_BODY_BYTES)
+    body = await read_bounded(request, MAX_BODY_BYTES)
     try:
         payload = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors

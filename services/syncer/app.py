@@ -16,10 +16,11 @@ from faststream.asgi import AsgiFastStream
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 
+from services.syncer.changes import ChangeNotApplied, handle_customer_changed
 from services.syncer.handlers import BatchOutcome, handle_customer_batch, read_attempt
 from shared.broker import publish, publish_to_queue
-from shared.consuming import Parking, consume, raw_body
-from shared.messages import Contract, CustomerBatch
+from shared.consuming import Parking, Requeue, consume, raw_body
+from shared.messages import Contract, CustomerBatch, CustomerChanged
 from shared.metrics import SyncerMetrics
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -99,21 +100,28 @@ def build_service(settings: Settings) -> tuple[FastStream, Runtime]:
         decoder=raw_body,
         title="syncer",
         description="Customer batches to write; failed customers go through the retry tiers. "
+        "Webhook changes (one customer, no job) are applied in place. "
         + topology.binding_note(topology.syncer_queue),
     )
     async def on_customer_batch(
-        body: Annotated[bytes, Contract(CustomerBatch)], msg: RabbitMessage
+        body: Annotated[bytes, Contract(CustomerBatch, CustomerChanged)], msg: RabbitMessage
     ) -> None:
         pool = runtime.pool
         attempt = read_attempt(msg.headers)
 
-        async def handle(batch: CustomerBatch) -> None:
+        async def handle(message: CustomerBatch | CustomerChanged) -> None:
+            if isinstance(message, CustomerChanged):
+                try:
+                    await handle_customer_changed(message, pool=pool)
+                except ChangeNotApplied as exc:
+                    raise Requeue(str(exc)) from None
+                return
             outcome = await handle_customer_batch(
-                batch, attempt=attempt, pool=pool, max_attempts=max_attempts
+                message, attempt=attempt, pool=pool, max_attempts=max_attempts
             )
             await publish_outcome(broker, topology, outcome)
             count_outcome(metrics, topology, outcome)
 
-        await consume(msg, CustomerBatch, handle, log, parking=parking)
+        await consume(msg, (CustomerBatch, CustomerChanged), handle, log, parking=parking)
 
     return runtime.faststream_app(started=[started]), runtime

@@ -223,3 +223,32 @@ WHERE l.state NOT IN {sql_in({LineState.DONE, LineState.CANCELLED, LineState.CON
   AND l.org_id = EXCLUDED.org_id
 """,
 )
+
+# -- webhook changes (services/syncer/changes.py) -------------------------------------------------
+
+# The connection a change names must exist for the org the change names (tenant isolation).
+SELECT_CONNECTION = "SELECT 1 FROM woo_connections WHERE id = $1 AND org_id = $2"
+
+# The stored customer's version and deletion, locked for the rest of the change's transaction so
+# two deliveries of the same customer apply one after the other.
+LOCK_CUSTOMER = """
+SELECT woo_date_modified, deleted_at FROM customer
+WHERE org_id = $1 AND connection_id = $2 AND woo_id = $3
+FOR UPDATE
+"""
+
+# customer.deleted: mark the row deleted at $4 (when the delivery was received), unless it is
+# already deleted or its stored version is newer than the delete. Returns the row when it did.
+SOFT_DELETE_CUSTOMER = """
+UPDATE customer SET deleted_at = $4, updated_at = now(), synced_at = now()
+WHERE org_id = $1 AND connection_id = $2 AND woo_id = $3
+  AND deleted_at IS NULL
+  AND (woo_date_modified IS NULL OR woo_date_modified <= $4)
+RETURNING woo_id
+"""
+
+# A version newer than the row's deletion (the store has the customer again): live again.
+UNDELETE_CUSTOMER = """
+UPDATE customer SET deleted_at = NULL
+WHERE org_id = $1 AND connection_id = $2 AND woo_id = $3 AND deleted_at IS NOT NULL
+"""

@@ -28,9 +28,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.asyncapi import Served
-from services.tracker.cleanup import Cleaner
+from services.tracker.cleanup import Cleaner, replica_name
 from services.tracker.handlers import Tracker, announce
 from services.tracker.sse import progress, progress_page
+from services.tracker.webhooks import WebhookWatcher
 from shared import web
 from shared.auth import authenticate
 from shared.consuming import Parking, consume, raw_body
@@ -194,6 +195,8 @@ def build_app(settings: Settings) -> Starlette:
                 batch_size=settings.cleanup_batch_size,
             )
             cleanup_task = asyncio.create_task(cleaner.run(), name="tracker-cleanup")
+            watcher = WebhookWatcher(pool, settings, name=replica_name())
+            webhook_task = asyncio.create_task(watcher.run(), name="tracker-webhooks")
             log.info("tracking %s", topology.tracker_queue.name)
             try:
                 yield State(
@@ -215,7 +218,8 @@ def build_app(settings: Settings) -> Starlette:
                 # Stop taking events, stop the loop, settle what was acked (which may still
                 # publish sync.completed); the runtime then closes the broker and the pool.
                 await runtime.stop_consuming()
-                for task in (cleanup_task, loop_task):  # the cleaner lets go of its lock
+                # The cleaner and the watcher let go of their locks.
+                for task in (cleanup_task, webhook_task, loop_task):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task

@@ -1,4 +1,4 @@
-"""Async client for one store's ``/wp-json/wc/v3/customers`` list.
+"""Async client for one store's ``/wp-json/wc/v3/customers`` list and its ``webhooks``.
 
 One ``httpx.AsyncClient`` (connection pool sized for the fetcher's concurrency) per store. Each
 call is one logical request: retried under a ``RetryPolicy`` for transient failures, and turned
@@ -45,6 +45,7 @@ from shared.woocommerce.retry import (
 logger = logging.getLogger(__name__)
 
 CUSTOMERS_PATH = "/wp-json/wc/v3/customers"
+WEBHOOKS_PATH = "/wp-json/wc/v3/webhooks"
 MAX_PER_PAGE = 100  # WooCommerce answers 400 above this; it does not clamp.
 _STORE_TEXT_LIMIT = 200
 DEFAULT_DEADLINE_S = 60.0
@@ -224,7 +225,124 @@ class WooClient:
             )
         return total
 
-    async def _get_customers(self, params: dict[str, str | int]) -> tuple[list[Any], httpx.Headers]:
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        """Every webhook of the store (``status=all``), page by page; retried like a read."""
+        webhooks: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            params: dict[str, str | int] = {
+                "status": "all",
+                "per_page": MAX_PER_PAGE,
+                "page": page,
+                "orderby": "id",
+                "order": "asc",
+            }
+            items, headers = await self._read_list("GET", WEBHOOKS_PATH, params)
+            webhooks += [item for item in items if isinstance(item, dict)]
+            pages = _header_count(headers, "X-WP-TotalPages") or 1
+            if page >= pages or not items:
+                return webhooks
+            page += 1
+
+    async def create_webhook(
+        self, *, name: str, topic: str, delivery_url: str, secret: str
+    ) -> dict[str, Any]:
+        """``POST /webhooks``: one attempt (a retry could create it twice); the store answers
+        201 with the webhook (never its secret), after pinging ``delivery_url``."""
+        body = {"name": name, "topic": topic, "delivery_url": delivery_url, "secret": secret}
+        return await self._write("POST", WEBHOOKS_PATH, body)
+
+    async def update_webhook(self, webhook_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+        """``PUT /webhooks/{id}`` with ``fields`` (``status``: ``active`` re-enables it)."""
+        return await self._write("PUT", f"{WEBHOOKS_PATH}/{int(webhook_id)}", fields)
+
+    async def delete_webhook(self, webhook_id: int) -> bool:
+        """``DELETE /webhooks/{id}?force=true``; False when the store has no such webhook."""
+        try:
+            await self._write(
+                "DELETE", f"{WEBHOOKS_PATH}/{int(webhook_id)}", None, params={"force": "true"}
+            )
+        except StoreBadResponse as exc:
+            if exc.status in (400, 404) and exc.code == "woocommerce_rest_shop_webhook_invalid_id":
+                return False
+            raise
+        return True
+
+    async def _read_list(
+        self, method: str, endpoint: str, params: dict[str, str | int]
+    ) -> tuple[list[Any], httpx.Headers]:
+        path = self._path(endpoint)
+        started = time.monotonic()
+
+        async def attempt() -> tuple[list[Any], httpx.Headers]:
+            response = await self._send(method, endpoint, params)
+            try:
+                body = jsondepth.loads(response.content)
+            except ValueError:
+                raise TransientFailure("invalid JSON body", status=response.status_code) from None
+            if not isinstance(body, list):
+                raise TransientFailure("body is not a JSON array", status=response.status_code)
+            return body, response.headers
+
+        controller = retrying(self._policy, self._log_retry(method, path))
+        try:
+            return await controller(attempt)
+        except tenacity.RetryError as exhausted:
+            raise self._unavailable(method, path, exhausted, started) from None
+
+    async def _write(
+        self,
+        method: str,
+        endpoint: str,
+        body: dict[str, Any] | None,
+        *,
+        params: dict[str, str | int] | None = None,
+    ) -> dict[str, Any]:
+        """One attempt of a change; a transient failure is ``StoreUnavailable`` at once."""
+        path = self._path(endpoint)
+        started = time.monotonic()
+        try:
+            response = await self._send(method, endpoint, params or {}, json_body=body)
+        except TransientFailure as failure:
+            raise StoreUnavailable(
+                method=method,
+                path=path,
+                attempts=1,
+                elapsed_s=time.monotonic() - started,
+                last_kind=failure.kind,
+                last_status=failure.status,
+            ) from None
+        try:
+            answer = response.json()
+        except ValueError:
+            raise StoreBadResponse(
+                f"store answered {method} {path} with a body that is not JSON",
+                status=response.status_code,
+            ) from None
+        if not isinstance(answer, dict):
+            raise StoreBadResponse(
+                f"store answered {method} {path} with a body that is not a JSON object",
+                status=response.status_code,
+            )
+        return answer
+
+    def _unavailable(
+        self, method: str, path: str, exhausted: tenacity.RetryError, started: float
+    ) -> StoreUnavailable:
+        failure = exhausted.last_attempt.exception()
+        assert isinstance(failure, TransientFailure)
+        return StoreUnavailable(
+            method=method,
+            path=path,
+            attempts=exhausted.last_attempt.attempt_number,
+            elapsed_s=time.monotonic() - started,
+            last_kind=failure.kind,
+            last_status=failure.status,
+        )
+
+    async def _get_customers(
+        self, params: dict[str, str | int]
+    ) -> tuple[list[Any], httpx.Headers]:
         path = self._path(CUSTOMERS_PATH)
         started = time.monotonic()
         controller = retrying(self._policy, self._log_retry("GET", path))
@@ -268,7 +386,12 @@ class WooClient:
         return body, response.headers
 
     async def _send(
-        self, method: str, endpoint: str, params: dict[str, str | int]
+        self,
+        method: str,
+        endpoint: str,
+        params: dict[str, str | int],
+        *,
+        json_body: dict[str, Any] | None = None,
     ) -> httpx.Response:
         """One HTTP exchange, classified: a 2xx response, or a safe exception.
 
@@ -278,7 +401,7 @@ class WooClient:
         path = self._path(endpoint)
         try:
             async with asyncio.timeout(self._deadline_s):
-                response = await self._exchange(method, endpoint, params, path)
+                response = await self._exchange(method, endpoint, params, path, json_body)
         except TimeoutError:
             raise TransientFailure(
                 f"no complete response within the {self._deadline_s:g}s request deadline"
@@ -314,10 +437,15 @@ class WooClient:
         )
 
     async def _exchange(
-        self, method: str, endpoint: str, params: dict[str, str | int], path: str
+        self,
+        method: str,
+        endpoint: str,
+        params: dict[str, str | int],
+        path: str,
+        json_body: dict[str, Any] | None = None,
     ) -> httpx.Response:
         """Send, then buffer the body chunk by chunk, refusing it past the size limit."""
-        request = self._http.build_request(method, endpoint, params=params)
+        request = self._http.build_request(method, endpoint, params=params, json=json_body)
         streamed = await self._http.send(request, stream=True)
         try:
             limit = self._max_response_bytes

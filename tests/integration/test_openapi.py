@@ -34,7 +34,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services.api.app import CONNECTION_PATH, CONNECTIONS_PATH, JOB_PATH, PREVIEW_PATH, SYNC_PATH
+from services.api.app import (
+    CONNECTION_PATH,
+    CONNECTIONS_PATH,
+    JOB_PATH,
+    PREVIEW_PATH,
+    SYNC_PATH,
+    WEBHOOK_PATH,
+)
 from shared.paths import CONFLICTS_PATH, JOB_ACTIVITY_PATH, JOB_LINES_PATH, JOBS_PATH
 from shared.settings import Settings
 from tests.helpers import free_port
@@ -205,9 +212,9 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     actions = request_body["content"]["application/json"]["schema"]
     assert set(actions["discriminator"]["mapping"]) == {
         "start", "status", "retry", "force-done", "replay", "pause", "resume", "cancel",
-        "resolve-conflicts",
+        "resolve-conflicts", "webhooks-enable", "webhooks-disable", "webhooks-status",
     }
-    assert len(actions["oneOf"]) == 9
+    assert len(actions["oneOf"]) == 12
 
     schema = schemathesis.openapi.from_url(
         f"{live_api.url}/openapi.json", headers=live_api.auth, timeout=10
@@ -230,6 +237,7 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         f"GET {JOB_LINES_PATH}",
         f"GET {JOB_ACTIVITY_PATH}",
         f"GET {CONFLICTS_PATH}",
+        f"POST {WEBHOOK_PATH}",
     }
     seen: dict[str, set[int]] = {}
     for operation in operations:

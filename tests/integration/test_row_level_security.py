@@ -20,6 +20,7 @@ from tests.factories import (
     add_held_batch,
     add_lines,
     add_page,
+    add_webhooks,
     make_job,
 )
 
@@ -61,6 +62,7 @@ async def two_orgs(pool: asyncpg.Pool) -> TwoOrgs:
         for page in range(1, size + 1):
             await add_page(pool, job_id, page, 1)
             await add_held_batch(pool, job_id, org_id)
+        await add_webhooks(pool, job_id, size - 2)
     counts_a, counts_b = await _counts(pool, a), await _counts(pool, b)
     assert all(counts_a.values()) and all(counts_b.values())
     return TwoOrgs(a, b, key_a, counts_a, counts_b)

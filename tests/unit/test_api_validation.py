@@ -127,6 +127,9 @@ def test_every_action_has_a_model() -> None:
         "resume",
         "cancel",
         "resolve-conflicts",
+        "webhooks-enable",
+        "webhooks-disable",
+        "webhooks-status",
     }
 
 

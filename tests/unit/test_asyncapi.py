@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 from services.asyncapi import document, documented_settings, render
-from shared.messages import ALL_MESSAGES, TRACKER_EVENTS, CustomerBatch, Message, SyncRequested
+from shared.messages import (
+    ALL_MESSAGES,
+    TRACKER_EVENTS,
+    CustomerBatch,
+    CustomerChanged,
+    Envelope,
+    SyncRequested,
+)
 from shared.topology import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,10 +72,14 @@ def test_every_message_model_is_in_it_with_every_field(doc: dict[str, Any]) -> N
 
 @pytest.mark.parametrize(
     ("channel", "models"),
-    [("fetcher", (SyncRequested,)), ("syncer", (CustomerBatch,)), ("tracker", TRACKER_EVENTS)],
+    [
+        ("fetcher", (SyncRequested,)),
+        ("syncer", (CustomerBatch, CustomerChanged)),
+        ("tracker", TRACKER_EVENTS),
+    ],
 )
 def test_each_consumer_receives_its_models(
-    doc: dict[str, Any], channel: str, models: tuple[type[Message], ...]
+    doc: dict[str, Any], channel: str, models: tuple[type[Envelope], ...]
 ) -> None:
     received = operations(doc, "receive")
     assert set(received) == {"fetcher", "syncer", "tracker"}
@@ -106,7 +117,7 @@ def test_publishers_follow_the_routes_the_services_use(doc: dict[str, Any]) -> N
         service: {name.split(":", 1)[1] for name in sends if name.startswith(service + ":")}
         for service in ("api", "fetcher", "syncer", "tracker")
     }
-    assert by_service["api"] == {"sync.requested", "customer.batch"}
+    assert by_service["api"] == {"sync.requested", "customer.batch", "customer.changed"}
     assert by_service["fetcher"] == {
         "sync.requested", "customer.batch", "fetch.completed", "fetch.failed",
         "woosync.fetcher.sync-requested.parking",

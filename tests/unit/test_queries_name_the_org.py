@@ -15,11 +15,11 @@ from services.api import queries as api_queries
 from services.fetcher import queries as fetcher_queries
 from services.syncer import queries as syncer_queries
 from services.tracker import queries as tracker_queries
-from shared import activity, auth, jobs, lifecycle, replay
+from shared import activity, auth, jobs, lifecycle, replay, webhooks
 
 ORG_TABLES = re.compile(
     r"\b(orgs|api_keys|woo_connections|woo_customer_sync_queue(_line)?|woo_customer_sync_page"
-    r"|woo_customer_sync_hold|woo_sync_activity|customer)\b"
+    r"|woo_customer_sync_hold|woo_sync_activity|customer|woo_webhook)\b"
 )
 # Statements that may span orgs, each for a stated reason.
 EXEMPT = {
@@ -52,6 +52,7 @@ def statements(module: ModuleType) -> list[tuple[str, str]]:
         jobs,
         lifecycle,
         replay,
+        webhooks,
     ],
     ids=lambda m: m.__name__,
 )

@@ -30,12 +30,14 @@ from tools.woosim import php, wp
 from tools.woosim.auth import AuthRequest, AuthResult, KeyRing, authenticate, check_key_scope
 from tools.woosim.faults import Fault, FaultInjector
 from tools.woosim.store import CustomerStore, ListQuery, Record, StoreError
+from tools.woosim.webhooks import WebhookHub
 
 WC_VERSION = "9.9.3"
 WP_VERSION = "6.8.1"
 REQUEST_LOG_LIMIT = 10_000
 LOGGED_PARAMS = frozenset({"page", "per_page", "offset", "orderby", "order", "role"})
 _SINGLE_RE = re.compile(r"^/wc/v3/customers/(\d+)$")
+_WEBHOOK_RE = re.compile(r"^/wc/v3/webhooks/(\d+)$")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _ALLOW_EDITABLE = '["GET","POST","PUT","PATCH","DELETE"]'
 _ALLOW_PROTECTED = '["GET","POST","PUT","PATCH"]'  # DELETE only for customers/subscribers.
@@ -154,6 +156,20 @@ class Simulator:
     faults: FaultInjector
     allow_basic_over_http: bool = False
     stats: Stats = field(default_factory=Stats)
+    # Created on first use, when the store's own URL (the webhooks' source) is known.
+    webhooks: WebhookHub | None = None
+
+    def hub(self, base: str) -> WebhookHub:
+        if self.webhooks is None:
+
+            def body_of(user_id: int) -> bytes | None:
+                record = self.store.get(user_id)
+                if record is None:
+                    return None
+                return _customer_body(record, base)
+
+            self.webhooks = WebhookHub(base, body_of, WC_VERSION, WP_VERSION)
+        return self.webhooks
 
 
 class CutResponse(Response):
@@ -311,7 +327,71 @@ async def _dispatch(ctx: _Context) -> Response:
         return _get_customer(ctx, int(single.group(1)))
     if ctx.route == "/wc/v3/system_status" and reading:
         return _system_status(ctx)
+    if ctx.route == "/wc/v3/webhooks" or _WEBHOOK_RE.match(ctx.route):
+        return await _webhooks(ctx)
     raise wp.no_route()
+
+
+def _customer_body(record: Record, base: str) -> bytes:
+    """A webhook body: ``GET /customers/{id}`` as the store answers it, ``_links`` included."""
+    collection = f"{base}/wp-json/wc/v3/customers"
+    links = {
+        "self": [{"href": f"{collection}/{record.id}"}],
+        "collection": [{"href": collection}],
+    }
+    return (record.json_open + ',"_links":' + wp.dumps(links) + "}").encode("ascii")
+
+
+async def _webhooks(ctx: _Context) -> Response:
+    """``/wc/v3/webhooks`` and ``/wc/v3/webhooks/{id}`` (needs ``manage_woocommerce``)."""
+    key = ctx.auth.key
+    if key is None or "manage_woocommerce" not in key.capabilities:
+        raise wp.WPError(
+            "woocommerce_rest_cannot_view", "Sorry, you cannot list resources.",
+            401 if key is None else 403,
+        )
+    hub = ctx.sim.hub(ctx.base)
+    single = _WEBHOOK_RE.match(ctx.route)
+    if single is None and ctx.method == "GET":
+        status = str(ctx.query.get("status", "all"))
+        hooks = [h for h in hub.hooks.values() if status in ("all", h.status)]
+        per_page = int(str(ctx.query.get("per_page", 10)))
+        page = int(str(ctx.query.get("page", 1)))
+        window = hooks[(page - 1) * per_page : page * per_page]
+        pages = max(1, math.ceil(len(hooks) / per_page))
+        headers = {"X-WP-Total": str(len(hooks)), "X-WP-TotalPages": str(pages)}
+        listing = wp.encode([h.as_json() for h in window])
+        return _json_response(listing, headers=ctx.headers(headers))
+    body = await _request_object(ctx)
+    if single is None and ctx.method == "POST":
+        hook = await hub.create(body)
+        return _json_response(wp.encode(hook.as_json()), status=201, headers=ctx.headers())
+    if single is None:
+        raise wp.no_route()
+    hook_id = int(single.group(1))
+    if ctx.method == "GET":
+        hook = hub.get(hook_id)
+    elif ctx.method in ("PUT", "PATCH", "POST"):
+        hook = hub.update(hook_id, body)
+    elif ctx.method == "DELETE":
+        force = str(ctx.query.get("force", "")).lower() in ("1", "true")
+        hook = hub.delete(hook_id, force)
+    else:
+        raise wp.no_route()
+    return _json_response(wp.encode(hook.as_json()), headers=ctx.headers())
+
+
+async def _request_object(ctx: _Context) -> dict[str, Any]:
+    raw = await ctx.request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError:
+        raise wp.WPError("rest_invalid_json", "Invalid JSON body passed.", 400) from None
+    if not isinstance(body, dict):
+        raise wp.WPError("rest_invalid_json", "Invalid JSON body passed.", 400)
+    return body
 
 
 def _require(ctx: _Context, capability: str, *, single: bool = False) -> None:
@@ -608,7 +688,9 @@ async def sim_customers(request: Request) -> Response:
         fields = await _json_body(request)
         if not isinstance(fields, dict):
             return _control_error("body must be a JSON object")
-        return _control(sim.store.create(fields), 201)
+        created = sim.store.create(fields)
+        _notify(request, "customer.created", created["id"])
+        return _control(created, 201)
     except json.JSONDecodeError:
         return _control_error("body is not JSON")
     except StoreError as error:
@@ -625,11 +707,16 @@ async def sim_customer(request: Request) -> Response:
                 return _control_error(f"no user {user_id}", 404)
             return _control(record.customer())
         if request.method == "DELETE":
-            return _control(sim.store.delete(user_id))
+            deleted = sim.store.delete(user_id)
+            if deleted.get("role") == "customer":  # delete_user fires only for customers
+                _notify(request, "customer.deleted", user_id, wp.encode({"id": user_id}))
+            return _control(deleted)
         fields = await _json_body(request)
         if not isinstance(fields, dict):
             return _control_error("body must be a JSON object")
-        return _control(sim.store.update(user_id, fields))
+        updated = sim.store.update(user_id, fields)
+        _notify(request, "customer.updated", user_id)
+        return _control(updated)
     except json.JSONDecodeError:
         return _control_error("body is not JSON")
     except StoreError as error:
@@ -710,6 +797,46 @@ async def sim_keys(request: Request) -> Response:
     return _control({"revoked": sim.keys.revoked, "added": sorted(sim.keys.added)})
 
 
+def _notify(request: Request, topic: str, user_id: int, body: bytes | None = None) -> None:
+    """A change made through the control API, as WordPress' hooks would report it."""
+    sim: Simulator = request.app.state.sim
+    if sim.webhooks is not None:
+        sim.webhooks.changed(topic, user_id, body)
+
+
+async def sim_webhooks(request: Request) -> Response:
+    """GET: the webhooks (with ``failure_count``) and recent deliveries; PUT ``/config``:
+    ``delivery_delay_ms``, ``duplicate``, ``reorder``, ``same_delivery_id``, ``max_failures``."""
+    sim: Simulator = request.app.state.sim
+    hub = sim.hub(f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}")
+    if request.method == "PUT":
+        try:
+            changes = await _json_body(request)
+            if not isinstance(changes, dict):
+                return _control_error("body must be a JSON object")
+            hub.config.update(changes)
+        except (json.JSONDecodeError, ValueError) as error:
+            return _control_error(str(error))
+    return _control(hub.snapshot())
+
+
+async def sim_webhook(request: Request) -> Response:
+    """PUT ``/__sim/webhooks/{id}``: change a webhook as an admin would (``secret``,
+    ``status``, ``delivery_url``...), without the REST API's key."""
+    sim: Simulator = request.app.state.sim
+    hub = sim.hub(f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}")
+    try:
+        changes = await _json_body(request)
+        if not isinstance(changes, dict):
+            return _control_error("body must be a JSON object")
+        hook = hub.update(int(request.path_params["webhook_id"]), changes)
+    except json.JSONDecodeError:
+        return _control_error("body is not JSON")
+    except wp.WPError as error:
+        return _control_error(error.message, 404)
+    return _control(hook.as_json())
+
+
 async def sim_health(request: Request) -> Response:
     sim: Simulator = request.app.state.sim
     return _control({"ok": True, "customers": len(sim.store)})
@@ -733,6 +860,9 @@ def create_app(sim: Simulator) -> Starlette:
             Route("/__sim/requests", sim_requests, methods=["GET"]),
             Route("/__sim/keys", sim_keys, methods=["GET"]),
             Route("/__sim/keys/{action:str}", sim_keys, methods=["POST"]),
+            Route("/__sim/webhooks", sim_webhooks, methods=["GET"]),
+            Route("/__sim/webhooks/config", sim_webhooks, methods=["PUT"]),
+            Route("/__sim/webhooks/{webhook_id:int}", sim_webhook, methods=["PUT"]),
         ]
     )
     app.state.sim = sim

@@ -177,6 +177,22 @@ class SimHandle:
         result: dict[str, Any] = await self._call("DELETE", "/__sim/stats")
         return result
 
+    async def webhooks(self) -> dict[str, Any]:
+        """``{"config", "webhooks" (with failure_count), "deliveries", "queued"}``."""
+        result: dict[str, Any] = await self._call("GET", "/__sim/webhooks")
+        return result
+
+    async def set_webhook_config(self, **config: Any) -> dict[str, Any]:
+        """``delivery_delay_ms``, ``duplicate``, ``reorder``, ``same_delivery_id``,
+        ``max_failures``; returns what ``webhooks()`` does."""
+        result: dict[str, Any] = await self._call("PUT", "/__sim/webhooks/config", config)
+        return result
+
+    async def update_webhook(self, webhook_id: int, **fields: Any) -> dict[str, Any]:
+        """Change a webhook as an admin would in wp-admin (``secret``, ``status``, ...)."""
+        result: dict[str, Any] = await self._call("PUT", f"/__sim/webhooks/{webhook_id}", fields)
+        return result
+
     async def revoke_keys(self, mode: str = "secret") -> None:
         """``secret`` (401 bad secret), ``deleted``, ``no_read`` (401) or ``no_caps`` (403)."""
         await self._call("POST", "/__sim/keys/revoke", {"mode": mode})

@@ -22,6 +22,7 @@ from services.api.actions import (
     retry,
     start,
     status,
+    webhooks,
 )
 from services.api.actions.common import Answer
 from services.api.deps import Deps
@@ -36,6 +37,9 @@ from services.api.schemas import (
     RetryRequest,
     StartRequest,
     StatusRequest,
+    WebhooksDisableRequest,
+    WebhooksEnableRequest,
+    WebhooksStatusRequest,
 )
 from shared.auth import Caller
 from shared.logs import log_context
@@ -61,6 +65,9 @@ ACTIONS: dict[str, Action] = {
     "resolve-conflicts": Action(
         ResolveConflictsRequest, conflicts.answer, conflicts.SUMMARY, conflicts.NOTE
     ),
+    "webhooks-enable": Action(WebhooksEnableRequest, webhooks.enable, webhooks.ENABLE_SUMMARY),
+    "webhooks-disable": Action(WebhooksDisableRequest, webhooks.disable, webhooks.DISABLE_SUMMARY),
+    "webhooks-status": Action(WebhooksStatusRequest, webhooks.status, webhooks.STATUS_SUMMARY),
 }
 
 ACTION_MODELS: dict[str, type[ActionRequest]] = {
