@@ -66,7 +66,7 @@ async def test_migrate_creates_applies_once_and_reverts(fresh_database: str) -> 
     assert "applied 0001_core" in first.stdout
     expected = {"orgs", "api_keys", "woo_connections", "woo_customer_sync_queue",
                 "woo_customer_sync_queue_line", "woo_customer_sync_page", "woo_sync_activity",
-                "woo_customer_sync_hold",
+                "woo_customer_sync_hold", "woo_webhook",
                 "customer", "schema_migrations", "woosync_rate_limit",
                 "woosync_stream_lease", "woosync_store_limit", "woosync_store_lease"}
     assert await tables(fresh_database) == expected

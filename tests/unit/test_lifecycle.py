@@ -266,6 +266,8 @@ def test_no_state_is_spelled_outside_the_lifecycle() -> None:
         r'"(done|failed)": done\.(done|failed)\b'
         r'|status\["(done|failed)"\]|final\.get\("(done|failed)"'
         r'|^services/tracker/sse\.py:\d+:(<dl>|<dt>|  for \(const k of|  el\("fill"\)\.className)'
+        # A WooCommerce webhook's own status (active, paused, disabled), not a job state.
+        r'|^shared/webhooks\.py:\d+:\s+elif status == "paused":'
         # A preview's categories of customers (``conflict`` among them), not line states.
         r'|^shared/preview\.py:\d+:(Category = Literal|    "conflict",|\s+result\.add\("conflict")'
     )
