@@ -20,6 +20,9 @@ content"):
   :class:`MappingError`. 512 is well within what PostgreSQL's ``jsonb`` (thousands of levels
   with the default ``max_stack_depth``) and Python's ``json`` (about 990 levels under the
   default recursion limit of 1000) both handle.
+- **Guest buyers** (``shared.guests``): a document the fetcher built from a guest's orders
+  carries ``woosync_guest``; it maps to a row of ``kind`` ``guest`` with its ``guest_key``, and
+  only under the negative id derived from that key (a store's customer cannot pose as a guest).
 - What no storage can hold (lone surrogates, NaN or infinite numbers, non-JSON values, a
   non-integer id) fails that customer alone with a :class:`MappingError` naming the field. A
   mapping error is never retried: the same content fails the same way.
