@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -129,3 +132,38 @@ async def test_without_the_option_no_order_is_read(pool: asyncpg.Pool) -> None:
     assert all(i > 0 for i in recorder.customer_ids())
     assert not any("/orders" in p for p in paths)
     assert [m.customers for m in recorder.of(FetchCompleted)] == [5]
+
+
+async def test_orders_deleted_during_the_crawl_do_not_hide_guests(pool: asyncpg.Pool) -> None:
+    """Ten orders of the first window are deleted right after it is read: every later order
+    moves ten places down, past the next window's start. The windows do not join, the crawl
+    reads that spot again, and every guest still in the store is found."""
+    async with running_simulator(customers=3, seed=15) as sim:
+        added = await sim.add_orders(*[guest_order(f"b{n}@example.com") for n in range(60)])
+        request = await queue_new_org_sync(pool, sim, batch_size=20)
+        await _with_guests(pool, request.job_id)
+        recorder = Recorder()
+        deps = fetcher_deps(pool, recorder)
+        deleted: list[int] = []
+
+        @asynccontextmanager
+        async def open_client(config: Any, concurrency: int) -> AsyncIterator[Any]:
+            async with deps.open_client(config, concurrency) as client:
+                read = client.list_guest_orders
+
+                async def then_delete(*args: Any, **kwargs: Any) -> Any:
+                    result = await read(*args, **kwargs)
+                    if not deleted:
+                        deleted.extend(o["id"] for o in added[5:15])
+                        await sim.delete_orders(*deleted)
+                    return result
+
+                client.list_guest_orders = then_delete  # type: ignore[method-assign]
+                yield client
+
+        await handle_sync_requested(request, replace(deps, open_client=open_client))
+
+    kept = {f"b{n}@example.com" for n in range(60)} - {f"b{n}@example.com" for n in range(5, 15)}
+    assert len(deleted) == 10
+    assert kept <= set(_guests(recorder))  # the deleted ones were read before they went
+    assert not recorder.of(FetchFailed)

@@ -654,7 +654,8 @@ async def sim_customer(request: Request) -> Response:
 
 async def sim_orders(request: Request) -> Response:
     """GET: every order. POST ``{"orders": [...]}``: adds them (an order without an ``id`` gets
-    the next one; ``customer_id`` defaults to 0, a guest); answers the orders added."""
+    the next one; ``customer_id`` defaults to 0, a guest); answers the orders added. POST
+    ``{"delete": [id, ...]}``: deletes those orders (a store trashing orders mid-crawl)."""
     sim: Simulator = request.app.state.sim
     if request.method == "GET":
         return _control(sim.orders)
@@ -662,6 +663,12 @@ async def sim_orders(request: Request) -> Response:
         body = await _json_body(request)
     except json.JSONDecodeError:
         return _control_error("body is not JSON")
+    if isinstance(body, dict) and "delete" in body:
+        gone = set(body["delete"]) if isinstance(body["delete"], list) else set()
+        kept = [o for o in sim.orders if o["id"] not in gone]
+        removed = len(sim.orders) - len(kept)
+        sim.orders[:] = kept
+        return _control({"deleted": removed})
     orders = body.get("orders") if isinstance(body, dict) else None
     if not isinstance(orders, list) or not all(isinstance(o, dict) for o in orders):
         return _control_error('body must be {"orders": [<order>, ...]}')

@@ -49,7 +49,12 @@ _FAULT_FLAGS = {
 }
 
 _HOSTILE_SETTINGS = (
-    "per_page_cap", "claimed_total", "unordered_pages", "ignore_offset", "hide_totals", "bad_ids",
+    "per_page_cap",
+    "claimed_total",
+    "unordered_pages",
+    "ignore_offset",
+    "hide_totals",
+    "bad_ids",
 )
 
 
@@ -150,6 +155,12 @@ class SimHandle:
         )
         return result
 
+    async def delete_orders(self, *order_ids: int) -> int:
+        result: dict[str, int] = await self._call(
+            "POST", "/__sim/orders", {"delete": list(order_ids)}
+        )
+        return result["deleted"]
+
     async def orders(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self._call("GET", "/__sim/orders")
         return result
@@ -247,9 +258,7 @@ class SimHandle:
         self._call_sync("POST", "/__sim/keys/remove", {"consumer_key": consumer_key})
 
 
-def _fault_config(
-    faults: FaultConfig | Mapping[str, Any] | None, latency_ms: int
-) -> FaultConfig:
+def _fault_config(faults: FaultConfig | Mapping[str, Any] | None, latency_ms: int) -> FaultConfig:
     if isinstance(faults, FaultConfig):
         config = faults
     else:
@@ -348,8 +357,19 @@ def spawn_simulator(
     """
     config = _fault_config(faults, latency_ms)
     argv = [
-        sys.executable, "-m", "tools.woosim", "--host", host, "--port", str(port),
-        "--customers", str(customers), "--seed", str(seed), "--tz-offset", tz_offset,
+        sys.executable,
+        "-m",
+        "tools.woosim",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--customers",
+        str(customers),
+        "--seed",
+        str(seed),
+        "--tz-offset",
+        tz_offset,
     ]
     for name, flag in _FAULT_FLAGS.items():
         argv += [flag, str(getattr(config, name))]
@@ -367,7 +387,10 @@ def spawn_simulator(
         argv += ["--consumer-secret", consumer_secret]
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(
-            argv, cwd=_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            argv,
+            cwd=_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=stderr,
         )
         handle: SimHandle | None = None
