@@ -49,12 +49,7 @@ _FAULT_FLAGS = {
 }
 
 _HOSTILE_SETTINGS = (
-    "per_page_cap",
-    "claimed_total",
-    "unordered_pages",
-    "ignore_offset",
-    "hide_totals",
-    "bad_ids",
+    "per_page_cap", "claimed_total", "unordered_pages", "ignore_offset", "hide_totals", "bad_ids",
 )
 
 
@@ -258,7 +253,9 @@ class SimHandle:
         self._call_sync("POST", "/__sim/keys/remove", {"consumer_key": consumer_key})
 
 
-def _fault_config(faults: FaultConfig | Mapping[str, Any] | None, latency_ms: int) -> FaultConfig:
+def _fault_config(
+    faults: FaultConfig | Mapping[str, Any] | None, latency_ms: int
+) -> FaultConfig:
     if isinstance(faults, FaultConfig):
         config = faults
     else:
@@ -357,19 +354,8 @@ def spawn_simulator(
     """
     config = _fault_config(faults, latency_ms)
     argv = [
-        sys.executable,
-        "-m",
-        "tools.woosim",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--customers",
-        str(customers),
-        "--seed",
-        str(seed),
-        "--tz-offset",
-        tz_offset,
+        sys.executable, "-m", "tools.woosim", "--host", host, "--port", str(port),
+        "--customers", str(customers), "--seed", str(seed), "--tz-offset", tz_offset,
     ]
     for name, flag in _FAULT_FLAGS.items():
         argv += [flag, str(getattr(config, name))]
@@ -387,10 +373,7 @@ def spawn_simulator(
         argv += ["--consumer-secret", consumer_secret]
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(
-            argv,
-            cwd=_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            argv, cwd=_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=stderr,
         )
         handle: SimHandle | None = None
