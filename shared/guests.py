@@ -33,6 +33,8 @@ MAX_EMAIL = 320
 MAX_WOO_ID = 2**63 - 1
 GUEST_MARK = "woosync_guest"  # the key that marks a customer document as a guest's
 MAX_SKIPPED_SHOWN = 20
+# The fields of an order a guest is built from (kept in memory until the crawl is proven).
+KEPT_FIELDS = ("billing", "shipping", "date_created_gmt")
 
 _WHITESPACE = re.compile(r"\s")
 
@@ -112,6 +114,7 @@ class GuestBook:
             return
         guest = self._guests.setdefault(key, _Guest())
         guest.orders += 1
+        order = {name: order.get(name) for name in KEPT_FIELDS}  # only what a guest is made of
         if guest.first_id == 0 or oid < guest.first_id:
             guest.first, guest.first_id = order, oid
         if oid > guest.newest_id:

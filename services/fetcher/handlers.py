@@ -71,6 +71,7 @@ from shared.broker import DEFAULT_MAX_MESSAGE_BYTES, split_customer_batch
 from shared.consuming import Requeue, is_infrastructure_error
 from shared.crypto import SecretBox, UndecryptableSecret
 from shared.db import OrgScope, for_org
+from shared.guests import MAX_SKIPPED_SHOWN
 from shared.lifecycle import FINAL_JOB_STATES, RUNNING_JOB_STATES, JobState
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
 from shared.urlsafety import StoreUrlError, ensure_public_url
@@ -490,7 +491,7 @@ async def _crawl_guests(job: _Job, config: StoreConfig) -> None:
             "skipped_no_email": len(book.skipped),
         }
         if book.skipped:
-            details["skipped_order_ids"] = book.skipped[:20]
+            details["skipped_order_ids"] = book.skipped[:MAX_SKIPPED_SHOWN]
         if book.account_orders:
             details["account_orders_ignored"] = book.account_orders
         await activity.record(

@@ -361,8 +361,8 @@ async def _list_customers(ctx: _Context) -> Response:
 
 def _list_orders(ctx: _Context) -> Response:
     """``GET /wc/v3/orders``: ``customer`` (0: guests), ``orderby=id``, ``order``, ``page``,
-    ``per_page`` (1..100), ``offset``; ``X-WP-Total`` and ``X-WP-TotalPages`` count what the
-    filter selects. The ``ignore_customer_filter`` fault answers every order whatever
+    ``per_page`` (1..100), ``offset``, ``_fields``; ``X-WP-Total`` and ``X-WP-TotalPages``
+    count what the filter selects. The ``ignore_customer_filter`` fault answers every order whatever
     ``customer`` says (as older HPOS builds could)."""
     if ctx.auth.key is None:
         raise wp.cannot_view(401)
@@ -381,6 +381,9 @@ def _list_orders(ctx: _Context) -> Response:
         orders = [o for o in orders if o.get("customer_id") == php.absint(customer)]
     ordered = sorted(orders, key=lambda o: o["id"], reverse=ctx.query.get("order") == "desc")
     chosen = ordered[offset : offset + per_page]
+    fields = wp._fields(ctx.query.get("_fields"))
+    if fields is not None:
+        chosen = [wp.filter_fields(o, fields) for o in chosen]
     total = len(ordered)
     headers = {
         "X-WP-Total": str(total),
