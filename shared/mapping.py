@@ -20,6 +20,9 @@ content"):
   :class:`MappingError`. 512 is well within what PostgreSQL's ``jsonb`` (thousands of levels
   with the default ``max_stack_depth``) and Python's ``json`` (about 990 levels under the
   default recursion limit of 1000) both handle.
+- **Guest buyers** (``shared.guests``): a document the fetcher built from a guest's orders
+  carries ``woosync_guest``; it maps to a row of ``kind`` ``guest`` with its ``guest_key``, and
+  only under the negative id derived from that key (a store's customer cannot pose as a guest).
 - What no storage can hold (lone surrogates, NaN or infinite numbers, non-JSON values, a
   non-integer id) fails that customer alone with a :class:`MappingError` naming the field. A
   mapping error is never retried: the same content fails the same way.
@@ -36,6 +39,8 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
+
+from shared.guests import GUEST_MARK, guest_woo_id, normalize_email
 
 MAX_EMAIL = 320  # RFC 5321's bound on an address: longer is not an e-mail address
 MAX_WOO_ID = 2**63 - 1  # bigint
@@ -86,6 +91,8 @@ class CustomerRow:
     woo_date_modified: datetime | None
     raw: dict[str, Any]
     source_hash: str
+    kind: str  # 'account', or 'guest' for a buyer without an account (shared.guests)
+    guest_key: str | None  # a guest's normalized e-mail; None for an account customer
     # ``raw`` as its canonical JSON text: the syncer sends this text, so a customer is serialised
     # once. Not a column of its own.
     raw_json: str = field(repr=False, compare=False, metadata={"column": False})
@@ -105,7 +112,8 @@ def map_customer(raw: Mapping[str, Any], *, org_id: UUID, connection_id: UUID) -
     """Map one customer object, or raise :class:`MappingError`; never any other exception."""
     if not isinstance(raw, Mapping):
         raise MappingError(None, f"customer must be a JSON object, got {_type(raw)}")
-    woo_id = _woo_id(raw.get("id"))
+    kind, guest_key = _kind(raw)
+    woo_id = _woo_id(raw.get("id")) if guest_key is None else _guest_id(raw.get("id"), guest_key)
     source = {k: v for k, v in raw.items() if k != "_links"}
     digest, source_json, nul_paths = _storable_digest(woo_id, source)
     warnings: tuple[str, ...] = ()
@@ -142,6 +150,8 @@ def map_customer(raw: Mapping[str, Any], *, org_id: UUID, connection_id: UUID) -
         woo_date_modified=_date_pair(woo_id, clean, "date_modified"),
         raw=stored,
         source_hash=digest,
+        kind=kind,
+        guest_key=guest_key,
         raw_json=stored_json,
         clean_json=clean_json,
         warnings=warnings,
@@ -180,6 +190,24 @@ def _woo_id(value: Any) -> int:
     if not 0 < value <= MAX_WOO_ID:
         raise MappingError(None, "id must be a positive integer that fits in 64 bits")
     return value
+
+
+def _kind(raw: Mapping[str, Any]) -> tuple[str, str | None]:
+    """A guest's document (built by the fetcher from orders) carries its key; a store's customer
+    that claims to be a guest does not get far: its positive id is refused below."""
+    mark = raw.get(GUEST_MARK)
+    if mark is None:
+        return "account", None
+    key = mark.get("key") if isinstance(mark, Mapping) else None
+    if not isinstance(key, str) or normalize_email(key) != key:
+        raise MappingError(None, f"{GUEST_MARK}.key must be a normalized e-mail address")
+    return "guest", key
+
+
+def _guest_id(value: Any, key: str) -> int:
+    if value != guest_woo_id(key) or isinstance(value, bool):
+        raise MappingError(None, "a guest's id must be the one derived from its key")
+    return int(value)
 
 
 def _email(woo_id: int, value: Any) -> str:

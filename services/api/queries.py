@@ -57,6 +57,20 @@ RETURNING id
 """,
 )
 
+# $4: a start's include_guests (null: keep the connection's). The connection keeps the setting;
+# the new job takes the connection's value, fixed for its whole run (migration 0021).
+SET_JOB_INCLUDE_GUESTS = """
+WITH c AS (
+    UPDATE woo_connections SET include_guests = coalesce($4, include_guests)
+    WHERE id = $3 AND org_id = $2
+    RETURNING include_guests
+)
+UPDATE woo_customer_sync_queue j SET include_guests = c.include_guests
+FROM c
+WHERE j.id = $1 AND j.org_id = $2
+RETURNING j.include_guests
+"""
+
 # A start's own conflict policy for its new job (null: the connection's, shared.conflicts).
 SET_JOB_CONFLICT_POLICY = """
 UPDATE woo_customer_sync_queue SET conflict_policy = $3 WHERE id = $1 AND org_id = $2

@@ -89,6 +89,14 @@ class StartOptions(_Request):
             "Applies to a new job only, not to an open job a start is answered with."
         ),
     )
+    include_guests: StrictBool | None = Field(
+        None,
+        description=(
+            "Whether buyers without an account (orders with customer_id 0) become customers too "
+            "(kind 'guest', one per normalized billing e-mail). Stored on the store's connection "
+            "when a new job is created; none: the connection's setting (false unless set)."
+        ),
+    )
 
 
 class StartRequest(_Request):

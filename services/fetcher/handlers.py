@@ -66,6 +66,7 @@ import asyncpg
 
 from services.fetcher import items, paging
 from services.fetcher import queries as q
+from services.fetcher.guests import OrdersIncomplete, read_guest_orders
 from services.fetcher.preview import compare_store, preview_result
 from services.fetcher.preview_read import StoreTooLarge, read_store
 from shared import activity
@@ -73,6 +74,7 @@ from shared.broker import DEFAULT_MAX_MESSAGE_BYTES, split_customer_batch
 from shared.consuming import Requeue, is_infrastructure_error
 from shared.crypto import SecretBox, UndecryptableSecret
 from shared.db import OrgScope, for_org
+from shared.guests import MAX_SKIPPED_SHOWN
 from shared.lifecycle import FINAL_JOB_STATES, RUNNING_JOB_STATES, JobState
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
 from shared.storelimit import StoreLimits
@@ -87,6 +89,10 @@ Publish = Callable[[Message], Awaitable[None]]
 
 class PageReader(Protocol):
     async def list_customers(
+        self, page: int, per_page: int, *, offset: int | None = None
+    ) -> Any: ...
+
+    async def list_guest_orders(
         self, page: int, per_page: int, *, offset: int | None = None
     ) -> Any: ...
 
@@ -375,10 +381,12 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
             return
         crawl = _crawl(job, config, concurrency=row["concurrency"], recorded_pages=recorded_pages)
         pages = await _supervised(job, crawl)
+        if row["include_guests"]:
+            await _supervised(job, _crawl_guests(job, config))
         lines = await scope.fetchval(
             q.MARK_FETCH_DONE, request.job_id, pages, request.org_id, paging.proves(job.batch_size)
         )
-    except (StoreError, StoreUrlError, UndecryptableSecret, CrawlFailed) as exc:
+    except (StoreError, StoreUrlError, UndecryptableSecret, CrawlFailed, OrdersIncomplete) as exc:
         await _fail(job, str(exc), "store failed")
         return
     except JobClosed:
@@ -431,6 +439,92 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     )
     await deps.publish(
         FetchCompleted(job_id=request.job_id, org_id=request.org_id, pages=pages, customers=lines)
+    )
+
+
+async def _crawl_guests(job: _Job, config: StoreConfig) -> None:
+    """After the customers: the store's guest orders, read whole and proven complete
+    (:mod:`services.fetcher.guests`), become one line and one published customer per guest
+    (``shared.guests``), in one transaction; a guest that already has a line in this job (a
+    redelivery after that commit) is not published again. Orders without a usable e-mail are
+    skipped and reported (a warning in the activity log), never a failed job."""
+    request = job.request
+    per_page = job.batch_size
+
+    async def read(offset: int) -> tuple[list[Any], int | None]:
+        if job.pausing:
+            raise JobPaused()
+        started = time.monotonic()
+        error: str | None = None
+        try:
+            result = await client.list_guest_orders(page=1, per_page=per_page, offset=offset)
+        except Exception as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            if job.deps.observe_page is not None:
+                job.deps.observe_page(request.connection_id, time.monotonic() - started, error)
+        return result.customers, result.total
+
+    async with job.deps.open_client(config, 1) as client:
+        book = await read_guest_orders(
+            read, per_page=per_page, max_orders=job.deps.max_store_customers
+        )
+    guests = book.customers()
+    async with job.db.transaction() as conn:
+        state = await conn.fetchval(q.SELECT_JOB_STATE, request.job_id, request.org_id)
+        if state in FINAL_JOB_STATES:
+            raise JobClosed()
+        rows = await conn.fetch(
+            q.INSERT_GUEST_LINES, request.job_id, request.org_id, [g["id"] for g in guests], "guest"
+        )
+        created = {r["woo_id"] for r in rows}
+        new = [g for g in guests if g["id"] in created]
+        for start in range(0, len(new), per_page):  # batches of the job's size, as pages are
+            whole = CustomerBatch(
+                job_id=request.job_id,
+                org_id=request.org_id,
+                connection_id=request.connection_id,
+                customers=new[start : start + per_page],
+            )
+            batches, oversize = split_customer_batch(whole, job.deps.max_message_bytes)
+            if oversize:
+                unsendable = [
+                    items.Rejected(
+                        int(o.customer["id"]), f"rejected by the fetcher: {o.error}; not synced"
+                    )
+                    for o in oversize
+                ]
+                await job._fail_unsendable(conn, None, unsendable)
+            for batch in batches:
+                await job.deps.publish(batch)
+        details: dict[str, Any] = {
+            "orders": book.orders_read,
+            "guests": len(guests),
+            "published": len(new),
+            "skipped_no_email": len(book.skipped),
+        }
+        if book.skipped:
+            details["skipped_order_ids"] = book.skipped[:MAX_SKIPPED_SHOWN]
+        if book.account_orders:
+            details["account_orders_ignored"] = book.account_orders
+        await activity.record(
+            conn,
+            org_id=request.org_id,
+            job_id=request.job_id,
+            event="fetch.guests",
+            level="warning" if book.skipped else "info",
+            details=details,
+        )
+        if not await conn.fetchval(q.TOUCH_JOB, request.job_id, request.org_id):
+            raise JobClosed()
+    log.info(
+        "job %s: %d guests from %d orders (%d published, %d orders without an e-mail skipped)",
+        request.job_id,
+        len(guests),
+        book.orders_read,
+        len(new),
+        len(book.skipped),
     )
 
 

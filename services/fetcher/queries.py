@@ -19,8 +19,8 @@ from shared.preview import STORED_COLUMNS
 # A message can only ever reach its own org's connection.
 SELECT_JOB_WITH_CONNECTION = """
 SELECT j.id, j.org_id, j.state, j.batch_size, j.concurrency, j.fetch_done_at, j.pages_total,
-       j.kind, j.preview_sample_size, c.id AS connection_id, c.store_url, c.auth_mode,
-       c.verify_tls, c.consumer_key, c.consumer_secret_enc
+       j.kind, j.preview_sample_size, j.include_guests, c.id AS connection_id, c.store_url,
+       c.auth_mode, c.verify_tls, c.consumer_key, c.consumer_secret_enc
 FROM woo_customer_sync_queue j
 JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
 WHERE j.id = $1 AND j.org_id = $2
@@ -79,6 +79,21 @@ INSERT_LINES = changes_state(
 INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, page, state)
 SELECT $1, woo_id, $2, $3, {sql_state(LineState.PENDING)}
 FROM unnest($4::bigint[]) AS woo_id ORDER BY woo_id
+ON CONFLICT (job_id, woo_id) DO NOTHING
+RETURNING woo_id
+""",
+)
+
+# As INSERT_LINES, for the guests of a job (services.fetcher.guests): $4 the kind ('guest'),
+# no page.
+INSERT_GUEST_LINES = changes_state(
+    "fetcher.INSERT_GUEST_LINES",
+    "line",
+    {Actor.FETCHER: moves((None,), (LineState.PENDING,))},
+    f"""
+INSERT INTO woo_customer_sync_queue_line (job_id, woo_id, org_id, kind, state)
+SELECT $1, woo_id, $2, $4, {sql_state(LineState.PENDING)}
+FROM unnest($3::bigint[]) AS woo_id ORDER BY woo_id
 ON CONFLICT (job_id, woo_id) DO NOTHING
 RETURNING woo_id
 """,
@@ -165,9 +180,11 @@ USING woo_customer_sync_queue j
 WHERE p.job_id = $1 AND j.id = p.job_id AND j.org_id = $2
 """
 
-# Distinct customers (and rejected items) recorded for the job: the completeness check.
+# Distinct customers (and rejected items) recorded for the job: the completeness check. Guests'
+# lines (migration 0021) are no customers of the store's X-WP-Total.
 COUNT_LINES = """
-SELECT count(*) FROM woo_customer_sync_queue_line WHERE job_id = $1 AND org_id = $2
+SELECT count(*) FROM woo_customer_sync_queue_line
+WHERE job_id = $1 AND org_id = $2 AND kind = 'account'
 """
 
 # $4: the crawl's windows were proven to join (pages of two customers or more): only such a
@@ -198,7 +215,7 @@ WHERE org_id = $1 AND connection_id = $2 AND woo_id = ANY($3::bigint[])
 # already marked deleted is not counted again.
 _NOT_IN_STORE = """
 FROM customer
-WHERE org_id = $1 AND connection_id = $2 AND woo_id <> ALL($3::bigint[])
+WHERE org_id = $1 AND connection_id = $2 AND kind = 'account' AND woo_id <> ALL($3::bigint[])
   AND deleted_at IS NULL
 """
 COUNT_PREVIEW_GONE = "SELECT count(*)" + _NOT_IN_STORE

@@ -84,6 +84,8 @@ UPSERT_ARRAYS: tuple[tuple[str, str], ...] = (
     ("raw_json", "text"),
     ("source_hash", "text"),
     ("clean_json", "text"),
+    ("kind", "text"),
+    ("guest_key", "text"),
 )
 
 # The columns of ``customer`` the upsert writes, in table order (shared.mapping's

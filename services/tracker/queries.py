@@ -120,6 +120,7 @@ WITH job AS (
     SET deleted_at = now(), updated_at = now()
     FROM job
     WHERE c.org_id = $2 AND c.connection_id = job.connection_id
+      AND c.kind = 'account'  -- guest buyers (0021) are never in the customers list
       AND c.deleted_at IS NULL
       AND c.synced_at < job.started_at
       AND NOT EXISTS (

@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 CUSTOMERS_PATH = "/wp-json/wc/v3/customers"
 WEBHOOKS_PATH = "/wp-json/wc/v3/webhooks"
+ORDERS_PATH = "/wp-json/wc/v3/orders"
+# What a guest is made of: an order's line items, notes and meta stay in the store.
+GUEST_ORDER_FIELDS = "id,customer_id,billing,shipping,date_created_gmt"
 MAX_PER_PAGE = 100  # WooCommerce answers 400 above this; it does not clamp.
 _STORE_TEXT_LIMIT = 200
 DEFAULT_DEADLINE_S = 60.0
@@ -214,6 +217,36 @@ class WooClient:
             page=page,
         )
 
+    async def list_guest_orders(
+        self, page: int = 1, per_page: int = MAX_PER_PAGE, *, offset: int | None = None
+    ) -> CustomerPage:
+        """One page of guest orders (``customer=0``) in ascending id order; the page's
+        ``customers`` are the orders, ``_links`` removed. ``customer=0`` is asked for, but not
+        trusted (older HPOS builds mishandled it): the caller checks each ``customer_id``."""
+        if not 1 <= per_page <= MAX_PER_PAGE:
+            raise ValueError(f"per_page must be between 1 and {MAX_PER_PAGE}")
+        if page < 1:
+            raise ValueError("page must be at least 1")
+        params: dict[str, str | int] = {
+            "customer": 0,
+            "_fields": GUEST_ORDER_FIELDS,
+            "orderby": "id",
+            "order": "asc",
+            "per_page": per_page,
+            "page": page,
+        }
+        if offset is not None:
+            if offset < 0:
+                raise ValueError("offset must not be negative")
+            params["offset"] = offset
+        orders, headers = await self._get_customers(params, ORDERS_PATH)
+        return CustomerPage(
+            customers=[_without_links(item) if isinstance(item, dict) else item for item in orders],
+            total=_header_count(headers, "X-WP-Total"),
+            total_pages=_header_count(headers, "X-WP-TotalPages"),
+            page=page,
+        )
+
     async def check_connection(self) -> int:
         """Proves URL, key, read scope and ``list_users`` at once; returns the user count."""
         _customers, headers = await self._get_customers({"per_page": 1, "role": "all"})
@@ -341,13 +374,13 @@ class WooClient:
         )
 
     async def _get_customers(
-        self, params: dict[str, str | int]
+        self, params: dict[str, str | int], endpoint: str = CUSTOMERS_PATH
     ) -> tuple[list[Any], httpx.Headers]:
-        path = self._path(CUSTOMERS_PATH)
+        path = self._path(endpoint)
         started = time.monotonic()
         controller = retrying(self._policy, self._log_retry("GET", path))
         try:
-            return await controller(self._attempt_customers, params)
+            return await controller(self._attempt_customers, params, endpoint)
         except tenacity.RetryError as exhausted:
             failure = exhausted.last_attempt.exception()
             assert isinstance(failure, TransientFailure)
@@ -361,17 +394,17 @@ class WooClient:
             ) from None
 
     async def _attempt_customers(
-        self, params: dict[str, str | int]
+        self, params: dict[str, str | int], endpoint: str = CUSTOMERS_PATH
     ) -> tuple[list[Any], httpx.Headers]:
         """The page's items as sent. Only a body that is not a JSON array fails the page (a cut
         proxy or a PHP notice: transient); an item without a usable id is its caller's to judge,
         as that customer alone is bad."""
         if self._gate is None:
-            response = await self._send("GET", CUSTOMERS_PATH, params)
+            response = await self._send("GET", endpoint, params)
         else:
             async with self._gate.attempt() as attempt:
                 try:
-                    response = await self._send("GET", CUSTOMERS_PATH, params)
+                    response = await self._send("GET", endpoint, params)
                 except TransientFailure as failure:
                     attempt.refused(failure.status, failure.retry_after_s)
                     raise

@@ -115,7 +115,8 @@ def test_columns_follow_the_table_minus_database_timestamps() -> None:
     assert CUSTOMER_COLUMNS == (
         "org_id", "connection_id", "woo_id", "email", "first_name", "last_name", "username",
         "role", "company", "phone", "billing", "shipping", "meta_data", "is_paying_customer",
-        "avatar_url", "woo_date_created", "woo_date_modified", "raw", "source_hash",
+        "avatar_url", "woo_date_created", "woo_date_modified", "raw", "source_hash", "kind",
+        "guest_key",
     )  # fmt: skip
 
 

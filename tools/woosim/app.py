@@ -156,6 +156,8 @@ class Simulator:
     faults: FaultInjector
     allow_basic_over_http: bool = False
     stats: Stats = field(default_factory=Stats)
+    # The store's orders (GET /wc/v3/orders), added through /__sim/orders, in ascending id order.
+    orders: list[dict[str, Any]] = field(default_factory=list)
     # Created on first use, when the store's own URL (the webhooks' source) is known.
     webhooks: WebhookHub | None = None
 
@@ -322,6 +324,8 @@ async def _dispatch(ctx: _Context) -> Response:
         return _json_response(wp.encode(_namespace_index(ctx)), headers=ctx.headers())
     if ctx.route == "/wc/v3/customers" and reading:
         return await _list_customers(ctx)
+    if ctx.route == "/wc/v3/orders" and reading:
+        return _list_orders(ctx)
     single = _SINGLE_RE.match(ctx.route)
     if single and reading:
         return _get_customer(ctx, int(single.group(1)))
@@ -442,6 +446,40 @@ async def _list_customers(ctx: _Context) -> Response:
     if config.hide_totals:
         del headers["X-WP-Total"], headers["X-WP-TotalPages"]
     return _json_response(body, headers=ctx.headers(headers))
+
+
+def _list_orders(ctx: _Context) -> Response:
+    """``GET /wc/v3/orders``: ``customer`` (0: guests), ``orderby=id``, ``order``, ``page``,
+    ``per_page`` (1..100), ``offset``, ``_fields``; ``X-WP-Total`` and ``X-WP-TotalPages``
+    count what the filter selects. The ``ignore_customer_filter`` fault answers every order whatever
+    ``customer`` says (as older HPOS builds could)."""
+    if ctx.auth.key is None:
+        raise wp.cannot_view(401)
+
+    def number(name: str, default: int) -> int:
+        value = ctx.query.get(name)
+        return php.absint(value) if isinstance(value, str) else default
+
+    per_page = max(1, min(number("per_page", 10), 100))
+    page = max(1, number("page", 1))
+    offset = number("offset", (page - 1) * per_page)
+    orders = ctx.sim.orders
+    customer = ctx.query.get("customer")
+    ignore = ctx.sim.faults.config.ignore_customer_filter
+    if isinstance(customer, str) and customer != "" and not ignore:
+        orders = [o for o in orders if o.get("customer_id") == php.absint(customer)]
+    ordered = sorted(orders, key=lambda o: o["id"], reverse=ctx.query.get("order") == "desc")
+    chosen = ordered[offset : offset + per_page]
+    fields = wp._fields(ctx.query.get("_fields"))
+    if fields is not None:
+        chosen = [wp.filter_fields(o, fields) for o in chosen]
+    total = len(ordered)
+    headers = {
+        "X-WP-Total": str(total),
+        "X-WP-TotalPages": str(math.ceil(total / per_page)),
+        "Allow": "GET, POST",
+    }
+    return _json_response(wp.dumps(chosen), headers=ctx.headers(headers))
 
 
 _BAD_IDS: dict[str, Any] = {
@@ -723,6 +761,35 @@ async def sim_customer(request: Request) -> Response:
         return _control_error(error.message, error.status)
 
 
+async def sim_orders(request: Request) -> Response:
+    """GET: every order. POST ``{"orders": [...]}``: adds them (an order without an ``id`` gets
+    the next one; ``customer_id`` defaults to 0, a guest); answers the orders added. POST
+    ``{"delete": [id, ...]}``: deletes those orders (a store trashing orders mid-crawl)."""
+    sim: Simulator = request.app.state.sim
+    if request.method == "GET":
+        return _control(sim.orders)
+    try:
+        body = await _json_body(request)
+    except json.JSONDecodeError:
+        return _control_error("body is not JSON")
+    if isinstance(body, dict) and "delete" in body:
+        gone = set(body["delete"]) if isinstance(body["delete"], list) else set()
+        kept = [o for o in sim.orders if o["id"] not in gone]
+        removed = len(sim.orders) - len(kept)
+        sim.orders[:] = kept
+        return _control({"deleted": removed})
+    orders = body.get("orders") if isinstance(body, dict) else None
+    if not isinstance(orders, list) or not all(isinstance(o, dict) for o in orders):
+        return _control_error('body must be {"orders": [<order>, ...]}')
+    added = []
+    for fields in orders:
+        next_id = max((o["id"] for o in sim.orders), default=0) + 1
+        order = {"id": next_id, "customer_id": 0, "status": "processing", **fields}
+        sim.orders.append(order)
+        added.append(order)
+    return _control(added, 201)
+
+
 async def sim_odd_customers(request: Request) -> Response:
     """``{"kinds": ["nul", "long_name", "unicode", "lone_surrogate", "deep_meta:200"]}``: one
     customer per kind made odd (``data.odd_customer``); answers ``{kind: id}``."""
@@ -855,6 +922,7 @@ def create_app(sim: Simulator) -> Starlette:
                 methods=["GET", "PUT", "PATCH", "DELETE"],
             ),
             Route("/__sim/faults", sim_faults, methods=["GET", "PUT"]),
+            Route("/__sim/orders", sim_orders, methods=["GET", "POST"]),
             Route("/__sim/odd-customers", sim_odd_customers, methods=["POST"]),
             Route("/__sim/stats", sim_stats, methods=["GET", "DELETE"]),
             Route("/__sim/requests", sim_requests, methods=["GET"]),

@@ -58,6 +58,7 @@ class FaultConfig:
     per_page_cap: int = 0  # At most this many customers per page whatever per_page asks (0: off).
     claimed_total: int = 0  # X-WP-Total claims this many (TotalPages follows); 0: the truth.
     unordered_pages: bool = False  # Each page's customers come in descending id order.
+    ignore_customer_filter: bool = False  # /orders answers every order whatever `customer` says.
     ignore_offset: bool = False  # Every page answers the first page (full pages forever).
     hide_totals: bool = False  # No X-WP-Total / X-WP-TotalPages (a proxy stripping them).
     bad_ids: tuple[str, ...] = ()  # BAD_ID_KINDS given to the lowest customers' ids.

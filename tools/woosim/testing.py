@@ -145,6 +145,23 @@ class SimHandle:
         result: dict[str, Any] = await self._call("DELETE", f"/__sim/customers/{user_id}")
         return result
 
+    async def add_orders(self, *orders: dict[str, Any]) -> list[dict[str, Any]]:
+        """Adds orders (ids follow the highest; ``customer_id`` 0, a guest, unless given)."""
+        result: list[dict[str, Any]] = await self._call(
+            "POST", "/__sim/orders", {"orders": list(orders)}
+        )
+        return result
+
+    async def delete_orders(self, *order_ids: int) -> int:
+        result: dict[str, int] = await self._call(
+            "POST", "/__sim/orders", {"delete": list(order_ids)}
+        )
+        return result["deleted"]
+
+    async def orders(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call("GET", "/__sim/orders")
+        return result
+
     async def make_odd(self, *kinds: str) -> dict[str, int]:
         """Turns one customer per kind into an odd one (``nul``, ``long_name``, ``unicode``,
         ``lone_surrogate``, ``deep_meta:N``); returns each kind's id."""

@@ -189,6 +189,9 @@ async def _open_job_or_new(
         raise RuntimeError("a job insert conflicted while holding the org's sync lock")
     if options.conflict_policy is not None:
         await conn.execute(q.SET_JOB_CONFLICT_POLICY, new_job_id, org_id, options.conflict_policy)
+    include_guests = await conn.fetchval(
+        q.SET_JOB_INCLUDE_GUESTS, new_job_id, org_id, connection_id, options.include_guests
+    )
     await activity.record(
         conn,
         org_id=org_id,
@@ -204,6 +207,7 @@ async def _open_job_or_new(
             "store_total": store_total,
             "idempotency_key": options.idempotency_key,
             "conflict_policy": options.conflict_policy,
+            "include_guests": include_guests,
             **caller.actor(),
         },
     )
