@@ -466,7 +466,7 @@ async def _crawl_guests(job: _Job, config: StoreConfig) -> None:
                 job.deps.observe_page(request.connection_id, time.monotonic() - started, error)
         return result.customers, result.total
 
-    async with job.deps.open_client(config, 1) as client:
+    async with job.deps.open_client(config, 1, None) as client:
         book = await read_guest_orders(
             read, per_page=per_page, max_orders=job.deps.max_store_customers
         )
