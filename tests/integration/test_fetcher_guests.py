@@ -147,8 +147,10 @@ async def test_orders_deleted_during_the_crawl_do_not_hide_guests(pool: asyncpg.
         deleted: list[int] = []
 
         @asynccontextmanager
-        async def open_client(config: Any, concurrency: int) -> AsyncIterator[Any]:
-            async with deps.open_client(config, concurrency) as client:
+        async def open_client(
+            config: Any, concurrency: int, gate: Any = None
+        ) -> AsyncIterator[Any]:
+            async with deps.open_client(config, concurrency, gate) as client:
                 read = client.list_guest_orders
 
                 async def then_delete(*args: Any, **kwargs: Any) -> Any:
