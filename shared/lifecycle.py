@@ -65,6 +65,7 @@ class Actor(StrEnum):
     SYNCER = "syncer"
     TRACKER = "tracker"
     MIGRATION = "migration"
+    SCHEDULER = "scheduler"  # the tracker's schedules (shared.schedules)
 
 
 Entity = Literal["job", "line"]
@@ -92,6 +93,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(Actor.API_START, "job", (None,), J.DRAFT, "a store was tested; a new job"),
     Transition(Actor.API_START, "job", (J.DRAFT,), J.QUEUED, "sync.requested published"),
     Transition(Actor.API_RETRY, "job", (J.DRAFT,), J.QUEUED, "sync.requested published"),
+    Transition(Actor.SCHEDULER, "job", (None,), J.DRAFT, "a schedule fired; a new job"),
+    Transition(Actor.SCHEDULER, "job", (J.DRAFT,), J.QUEUED, "sync.requested published"),
     Transition(
         Actor.API_RETRY, "job", (J.DONE, J.FAILED), J.DRAFT, "its fetch never finished: read on"
     ),
@@ -202,9 +205,7 @@ def moves(sources: Iterable[State | None], targets: Iterable[State]) -> frozense
     return frozenset((s, t) for s in sources for t in targets)
 
 
-def changes_state(
-    name: str, entity: Entity, by: Mapping[Actor, frozenset[Move]], sql: str
-) -> str:
+def changes_state(name: str, entity: Entity, by: Mapping[Actor, frozenset[Move]], sql: str) -> str:
     """Register a statement that changes a job's or a line's state; returns the SQL as is."""
     if name in STATE_CHANGES and STATE_CHANGES[name].sql != sql:
         raise ValueError(f"two state changes named {name}")
@@ -338,8 +339,6 @@ def mermaid(entity: Entity) -> str:
                 edges[key].append(t.actor.value)
     lines = ["stateDiagram-v2"]
     lines += [f"    {s} --> {t}: {', '.join(actors)}" for (s, t), actors in edges.items()]
-    final, word = (
-        (FINAL_JOB_STATES, "final") if entity == "job" else (FINAL_LINE_STATES, "settled")
-    )
+    final, word = (FINAL_JOB_STATES, "final") if entity == "job" else (FINAL_LINE_STATES, "settled")
     lines += [f"    note right of {s.value} : {word}" for s in sorted(final)]
     return "\n".join(lines)

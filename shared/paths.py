@@ -9,6 +9,10 @@ from uuid import UUID
 SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"  # api: the actions
 JOB_PATH = "/api/v1/integrations/woocommerce/sync/jobs/{job_id}"  # api: status_url
 PREVIEW_PATH = "/api/v1/integrations/sync/preview"  # api: what a sync would change
+# api: a store connection's schedule (a sub-resource of the connection), and the org's schedules
+CONNECTION_PATH = "/api/v1/integrations/woocommerce/connections/{connection_id}"
+SCHEDULE_PATH = CONNECTION_PATH + "/schedule"
+SCHEDULES_PATH = "/api/v1/integrations/woocommerce/schedules"
 PROGRESS_PATH = "/api/v1/integrations/sync/progress/{job_id}"  # tracker: SSE, progress_url
 PROGRESS_PAGE_PATH = "/progress/{job_id}"  # tracker: a progress bar fed by PROGRESS_PATH
 

@@ -14,6 +14,7 @@ from shared.settings import Settings
 from woosync.cleanup import cleanup
 from woosync.dlq import dlq
 from woosync.keys import key
+from woosync.schedule import schedule
 from woosync.secrets import secrets
 
 
@@ -120,6 +121,7 @@ main.add_command(secrets)
 main.add_command(dlq)
 main.add_command(key)
 main.add_command(cleanup)
+main.add_command(schedule)
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,9 @@ Route table::
     POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
     POST /api/v1/integrations/sync/preview                  what a sync would change (no writes)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
+    PUT|GET|DELETE /api/v1/integrations/woocommerce/connections/{id}/schedule
+                                                            a connection's schedule
+    GET  /api/v1/integrations/woocommerce/schedules         the org's schedules
     GET  /openapi.json                                      the OpenAPI 3.1 document
     GET  /asyncapi.json                                     the messages (services.asyncapi)
 
@@ -26,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.api.actions import dispatch, preview
+from services.api.actions import dispatch, preview, schedule
 from services.api.actions.common import read_status
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
@@ -44,9 +47,10 @@ from services.asyncapi import Served
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
 from shared.logs import log_context
-from shared.paths import JOB_PATH, PREVIEW_PATH, SYNC_PATH
+from shared.paths import JOB_PATH, PREVIEW_PATH, SCHEDULE_PATH, SCHEDULES_PATH, SYNC_PATH
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
+from shared.schedules import ScheduleIn
 from shared.settings import Settings
 from shared.web import RefusedCallers
 
@@ -110,12 +114,41 @@ async def get_job(request: Request) -> Response:
     return JSONResponse(status.model_dump(mode="json"))
 
 
+@guarded
+async def connection_schedule(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    try:
+        connection_id = UUID(request.path_params["connection_id"])
+    except ValueError:
+        raise ApiError(422, "invalid_request", "connection_id: invalid UUID") from None
+    with log_context(org_id=caller.org_id):
+        if request.method == "PUT":
+            body = parse_body(ScheduleIn, await read_json_object(request))
+            answer = await schedule.set_schedule(connection_id, body, caller, deps)
+        elif request.method == "DELETE":
+            answer = await schedule.clear_schedule(connection_id, caller, deps)
+        else:
+            answer = await schedule.get_schedule(connection_id, caller, deps)
+    return JSONResponse(answer.body.model_dump(mode="json"), status_code=answer.status)
+
+
+@guarded
+async def org_schedules(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    answer = await schedule.list_schedules(caller, deps)
+    return JSONResponse(answer.body.model_dump(mode="json"), status_code=answer.status)
+
+
 ROUTES = [
     Route("/healthz", web.healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
     Route(PREVIEW_PATH, preview_sync, methods=["POST"]),
+    Route(SCHEDULE_PATH, connection_schedule, methods=["PUT", "GET", "DELETE"]),
+    Route(SCHEDULES_PATH, org_schedules, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/asyncapi.json", asyncapi, methods=["GET"]),
 ]
@@ -150,7 +183,11 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         exception_handlers={HTTPException: http_exception_handler},
     )
     app.state.openapi = build_openapi(
-        sync_path=SYNC_PATH, job_path=JOB_PATH, preview_path=PREVIEW_PATH
+        sync_path=SYNC_PATH,
+        job_path=JOB_PATH,
+        preview_path=PREVIEW_PATH,
+        schedule_path=SCHEDULE_PATH,
+        schedules_path=SCHEDULES_PATH,
     )
     app.state.asyncapi = Served(settings)
     app.state.runtime = runtime

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from services.api.actions import ACTIONS, preview
+from services.api.actions import ACTIONS, preview, schedule
 from services.api.actions.replay import ReplayResult
 from services.api.schemas import (
     ErrorEnvelope,
@@ -27,6 +27,7 @@ from services.api.schemas import (
     StatusResult,
 )
 from shared.preview import PreviewResult
+from shared.schedules import ScheduleIn, ScheduleList, ScheduleOut
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
@@ -109,7 +110,7 @@ def _actions_description() -> str:
 def _components() -> dict[str, Any]:
     requests: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (action.model, "validation") for action in ACTIONS.values()
-    ] + [(PreviewRequest, "validation")]
+    ] + [(PreviewRequest, "validation"), (ScheduleIn, "validation")]
     responses: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model, "serialization")
         for model in (
@@ -119,6 +120,8 @@ def _components() -> dict[str, Any]:
             ReplayResult,
             PreviewResult,
             PreviewJobAccepted,
+            ScheduleOut,
+            ScheduleList,
             ErrorEnvelope,
             Health,
             Readiness,
@@ -128,7 +131,68 @@ def _components() -> dict[str, Any]:
     return dict(schemas.get("$defs", {}))
 
 
-def build_openapi(*, sync_path: str, job_path: str, preview_path: str) -> dict[str, Any]:
+SCHEDULE_DESCRIPTION = (
+    "A store connection may have one schedule: interval_s (seconds, at least "
+    "WOOSYNC_SCHEDULE_MIN_INTERVAL_S) or cron (minute hour day month weekday, read in timezone, "
+    "an IANA zone, UTC by default). woosync then starts a sync of the connection by itself, with "
+    "the connection's stored key (a key stored later by a start is used from the next fire on). "
+    "A fire never starts a second job of a connection with an open one (schedule.skipped in the "
+    "activity log); fires missed while no scheduler ran are made up by one fire. Setting a "
+    "schedule replaces the connection's previous one; its first fire is one interval from now, "
+    "or the cron's next time. 404: no such store connection for this organisation, or (GET, "
+    "DELETE) no schedule; 422: a field is invalid (named), e.g. an interval below the minimum, "
+    "a cron expression that cannot be read or fires more often than the minimum, an unknown "
+    "time zone."
+)
+CONNECTION_ID = {
+    "name": "connection_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def _schedule_operations() -> dict[str, Any]:
+    one = {"200": {"description": "The schedule.", "content": _json(_ref(ScheduleOut))}}
+    return {
+        "put": {
+            "operationId": "setSchedule",
+            "summary": schedule.SUMMARY_SET,
+            "description": SCHEDULE_DESCRIPTION,
+            "parameters": [CONNECTION_ID],
+            "requestBody": {"required": True, "content": _json(_ref(ScheduleIn))},
+            "responses": {**one, **_errors(400, 401, 404, 413, 415, 422, 429, 500)},
+        },
+        "get": {
+            "operationId": "getSchedule",
+            "summary": schedule.SUMMARY_GET,
+            "description": SCHEDULE_DESCRIPTION,
+            "parameters": [CONNECTION_ID],
+            "responses": {**one, **_errors(401, 404, 422, 429, 500)},
+        },
+        "delete": {
+            "operationId": "clearSchedule",
+            "summary": schedule.SUMMARY_CLEAR,
+            "parameters": [CONNECTION_ID],
+            "responses": {
+                "200": {
+                    "description": "The removed schedule.",
+                    "content": _json(_ref(ScheduleOut)),
+                },
+                **_errors(401, 404, 422, 429, 500),
+            },
+        },
+    }
+
+
+def build_openapi(
+    *,
+    sync_path: str,
+    job_path: str,
+    preview_path: str,
+    schedule_path: str,
+    schedules_path: str,
+) -> dict[str, Any]:
     """The document for the api's routes (paths passed in by the route table)."""
     actions = {name: REF.format(model=a.model.__name__) for name, a in ACTIONS.items()}
     action_body = {
@@ -241,6 +305,20 @@ def build_openapi(*, sync_path: str, job_path: str, preview_path: str) -> dict[s
                             "content": _json(_ref(PreviewJobAccepted)),
                         },
                         **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503),
+                    },
+                }
+            },
+            schedule_path: _schedule_operations(),
+            schedules_path: {
+                "get": {
+                    "operationId": "listSchedules",
+                    "summary": schedule.SUMMARY_LIST,
+                    "responses": {
+                        "200": {
+                            "description": "The organisation's schedules.",
+                            "content": _json(_ref(ScheduleList)),
+                        },
+                        **_errors(401, 429, 500),
                     },
                 }
             },

@@ -1,7 +1,7 @@
 """The tracker process as one Starlette app: its subscriber and routes here, the wiring in
 ``shared.runtime`` run as the lifespan, so uvicorn's start and stop (SIGTERM included) drive
-everything; the recompute loop and the scheduled cleanup (``services.tracker.cleanup``) run
-between the runtime's open and close."""
+everything; the recompute loop, the scheduled cleanup (``services.tracker.cleanup``) and the
+schedules (``services.tracker.scheduler``) run between the runtime's open and close."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from starlette.routing import Route
 from services.asyncapi import Served
 from services.tracker.cleanup import Cleaner
 from services.tracker.handlers import Tracker, announce
+from services.tracker.scheduler import Scheduler
 from services.tracker.sse import progress, progress_page
 from shared import web
 from shared.auth import authenticate
@@ -146,6 +147,8 @@ def build_app(settings: Settings) -> Starlette:
                 batch_size=settings.cleanup_batch_size,
             )
             cleanup_task = asyncio.create_task(cleaner.run(), name="tracker-cleanup")
+            scheduler = Scheduler(settings.database_url, pool, broker, topology, settings)
+            schedule_task = asyncio.create_task(scheduler.run(), name="tracker-scheduler")
             log.info("tracking %s", topology.tracker_queue.name)
             try:
                 yield State(
@@ -167,7 +170,8 @@ def build_app(settings: Settings) -> Starlette:
                 # Stop taking events, stop the loop, settle what was acked (which may still
                 # publish sync.completed); the runtime then closes the broker and the pool.
                 await runtime.stop_consuming()
-                for task in (cleanup_task, loop_task):  # the cleaner lets go of its lock
+                # The scheduler and the cleaner let go of their locks.
+                for task in (schedule_task, cleanup_task, loop_task):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task

@@ -29,6 +29,7 @@ from shared import activity
 from shared.auth import Caller
 from shared.db import for_org
 from shared.lifecycle import JobState
+from shared.syncstart import insert_sync_job
 
 SUMMARY = "Test the store, then create a job for its customers (or answer with its open job)."
 # A start of a connection that already has an open job is answered with that job.
@@ -169,34 +170,19 @@ async def _open_job_or_new(
         raise too_many_syncs(limit)
     batch_size = options.batch_size or deps.settings.default_batch_size
     concurrency = options.concurrency or deps.settings.default_concurrency
-    inserted = await conn.fetchval(
-        q.INSERT_JOB,
-        new_job_id,
-        org_id,
-        connection_id,
-        options.idempotency_key,
-        batch_size,
-        concurrency,
-        store_total,
-    )
-    if inserted is None:  # the lock makes this unreachable; never make a second job
-        raise RuntimeError("a job insert conflicted while holding the org's sync lock")
-    await activity.record(
+    await insert_sync_job(
         conn,
-        org_id=org_id,
         job_id=new_job_id,
-        event="job.created",
-        details={
-            "connection_id": str(connection_id),
-            "store_url": config.url,
-            "auth": config.auth,
-            "verify_tls": config.verify_tls,
-            "batch_size": batch_size,
-            "concurrency": concurrency,
-            "store_total": store_total,
-            "idempotency_key": options.idempotency_key,
-            **caller.actor(),
-        },
+        org_id=org_id,
+        connection_id=connection_id,
+        store_url=config.url,
+        auth=config.auth,
+        verify_tls=config.verify_tls,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        store_total=store_total,
+        idempotency_key=options.idempotency_key,
+        actor=caller.actor(),
     )
     return connection_id, None
 
