@@ -26,7 +26,7 @@ from starlette.routing import Route
 from services.asyncapi import Served
 from services.tracker.cleanup import Cleaner
 from services.tracker.handlers import Tracker, announce
-from services.tracker.scheduler import Scheduler
+from services.tracker.scheduler import Scheduler, publish_confirmed
 from services.tracker.sse import progress, progress_page
 from shared import web
 from shared.auth import authenticate
@@ -147,7 +147,12 @@ def build_app(settings: Settings) -> Starlette:
                 batch_size=settings.cleanup_batch_size,
             )
             cleanup_task = asyncio.create_task(cleaner.run(), name="tracker-cleanup")
-            scheduler = Scheduler(settings.database_url, pool, broker, topology, settings)
+            scheduler = Scheduler(
+                settings.database_url,
+                pool,
+                partial(publish_confirmed, broker, topology),
+                settings,
+            )
             schedule_task = asyncio.create_task(scheduler.run(), name="tracker-scheduler")
             log.info("tracking %s", topology.tracker_queue.name)
             try:

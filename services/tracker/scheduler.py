@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
 
 import asyncpg
 from faststream.rabbit import RabbitBroker
@@ -23,6 +22,7 @@ from shared.broker import publish
 from shared.messages import Message
 from shared.schedules import Fire, fire_due
 from shared.settings import Settings
+from shared.syncstart import Publish
 from shared.topology import Topology
 
 log = logging.getLogger("woosync.tracker")
@@ -50,15 +50,14 @@ class Scheduler(LeaderLoop):
         self,
         dsn: str,
         pool: asyncpg.Pool,
-        broker: RabbitBroker,
-        topology: Topology,
+        publish: Publish,
         settings: Settings,
         *,
         name: str | None = None,
     ) -> None:
         super().__init__(dsn, interval_s=settings.scheduler_interval_s, name=name)
         self._pool = pool
-        self._publish = partial(publish_confirmed, broker, topology)
+        self._publish = publish  # publish_confirmed with the tracker's broker
         self._settings = settings
 
     async def work(self, conn: asyncpg.Connection) -> list[Fire]:
