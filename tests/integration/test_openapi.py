@@ -34,7 +34,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services.api.app import JOB_PATH, PREVIEW_PATH, SYNC_PATH
+from services.api.app import (
+    JOB_PATH,
+    PREVIEW_PATH,
+    SCHEDULE_PATH,
+    SCHEDULES_PATH,
+    SYNC_PATH,
+)
 from shared.settings import Settings
 from tests.helpers import free_port
 from tools.woosim.testing import SimHandle, spawn_simulator
@@ -201,6 +207,10 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         f"POST {SYNC_PATH}",
         f"GET {JOB_PATH}",
         f"POST {PREVIEW_PATH}",
+        f"PUT {SCHEDULE_PATH}",
+        f"GET {SCHEDULE_PATH}",
+        f"DELETE {SCHEDULE_PATH}",
+        f"GET {SCHEDULES_PATH}",
     }
     seen: dict[str, set[int]] = {}
     for operation in operations:

@@ -81,6 +81,20 @@ def test_cron_across_a_daylight_saving_change() -> None:
     assert second - first >= timedelta(hours=22)
 
 
+def test_cron_fires_once_in_a_repeated_hour() -> None:
+    spec = Spec(None, "30 2 * * *", "Europe/Berlin")
+    # 2026-10-25: 02:30 happens twice in Berlin; the schedule fires once that day.
+    first = first_fire(spec, datetime(2026, 10, 24, 12, 0, tzinfo=UTC))
+    second = next_after_due(spec, first, first)
+    assert first == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    assert second == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)
+
+
+def test_a_cron_slot_exactly_now_is_not_fired_twice() -> None:
+    spec = Spec(None, "0 * * * *")
+    assert next_after_due(spec, T0, T0) == T0 + timedelta(hours=1)
+
+
 @pytest.mark.parametrize(
     ("schedule", "field"),
     [
