@@ -56,6 +56,10 @@ class InvalidSchedule(ValueError):
         self.field = field
 
 
+class UnknownConnection(LookupError):
+    """The org has no such store connection (another org's looks the same)."""
+
+
 class ScheduleIn(BaseModel):
     """A schedule as it is set: exactly one of ``interval_s`` and ``cron``."""
 
@@ -251,10 +255,11 @@ async def set_schedule(
     schedule: ScheduleIn,
     min_interval_s: int,
     actor: Mapping[str, Any],
-) -> ScheduleOut | None:
-    """Store the connection's schedule (replacing one it had); None: no such connection.
+) -> ScheduleOut:
+    """Store the connection's schedule (replacing one it had).
 
-    Raises :class:`InvalidSchedule` before anything is written.
+    Raises :class:`InvalidSchedule` before anything is written, :class:`UnknownConnection` when
+    the org has no such connection (another org's included).
     """
     spec = validate(schedule, min_interval_s=min_interval_s)
     async with for_org(pool, org_id).transaction() as conn:
@@ -272,7 +277,7 @@ async def set_schedule(
             next_at,
         )
         if row is None:
-            return None
+            raise UnknownConnection(connection_id)
         await activity.record(
             conn,
             org_id=org_id,
@@ -292,13 +297,16 @@ async def set_schedule(
         return out(row)
 
 
-async def get_schedule(pool: asyncpg.Pool, *, org_id: UUID, connection_id: UUID) -> Any:
-    """The schedule; None when the connection has none; ``False`` when there is no connection."""
+async def get_schedule(
+    pool: asyncpg.Pool, *, org_id: UUID, connection_id: UUID
+) -> ScheduleOut | None:
+    """The connection's schedule, None when it has none; :class:`UnknownConnection` when the org
+    has no such connection."""
     async with for_org(pool, org_id).transaction() as conn:
         row = await conn.fetchrow(SELECT_SCHEDULE, org_id, connection_id)
-        if row is not None:
-            return out(row)
-        return None if await conn.fetchval(CONNECTION_EXISTS, org_id, connection_id) else False
+        if row is None and not await conn.fetchval(CONNECTION_EXISTS, org_id, connection_id):
+            raise UnknownConnection(connection_id)
+        return out(row) if row is not None else None
 
 
 async def list_schedules(pool: asyncpg.Pool, *, org_id: UUID) -> list[ScheduleOut]:
@@ -308,10 +316,13 @@ async def list_schedules(pool: asyncpg.Pool, *, org_id: UUID) -> list[ScheduleOu
 async def clear_schedule(
     pool: asyncpg.Pool, *, org_id: UUID, connection_id: UUID, actor: Mapping[str, Any]
 ) -> ScheduleOut | None:
-    """Remove the connection's schedule; the removed one, or None if it had none."""
+    """Remove the connection's schedule; the removed one, or None if it had none;
+    :class:`UnknownConnection` when the org has no such connection."""
     async with for_org(pool, org_id).transaction() as conn:
         row = await conn.fetchrow(DELETE_SCHEDULE, org_id, connection_id)
         if row is None:
+            if not await conn.fetchval(CONNECTION_EXISTS, org_id, connection_id):
+                raise UnknownConnection(connection_id)
             return None
         await activity.record(
             conn,

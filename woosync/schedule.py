@@ -14,7 +14,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import NoReturn, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -40,18 +40,30 @@ def _with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
 
 
-def _echo(schedule: schedules.ScheduleOut, org_id: Any) -> None:
+def _echo(schedule: schedules.ScheduleOut, org_id: UUID) -> None:
     click.echo(json.dumps({"org_id": str(org_id), **schedule.model_dump(mode="json")}))
 
 
-async def _org_of(pool: asyncpg.Pool, connection_id: UUID) -> UUID | None:
-    org_id: UUID | None = await pool.fetchval(schedules.ORG_OF_CONNECTION, connection_id)
-    return org_id
+def _on_connection(
+    connection_id: UUID, work: Callable[[asyncpg.Pool, UUID], Awaitable[T]]
+) -> tuple[UUID, T]:
+    """``work`` on the pool with the connection's org; exits 1 when there is no connection."""
+
+    async def run(pool: asyncpg.Pool) -> tuple[UUID, T]:
+        org_id: UUID | None = await pool.fetchval(schedules.ORG_OF_CONNECTION, connection_id)
+        if org_id is None:
+            raise schedules.UnknownConnection(connection_id)
+        return org_id, await work(pool, org_id)
+
+    try:
+        return _with_pool(run)
+    except schedules.UnknownConnection:
+        _fail(f"no store connection {connection_id}")
 
 
 @click.group()
@@ -76,11 +88,8 @@ def set_command(
     except ValueError as exc:
         raise click.UsageError(str(exc).splitlines()[0]) from None
 
-    async def work(pool: asyncpg.Pool) -> tuple[UUID | None, schedules.ScheduleOut | None]:
-        org_id = await _org_of(pool, connection_id)
-        if org_id is None:
-            return None, None
-        stored = await schedules.set_schedule(
+    async def work(pool: asyncpg.Pool, org_id: UUID) -> schedules.ScheduleOut:
+        return await schedules.set_schedule(
             pool,
             org_id=org_id,
             connection_id=connection_id,
@@ -88,61 +97,43 @@ def set_command(
             min_interval_s=Settings().schedule_min_interval_s,
             actor=CLI_ACTOR,
         )
-        return org_id, stored
 
     try:
-        org_id, stored = _with_pool(work)
+        org_id, stored = _on_connection(connection_id, work)
     except schedules.InvalidSchedule as exc:
         hint = {"interval_s": "--every", "cron": "--cron", "timezone": "--timezone"}[exc.field]
         raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint=hint) from None
-    if stored is None:
-        _fail(f"no store connection {connection_id}")
-    else:
-        _echo(stored, org_id)
+    _echo(stored, org_id)
 
 
 @schedule.command("show")
 @click.argument("connection_id", type=click.UUID)
 def show_command(connection_id: UUID) -> None:
     """CONNECTION_ID's schedule, with its next and last fire and last job."""
-
-    async def work(pool: asyncpg.Pool) -> tuple[UUID | None, Any]:
-        org_id = await _org_of(pool, connection_id)
-        if org_id is None:
-            return None, False
-        found = await schedules.get_schedule(pool, org_id=org_id, connection_id=connection_id)
-        return org_id, found
-
-    org_id, found = _with_pool(work)
-    if found is False:
-        _fail(f"no store connection {connection_id}")
-    elif found is None:
+    org_id, found = _on_connection(
+        connection_id,
+        lambda pool, org_id: schedules.get_schedule(
+            pool, org_id=org_id, connection_id=connection_id
+        ),
+    )
+    if found is None:
         _fail(f"store connection {connection_id} has no schedule")
-    else:
-        _echo(found, org_id)
+    _echo(found, org_id)
 
 
 @schedule.command("clear")
 @click.argument("connection_id", type=click.UUID)
 def clear_command(connection_id: UUID) -> None:
     """Remove CONNECTION_ID's schedule; prints what it was."""
-
-    async def work(pool: asyncpg.Pool) -> tuple[UUID | None, schedules.ScheduleOut | None]:
-        org_id = await _org_of(pool, connection_id)
-        if org_id is None:
-            return None, None
-        removed = await schedules.clear_schedule(
+    org_id, removed = _on_connection(
+        connection_id,
+        lambda pool, org_id: schedules.clear_schedule(
             pool, org_id=org_id, connection_id=connection_id, actor=CLI_ACTOR
-        )
-        return org_id, removed
-
-    org_id, removed = _with_pool(work)
-    if org_id is None:
-        _fail(f"no store connection {connection_id}")
-    elif removed is None:
+        ),
+    )
+    if removed is None:
         _fail(f"store connection {connection_id} has no schedule")
-    else:
-        _echo(removed, org_id)
+    _echo(removed, org_id)
 
 
 @schedule.command("list")

@@ -45,31 +45,32 @@ async def set_schedule(
         )
     except schedules.InvalidSchedule as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
-    if stored is None:
-        raise connection_not_found()
+    except schedules.UnknownConnection:
+        raise connection_not_found() from None
     return Answer(stored)
 
 
 async def get_schedule(connection_id: UUID, caller: Caller, deps: Deps) -> Answer:
-    found = await schedules.get_schedule(
-        deps.pool, org_id=caller.org_id, connection_id=connection_id
-    )
-    if found is False:
-        raise connection_not_found()
+    try:
+        found = await schedules.get_schedule(
+            deps.pool, org_id=caller.org_id, connection_id=connection_id
+        )
+    except schedules.UnknownConnection:
+        raise connection_not_found() from None
     if found is None:
         raise schedule_not_found()
     return Answer(found)
 
 
 async def clear_schedule(connection_id: UUID, caller: Caller, deps: Deps) -> Answer:
-    removed = await schedules.clear_schedule(
-        deps.pool, org_id=caller.org_id, connection_id=connection_id, actor=caller.actor()
-    )
-    if removed is None:
-        found = await schedules.get_schedule(
-            deps.pool, org_id=caller.org_id, connection_id=connection_id
+    try:
+        removed = await schedules.clear_schedule(
+            deps.pool, org_id=caller.org_id, connection_id=connection_id, actor=caller.actor()
         )
-        raise connection_not_found() if found is False else schedule_not_found()
+    except schedules.UnknownConnection:
+        raise connection_not_found() from None
+    if removed is None:
+        raise schedule_not_found()
     return Answer(removed)
 
 
