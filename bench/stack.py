@@ -43,6 +43,7 @@ async def fresh_stack(label: str) -> BenchStack:
     env = {
         "WOOSYNC_DATABASE_URL": app_dsn, "WOOSYNC_AMQP_URL": AMQP, "WOOSYNC_NAMESPACE": namespace,
         "WOOSYNC_API_PORT": str(free_port()), "WOOSYNC_TRACKER_PORT": str(free_port()),
+        "WOOSYNC_FETCHER_PORT": "0", "WOOSYNC_SYNCER_PORT": "0",  # a free port each
         "WOOSYNC_ALLOW_PRIVATE_URLS": "true", "WOOSYNC_LOG_LEVEL": "WARNING",
         "WOOSYNC_SECRET_KEY": f"{label}-secret",
     }

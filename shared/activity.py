@@ -1,7 +1,13 @@
-"""The append-only audit log, ``woo_sync_activity``."""
+"""The append-only audit log, ``woo_sync_activity``: its writer, and who wrote a row.
+
+A row names its actor in ``details.by`` (``api`` with its ``api_key_id``, ``cli``, a migration);
+the services' own rows name none, as each kind is written by one service: :data:`WRITERS` says
+which, for the history's ``by`` (services.api.actions.history).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 from uuid import UUID
 
@@ -27,3 +33,20 @@ async def record(
     details: dict[str, Any] | None = None,
 ) -> None:
     await conn.execute(INSERT_ACTIVITY, job_id, org_id, level, event, details or {})
+
+
+# Events that do not say who wrote them, by prefix: the one service that writes each.
+WRITERS: tuple[tuple[str, str], ...] = (
+    ("fetch.", "fetcher"),
+    ("job.completed", "tracker"),
+    ("job.failed", "tracker"),
+    ("job.stalled", "tracker"),
+)
+
+
+def who(event: str, details: Mapping[str, Any]) -> str | None:
+    """Who did it: the row's own ``by``, else the service that writes such events, else None."""
+    by = details.get("by")
+    if isinstance(by, str):
+        return by
+    return next((writer for prefix, writer in WRITERS if event.startswith(prefix)), None)

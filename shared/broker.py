@@ -124,9 +124,7 @@ class ConnectionWatch:
         down_s = time.monotonic() - self.lost_at if self.lost_at is not None else 0.0
         self.lost_at = None
         connection.reconnect_interval = RECONNECT_FIRST_S
-        self.log.warning(
-            "broker connection re-established after %.1fs; consumers restored", down_s
-        )
+        self.log.warning("broker connection re-established after %.1fs; consumers restored", down_s)
 
 
 def make_broker(settings: Settings, *, logger: logging.Logger | None = None) -> RabbitBroker:

@@ -1,4 +1,11 @@
-"""A job's status as clients see it: the ``status`` action and every SSE ``progress`` event."""
+"""A job's status as clients see it: the ``status`` action and every SSE ``progress`` event.
+
+Rate and ETA come from the lines themselves: how many lines settled (done or failed) in the last
+``RATE_WINDOW_S`` seconds, by their ``updated_at`` (migration 0011 indexes it per job and
+state), over that window or the job's age if shorter. A recent window follows a job that speeds
+up or stalls, which an average since the start would not; reading it from the lines keeps the
+status a read (no write per request) and makes every api and tracker instance agree.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +14,45 @@ from typing import Literal
 from uuid import UUID
 
 import asyncpg
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from shared.conflicts import DEFAULT_POLICY, ConflictPolicyField
 from shared.db import OrgScope
-from shared.lifecycle import FINAL_JOB_STATES, JobStateField
+from shared.lifecycle import (
+    FINAL_JOB_STATES,
+    FINAL_LINE_STATES,
+    JobStateField,
+    LineState,
+    sql_in,
+    sql_state,
+)
 from shared.preview import PreviewResult
 
-SELECT_JOB_STATUS = """
-SELECT id, org_id, connection_id, state, total, done_count, failed_count, store_total,
-       pages_total, process_count, fetch_done_at, created_at, started_at, finished_at,
-       updated_at, last_error, kind, preview_result
-FROM woo_customer_sync_queue
-WHERE id = $1 AND org_id = $2
+RATE_WINDOW_S = 30.0
+# Below this much of a window a rate says more about timing noise than about the job.
+MIN_RATE_SPAN_S = 1.0
+
+# $1 job id, $2 org id, $3 rate window in seconds. The recent count is read only for a job that
+# is not final (a CASE evaluates its subquery only when that branch is taken).
+SELECT_JOB_STATUS = f"""
+SELECT j.id, j.org_id, j.connection_id, j.state, j.total, j.done_count, j.failed_count,
+       j.store_total, j.pages_total, j.process_count, j.fetch_done_at, j.created_at,
+       j.started_at, j.finished_at, j.updated_at, j.last_error, j.kind, j.preview_result,
+       (SELECT count(*)::int FROM woo_customer_sync_queue_line l
+        WHERE l.job_id = j.id AND l.org_id = j.org_id
+          AND l.state = {sql_state(LineState.CONFLICT)}) AS conflicts,
+       COALESCE(j.conflict_policy,
+                (SELECT c.conflict_policy FROM woo_connections c
+                 WHERE c.id = j.connection_id AND c.org_id = j.org_id)) AS conflict_policy,
+       CASE WHEN j.state NOT IN {sql_in(FINAL_JOB_STATES)} THEN (
+           SELECT count(*) FROM woo_customer_sync_queue_line l
+           WHERE l.job_id = j.id AND l.org_id = j.org_id
+             AND l.state IN {sql_in(FINAL_LINE_STATES)}
+             AND l.updated_at >= now() - make_interval(secs => $3)
+       ) END AS recent_settled,
+       extract(epoch FROM now() - coalesce(j.started_at, j.created_at))::float8 AS age_s
+FROM woo_customer_sync_queue j
+WHERE j.id = $1 AND j.org_id = $2
 """
 
 
@@ -29,7 +63,8 @@ class JobStatus(BaseModel):
     total: int
     done: int
     failed: int
-    pending: int
+    conflicts: int  # lines waiting as conflicts for a person (manual policy); keep the job open
+    pending: int  # neither settled nor waiting as conflicts: on their way
     percent: float
     store_total: int | None
     pages_total: int | None
@@ -44,21 +79,60 @@ class JobStatus(BaseModel):
     # once its store has been read.
     kind: Literal["sync", "preview"] = "sync"
     preview: PreviewResult | None = None
+    rate_per_s: float | None = Field(
+        None,
+        description="Customers settled (done or failed) per second over the last "
+        f"{RATE_WINDOW_S:.0f} s (or the job's age, if shorter); null when final or unknown.",
+    )
+    eta_s: int | None = Field(
+        None,
+        description="Seconds until every expected customer is settled at rate_per_s; null when "
+        "final, when the total is not known yet, or while nothing settles.",
+    )
+    conflict_policy: ConflictPolicyField  # the job's own, else its connection's
 
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_JOB_STATES
 
 
-def status_from_row(row: asyncpg.Record) -> JobStatus:
+def rate_per_s(
+    recent_settled: int | None, age_s: float | None, window_s: float = RATE_WINDOW_S
+) -> float | None:
+    """Lines settled per second over the recent window, clipped to the job's age.
+
+    None when there is nothing to measure: no count (a final job), or a job younger than
+    ``MIN_RATE_SPAN_S``, whose first second would make any rate look huge or zero.
+    """
+    if recent_settled is None or age_s is None:
+        return None
+    span = min(window_s, age_s)
+    if span < MIN_RATE_SPAN_S:
+        return None
+    return round(recent_settled / span, 2)
+
+
+def eta_s(remaining: int, rate: float | None, *, total_known: bool) -> int | None:
+    """Seconds left at ``rate``: None while the total is unknown or nothing is moving."""
+    if not total_known or rate is None or rate <= 0:
+        return None
+    return max(round(remaining / rate), 0)
+
+
+def status_from_row(row: asyncpg.Record, window_s: float = RATE_WINDOW_S) -> JobStatus:
     # Until every page is read, the store's own total is the best denominator we have.
     total = row["total"] if row["fetch_done_at"] else max(row["total"], row["store_total"] or 0)
     settled = row["done_count"] + row["failed_count"]
+    conflicts = row["conflicts"]
     percent = (
         100.0
         if total == 0 and row["fetch_done_at"]
         else (round(100.0 * settled / total, 2) if total else 0.0)
     )
+    pending = max(total - settled - conflicts, 0)
+    final = row["state"] in FINAL_JOB_STATES
+    rate = None if final else rate_per_s(row["recent_settled"], row["age_s"], window_s)
+    total_known = row["fetch_done_at"] is not None or row["store_total"] is not None
     return JobStatus(
         job_id=row["id"],
         connection_id=row["connection_id"],
@@ -66,7 +140,8 @@ def status_from_row(row: asyncpg.Record) -> JobStatus:
         total=total,
         done=row["done_count"],
         failed=row["failed_count"],
-        pending=max(total - settled, 0),
+        conflicts=conflicts,
+        pending=pending,
         percent=percent,
         store_total=row["store_total"],
         pages_total=row["pages_total"],
@@ -79,12 +154,19 @@ def status_from_row(row: asyncpg.Record) -> JobStatus:
         last_error=row["last_error"],
         kind=row["kind"],
         preview=row["preview_result"],
+        rate_per_s=rate,
+        eta_s=None if final else eta_s(pending, rate, total_known=total_known),
+        conflict_policy=row["conflict_policy"] or DEFAULT_POLICY,
     )
 
 
 async def get_status(
-    conn: asyncpg.Connection | OrgScope, *, org_id: UUID, job_id: UUID
+    conn: asyncpg.Connection | OrgScope,
+    *,
+    org_id: UUID,
+    job_id: UUID,
+    window_s: float = RATE_WINDOW_S,
 ) -> JobStatus | None:
     """None when the job does not exist *or* belongs to another org: callers answer 404 for both."""
-    row = await conn.fetchrow(SELECT_JOB_STATUS, job_id, org_id)
-    return status_from_row(row) if row else None
+    row = await conn.fetchrow(SELECT_JOB_STATUS, job_id, org_id, window_s)
+    return status_from_row(row, window_s) if row else None

@@ -26,8 +26,10 @@ class JobState(StrEnum):
     DRAFT = "draft"  # created by a start; not yet handed to the fetcher
     QUEUED = "queued"  # sync.requested is published
     PROCESSING = "processing"  # the fetcher has taken it (or it was re-opened)
+    PAUSED = "paused"  # held by hand: no page is read, no batch written, until a resume
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # ended by hand; its crawl stopped (crawl_stopped_at) or stops
 
 
 class LineState(StrEnum):
@@ -35,23 +37,43 @@ class LineState(StrEnum):
     PROCESSING = "processing"  # the syncer failed it once; a retry is on its way
     DONE = "done"
     FAILED = "failed"  # parked (its payload kept) or unsyncable (no payload)
+    CANCELLED = "cancelled"  # its job was cancelled before it was settled
+    CONFLICT = "conflict"  # edited in MantisNXT and in the store: waits for a person (manual)
 
 
+# Open: counts against the org's cap and holds its connection (a paused job resumes).
 OPEN_JOB_STATES: frozenset[JobState] = frozenset(
+    {JobState.DRAFT, JobState.QUEUED, JobState.PROCESSING, JobState.PAUSED}
+)
+# Open and not paused: the fetcher may crawl them, a force-done may close them.
+ACTIVE_JOB_STATES: frozenset[JobState] = frozenset(
     {JobState.DRAFT, JobState.QUEUED, JobState.PROCESSING}
 )
 # Handed to the fetcher: the states the tracker finishes and watches for stalls.
 RUNNING_JOB_STATES: frozenset[JobState] = frozenset({JobState.QUEUED, JobState.PROCESSING})
-FINAL_JOB_STATES: frozenset[JobState] = frozenset({JobState.DONE, JobState.FAILED})
-OPEN_LINE_STATES: frozenset[LineState] = frozenset({LineState.PENDING, LineState.PROCESSING})
-FINAL_LINE_STATES: frozenset[LineState] = frozenset({LineState.DONE, LineState.FAILED})
+FINAL_JOB_STATES: frozenset[JobState] = frozenset(
+    {JobState.DONE, JobState.FAILED, JobState.CANCELLED}
+)
+# Not settled: a job with such lines is not finished. A conflict waits for a person, the others
+# for a service (IN_FLIGHT_LINE_STATES).
+IN_FLIGHT_LINE_STATES: frozenset[LineState] = frozenset({LineState.PENDING, LineState.PROCESSING})
+OPEN_LINE_STATES: frozenset[LineState] = IN_FLIGHT_LINE_STATES | {LineState.CONFLICT}
+FINAL_LINE_STATES: frozenset[LineState] = frozenset(
+    {LineState.DONE, LineState.FAILED, LineState.CANCELLED}
+)
 
 # As pydantic fields (validated into the enum, shown in JSON schemas as a plain string enum):
 # every job state, and the final ones (``sync.completed``). A test keeps them equal to the sets.
 JobStateField = Literal[
-    JobState.DRAFT, JobState.QUEUED, JobState.PROCESSING, JobState.DONE, JobState.FAILED
+    JobState.DRAFT,
+    JobState.QUEUED,
+    JobState.PROCESSING,
+    JobState.PAUSED,
+    JobState.DONE,
+    JobState.FAILED,
+    JobState.CANCELLED,
 ]
-FinalJobState = Literal[JobState.DONE, JobState.FAILED]
+FinalJobState = Literal[JobState.DONE, JobState.FAILED, JobState.CANCELLED]
 
 
 class Actor(StrEnum):
@@ -60,7 +82,11 @@ class Actor(StrEnum):
     API_START = "api start"
     API_RETRY = "api retry"
     API_FORCE_DONE = "api force-done"
+    API_PAUSE = "api pause"
+    API_RESUME = "api resume"
+    API_CANCEL = "api cancel"
     REPLAY = "replay"  # the api's replay action and the operator's ``woosync dlq replay``
+    API_RESOLVE = "api resolve-conflicts"
     FETCHER = "fetcher"
     SYNCER = "syncer"
     TRACKER = "tracker"
@@ -108,6 +134,20 @@ TRANSITIONS: tuple[Transition, ...] = (
         J.DONE,
         "closed by hand",
     ),
+    Transition(Actor.API_PAUSE, "job", (J.QUEUED, J.PROCESSING), J.PAUSED, "held by hand"),
+    Transition(
+        Actor.API_RESUME, "job", (J.PAUSED,), J.QUEUED, "read on from the first unread page"
+    ),
+    Transition(
+        Actor.API_RESUME, "job", (J.PAUSED,), J.PROCESSING, "every page read: held batches sent"
+    ),
+    Transition(
+        Actor.API_CANCEL,
+        "job",
+        (J.DRAFT, J.QUEUED, J.PROCESSING, J.PAUSED),
+        J.CANCELLED,
+        "ended by hand",
+    ),
     Transition(Actor.REPLAY, "job", (J.FAILED,), J.PROCESSING, "parked customers sent again"),
     Transition(Actor.FETCHER, "job", (J.DRAFT, J.QUEUED), J.PROCESSING, "the crawl begins"),
     Transition(Actor.TRACKER, "job", (J.QUEUED, J.PROCESSING), J.DONE, "every line done"),
@@ -132,7 +172,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(
         Actor.FETCHER,
         "line",
-        (L.PENDING, L.PROCESSING, L.DONE),
+        (L.PENDING, L.PROCESSING, L.DONE, L.CONFLICT),
         L.FAILED,
         "a customer too large to send",
     ),
@@ -157,8 +197,30 @@ TRANSITIONS: tuple[Transition, ...] = (
         L.FAILED,
         "retries spent: parked",
     ),
+    Transition(
+        Actor.SYNCER,
+        "line",
+        (L.PENDING, L.PROCESSING),
+        L.CANCELLED,
+        "a batch of a cancelled job: not written",
+    ),
+    Transition(
+        Actor.SYNCER,
+        "line",
+        (None, L.PENDING, L.PROCESSING, L.FAILED),
+        L.CONFLICT,
+        "edited in MantisNXT and the store (manual policy)",
+    ),
     Transition(Actor.API_RETRY, "line", (L.FAILED,), L.PENDING, "sent to the syncer again"),
+    Transition(
+        Actor.API_CANCEL,
+        "line",
+        (L.PENDING, L.PROCESSING, L.CONFLICT),
+        L.CANCELLED,
+        "its job was cancelled",
+    ),
     Transition(Actor.REPLAY, "line", (L.FAILED,), L.PENDING, "sent to the syncer again"),
+    Transition(Actor.API_RESOLVE, "line", (L.CONFLICT,), L.DONE, "a person took one version"),
 )
 
 
@@ -219,7 +281,7 @@ MIGRATION_CHANGES: dict[str, StateChange] = {
         "migration.0009_one_connection_per_store",
         "",  # the file itself: migrations/0009_one_connection_per_store.up.sql
         "job",
-        {Actor.MIGRATION: moves(OPEN_JOB_STATES, (J.FAILED,))},
+        {Actor.MIGRATION: moves(ACTIVE_JOB_STATES, (J.FAILED,))},
     ),
 }
 
@@ -261,7 +323,7 @@ REOPEN_JOBS = changes_state(
     "lifecycle.REOPEN_JOBS",
     "job",
     {
-        Actor.API_RETRY: moves(FINAL_JOB_STATES, (J.DRAFT, J.PROCESSING)),
+        Actor.API_RETRY: moves((J.DONE, J.FAILED), (J.DRAFT, J.PROCESSING)),
         Actor.REPLAY: moves((J.FAILED,), (J.PROCESSING,)),
     },
     f"""

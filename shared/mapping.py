@@ -284,9 +284,7 @@ def _zone(zone: str | None) -> timezone:
     return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
 
 
-def _storable_digest(
-    woo_id: int | None, value: Mapping[str, Any]
-) -> tuple[str, str, list[str]]:
+def _storable_digest(woo_id: int | None, value: Mapping[str, Any]) -> tuple[str, str, list[str]]:
     """The source hash, the canonical text it hashes, and the paths of the strings holding a NUL
     character, proving on the way that the object is storable (once its NULs are handled).
 

@@ -37,6 +37,7 @@ QUEUE_MODELS: dict[QueueName, tuple[type[m.Message], ...]] = {
     "tracker": (m.LinesDone, m.LinesFailed, m.FetchCompleted, m.FetchFailed),
 }
 
+
 @dataclass(frozen=True)
 class ParkedMessage:
     """One message of a parking queue, as ``woosync dlq list`` shows it."""

@@ -7,12 +7,16 @@ from urllib.parse import quote
 from uuid import UUID
 
 SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"  # api: the actions
-JOB_PATH = "/api/v1/integrations/woocommerce/sync/jobs/{job_id}"  # api: status_url
+JOBS_PATH = "/api/v1/integrations/woocommerce/sync/jobs"  # api: the org's jobs, newest first
+JOB_PATH = JOBS_PATH + "/{job_id}"  # api: status_url
+JOB_LINES_PATH = JOB_PATH + "/lines"  # api: a job's lines by state (failed by default)
+JOB_ACTIVITY_PATH = JOB_PATH + "/activity"  # api: a job's activity log
 PREVIEW_PATH = "/api/v1/integrations/sync/preview"  # api: what a sync would change
 # api: a store connection's schedule (a sub-resource of the connection), and the org's schedules
 CONNECTION_PATH = "/api/v1/integrations/woocommerce/connections/{connection_id}"
 SCHEDULE_PATH = CONNECTION_PATH + "/schedule"
 SCHEDULES_PATH = "/api/v1/integrations/woocommerce/schedules"
+CONFLICTS_PATH = JOB_PATH + "/conflicts"  # api: a job's conflicts waiting for a person
 PROGRESS_PATH = "/api/v1/integrations/sync/progress/{job_id}"  # tracker: SSE, progress_url
 PROGRESS_PAGE_PATH = "/progress/{job_id}"  # tracker: a progress bar fed by PROGRESS_PATH
 

@@ -311,9 +311,7 @@ async def _reopen(
 ) -> tuple[dict[UUID, asyncpg.Record], dict[UUID, int], set[UUID]]:
     """Step 1, one transaction: the existing jobs (by id), lines re-opened per job, jobs
     re-opened. The job named by ``job_id`` is considered even when nothing of it is parked."""
-    named = [
-        {"job_id": str(b.job_id), "org_id": str(b.org_id)} for b in batches
-    ]
+    named = [{"job_id": str(b.job_id), "org_id": str(b.org_id)} for b in batches]
     async with _transaction(pool, org_id) as conn:
         jobs = {r["id"]: r for r in await conn.fetch(LOCK_REPLAYABLE_JOBS, named)}
         if job_id is not None and job_id not in jobs:

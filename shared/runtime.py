@@ -10,7 +10,13 @@ and opens the rest when the service starts:
     close: (the service's own stop: subscribers, loops, crawls) -> broker stopped -> pool closed
 
 The api and the tracker run ``serving()`` as their Starlette lifespan; the fetcher and the syncer
-run ``faststream_app()``, whose startup and shutdown hooks call the same ``open`` and ``close``.
+run ``faststream_app()``, whose startup and shutdown hooks call the same ``open`` and ``close``,
+served over HTTP by ``asgi_app()`` (FastStream's ``AsgiFastStream``) for ``/healthz``,
+``/readyz`` and ``/metrics``.
+
+Each runtime has its own Prometheus ``registry`` (``shared.metrics``); FastStream's
+``RabbitPrometheusMiddleware`` on the broker fills it with every consumer's and publisher's
+message counts and durations, labelled ``app_name`` = the service.
 """
 
 from __future__ import annotations
@@ -19,20 +25,30 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from types import FrameType
 
 import asyncpg
+import uvicorn
 from faststream import FastStream
+from faststream.asgi import AsgiFastStream
 from faststream.rabbit import RabbitBroker
+from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from shared import db
+from shared import db, web
 from shared.broker import make_broker
 from shared.logs import configure
+from shared.metrics import Refresh, metrics_endpoint, new_registry
 from shared.settings import Settings
 from shared.topology import Topology, declare_publishers, declare_topology
 
 POOL_CLOSE_TIMEOUT_S = 3.0
 
 Hook = Callable[[], Awaitable[None]]
+PROBE_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
 def start_process(service: str) -> tuple[Settings, logging.Logger]:
@@ -56,6 +72,10 @@ class Runtime:
             settings, logger=logging.getLogger(f"woosync.{service}.broker")
         )
         declare_publishers(self.broker, self.topology, service)  # for the AsyncAPI document
+        self.registry = new_registry()
+        self.broker.add_middleware(
+            RabbitPrometheusMiddleware(registry=self.registry, app_name=service)
+        )
         self._pool: asyncpg.Pool | None = None
 
     @property
@@ -121,3 +141,60 @@ class Runtime:
             on_shutdown=list(stopping),
             after_shutdown=[self.close],
         )
+
+    async def readiness(self) -> tuple[bool, bool]:
+        """(PostgreSQL answers, the broker connection is up); both False before ``open``."""
+        if self._pool is None:
+            return False, False
+        return await web.readiness(self._pool, self.broker)
+
+    def probes(self, *, refresh: Refresh | None = None) -> Starlette:
+        """``/healthz`` (no I/O), ``/readyz`` (200 or 503) and ``/metrics`` of a consumer
+        process; ``refresh`` reads scrape-time values first."""
+
+        async def readyz(request: Request) -> Response:
+            database, broker = await self.readiness()
+            return JSONResponse(
+                web.readiness_body(database, broker),
+                status_code=200 if database and broker else 503,
+            )
+
+        return Starlette(
+            routes=[
+                Route("/healthz", web.healthz, methods=["GET"]),
+                Route("/readyz", readyz, methods=["GET"]),
+                Route("/metrics", metrics_endpoint(self.registry, refresh), methods=["GET"]),
+            ]
+        )
+
+    def asgi_app(self, app: FastStream, *, refresh: Refresh | None = None) -> AsgiFastStream:
+        """``app`` (from ``faststream_app``) as an ASGI app: its hooks run as the lifespan, the
+        probe routes answer HTTP. The process serves it with uvicorn."""
+        probes = self.probes(refresh=refresh)
+        return AsgiFastStream.from_app(app, asgi_routes=[(path, probes) for path in PROBE_PATHS])
+
+
+class _ConsumerServer(uvicorn.Server):
+    """uvicorn's server, except that a stop asked for by SIGTERM or SIGINT exits with status 0,
+    as FastStream's own runner did: the stop was graceful (uvicorn re-raises the signal once shut
+    down, which would report the process as killed)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
+
+
+def serve_asgi(app: AsgiFastStream, host: str, port: int) -> None:
+    """Serve a consumer's ASGI app until SIGTERM; port 0 lets the system pick one (logged)."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # keep the handler configure() installed
+        access_log=False,  # probes and scrapes every few seconds are not news
+        server_header=False,
+        lifespan="on",
+    )
+    _ConsumerServer(config).run()

@@ -11,7 +11,8 @@ its next fire is computed from *now* (:func:`next_after_due`: however many slots
 was away has missed, the schedule fires once and then waits for its next future slot), and
 
 * the connection has an open job: no second one (``schedule.skipped``, with that job);
-* the org is at its cap of open syncs: ``schedule.skipped`` too;
+* a cancelled job of the connection is still reading the store, or the org is at its cap of
+  open syncs: ``schedule.skipped`` too;
 * else a draft job is made exactly as ``start`` makes one (``shared.syncstart``) and
   ``schedule.fired`` names it, actor ``scheduler``; after the commit ``sync.requested`` is
   published. The job carries no key: the fetcher loads the connection's current one, so a key
@@ -428,6 +429,10 @@ async def fire_one(
             reason = "the connection has an open job"
             if running["state"] == JobState.DRAFT and running["kind"] == "sync":
                 draft = running["id"]
+        elif stopping := await conn.fetchval(
+            syncstart.SELECT_OTHER_FETCHING_JOB, org_id, connection_id, uuid4()
+        ):
+            reason = f"cancelled job {stopping} is still reading the store"
         elif await conn.fetchval(syncstart.COUNT_OPEN_JOBS, org_id) >= limit:
             reason = f"the organisation has {limit} syncs open (its limit)"
         if reason is not None:

@@ -30,9 +30,17 @@ class Settings(BaseSettings):
     api_port: int = 8000
     tracker_host: str = "127.0.0.1"
     tracker_port: int = 8001
+    # The fetcher's and the syncer's own HTTP port: /healthz, /readyz and /metrics only. 0 lets
+    # the system pick a free port (several replicas on one host, tests).
+    fetcher_host: str = "127.0.0.1"
+    fetcher_port: int = Field(8002, ge=0, le=65535)
+    syncer_host: str = "127.0.0.1"
+    syncer_port: int = Field(8003, ge=0, le=65535)
     # Base URLs that clients are told to use (status_url, progress_url); behind a proxy they differ.
     public_api_url: str = ""
     public_tracker_url: str = ""
+    # The API key the `woosync jobs` commands send to the api and tracker (never printed).
+    api_key: SecretStr | None = None
 
     # Prefix for the exchange and every queue: isolates test runs and side-by-side deployments.
     namespace: str = "woosync"

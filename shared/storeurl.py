@@ -41,9 +41,7 @@ def _ascii_host(host: str) -> str:
         try:
             labels.append(idna.encode(label, uts46=True).decode("ascii"))
         except (idna.IDNAError, UnicodeError):
-            raise ValueError(
-                "has a host name that is not a valid internationalized name"
-            ) from None
+            raise ValueError("has a host name that is not a valid internationalized name") from None
     return ".".join(labels)
 
 

@@ -67,6 +67,21 @@ RETURNING id
 """,
 )
 
+# A start's own conflict policy for its new job (null: the connection's, shared.conflicts).
+SET_JOB_CONFLICT_POLICY = """
+UPDATE woo_customer_sync_queue SET conflict_policy = $3 WHERE id = $1 AND org_id = $2
+"""
+
+# Another job of the connection that has not read all its pages (holds migration 0002's slot):
+# an open one, or a cancelled one whose crawl has not stopped yet.
+SELECT_OTHER_FETCHING_JOB = f"""
+SELECT id FROM woo_customer_sync_queue
+WHERE org_id = $1 AND connection_id = $2 AND id <> $3 AND fetch_done_at IS NULL
+  AND (state IN {sql_in(OPEN_JOB_STATES)}
+       OR (state = {_state(JobState.CANCELLED)} AND crawl_stopped_at IS NULL))
+LIMIT 1
+"""
+
 # Held while sync.requested is published, so a draft is handed to the fetcher once.
 LOCK_JOB_STATE = """
 SELECT state FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR UPDATE
@@ -103,11 +118,12 @@ async def insert_sync_job(
     store_total: int | None,
     idempotency_key: str | None,
     actor: Mapping[str, Any],
+    conflict_policy: str | None = None,
 ) -> None:
     """A draft job for the connection and its ``job.created`` row, in the caller's transaction.
 
     The caller holds :data:`LOCK_ORG_SYNCS` and has found no open job of the connection and the
-    org below its cap.
+    org below its cap. ``conflict_policy`` None: the connection's (``shared.conflicts``).
     """
     inserted = await conn.fetchval(
         INSERT_JOB,
@@ -121,6 +137,8 @@ async def insert_sync_job(
     )
     if inserted is None:  # the lock makes this unreachable; never make a second job
         raise RuntimeError("a job insert conflicted while holding the org's sync lock")
+    if conflict_policy is not None:
+        await conn.execute(SET_JOB_CONFLICT_POLICY, job_id, org_id, conflict_policy)
     await activity.record(
         conn,
         org_id=org_id,
@@ -135,6 +153,7 @@ async def insert_sync_job(
             "concurrency": concurrency,
             "store_total": store_total,
             "idempotency_key": idempotency_key,
+            "conflict_policy": conflict_policy,
             **actor,
         },
     )

@@ -72,6 +72,14 @@ async def readiness(pool: asyncpg.Pool, broker: RabbitBroker) -> tuple[bool, boo
     return database, broker_ok
 
 
+def readiness_body(database: bool, broker: bool) -> dict[str, Any]:
+    """The tracker's, fetcher's and syncer's readiness answer (the api documents its own)."""
+    return {
+        "status": "ok" if database and broker else "unavailable",
+        "checks": {"database": database, "broker": broker},
+    }
+
+
 def readyz(
     resources: Callable[[Request], tuple[asyncpg.Pool, RabbitBroker]],
     body: Callable[[bool, bool], dict[str, Any]],

@@ -210,6 +210,16 @@ async def add_page(pool: asyncpg.Pool, job_id: UUID, page: int, customers: int) 
     )
 
 
+async def add_held_batch(pool: asyncpg.Pool, job_id: UUID, org_id: UUID) -> None:
+    """A batch the syncer held while the job was paused (its body as the syncer keeps it)."""
+    await pool.execute(
+        "INSERT INTO woo_customer_sync_hold (job_id, org_id, batch) VALUES ($1, $2, $3)",
+        job_id,
+        org_id,
+        b'{"customers": []}',
+    )
+
+
 async def add_customers(pool: asyncpg.Pool, job_id: UUID, woo_ids: Sequence[int]) -> None:
     """Customers as the syncer would have stored them for the job's org and connection."""
     await pool.execute(
@@ -290,6 +300,7 @@ ORG_TABLES = {
     "woo_sync_activity": "org_id",
     "customer": "org_id",
     "woo_sync_schedule": "org_id",
+    "woo_customer_sync_hold": "org_id",
 }
 
 

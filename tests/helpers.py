@@ -124,6 +124,9 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         "WOOSYNC_AMQP_URL": settings.amqp_url,
         "WOOSYNC_NAMESPACE": settings.namespace,
         "WOOSYNC_RETRY_DELAYS_MS": json.dumps(settings.retry_delays_ms),
+        # A consumer process's HTTP port: a free one, as tests run side by side.
+        "WOOSYNC_FETCHER_PORT": "0",
+        "WOOSYNC_SYNCER_PORT": "0",
         **extra,
     }
 

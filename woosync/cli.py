@@ -12,7 +12,10 @@ import click
 from shared import db
 from shared.settings import Settings
 from woosync.cleanup import cleanup
+from woosync.conflicts import conflicts
 from woosync.dlq import dlq
+from woosync.health import health
+from woosync.jobs import jobs
 from woosync.keys import key
 from woosync.schedule import schedule
 from woosync.secrets import secrets
@@ -118,10 +121,13 @@ def demo(customers: int, seed: int) -> None:
 
 
 main.add_command(secrets)
+main.add_command(health)
 main.add_command(dlq)
 main.add_command(key)
 main.add_command(cleanup)
 main.add_command(schedule)
+main.add_command(jobs)
+main.add_command(conflicts)
 
 if __name__ == "__main__":
     main()

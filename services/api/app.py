@@ -4,17 +4,24 @@ Route table::
 
     GET  /healthz                                           liveness, no I/O
     GET  /readyz                                            PostgreSQL and RabbitMQ reachable
-    POST /api/v1/integrations/woocommerce/sync/customers    start, status, retry, force-done, replay
+    GET  /metrics                                           Prometheus metrics (shared.metrics)
+    POST /api/v1/integrations/woocommerce/sync/customers    the actions: start, status, retry,
+                                                            force-done, replay, pause, resume,
+                                                            cancel, resolve-conflicts
     POST /api/v1/integrations/sync/preview                  what a sync would change (no writes)
+    GET  /api/v1/integrations/woocommerce/sync/jobs         the org's jobs, newest first (paged)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
+    GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/lines     a job's lines by state (paged)
+    GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/activity  a job's activity log (paged)
+    GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/conflicts   its waiting conflicts, paged
     PUT|GET|DELETE /api/v1/integrations/woocommerce/connections/{id}/schedule
                                                             a connection's schedule
     GET  /api/v1/integrations/woocommerce/schedules         the org's schedules
     GET  /openapi.json                                      the OpenAPI 3.1 document
     GET  /asyncapi.json                                     the messages (services.asyncapi)
 
-Every route but the two health checks needs an API key and takes a token from its org's rate
-limit (services.api.web.require_caller).
+Every route but the two health checks and /metrics needs an API key and takes a token from its
+org's rate limit (services.api.web.require_caller).
 """
 
 from __future__ import annotations
@@ -25,16 +32,17 @@ from uuid import UUID
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.api.actions import dispatch, preview, schedule
+from services.api.actions import conflicts, dispatch, history, preview, schedule
 from services.api.actions.common import read_status
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
 from services.api.openapi import build_openapi
-from services.api.schemas import PreviewRequest, Readiness
+from services.api.schemas import ActivityQuery, JobsQuery, LinesQuery, PreviewRequest, Readiness
 from services.api.web import (
     deps_of,
     guarded,
@@ -47,7 +55,18 @@ from services.asyncapi import Served
 from shared import web
 from shared.crypto import ProgressTokens, SecretBox
 from shared.logs import log_context
-from shared.paths import JOB_PATH, PREVIEW_PATH, SCHEDULE_PATH, SCHEDULES_PATH, SYNC_PATH
+from shared.metrics import HttpMetrics, RequestMetrics, metrics_endpoint
+from shared.paths import (
+    CONFLICTS_PATH,
+    JOB_ACTIVITY_PATH,
+    JOB_LINES_PATH,
+    JOB_PATH,
+    JOBS_PATH,
+    PREVIEW_PATH,
+    SCHEDULE_PATH,
+    SCHEDULES_PATH,
+    SYNC_PATH,
+)
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
 from shared.schedules import ScheduleIn
@@ -64,6 +83,12 @@ def _readiness_body(database: bool, broker: bool) -> dict[str, str]:
 
 
 readyz = guarded(web.readyz(lambda r: (deps_of(r).pool, deps_of(r).broker), _readiness_body))
+
+
+async def metrics(request: Request) -> Response:
+    """Requests by route and status, FastStream's publish metrics; for the scraper, so no key:
+    publish the port only where Prometheus reaches it (docs/operations.md, "Metrics")."""
+    return await metrics_endpoint(request.app.state.runtime.registry)(request)
 
 
 @guarded
@@ -90,6 +115,13 @@ async def sync_customers(request: Request) -> Response:
     return JSONResponse(answer.body.model_dump(mode="json"), status_code=answer.status)
 
 
+def _job_id(request: Request) -> UUID:
+    try:
+        return UUID(request.path_params["job_id"])
+    except ValueError:
+        raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
+
+
 @guarded
 async def preview_sync(request: Request) -> Response:
     deps = deps_of(request)
@@ -105,10 +137,7 @@ async def preview_sync(request: Request) -> Response:
 async def get_job(request: Request) -> Response:
     deps = deps_of(request)
     caller = await require_caller(request, deps)
-    try:
-        job_id = UUID(request.path_params["job_id"])
-    except ValueError:
-        raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
+    job_id = _job_id(request)
     with log_context(org_id=caller.org_id, job_id=job_id):
         status = await read_status(deps, org_id=caller.org_id, job_id=job_id)
     return JSONResponse(status.model_dump(mode="json"))
@@ -141,14 +170,73 @@ async def org_schedules(request: Request) -> Response:
     return JSONResponse(answer.body.model_dump(mode="json"), status_code=answer.status)
 
 
+@guarded
+async def list_jobs(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    query = history.parse_query(JobsQuery, request.query_params.multi_items())
+    page = await history.list_jobs(query, caller, deps)
+    return JSONResponse(page.model_dump(mode="json"))
+
+
+@guarded
+async def list_lines(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    job_id = _job_id(request)
+    query = history.parse_query(LinesQuery, request.query_params.multi_items())
+    page = await history.list_lines(job_id, query, caller, deps)
+    return JSONResponse(page.model_dump(mode="json"))
+
+
+@guarded
+async def list_activity(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    job_id = _job_id(request)
+    query = history.parse_query(ActivityQuery, request.query_params.multi_items())
+    page = await history.list_activity(job_id, query, caller, deps)
+    return JSONResponse(page.model_dump(mode="json"))
+
+
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise ApiError(422, "invalid_request", f"{name}: must be an integer from {low} to {high}")
+    return int(raw)
+
+
+@guarded
+async def get_conflicts(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    try:
+        job_id = UUID(request.path_params["job_id"])
+    except ValueError:
+        raise ApiError(422, "invalid_request", "job_id: invalid UUID") from None
+    limit = _query_int(request, "limit", conflicts.DEFAULT_PAGE, 1, conflicts.MAX_PAGE)
+    after = _query_int(request, "after", 0, 0, 2**63 - 1)
+    page = await conflicts.list_conflicts(
+        deps, org_id=caller.org_id, job_id=job_id, after=after, limit=limit
+    )
+    return JSONResponse(page.model_dump(mode="json"))
+
+
 ROUTES = [
     Route("/healthz", web.healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route(SYNC_PATH, sync_customers, methods=["POST"]),
+    Route(JOBS_PATH, list_jobs, methods=["GET"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
     Route(PREVIEW_PATH, preview_sync, methods=["POST"]),
     Route(SCHEDULE_PATH, connection_schedule, methods=["PUT", "GET", "DELETE"]),
     Route(SCHEDULES_PATH, org_schedules, methods=["GET"]),
+    Route(JOB_LINES_PATH, list_lines, methods=["GET"]),
+    Route(JOB_ACTIVITY_PATH, list_activity, methods=["GET"]),
+    Route(CONFLICTS_PATH, get_conflicts, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/asyncapi.json", asyncapi, methods=["GET"]),
 ]
@@ -181,11 +269,16 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         routes=ROUTES,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_exception_handler},
+        middleware=[Middleware(RequestMetrics, metrics=HttpMetrics(runtime.registry))],
     )
     app.state.openapi = build_openapi(
         sync_path=SYNC_PATH,
         job_path=JOB_PATH,
+        jobs_path=JOBS_PATH,
+        lines_path=JOB_LINES_PATH,
+        activity_path=JOB_ACTIVITY_PATH,
         preview_path=PREVIEW_PATH,
+        conflicts_path=CONFLICTS_PATH,
         schedule_path=SCHEDULE_PATH,
         schedules_path=SCHEDULES_PATH,
     )

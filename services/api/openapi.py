@@ -9,19 +9,31 @@ Every status code an operation can answer is listed, the errors all with the one
 
 from __future__ import annotations
 
-from typing import Any
+import types
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from services.api.actions import ACTIONS, preview, schedule
+from services.api.actions.conflicts import DEFAULT_PAGE, MAX_PAGE
 from services.api.actions.replay import ReplayResult
 from services.api.schemas import (
+    ActivityPage,
+    ActivityQuery,
+    CancelResult,
+    ConflictPage,
     ErrorEnvelope,
     Health,
+    JobsPage,
+    JobsQuery,
+    LinesPage,
+    LinesQuery,
     PreviewJobAccepted,
     PreviewRequest,
     Readiness,
+    ResolveResult,
+    ResumeResult,
     RetryResult,
     StartResult,
     StatusResult,
@@ -39,11 +51,19 @@ ERRORS: dict[int, str] = {
     403: "The body's org_id is not the API key's organisation.",
     404: "No such job (or store connection) for this organisation (another organisation's "
     "looks the same).",
-    409: "The job is already final (force-done), or its connection is busy (retry), or the "
-    "connection's secret cannot be decrypted (preview).",
+    409: (
+        "The job's state does not allow the action (action_not_allowed: pause, resume, cancel, "
+        "retry, force-done; the message names the state), the job is already final "
+        "(force-done), its connection is busy (retry), a cancelled job of the store is "
+        "still stopping its crawl (start: crawl_not_stopped, see Retry-After), the "
+        "connection's secret cannot be decrypted (preview), or the customer is not waiting "
+        "as a conflict (resolve-conflicts)."
+    ),
     413: "The body is larger than 1 MiB.",
     415: "The body is not application/json.",
-    422: "A field is invalid (the message names it), or the store refused or is unreachable.",
+    422: "A field or query parameter is invalid (the message names it), the store refused "
+    "or is unreachable, or the database refused the store's version of a conflict "
+    "(resolve-conflicts).",
     429: "Rate limit of the organisation, or its cap of open syncs; see Retry-After.",
     500: "Unexpected error (details only in the server's log).",
     503: "The message broker is unavailable, or the api is testing as many stores as it runs "
@@ -100,6 +120,58 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): _error(status) for status in statuses}
 
 
+JOB_ID_PARAMETER = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The query string of a read route, from the model that validates it (so they agree)."""
+    parameters = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if get_origin(annotation) in (Union, types.UnionType):  # optional: null is no query value
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        if field.metadata:
+            annotation = Annotated[(annotation, *field.metadata)]
+        schema = TypeAdapter(annotation).json_schema()
+        schema.pop("title", None)
+        if field.default is not None:
+            schema["default"] = getattr(field.default, "value", field.default)
+        parameter: dict[str, Any] = {"name": name, "in": "query", "required": False}
+        description = field.description or schema.pop("description", None)
+        if description:
+            parameter["description"] = description
+        parameters.append({**parameter, "schema": schema})
+    return parameters
+
+
+def _page_route(
+    operation_id: str,
+    summary: str,
+    description: str,
+    query: type[BaseModel],
+    page: type[BaseModel],
+    *,
+    job: bool,
+) -> dict[str, Any]:
+    return {
+        "get": {
+            "operationId": operation_id,
+            "summary": summary,
+            "description": description,
+            "parameters": ([JOB_ID_PARAMETER] if job else []) + _query_parameters(query),
+            "responses": {
+                "200": {"description": "One page.", "content": _json(_ref(page))},
+                **_errors(401, *([404] if job else []), 422, 429, 500),
+            },
+        }
+    }
+
+
 def _actions_description() -> str:
     """Each action's summary, then what the actions add about their answers (the table's)."""
     lines = [f"{name}: {action.summary}" for name, action in ACTIONS.items()]
@@ -120,6 +192,13 @@ def _components() -> dict[str, Any]:
             ReplayResult,
             PreviewResult,
             PreviewJobAccepted,
+            ResumeResult,
+            CancelResult,
+            JobsPage,
+            LinesPage,
+            ActivityPage,
+            ResolveResult,
+            ConflictPage,
             ScheduleOut,
             ScheduleList,
             ErrorEnvelope,
@@ -189,7 +268,11 @@ def build_openapi(
     *,
     sync_path: str,
     job_path: str,
+    jobs_path: str,
+    lines_path: str,
+    activity_path: str,
     preview_path: str,
+    conflicts_path: str,
     schedule_path: str,
     schedules_path: str,
 ) -> dict[str, Any]:
@@ -199,8 +282,18 @@ def build_openapi(
         "oneOf": [{"$ref": ref} for ref in actions.values()],
         "discriminator": {"propertyName": "action", "mapping": actions},
     }
-    any_result = [_ref(m) for m in (StartResult, StatusResult, RetryResult, ReplayResult)]
-    accepted = [_ref(m) for m in (StartResult, RetryResult, ReplayResult)]
+    any_result = [
+        _ref(m)
+        for m in (
+            StartResult,
+            StatusResult,
+            RetryResult,
+            ReplayResult,
+            CancelResult,
+            ResolveResult,
+        )
+    ]
+    accepted = [_ref(m) for m in (StartResult, RetryResult, ReplayResult, ResumeResult)]
     open_route = {"security": []}
     return {
         "openapi": "3.1.0",
@@ -239,6 +332,19 @@ def build_openapi(
                     },
                 }
             },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics: requests by route and status, publishes.",
+                    **open_route,
+                    "responses": {
+                        "200": {
+                            "description": "The Prometheus text exposition format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -273,12 +379,14 @@ def build_openapi(
                     "requestBody": {"required": True, "content": _json(action_body)},
                     "responses": {
                         "200": {
-                            "description": "status, force-done, a retry or replay that changed "
-                            "nothing, or a start answered by the connection's open job.",
+                            "description": "status, force-done, pause, cancel, "
+                            "resolve-conflicts, a retry or replay that changed nothing, or a "
+                            "start answered by the connection's open job.",
                             "content": _json({"anyOf": any_result}),
                         },
                         "202": {
-                            "description": "start accepted; retry or replay sent work again.",
+                            "description": "start accepted; retry or replay sent work again; "
+                            "resume sent the job on.",
                             "content": _json({"anyOf": accepted}),
                         },
                         **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503),
@@ -326,16 +434,82 @@ def build_openapi(
                 "get": {
                     "operationId": "getJob",
                     "summary": "A job's status (the status_url of start).",
+                    "description": "rate_per_s and eta_s are measured over a recent window "
+                    "of the job's settled lines; null when final or not known yet.",
+                    "parameters": [JOB_ID_PARAMETER],
+                    "responses": {
+                        "200": {"description": "The job.", "content": _json(_ref(StatusResult))},
+                        **_errors(401, 404, 422, 429, 500),
+                    },
+                }
+            },
+            jobs_path: _page_route(
+                "listJobs",
+                "The organisation's jobs, newest first.",
+                "Filtered by state and connection_id; paged by an opaque cursor (next_cursor, "
+                "or the next link, keeps the filters). An unknown state is a 422 naming it.",
+                JobsQuery,
+                JobsPage,
+                job=False,
+            ),
+            lines_path: _page_route(
+                "listJobLines",
+                "A job's lines in one state (failed by default), with their errors.",
+                "In woo_id order, paged by an opaque cursor. retryable says whether the "
+                "customer is kept for retry or replay.",
+                LinesQuery,
+                LinesPage,
+                job=True,
+            ),
+            activity_path: _page_route(
+                "listJobActivity",
+                "A job's activity log: who did what, when.",
+                "Oldest first, paged by an opaque cursor; by names who did it, "
+                "details.api_key_id the API key of an api action.",
+                ActivityQuery,
+                ActivityPage,
+                job=True,
+            ),
+            conflicts_path: {
+                "get": {
+                    "operationId": "listConflicts",
+                    "summary": "The job's conflicts waiting for a person (manual policy), paged.",
+                    "description": (
+                        "Each conflict has both versions (woo: the store's customer as read; "
+                        "mantis: MantisNXT's row when the conflict was found) and the fields "
+                        "that differ. Ordered by woo_id; pass next_after as after for the next "
+                        "page. Resolve them with the resolve-conflicts action."
+                    ),
                     "parameters": [
                         {
                             "name": "job_id",
                             "in": "path",
                             "required": True,
                             "schema": {"type": "string", "format": "uuid"},
-                        }
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": MAX_PAGE,
+                                "default": DEFAULT_PAGE,
+                            },
+                        },
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 0, "default": 0},
+                        },
                     ],
                     "responses": {
-                        "200": {"description": "The job.", "content": _json(_ref(StatusResult))},
+                        "200": {
+                            "description": "One page of conflicts.",
+                            "content": _json(_ref(ConflictPage)),
+                        },
                         **_errors(401, 404, 422, 429, 500),
                     },
                 }

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from shared import syncstart
 from shared.lifecycle import (
-    FINAL_JOB_STATES,
+    ACTIVE_JOB_STATES,
     OPEN_JOB_STATES,
+    OPEN_LINE_STATES,
     Actor,
     JobState,
     LineState,
@@ -45,14 +46,9 @@ INSERT_JOB = syncstart.INSERT_JOB
 LOCK_ORG_SYNCS = syncstart.LOCK_ORG_SYNCS
 SELECT_OPEN_JOB_OF_CONNECTION = syncstart.SELECT_OPEN_JOB_OF_CONNECTION
 COUNT_OPEN_JOBS = syncstart.COUNT_OPEN_JOBS
+SET_JOB_CONFLICT_POLICY = syncstart.SET_JOB_CONFLICT_POLICY
 
-# Another job of the connection that has not read all its pages (holds migration 0002's slot).
-SELECT_OTHER_FETCHING_JOB = f"""
-SELECT id FROM woo_customer_sync_queue
-WHERE org_id = $1 AND connection_id = $2 AND id <> $3
-  AND state IN {sql_in(OPEN_JOB_STATES)} AND fetch_done_at IS NULL
-LIMIT 1
-"""
+SELECT_OTHER_FETCHING_JOB = syncstart.SELECT_OTHER_FETCHING_JOB
 
 SELECT_JOB_BY_IDEMPOTENCY_KEY = """
 SELECT id, connection_id, state
@@ -102,11 +98,11 @@ WHERE job_id = $1 AND org_id = $2 AND state = {sql_state(LineState.FAILED)} AND 
 FORCE_DONE = changes_state(
     "api.FORCE_DONE",
     "job",
-    {Actor.API_FORCE_DONE: moves(OPEN_JOB_STATES, (JobState.DONE,))},
+    {Actor.API_FORCE_DONE: moves(ACTIVE_JOB_STATES, (JobState.DONE,))},
     f"""
 UPDATE woo_customer_sync_queue
 SET state = {sql_state(JobState.DONE)}, finished_at = now(), updated_at = now(), last_error = $2
-WHERE id = $1 AND org_id = $3 AND state NOT IN {sql_in(FINAL_JOB_STATES)}
+WHERE id = $1 AND org_id = $3 AND state IN {sql_in(ACTIVE_JOB_STATES)}
 """,
 )
 
@@ -141,3 +137,180 @@ ON CONFLICT DO NOTHING
 RETURNING id
 """,
 )
+# --- pause, resume, cancel ------------------------------------------------------------------
+
+# What the three actions decide on, the job locked: a pause or cancel then waits for a batch
+# the syncer is writing (it holds KEY SHARE on the job), and no batch is written after it.
+LOCK_JOB_FOR_CONTROL = """
+SELECT id, connection_id, state, fetch_done_at, process_count, crawl_stopped_at
+FROM woo_customer_sync_queue
+WHERE id = $1 AND org_id = $2
+FOR UPDATE
+"""
+
+PAUSE_JOB = changes_state(
+    "api.PAUSE_JOB",
+    "job",
+    {Actor.API_PAUSE: moves((JobState.QUEUED, JobState.PROCESSING), (JobState.PAUSED,))},
+    f"""
+UPDATE woo_customer_sync_queue
+SET state = {sql_state(JobState.PAUSED)}, updated_at = now()
+WHERE id = $1 AND org_id = $2
+  AND state IN {sql_in({JobState.QUEUED, JobState.PROCESSING})}
+""",
+)
+
+# $3 the state it resumes in (queued: pages are left to read; processing: every page was read).
+# updated_at restarts the tracker's stall timer: paused time is no stall. crawl_stopped_at is
+# cleared: a crawl runs again, or its sync.requested is on its way, until the fetcher says so.
+RESUME_JOB = changes_state(
+    "api.RESUME_JOB",
+    "job",
+    {Actor.API_RESUME: moves((JobState.PAUSED,), (JobState.QUEUED, JobState.PROCESSING))},
+    f"""
+UPDATE woo_customer_sync_queue
+SET state = $3::text, updated_at = now(), crawl_stopped_at = NULL,
+    queued_at = CASE WHEN $3::text = {sql_state(JobState.QUEUED)} THEN now() ELSE queued_at END
+WHERE id = $1 AND org_id = $2 AND state = {sql_state(JobState.PAUSED)}
+""",
+)
+
+# The batches the syncer held while the job was paused, oldest first.
+SELECT_HELD_BATCHES = """
+SELECT id, attempt, batch FROM woo_customer_sync_hold
+WHERE job_id = $1 AND org_id = $2
+ORDER BY id
+"""
+
+DELETE_HELD_BATCHES = """
+DELETE FROM woo_customer_sync_hold WHERE job_id = $1 AND org_id = $2
+"""
+
+# $3 the reason, $4 whether no crawl of the job can be running (it never began, every page was
+# read, or a pause already stopped it): then its connection is free at once; otherwise the
+# fetcher frees it when its crawl stops (services.fetcher.queries.MARK_CRAWL_STOPPED).
+CANCEL_JOB = changes_state(
+    "api.CANCEL_JOB",
+    "job",
+    {Actor.API_CANCEL: moves(OPEN_JOB_STATES, (JobState.CANCELLED,))},
+    f"""
+UPDATE woo_customer_sync_queue
+SET state = {sql_state(JobState.CANCELLED)}, finished_at = now(), updated_at = now(),
+    last_error = $3,
+    crawl_stopped_at = CASE WHEN $4::boolean THEN coalesce(crawl_stopped_at, now())
+                            ELSE crawl_stopped_at END
+WHERE id = $1 AND org_id = $2 AND state IN {sql_in(OPEN_JOB_STATES)}
+RETURNING crawl_stopped_at
+""",
+)
+
+# The job's open lines are settled as cancelled; the counts are brought up to date.
+CANCEL_LINES = changes_state(
+    "api.CANCEL_LINES",
+    "line",
+    {Actor.API_CANCEL: moves(OPEN_LINE_STATES, (LineState.CANCELLED,))},
+    f"""
+UPDATE woo_customer_sync_queue_line
+SET state = {sql_state(LineState.CANCELLED)}, updated_at = now()
+WHERE job_id = $1 AND org_id = $2 AND state IN {sql_in(OPEN_LINE_STATES)}
+""",
+)
+
+RECOUNT_JOB = f"""
+UPDATE woo_customer_sync_queue j
+SET total = c.total, done_count = c.done, failed_count = c.failed
+FROM (
+    SELECT count(*)::int AS total,
+           (count(*) FILTER (WHERE state = {sql_state(LineState.DONE)}))::int AS done,
+           (count(*) FILTER (WHERE state = {sql_state(LineState.FAILED)}))::int AS failed
+    FROM woo_customer_sync_queue_line WHERE job_id = $1 AND org_id = $2
+) AS c
+WHERE j.id = $1 AND j.org_id = $2
+"""
+
+# History (services.api.actions.history). Each is a keyset page: the caller asks for one row
+# more than it shows, to know whether there is a next page; the cursor is the last row's key.
+
+# $1 org, $2 state or NULL, $3 connection or NULL, $4/$5 the last row's (created_at, id) or
+# NULL, $6 rows. Newest first; the id breaks ties of one created_at. The org index
+# (org_id, created_at DESC) serves the order.
+SELECT_JOBS_PAGE = """
+SELECT j.id, j.connection_id, c.store_url, j.state, j.total, j.done_count, j.failed_count,
+       j.store_total, j.fetch_done_at, j.created_at, j.started_at, j.finished_at, j.updated_at,
+       j.last_error
+FROM woo_customer_sync_queue j
+JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
+WHERE j.org_id = $1
+  AND ($2::text IS NULL OR j.state = $2::text)
+  AND ($3::uuid IS NULL OR j.connection_id = $3::uuid)
+  AND ($4::timestamptz IS NULL OR (j.created_at, j.id) < ($4::timestamptz, $5::uuid))
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT $6
+"""
+
+JOB_EXISTS = """
+SELECT EXISTS (SELECT 1 FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2)
+"""
+
+# $1 job, $2 org, $3 state, $4 the last woo_id shown or NULL, $5 rows. In woo_id order.
+SELECT_LINES_PAGE = """
+SELECT woo_id, state, page, attempts, last_error, payload IS NOT NULL AS retryable, updated_at
+FROM woo_customer_sync_queue_line
+WHERE job_id = $1 AND org_id = $2 AND state = $3::text
+  AND ($4::bigint IS NULL OR woo_id > $4::bigint)
+ORDER BY woo_id
+LIMIT $5
+"""
+
+# $1 job, $2 org, $3 the last id shown or NULL, $4 rows. Oldest first (migration 0011's index).
+SELECT_ACTIVITY_PAGE = """
+SELECT id, at, level, event, details
+FROM woo_sync_activity
+WHERE job_id = $1 AND org_id = $2 AND ($3::bigint IS NULL OR id > $3::bigint)
+ORDER BY id
+LIMIT $4
+"""
+
+# Conflicts (services.api.actions.conflicts). $1 job id, $2 org id, $3 one woo_id or null (all):
+# the lines waiting as conflicts, locked in woo_id order (the syncer's order) until the
+# resolution commits, so two resolutions of one line cannot both take it.
+LOCK_CONFLICT_LINES = f"""
+SELECT woo_id, payload
+FROM woo_customer_sync_queue_line
+WHERE job_id = $1 AND org_id = $2 AND state = {sql_state(LineState.CONFLICT)}
+  AND ($3::bigint IS NULL OR woo_id = $3)
+ORDER BY woo_id
+FOR UPDATE
+"""
+
+# $1 job id, $2 org id, $3 bigint[] woo_ids (locked above), $4 the done line's warning.
+RESOLVE_CONFLICT_LINES = changes_state(
+    "api.RESOLVE_CONFLICT_LINES",
+    "line",
+    {Actor.API_RESOLVE: moves((LineState.CONFLICT,), (LineState.DONE,))},
+    f"""
+UPDATE woo_customer_sync_queue_line
+SET state = {sql_state(LineState.DONE)}, warning = $4, last_error = NULL, payload = NULL,
+    mantis_version = NULL, updated_at = now()
+WHERE job_id = $1 AND org_id = $2 AND woo_id = ANY($3::bigint[])
+  AND state = {sql_state(LineState.CONFLICT)}
+""",
+)
+
+# $1 job id, $2 org id: the job's waiting conflicts; no row (None) when the job is not the org's.
+COUNT_CONFLICT_LINES = f"""
+SELECT (SELECT count(*) FROM woo_customer_sync_queue_line l
+        WHERE l.job_id = j.id AND l.org_id = j.org_id
+          AND l.state = {sql_state(LineState.CONFLICT)})
+FROM woo_customer_sync_queue j
+WHERE j.id = $1 AND j.org_id = $2
+"""
+
+# $1 job id, $2 org id, $3 the last woo_id of the previous page (0: from the start), $4 limit.
+SELECT_CONFLICT_LINES = f"""
+SELECT job_id, woo_id, payload, mantis_version, updated_at
+FROM woo_customer_sync_queue_line
+WHERE job_id = $1 AND org_id = $2 AND state = {sql_state(LineState.CONFLICT)} AND woo_id > $3
+ORDER BY woo_id
+LIMIT $4
+"""

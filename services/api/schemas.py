@@ -6,7 +6,8 @@ Booleans and integers are strict: ``"verify_tls": "no"`` is refused rather than 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -19,8 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+from shared.conflicts import ConflictPolicyField
 from shared.jobs import JobStatus
-from shared.lifecycle import JobStateField
+from shared.lifecycle import JobState, JobStateField, LineState
 from shared.storeurl import normalize_store_url
 
 MAX_SECRET_LENGTH = 200
@@ -75,6 +77,14 @@ class StartOptions(_Request):
     batch_size: Annotated[int, Field(strict=True, ge=1, le=100)] | None = None
     concurrency: Annotated[int, Field(strict=True, ge=1, le=16)] | None = None
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    conflict_policy: ConflictPolicyField | None = Field(
+        None,
+        description=(
+            "How this job settles a customer edited in MantisNXT and in the store since its last "
+            "sync; none: the connection's policy (woo_wins unless an operator set another). "
+            "Applies to a new job only, not to an open job a start is answered with."
+        ),
+    )
 
 
 class StartRequest(_Request):
@@ -109,7 +119,55 @@ class ReplayRequest(_Request):
     job_id: UUID
 
 
-ActionRequest = StartRequest | StatusRequest | RetryRequest | ForceDoneRequest | ReplayRequest
+class PauseRequest(_Request):
+    action: Literal["pause"]
+    org_id: UUID
+    job_id: UUID
+
+
+class ResumeRequest(_Request):
+    action: Literal["resume"]
+    org_id: UUID
+    job_id: UUID
+
+
+class CancelRequest(_Request):
+    action: Literal["cancel"]
+    org_id: UUID
+    job_id: UUID
+    reason: str | None = Field(None, min_length=1, max_length=500)
+
+
+class ResolveConflictsRequest(_Request):
+    action: Literal["resolve-conflicts"]
+    org_id: UUID
+    job_id: UUID
+    take: Literal["woo", "mantis"] = Field(
+        description="woo: write the store's version; mantis: keep MantisNXT's row."
+    )
+    woo_id: Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)] | None = Field(
+        None, description="The one conflicting customer to resolve (or all: true)."
+    )
+    all: StrictBool = Field(False, description="Resolve every conflict of the job.")
+
+    @model_validator(mode="after")
+    def _one_or_all(self) -> ResolveConflictsRequest:
+        if (self.woo_id is None) == (not self.all):
+            raise ValueError("give either woo_id (one conflict) or all: true (every conflict)")
+        return self
+
+
+ActionRequest = (
+    StartRequest
+    | StatusRequest
+    | RetryRequest
+    | ForceDoneRequest
+    | ReplayRequest
+    | PauseRequest
+    | ResumeRequest
+    | CancelRequest
+    | ResolveConflictsRequest
+)
 # Which model validates which action, with its handler: services.api.actions.ACTIONS.
 
 
@@ -175,6 +233,145 @@ class RetryResult(StatusResult):
     @property
     def changed_anything(self) -> bool:
         return self.requeued > 0 or self.fetch_resumed or self.job_reopened
+
+
+class ResumeResult(StatusResult):
+    released: int  # batches held while paused, sent to the syncer again
+    fetch_resumed: bool  # the fetcher was asked to read on from the first unread page
+
+
+class CancelResult(StatusResult):
+    lines_cancelled: int  # open lines settled as cancelled
+    held_dropped: int  # batches held while paused, dropped
+    crawl_stopped: bool  # no crawl of the job runs: its store is free for a new sync
+
+
+# History: the query strings of the three read routes, and their pages. Query strings are text,
+# so integers are parsed (lax), but unknown parameters are refused like unknown body fields.
+
+MAX_PAGE_LIMIT = 200
+DEFAULT_PAGE_LIMIT = 50
+
+PageLimit = Annotated[
+    int, Field(ge=1, le=MAX_PAGE_LIMIT, description="Rows per page (at most 200).")
+]
+Cursor = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        description="The next_cursor of the previous page; none for the first page.",
+    ),
+]
+
+
+class JobsQuery(_Request):
+    """``GET .../sync/jobs``: the org's jobs, newest first."""
+
+    state: JobState | None = Field(None, description="Only jobs in this state.")
+    connection_id: UUID | None = Field(None, description="Only jobs of this store connection.")
+    limit: PageLimit = DEFAULT_PAGE_LIMIT
+    cursor: Cursor | None = None
+
+
+class LinesQuery(_Request):
+    """``GET .../sync/jobs/{job_id}/lines``: a job's lines in one state, in woo_id order."""
+
+    state: LineState = Field(LineState.FAILED, description="Only lines in this state.")
+    limit: PageLimit = DEFAULT_PAGE_LIMIT
+    cursor: Cursor | None = None
+
+
+class ActivityQuery(_Request):
+    """``GET .../sync/jobs/{job_id}/activity``: a job's activity log, oldest first."""
+
+    limit: PageLimit = DEFAULT_PAGE_LIMIT
+    cursor: Cursor | None = None
+
+
+class JobSummary(BaseModel):
+    job_id: UUID
+    connection_id: UUID
+    store_url: str
+    state: JobStateField
+    total: int
+    done: int
+    failed: int
+    store_total: int | None
+    fetch_complete: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    last_error: str | None
+    status_url: str
+
+
+class LineSummary(BaseModel):
+    woo_id: int
+    state: LineState
+    page: int | None
+    attempts: int
+    last_error: str | None
+    retryable: bool = Field(description="The customer is kept: retry or replay can send it again.")
+    updated_at: datetime
+
+
+class ActivityEntry(BaseModel):
+    id: int
+    at: datetime
+    level: Literal["debug", "info", "warning", "error"]
+    event: str
+    by: str | None = Field(
+        description="Who did it: api (details.api_key_id names the key), cli, fetcher, tracker, "
+        "a migration; null when the row does not say."
+    )
+    details: dict[str, Any] = Field(description="What happened, as the writer recorded it.")
+
+
+class _Page(BaseModel):
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page (same filters); null on the last page."
+    )
+    next: str | None = Field(description="The next page's URL; null on the last page.")
+
+
+class JobsPage(_Page):
+    items: list[JobSummary]
+
+
+class LinesPage(_Page):
+    items: list[LineSummary]
+
+
+class ActivityPage(_Page):
+    items: list[ActivityEntry]
+
+
+class ResolveResult(StatusResult):
+    take: Literal["woo", "mantis"]
+    resolved: int  # conflicting lines settled by this request
+
+
+class ConflictField(BaseModel):
+    field: str
+    woo: Any  # the store's value, as the syncer maps it
+    mantis: Any  # MantisNXT's value when the conflict was found
+
+
+class Conflict(BaseModel):
+    woo_id: int
+    detected_at: datetime
+    woo: dict[str, Any]  # the store's customer as it was read
+    mantis: dict[str, Any]  # MantisNXT's row when the conflict was found
+    diff: list[ConflictField]  # the compared fields whose values differ
+
+
+class ConflictPage(BaseModel):
+    job_id: UUID
+    total: int  # conflicts waiting in the job
+    conflicts: list[Conflict]  # ordered by woo_id
+    next_after: int | None  # pass as ?after= for the next page; None: this is the last
 
 
 class Health(BaseModel):

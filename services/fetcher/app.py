@@ -1,4 +1,8 @@
-"""The fetcher's one subscriber and its deps; the wiring is ``shared.runtime``."""
+"""The fetcher's one subscriber and its deps; the wiring is ``shared.runtime``.
+
+``build_app`` is the FastStream app (tests run it in process); ``build_asgi`` is the same app
+behind the fetcher's HTTP port, which the process serves (``python -m services.fetcher``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from faststream import FastStream
+from faststream.asgi import AsgiFastStream
 from faststream.rabbit.annotations import RabbitMessage
 
 from services.fetcher.handlers import FetcherDeps, PageReader, handle_sync_requested
@@ -17,6 +22,7 @@ from shared.broker import publish
 from shared.consuming import Parking, consume, raw_body
 from shared.crypto import SecretBox
 from shared.messages import Contract, SyncRequested
+from shared.metrics import FetcherMetrics
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.woocommerce import StoreConfig, WooClient
@@ -25,7 +31,19 @@ log = logging.getLogger("woosync.fetcher")
 
 
 def build_app(settings: Settings) -> FastStream:
+    return build_service(settings)[0]
+
+
+def build_asgi(settings: Settings) -> AsgiFastStream:
+    """The fetcher with its HTTP port: /healthz, /readyz, /metrics (``Runtime.asgi_app``)."""
+    app, runtime = build_service(settings)
+    return runtime.asgi_app(app)
+
+
+def build_service(settings: Settings) -> tuple[FastStream, Runtime]:
+    """The FastStream app and its runtime (whose registry holds the fetcher's metrics)."""
     runtime = Runtime("fetcher", settings)
+    metrics = FetcherMetrics(runtime.registry)
     broker, topology = runtime.broker, runtime.topology
     state: dict[str, FetcherDeps] = {}
     stopping = asyncio.Event()
@@ -49,6 +67,7 @@ def build_app(settings: Settings) -> FastStream:
             check_interval_s=settings.crawl_check_interval_s,
             max_message_bytes=settings.max_message_bytes,
             preview_max_customers=settings.preview_job_max_customers,
+            observe_page=metrics.observe_page,
         )
 
     async def stop_crawls() -> None:
@@ -71,4 +90,4 @@ def build_app(settings: Settings) -> FastStream:
             msg, SyncRequested, lambda r: handle_sync_requested(r, deps), log, parking=parking
         )
 
-    return runtime.faststream_app(started=[started], stopping=[stop_crawls])
+    return runtime.faststream_app(started=[started], stopping=[stop_crawls]), runtime

@@ -35,9 +35,14 @@ What the store says is checked, not trusted (see docs/architecture.md, "A store'
 * Any other error that is not the database's or the broker's fails the job with its text,
   instead of parking the request and leaving the job in ``processing``.
 
-A crawl stops within a page when its job becomes final (forced done, failed as stalled): each
-page's record checks the job in its transaction, and a watcher checks every
-``WOOSYNC_CRAWL_CHECK_INTERVAL_S`` while requests are in flight and cancels the workers. After
+A crawl stops within a page when its job becomes final (forced done, failed as stalled,
+cancelled): each page's record checks the job in its transaction, and a watcher checks every
+``WOOSYNC_CRAWL_CHECK_INTERVAL_S`` while requests are in flight and cancels the workers. A paused
+job's crawl stops as soon: no new request goes out once the watcher (or a page's record) sees
+``paused``, but requests in flight are answered and recorded (their batches reach the syncer,
+which holds them), so a resume reads no page twice; then the crawl records that it stopped
+(``crawl_stopped_at``, ``fetch.paused``) and its delivery is acked. A resumed crawl takes the
+recorded first page's totals instead of reading it again. After
 ``WOOSYNC_CRAWL_SLICE_S`` a crawl stops taking pages, publishes a fresh ``sync.requested`` for
 its job and returns, so its delivery is acked long before RabbitMQ's ``consumer_timeout``; the
 next delivery resumes from the recorded pages.
@@ -47,10 +52,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+from uuid import UUID
 
 import asyncpg
 
@@ -63,7 +70,7 @@ from shared.broker import DEFAULT_MAX_MESSAGE_BYTES, split_customer_batch
 from shared.consuming import Requeue, is_infrastructure_error
 from shared.crypto import SecretBox, UndecryptableSecret
 from shared.db import OrgScope, for_org
-from shared.lifecycle import FINAL_JOB_STATES
+from shared.lifecycle import FINAL_JOB_STATES, RUNNING_JOB_STATES, JobState
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message, SyncRequested
 from shared.urlsafety import StoreUrlError, ensure_public_url
 from shared.woocommerce import StoreConfig, StoreError
@@ -81,6 +88,7 @@ class PageReader(Protocol):
 
 T = TypeVar("T")
 ClientFactory = Callable[[StoreConfig, int], AbstractAsyncContextManager[PageReader]]
+PageObserver = Callable[[UUID, float, str | None], None]
 
 # Extra reads allowed to close gaps, beyond two per page of the store.
 GAP_READS_SPARE = 4
@@ -93,6 +101,10 @@ class CrawlFailed(Exception):
 
 class JobClosed(Exception):
     """The job became final (forced done, failed) while its crawl ran: the crawl stops."""
+
+
+class JobPaused(Exception):
+    """The job was paused: the crawl took no new page, and stops once its reads are recorded."""
 
 
 class SliceOver(Exception):
@@ -115,6 +127,8 @@ class FetcherDeps:
     # WOOSYNC_MAX_MESSAGE_BYTES: a page's customers go out in as many batches as that needs.
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     preview_max_customers: int = 50_000  # WOOSYNC_PREVIEW_JOB_MAX_CUSTOMERS
+    # Told of every page read: (connection id, seconds, None or the failure's kind); metrics.
+    observe_page: PageObserver | None = None
 
 
 @dataclass
@@ -125,6 +139,7 @@ class _Job:
     db: OrgScope
     deadline: float  # loop time at which the crawl's slice is over
     latest_total: int | None = None  # X-WP-Total of the latest answer that had one
+    pausing: bool = False  # the job was seen paused: no new request goes out
 
     @property
     def sliced(self) -> bool:
@@ -132,9 +147,22 @@ class _Job:
 
     async def fetch(self, client: PageReader, page: int | None, offset: int) -> Any:
         """Read one window; checks what the answer claims (see the module docstring)."""
-        result = await client.list_customers(
-            page=page or 1, per_page=self.batch_size, offset=offset
-        )
+        if self.pausing:
+            raise JobPaused()
+        started = time.monotonic()
+        error: str | None = None
+        try:
+            result = await client.list_customers(
+                page=page or 1, per_page=self.batch_size, offset=offset
+            )
+        except Exception as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            if self.deps.observe_page is not None:
+                self.deps.observe_page(
+                    self.request.connection_id, time.monotonic() - started, error
+                )
         for name, value in (("X-WP-Total", result.total), ("X-WP-TotalPages", result.total_pages)):
             problem = items.total_problem(name, value, self.deps.max_store_customers)
             if problem:
@@ -176,8 +204,11 @@ class _Job:
             )
         window = paging.Window.of(offset, ids, count=len(page_items))
         async with self.db.transaction() as conn:
-            if await conn.fetchval(q.SELECT_JOB_STATE, job_id, org_id) in FINAL_JOB_STATES:
+            state = await conn.fetchval(q.SELECT_JOB_STATE, job_id, org_id)
+            if state in FINAL_JOB_STATES:
                 raise JobClosed()
+            if state == JobState.PAUSED:
+                self.pausing = True  # this read is recorded; the next is not made
             # An overlapping window being recorded concurrently holds its new lines until it
             # commits; this insert waits for it and then finds them there.
             rows = await conn.fetch(q.INSERT_LINES, job_id, org_id, page, sorted(set(ids)))
@@ -284,6 +315,17 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     if deps.stopping.is_set():
         raise Requeue("the fetcher is stopping")
     scope = for_org(deps.pool, request.org_id)
+    stopped = await scope.fetchval(q.MARK_CRAWL_STOPPED, request.job_id, request.org_id)
+    if stopped is not None:
+        log.info("job %s is %s; nothing to fetch", request.job_id, stopped)
+        await activity.record(
+            scope,
+            org_id=request.org_id,
+            job_id=request.job_id,
+            event="fetch.stopped",
+            details={"state": stopped},
+        )
+        return
     row = await scope.fetchrow(q.SELECT_JOB_WITH_CONNECTION, request.job_id, request.org_id)
     if row is None:
         log.warning("job %s not found for its org; dropping the request", request.job_id)
@@ -292,7 +334,8 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
         log.info("job %s is already %s; nothing to fetch", request.job_id, row["state"])
         return
     processed = await scope.fetchval(q.MARK_JOB_PROCESSING, request.job_id, request.org_id)
-    if processed is None:
+    if processed is None:  # final, or paused or cancelled since the check above
+        await scope.fetchval(q.MARK_CRAWL_STOPPED, request.job_id, request.org_id)
         return
     log.info("job %s: reading its store (taken up %d times)", request.job_id, processed)
     await activity.record(
@@ -304,6 +347,7 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
     )
     deadline = asyncio.get_running_loop().time() + deps.slice_s
     job = _Job(request, row["batch_size"], deps, scope, deadline)
+    recorded_pages = row["pages_total"]
     try:
         config = StoreConfig(
             url=row["store_url"],
@@ -317,16 +361,39 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
         if row["kind"] == "preview":
             await _supervised(job, _preview(job, config, row))
             return
-        pages = await _supervised(job, _crawl(job, config, concurrency=row["concurrency"]))
+        crawl = _crawl(job, config, concurrency=row["concurrency"], recorded_pages=recorded_pages)
+        pages = await _supervised(job, crawl)
         lines = await scope.fetchval(q.MARK_FETCH_DONE, request.job_id, pages, request.org_id)
     except (StoreError, StoreUrlError, UndecryptableSecret, CrawlFailed) as exc:
         await _fail(job, str(exc), "store failed")
         return
     except JobClosed:
         log.info("job %s became final while its store was read; crawl stopped", request.job_id)
+        state = await scope.fetchval(q.MARK_CRAWL_STOPPED, request.job_id, request.org_id)
         await activity.record(
-            scope, org_id=request.org_id, job_id=request.job_id, event="fetch.stopped"
+            scope,
+            org_id=request.org_id,
+            job_id=request.job_id,
+            event="fetch.stopped",
+            details={"state": state} if state else {},
         )
+        return
+    except JobPaused:
+        state = await scope.fetchval(q.MARK_CRAWL_STOPPED, request.job_id, request.org_id)
+        log.info("job %s was paused; crawl stopped (job now %s)", request.job_id, state)
+        await activity.record(
+            scope,
+            org_id=request.org_id,
+            job_id=request.job_id,
+            event="fetch.paused",
+            details={"state": state},
+        )
+        if state is None:
+            # Resumed while this crawl finished its reads: the resume left the reading on to
+            # it (it sends no sync.requested while a crawl runs), so it is handed on.
+            now = await scope.fetchval(q.SELECT_JOB_STATE, request.job_id, request.org_id)
+            if now in RUNNING_JOB_STATES:
+                await _hand_on(job)
         return
     except SliceOver:
         await _hand_on(job)
@@ -418,6 +485,9 @@ async def _fail(job: _Job, error: str, what: str) -> None:
         details={"error": error},
     )
     await job.deps.publish(FetchFailed(job_id=request.job_id, org_id=request.org_id, error=error))
+    # Paused or cancelled meanwhile: the tracker leaves such a job alone, so this crawl says it
+    # stopped (a resume then crawls again; a cancelled job frees its store).
+    await job.db.fetchval(q.MARK_CRAWL_STOPPED, request.job_id, request.org_id)
 
 
 async def _hand_on(job: _Job) -> None:
@@ -469,18 +539,37 @@ async def _supervised(job: _Job, work: Awaitable[T]) -> T:
 
 
 async def _until_final(job: _Job) -> str | None:
-    """Returns once the job is final (or gone); polls while the crawl runs."""
+    """Returns once the job is final (or gone); polls while the crawl runs. A paused job is
+    marked so (no new request goes out) and watched on: cancelled while its last reads are in
+    flight, it stops at once."""
     while True:
         await asyncio.sleep(job.deps.check_interval_s)
         state = await job.db.fetchval(q.SELECT_JOB_STATE, job.request.job_id, job.request.org_id)
         if state is None or state in FINAL_JOB_STATES:
             return state
+        if state == JobState.PAUSED and not job.pausing:
+            log.info("job %s was paused; its crawl takes no new page", job.request.job_id)
+            job.pausing = True
 
 
-async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
-    """Fetch all pages, prove none was missed; returns the number of pages the store had."""
+async def _crawl(
+    job: _Job, config: StoreConfig, *, concurrency: int, recorded_pages: int | None = None
+) -> int:
+    """Fetch all pages, prove none was missed; returns the number of pages the store had.
+
+    ``recorded_pages`` is the page count an earlier crawl of the job recorded from its first
+    page: with that page recorded, the crawl resumes (after a pause, a hand-on, a restart)
+    without reading it again."""
     job_id, org_id = job.request.job_id, job.request.org_id
     async with job.deps.open_client(config, concurrency) as client:
+        fetched = {
+            r["page"]: r for r in await job.db.fetch(q.SELECT_FETCHED_PAGES, job_id, org_id)
+        }
+        resumed = fetched.get(1)
+        if recorded_pages is not None and resumed is not None and resumed["start_offset"] == 0:
+            log.info("job %s: resuming its crawl from the recorded pages", job_id)
+            windows = _recorded_windows(fetched, first=True)
+            return await _read_rest(job, client, fetched, windows, recorded_pages, concurrency)
         first = await job.fetch(client, 1, 0)
         count = len(first.customers)
         if paging.short_page_contradicts(0, count, job.batch_size, first.total) and count:
@@ -503,40 +592,58 @@ async def _crawl(job: _Job, config: StoreConfig, *, concurrency: int) -> int:
         # Without X-WP-Total (a proxy may strip it) the tail loop below reads page by page.
         total_pages = paging.pages_for(first.total, per_page)
         await job.db.execute(q.RECORD_STORE_TOTALS, job_id, first.total, total_pages, org_id)
-        fetched = {r["page"]: r for r in await job.db.fetch(q.SELECT_FETCHED_PAGES, job_id, org_id)}
-        windows = [window]
-        windows += [
-            paging.Window(r["start_offset"], r["customers"], r["first_id"], r["last_id"])
-            for r in fetched.values()
-            if r["start_offset"] is not None and r["page"] > 1
-        ]
-        done = set(fetched)
-        todo = (page for page in range(2, total_pages + 1) if page not in done)
-        await _read_pages(job, client, todo, windows, concurrency)
+        fetched = {
+            r["page"]: r for r in await job.db.fetch(q.SELECT_FETCHED_PAGES, job_id, org_id)
+        }
+        windows = [window] + _recorded_windows(fetched, first=False)
+        return await _read_rest(job, client, fetched, windows, total_pages, concurrency)
 
-        # The store may have grown while we read: re-read the last page, go on to a short one,
-        # but never past what a store of the allowed size can hold.
-        page, last_seen = total_pages, total_pages
-        limit = paging.max_pages(job.deps.max_store_customers, per_page)
-        while True:
-            result, window = await job.read(client, page, paging.page_offset(page, per_page))
-            windows.append(window)
-            if result.customers:
-                last_seen = page
-            if len(result.customers) < per_page:
-                break
-            page += 1
-            if page > limit:
-                raise CrawlFailed(
-                    f"the store kept answering full pages past {job.deps.max_store_customers:,} "
-                    "customers (WOOSYNC_MAX_STORE_CUSTOMERS); refusing to read further"
-                )
-            if job.sliced:
-                raise SliceOver()
 
-        await _close_gaps(job, client, windows, budget=GAP_READS_SPARE + 2 * last_seen)
-        await _check_complete(job)
-        return last_seen
+def _recorded_windows(fetched: dict[int, Any], *, first: bool) -> list[paging.Window]:
+    """The windows of the recorded pages (with the first page's, or without: just read)."""
+    return [
+        paging.Window(r["start_offset"], r["customers"], r["first_id"], r["last_id"])
+        for r in fetched.values()
+        if r["start_offset"] is not None and (first or r["page"] > 1)
+    ]
+
+
+async def _read_rest(
+    job: _Job,
+    client: PageReader,
+    fetched: dict[int, Any],
+    windows: list[paging.Window],
+    total_pages: int,
+    concurrency: int,
+) -> int:
+    """Read the pages not yet recorded, then the tail and the gaps (see the module docstring)."""
+    per_page = job.batch_size
+    done = set(fetched)
+    todo = (page for page in range(2, total_pages + 1) if page not in done)
+    await _read_pages(job, client, todo, windows, concurrency)
+    # The store may have grown while we read: re-read the last page, go on to a short one,
+    # but never past what a store of the allowed size can hold.
+    page, last_seen = total_pages, total_pages
+    limit = paging.max_pages(job.deps.max_store_customers, per_page)
+    while True:
+        result, window = await job.read(client, page, paging.page_offset(page, per_page))
+        windows.append(window)
+        if result.customers:
+            last_seen = page
+        if len(result.customers) < per_page:
+            break
+        page += 1
+        if page > limit:
+            raise CrawlFailed(
+                f"the store kept answering full pages past {job.deps.max_store_customers:,} "
+                "customers (WOOSYNC_MAX_STORE_CUSTOMERS); refusing to read further"
+            )
+        if job.sliced:
+            raise SliceOver()
+
+    await _close_gaps(job, client, windows, budget=GAP_READS_SPARE + 2 * last_seen)
+    await _check_complete(job)
+    return last_seen
 
 
 async def _adapt_page_size(job: _Job, store_page_size: int) -> None:
@@ -573,13 +680,14 @@ async def _read_pages(
 ) -> None:
     """Read the pages ``todo`` yields with ``concurrency`` workers, each pulling the next page
     number when it is done with one: memory stays flat however many pages there are. Once the
-    slice is over, workers take no new page; SliceOver is raised when pages were left."""
+    slice is over, workers take no new page; SliceOver is raised when pages were left. Once
+    the job is paused, workers take no new page but finish their reads; then JobPaused."""
     per_page = job.batch_size
     left = False
 
     async def worker() -> None:
         nonlocal left
-        for page in todo:
+        while not job.pausing and (page := next(todo, None)) is not None:
             _, window = await job.read(client, page, paging.page_offset(page, per_page))
             windows.append(window)
             if job.sliced:
@@ -590,8 +698,10 @@ async def _read_pages(
         async with asyncio.TaskGroup() as group:
             for _ in range(concurrency):
                 group.create_task(worker())
-    except* (StoreError, CrawlFailed, JobClosed) as errors:
+    except* (StoreError, CrawlFailed, JobClosed, JobPaused) as errors:
         raise errors.exceptions[0] from None
+    if job.pausing:
+        raise JobPaused()
     if left and next(todo, None) is not None:
         raise SliceOver()
 

@@ -4,8 +4,8 @@ Every statement names the job's org as well as its id (row-level security is the
 """
 
 from shared.lifecycle import (
+    ACTIVE_JOB_STATES,
     FINAL_JOB_STATES,
-    OPEN_JOB_STATES,
     Actor,
     JobState,
     LineState,
@@ -18,26 +18,40 @@ from shared.preview import STORED_COLUMNS
 
 # A message can only ever reach its own org's connection.
 SELECT_JOB_WITH_CONNECTION = """
-SELECT j.id, j.org_id, j.state, j.batch_size, j.concurrency, j.fetch_done_at, j.kind,
-       j.preview_sample_size, c.id AS connection_id, c.store_url, c.auth_mode, c.verify_tls,
-       c.consumer_key, c.consumer_secret_enc
+SELECT j.id, j.org_id, j.state, j.batch_size, j.concurrency, j.fetch_done_at, j.pages_total,
+       j.kind, j.preview_sample_size, c.id AS connection_id, c.store_url, c.auth_mode,
+       c.verify_tls, c.consumer_key, c.consumer_secret_enc
 FROM woo_customer_sync_queue j
 JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
 WHERE j.id = $1 AND j.org_id = $2
 """
 
+# A paused or cancelled job is not taken: see MARK_CRAWL_STOPPED. A crawl begins: it has not
+# stopped (crawl_stopped_at) until it ends for a pause or a cancel.
 MARK_JOB_PROCESSING = changes_state(
     "fetcher.MARK_JOB_PROCESSING",
     "job",
-    {Actor.FETCHER: moves(OPEN_JOB_STATES, (JobState.PROCESSING,))},
+    {Actor.FETCHER: moves(ACTIVE_JOB_STATES, (JobState.PROCESSING,))},
     f"""
 UPDATE woo_customer_sync_queue
 SET state = {sql_state(JobState.PROCESSING)}, started_at = coalesce(started_at, now()),
-    process_count = process_count + 1, updated_at = now()
-WHERE id = $1 AND org_id = $2 AND state IN {sql_in(OPEN_JOB_STATES)}
+    process_count = process_count + 1, crawl_stopped_at = NULL, updated_at = now()
+WHERE id = $1 AND org_id = $2 AND state IN {sql_in(ACTIVE_JOB_STATES)}
 RETURNING process_count
 """,
 )
+
+# The job is paused or cancelled: no crawl of it runs any more (this one ended, or a delivery
+# found it so). An UPDATE, so a resume that is committing (its sync.requested already published)
+# is waited for and then seen: no row, and the crawl goes on. Frees a cancelled job's slot
+# (migration 0010). Returns the job's state when it is stopped.
+MARK_CRAWL_STOPPED = f"""
+UPDATE woo_customer_sync_queue
+SET crawl_stopped_at = coalesce(crawl_stopped_at, now())
+WHERE id = $1 AND org_id = $2
+  AND state IN {sql_in({JobState.PAUSED, JobState.CANCELLED})}
+RETURNING state
+"""
 
 RECORD_STORE_TOTALS = """
 UPDATE woo_customer_sync_queue
@@ -118,16 +132,17 @@ RETURNING woo_id
 )
 
 # Lines of customers that cannot be sent (too large for a message): failed at once, no payload.
-# Whatever their state (no guard): a line synced before from a smaller version fails too.
+# Whatever their state but cancelled: a line synced before from a smaller version fails too.
 FAIL_LINES = changes_state(
     "fetcher.FAIL_LINES",
     "line",
-    {Actor.FETCHER: moves(LineState, (LineState.FAILED,))},
+    {Actor.FETCHER: moves(set(LineState) - {LineState.CANCELLED}, (LineState.FAILED,))},
     f"""
 UPDATE woo_customer_sync_queue_line l
 SET state = {sql_state(LineState.FAILED)}, attempts = 1, last_error = r.error, updated_at = now()
 FROM unnest($3::bigint[], $4::text[]) AS r(woo_id, error)
 WHERE l.job_id = $1 AND l.org_id = $2 AND l.woo_id = r.woo_id
+  AND l.state <> {sql_state(LineState.CANCELLED)}
 """,
 )
 

@@ -42,6 +42,27 @@ A customer stored with its NUL characters removed, or a payload older than the s
 makes its line ``done``; the line's ``warning`` says which (``NUL characters removed from
 first_name``, ``stale payload: ...``).
 
+Paused and cancelled jobs
+------------------------
+A batch of a paused job is not written: it is kept as it came, with its attempt, in
+``woo_customer_sync_hold`` and the delivery acked (so it spends no redelivery and holds no queue
+up); ``resume`` publishes the held batches again. A batch of a cancelled job is not written
+either: its open lines are settled as ``cancelled``. The job's state is read under a lock that
+a pause or cancel waits for, so no batch is written after either has answered.
+
+Conflicts
+---------
+A customer edited in MantisNXT since its last sync whose store version changed too is a conflict
+(``shared.conflicts``), settled by the job's policy in the same transaction: the store's version
+is upserted (``woo_wins``, a newer store version under ``newest_wins``), MantisNXT's row is kept
+and the store version recorded as seen (``mantis_wins``, a newer MantisNXT edit under
+``newest_wins``), both with a ``conflict (...)`` warning on the done line; or (``manual``)
+nothing is written and the line waits as ``conflict`` with the store's customer and MantisNXT's
+row, which the tracker counts and which keeps the job open until the api resolves it. The
+transaction names woosync as the writer, so the trigger of migration 0017 does not take these
+writes for MantisNXT edits. An edit committed between the read of the edited rows and the upsert
+is not seen (as before conflicts existed); it is seen by the next sync if the store changes again.
+
 Failures
 --------
 If the batch upsert is refused by PostgreSQL for a row's sake, the batch is bisected inside
@@ -62,8 +83,11 @@ from uuid import UUID, uuid5
 import asyncpg
 
 from services.syncer import queries as q
+from shared import conflicts
+from shared.conflicts import DEFAULT_POLICY, ConflictPolicy, Outcome, StoredVersion, decide
+from shared.conflicts import warning as conflict_warning
 from shared.db import for_org
-from shared.lifecycle import LineState
+from shared.lifecycle import JobState, LineState
 from shared.mapping import (
     CustomerRow,
     MappingError,
@@ -145,6 +169,19 @@ class BatchOutcome:
     failed: LinesFailed | None = None
     failures: tuple[CustomerFailure, ...] = ()
     stale: tuple[Stale, ...] = ()
+    held: bool = False  # the job is paused: the batch was kept, nothing written
+    dropped: bool = False  # the job is cancelled: nothing written
+    conflicts: tuple[int, ...] = ()  # woo_ids whose lines wait as ``conflict`` (manual policy)
+
+
+@dataclass(frozen=True)
+class Held:
+    """A conflict settled without the upsert: kept MantisNXT's row, or waiting for a person."""
+
+    row: CustomerRow
+    outcome: Outcome  # KEEP_MANTIS or WAIT
+    warning: str | None
+    mantis_version: dict[str, Any]
 
 
 def read_attempt(headers: Mapping[str, Any] | None) -> int:
@@ -175,38 +212,130 @@ async def handle_customer_batch(
     rows, failures, customers = map_batch(batch)
     final = attempt >= max_attempts
     async with for_org(pool, batch.org_id).transaction() as conn:
-        connection_id = await conn.fetchval(q.SELECT_JOB_CONNECTION, batch.job_id, batch.org_id)
-        if connection_id is None:
+        job = await conn.fetchrow(q.SELECT_JOB_CONNECTION, batch.job_id, batch.org_id)
+        if job is None:
             raise UnknownJob(f"job {batch.job_id} of org {batch.org_id} does not exist")
+        if job["state"] == JobState.PAUSED:
+            await conn.execute(
+                q.HOLD_BATCH, batch.job_id, batch.org_id, attempt, batch.model_dump_json().encode()
+            )
+            log.info("job %s is paused: batch %s held", batch.job_id, batch.message_id)
+            return BatchOutcome(held=True)
+        if job["state"] == JobState.CANCELLED:
+            ids = sorted({r.woo_id for r in rows} | {f.woo_id for f in failures if f.woo_id})
+            await conn.execute(q.CANCEL_LINES, batch.job_id, batch.org_id, ids)
+            log.info("job %s is cancelled: batch %s not written", batch.job_id, batch.message_id)
+            return BatchOutcome(dropped=True)
+        connection_id = job["connection_id"]
         if connection_id != batch.connection_id:
             rows = [replace(row, connection_id=connection_id) for row in rows]
+        policy = ConflictPolicy(job["conflict_policy"] or DEFAULT_POLICY)
+        await conn.execute(conflicts.MARK_WOOSYNC_WRITER)
         await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+        rows, held, taken = await settle_conflicts(conn, rows, policy)
         synced, refused, stale = await upsert_isolating(conn, rows)
         await conn.execute("SET LOCAL lock_timeout TO DEFAULT")
         failures += [
             CustomerFailure(r.woo_id, error, customers[r.woo_id], retryable)
             for r, error, retryable in refused
         ]
-        lines = _line_updates(synced, failures, stale, final=final)
+        lines = _line_updates(synced, failures, stale, final=final, notes=taken)
+        lines += _held_lines(held, customers)
+        lines.sort(key=lambda line: int(line["woo_id"]))
         if lines:
             await conn.execute(q.SETTLE_LINES, batch.job_id, batch.org_id, lines)
-    outcome = build_outcome(batch, synced, failures, attempt=attempt, final=final)
-    if stale:
-        outcome = replace(outcome, stale=tuple(stale.values()))
+    kept = [h.row for h in held if h.outcome == Outcome.KEEP_MANTIS]
+    waiting = tuple(h.row.woo_id for h in held if h.outcome == Outcome.WAIT)
+    outcome = build_outcome(
+        batch, sorted([*synced, *kept], key=_woo_id), failures, attempt=attempt, final=final
+    )
+    if stale or waiting:
+        outcome = replace(outcome, stale=tuple(stale.values()), conflicts=waiting)
     log.info(
         "job %s batch %s attempt %d: %d synced (%d stale left alone, %d with warnings), "
-        "%d failed%s%s",
+        "%d conflicts (%s: %d kept MantisNXT's, %d waiting), %d failed%s%s",
         batch.job_id,
         batch.message_id,
         attempt,
         len(synced),
         len(stale),
         sum(1 for row in synced if row.warnings),
+        len(held) + len(taken),
+        policy,
+        len(kept),
+        len(waiting),
         len(failures),
         " (parked)" if outcome.park else "",
         " (retrying)" if outcome.retry else "",
     )
     return outcome
+
+
+async def settle_conflicts(
+    conn: asyncpg.Connection, rows: Sequence[CustomerRow], policy: ConflictPolicy
+) -> tuple[list[CustomerRow], list[Held], dict[int, str]]:
+    """Settle the batch's conflicts by ``policy``: the rows still to upsert, the conflicts held
+    back from the upsert (MantisNXT's rows kept here, or waiting), and the warnings of the
+    conflicts the store's version wins (upserted with the others)."""
+    if not rows:
+        return [], [], {}
+    org_id, connection_id = rows[0].org_id, rows[0].connection_id
+    edited = {
+        r["woo_id"]: r
+        for r in await conn.fetch(
+            q.SELECT_EDITED_CUSTOMERS, org_id, connection_id, [row.woo_id for row in rows]
+        )
+    }
+    if not edited:
+        return list(rows), [], {}
+    upsert: list[CustomerRow] = []
+    held: list[Held] = []
+    taken: dict[int, str] = {}
+    for row in rows:
+        record = edited.get(row.woo_id)
+        stored = _stored_version(record) if record is not None else None
+        outcome = decide(policy, stored, row.source_hash, row.woo_date_modified)
+        if outcome in (Outcome.WRITE, Outcome.TAKE_WOO):
+            upsert.append(row)
+            if outcome == Outcome.TAKE_WOO and stored is not None:
+                taken[row.woo_id] = conflict_warning(outcome, policy, stored) or ""
+            continue
+        assert record is not None and stored is not None
+        held.append(
+            Held(row, outcome, conflict_warning(outcome, policy, stored), record["mantis_version"])
+        )
+    kept = [h.row for h in held if h.outcome == Outcome.KEEP_MANTIS]
+    if kept:
+        await conn.execute(
+            conflicts.KEEP_MANTIS_VERSIONS, org_id, connection_id, *conflicts.keep_arguments(kept)
+        )
+    return upsert, held, taken
+
+
+def _stored_version(record: asyncpg.Record) -> StoredVersion:
+    return StoredVersion(
+        source_hash=record["source_hash"],
+        woo_date_modified=record["woo_date_modified"],
+        synced_at=record["synced_at"],
+        mantis_updated_at=record["mantis_updated_at"],
+    )
+
+
+def _held_lines(held: Sequence[Held], customers: Mapping[int, Any]) -> list[dict[str, Any]]:
+    lines = []
+    for h in held:
+        waiting = h.outcome == Outcome.WAIT
+        lines.append(
+            {
+                "woo_id": h.row.woo_id,
+                "state": LineState.CONFLICT if waiting else LineState.DONE,
+                "error": None,
+                "warning": h.warning,
+                "payload": customers[h.row.woo_id] if waiting else None,
+                "mantis_version": h.mantis_version if waiting else None,
+            }
+        )
+    return lines
 
 
 def map_batch(
@@ -256,8 +385,7 @@ async def upsert_isolating(
         good_right, bad_right, stale_right = await upsert_isolating(conn, rows[middle:])
         return good_left + good_right, bad_left + bad_right, stale_left | stale_right
     stale = {
-        r["woo_id"]: Stale(r["woo_id"], r["kept_modified"], r["payload_modified"])
-        for r in records
+        r["woo_id"]: Stale(r["woo_id"], r["kept_modified"], r["payload_modified"]) for r in records
     }
     return list(rows), [], stale
 
@@ -342,16 +470,20 @@ def _line_updates(
     stale: Mapping[int, Stale],
     *,
     final: bool,
+    notes: Mapping[int, str] | None = None,
 ) -> list[dict[str, Any]]:
     lines: dict[int, dict[str, Any]] = {}
     for row in synced:
-        notes = [stale[row.woo_id].warning()] if row.woo_id in stale else list(row.warnings)
+        said = [stale[row.woo_id].warning()] if row.woo_id in stale else list(row.warnings)
+        if notes and row.woo_id in notes and row.woo_id not in stale:
+            said.append(notes[row.woo_id])
         lines[row.woo_id] = {
             "woo_id": row.woo_id,
             "state": LineState.DONE,
             "error": None,
-            "warning": "; ".join(notes) or None,
+            "warning": "; ".join(said) or None,
             "payload": None,
+            "mantis_version": None,
         }
     for failure in failures:
         if failure.woo_id is None:
@@ -364,6 +496,7 @@ def _line_updates(
             "error": failure.error,
             "warning": None,
             "payload": failure.customer if keep else None,
+            "mantis_version": None,
         }
     return [lines[woo_id] for woo_id in sorted(lines)]
 

@@ -6,16 +6,64 @@ Both statements take their whole set at once (the customers as one array per col
 cannot deadlock each other.
 """
 
-from shared.lifecycle import Actor, LineState, changes_state, moves, sql_state
+from shared.lifecycle import (
+    IN_FLIGHT_LINE_STATES,
+    Actor,
+    LineState,
+    changes_state,
+    moves,
+    sql_in,
+    sql_state,
+)
 from shared.mapping import CUSTOMER_COLUMNS
 
 # The job must exist and belong to the org the batch names (tenant isolation). Its connection,
 # not the batch's, is where the customers go: a batch queued before migration 0009 merged its
 # store's connections names one that no longer exists, and the job was moved to the survivor.
+# The job's state is read under a KEY SHARE lock held to the commit: a pause or cancel (which
+# lock the job FOR UPDATE) waits for a batch being written, and a batch written after one sees
+# it. The fetcher's and the tracker's updates of the job row do not conflict with this lock.
+# With the job's conflict policy, else its connection's (shared.conflicts).
 SELECT_JOB_CONNECTION = """
-SELECT connection_id FROM woo_customer_sync_queue
-WHERE id = $1 AND org_id = $2
+SELECT j.connection_id, j.state,
+       COALESCE(j.conflict_policy, c.conflict_policy) AS conflict_policy
+FROM woo_customer_sync_queue j
+JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
+WHERE j.id = $1 AND j.org_id = $2
+FOR KEY SHARE OF j
 """
+
+# $1 org_id, $2 connection_id, $3 bigint[] woo_ids. The stored rows among them that were edited
+# in MantisNXT since their last sync (the only ones that can be conflicts), with what decides a
+# conflict and MantisNXT's version as it is now (what a waiting conflict line keeps).
+SELECT_EDITED_CUSTOMERS = """
+SELECT c.woo_id, c.source_hash, c.woo_date_modified, c.synced_at, c.mantis_updated_at,
+       to_jsonb(c) - 'raw' - 'org_id' - 'connection_id' AS mantis_version
+FROM customer AS c
+WHERE c.org_id = $1 AND c.connection_id = $2 AND c.woo_id = ANY($3::bigint[])
+  AND c.mantis_updated_at > c.synced_at
+ORDER BY c.woo_id
+"""
+
+# A batch of a paused job, kept as it came until the job is resumed (migration 0010).
+HOLD_BATCH = """
+INSERT INTO woo_customer_sync_hold (job_id, org_id, attempt, batch)
+VALUES ($1, $2, $3, $4)
+"""
+
+# A batch of a cancelled job is not written: its lines that are still open are settled as
+# cancelled (a batch published just before the cancel, or a replay after it).
+CANCEL_LINES = changes_state(
+    "syncer.CANCEL_LINES",
+    "line",
+    {Actor.SYNCER: moves(IN_FLIGHT_LINE_STATES, (LineState.CANCELLED,))},
+    f"""
+UPDATE woo_customer_sync_queue_line
+SET state = {sql_state(LineState.CANCELLED)}, updated_at = now()
+WHERE job_id = $1 AND org_id = $2 AND woo_id = ANY($3::bigint[])
+  AND state IN {sql_in(IN_FLIGHT_LINE_STATES)}
+""",
+)
 
 # What each customer travels as: one array per field, $3 onwards in this order, with the type of
 # its elements. services/syncer/handlers.py builds the arrays from this tuple; the statement's
@@ -107,29 +155,32 @@ WHERE c.source_hash IS DISTINCT FROM i.source_hash
 ORDER BY i.woo_id
 """
 
-# $1 job_id, $2 org_id, $3: jsonb array of {woo_id, state, error, warning, payload}, woo_ids
-# unique. Every line this delivery settled, whatever its outcome: done clears the error and the
-# kept payload and records the warning, if any (NUL removed, stale payload left alone);
-# processing (a retry is on its way) records the error; failed (parked) keeps the
-# raw customer so an operator's retry can resend it. A line already done is never touched, so
-# a redelivered or replayed batch changes nothing; a line the fetcher never recorded (replays)
-# is created. A line of another org is left alone.
+# $1 job_id, $2 org_id, $3: jsonb array of {woo_id, state, error, warning, payload,
+# mantis_version}, woo_ids unique. Every line this delivery settled, whatever its outcome: done
+# clears the error and the kept payload and records the warning, if any (NUL removed, stale
+# payload left alone, a conflict a policy settled); processing (a retry is on its way) records
+# the error; failed (parked) keeps the raw customer so an operator's retry can resend it;
+# conflict keeps the store's customer and MantisNXT's row. A line already done, or waiting as a
+# conflict (only a person settles it), is never touched, so a redelivered or replayed batch
+# changes nothing; a line the fetcher never recorded (replays) is created. A line of another org
+# is left alone.
 SETTLE_LINES = changes_state(
     "syncer.SETTLE_LINES",
     "line",
     {
         Actor.SYNCER: moves(
             (None, LineState.PENDING, LineState.PROCESSING, LineState.FAILED),
-            (LineState.DONE, LineState.PROCESSING, LineState.FAILED),
+            (LineState.DONE, LineState.PROCESSING, LineState.FAILED, LineState.CONFLICT),
         )
     },
     f"""
 INSERT INTO woo_customer_sync_queue_line AS l (
-    job_id, woo_id, org_id, state, attempts, last_error, warning, payload
+    job_id, woo_id, org_id, state, attempts, last_error, warning, payload, mantis_version
 )
-SELECT $1, x.woo_id, $2, x.state, 1, x.error, x.warning, x.payload
+SELECT $1, x.woo_id, $2, x.state, 1, x.error, x.warning, x.payload, x.mantis_version
 FROM jsonb_to_recordset($3::jsonb)
-     AS x(woo_id bigint, state text, error text, warning text, payload jsonb)
+     AS x(woo_id bigint, state text, error text, warning text, payload jsonb,
+          mantis_version jsonb)
 ORDER BY x.woo_id
 ON CONFLICT (job_id, woo_id) DO UPDATE SET
     state = EXCLUDED.state,
@@ -137,7 +188,9 @@ ON CONFLICT (job_id, woo_id) DO UPDATE SET
     last_error = EXCLUDED.last_error,
     warning = EXCLUDED.warning,
     payload = EXCLUDED.payload,
+    mantis_version = EXCLUDED.mantis_version,
     updated_at = now()
-WHERE l.state <> {sql_state(LineState.DONE)} AND l.org_id = EXCLUDED.org_id
+WHERE l.state NOT IN {sql_in({LineState.DONE, LineState.CANCELLED, LineState.CONFLICT})}
+  AND l.org_id = EXCLUDED.org_id
 """,
 )

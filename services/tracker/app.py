@@ -1,14 +1,17 @@
 """The tracker process as one Starlette app: its subscriber and routes here, the wiring in
 ``shared.runtime`` run as the lifespan, so uvicorn's start and stop (SIGTERM included) drive
 everything; the recompute loop, the scheduled cleanup (``services.tracker.cleanup``) and the
-schedules (``services.tracker.scheduler``) run between the runtime's open and close."""
+schedules (``services.tracker.scheduler``) run between the runtime's open and close.
+
+``/metrics`` (``shared.metrics``) reads jobs by state and every queue's depth when scraped: the
+tracker is the one service that already looks across orgs and queues."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from functools import partial
@@ -19,6 +22,7 @@ import asyncpg
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -40,10 +44,12 @@ from shared.messages import (
     LinesDone,
     LinesFailed,
 )
+from shared.metrics import HttpMetrics, RequestMetrics, TrackerMetrics, metrics_endpoint
 from shared.paths import PROGRESS_PAGE_PATH, PROGRESS_PATH
 from shared.ratelimit import StreamSlots
 from shared.runtime import Runtime
 from shared.settings import Settings
+from shared.topology import Topology
 from shared.web import READY_TIMEOUT_S, ApiError, RefusedCallers, error_response
 
 log = logging.getLogger("woosync.tracker")
@@ -67,14 +73,7 @@ class State(TypedDict):
     streams: StreamSlots  # open progress streams per org
 
 
-def _readiness_body(database: bool, broker: bool) -> dict[str, object]:
-    return {
-        "status": "ok" if database and broker else "unavailable",
-        "checks": {"database": database, "broker": broker},
-    }
-
-
-readyz = web.readyz(lambda r: (r.state.pool, r.state.broker), _readiness_body)
+readyz = web.readyz(lambda r: (r.state.pool, r.state.broker), web.readiness_body)
 
 
 async def consumer_count(amqp_url: str, queue: str) -> int:
@@ -107,11 +106,60 @@ async def asyncapi(request: Request) -> Response:
         )
     served: Served = request.app.state.asyncapi
     return JSONResponse(await served.get())
+# Jobs of every org by state, aggregates only (migration 0014): the tracker runs as woosync_app,
+# which row-level security confines to one org per transaction.
+SELECT_JOB_STATE_COUNTS = "SELECT state, jobs FROM woosync_job_state_counts()"
+
+
+async def queue_depths(amqp_url: str, topology: Topology) -> list[tuple[str, str, int, int]]:
+    """(queue, role, messages ready, consumers) of every queue of the topology, by passive
+    declares on a short-lived connection of its own (the broker's channels cache declarations)."""
+    roles = [(q.name, "work") for q in topology.work_queues]
+    roles += [(topology.parking(q).name, "parking") for q in topology.work_queues]
+    roles += [(q.name, "retry") for q in topology.retry_tiers]
+    connection = await aio_pika.connect(amqp_url, timeout=READY_TIMEOUT_S)
+    try:
+        channel = await connection.channel()
+        depths = []
+        for name, role in roles:
+            result = (await channel.declare_queue(name, passive=True)).declaration_result
+            depths.append(
+                (name, role, int(result.message_count or 0), int(result.consumer_count or 0))
+            )
+        return depths
+    finally:
+        await connection.close()
+
+
+def metrics_refresh(runtime: Runtime, metrics: TrackerMetrics) -> Callable[[], Awaitable[None]]:
+    """Read jobs by state and queue depths for a scrape; a source that cannot be read keeps its
+    last values and counts a refresh error."""
+
+    async def refresh() -> None:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                rows = await runtime.pool.fetch(SELECT_JOB_STATE_COUNTS)
+            metrics.set_jobs({row["state"]: row["jobs"] for row in rows})
+        except Exception:
+            log.warning("metrics: jobs by state unreadable", exc_info=True)
+            metrics.refresh_errors.labels("database").inc()
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S * 2):
+                depths = await queue_depths(runtime.settings.amqp_url, runtime.topology)
+            for queue, role, messages, consumers in depths:
+                metrics.set_queue(queue, role, messages, consumers)
+        except Exception:
+            log.warning("metrics: queue depths unreadable", exc_info=True)
+            metrics.refresh_errors.labels("broker").inc()
+
+    return refresh
 
 
 def build_app(settings: Settings) -> Starlette:
     runtime = Runtime("tracker", settings)
     broker, topology = runtime.broker, runtime.topology
+    http_metrics = HttpMetrics(runtime.registry)
+    tracker_metrics = TrackerMetrics(runtime.registry)
     parking = Parking(broker, topology.parking(topology.tracker_queue).name)
     trackers: dict[str, Tracker] = {}
 
@@ -190,8 +238,14 @@ def build_app(settings: Settings) -> Starlette:
             Route(PROGRESS_PATH, progress, methods=["GET"]),
             Route(PROGRESS_PAGE_PATH, progress_page, methods=["GET"]),
             Route("/asyncapi.json", asyncapi, methods=["GET"]),
+            Route(
+                "/metrics",
+                metrics_endpoint(runtime.registry, metrics_refresh(runtime, tracker_metrics)),
+                methods=["GET"],
+            ),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(RequestMetrics, metrics=http_metrics)],
     )
     app.state.runtime = runtime  # its broker declares the subscriber (the AsyncAPI document)
     app.state.asyncapi = Served(settings)

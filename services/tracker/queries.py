@@ -31,7 +31,8 @@ counts AS (
     SELECT count(*)::int                                                    AS total,
            (count(*) FILTER (WHERE state = {sql_state(LineState.DONE)}))::int AS done,
            (count(*) FILTER (WHERE state = {sql_state(LineState.FAILED)}))::int AS failed,
-           (count(*) FILTER (WHERE state IN {sql_in(OPEN_LINE_STATES)}))::int AS open
+           (count(*) FILTER (WHERE state IN {sql_in(OPEN_LINE_STATES)}))::int AS open,
+           (count(*) FILTER (WHERE state = {sql_state(LineState.CONFLICT)}))::int AS conflicts
     FROM woo_customer_sync_queue_line
     WHERE job_id = $1 AND org_id = $2
 )
@@ -46,8 +47,9 @@ SELECT state FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR NO K
 """
 
 # $1 job id, $2 org id. Writes the job row only when a count changed or the job finishes (no churn
-# from the sweeps). The job finishes once every page is read (fetch_done_at) and no line is open:
-# done when none failed, else failed. A failed job whose pages were all read recovers to
+# from the sweeps). The job finishes once every page is read (fetch_done_at) and no line is open
+# (lines waiting as conflicts are open: the job waits for them to be resolved): done when none
+# failed, else failed. A failed job whose pages were all read recovers to
 # done once every line is done: its parked customers were moved back (say from the RabbitMQ
 # console) and synced, or its stalled services came back and finished. The state guards are repeated
 # in the WHERE clause, which PostgreSQL re-checks against the newest row version after waiting for a
@@ -129,7 +131,9 @@ SELECT_STALL_CANDIDATES = "SELECT id, org_id, state FROM woosync_stall_candidate
 
 # $1 job id, $2 org id, $3 stall timeout in seconds, $4 error. Run after LOCK_JOB, so the statement
 # sees the newest job row and lines: progress that came meanwhile, or a job already final, leaves no
-# row. Counts are brought up to date as by FAIL_JOB.
+# row. Counts are brought up to date as by FAIL_JOB. A job whose pages are all read and whose only
+# open lines wait as conflicts waits for a person, not a service: it does not stall (the same
+# condition as the function of migration 0017).
 STALL_JOB = changes_state(
     "tracker.STALL_JOB",
     "job",
@@ -156,6 +160,7 @@ WHERE j.id = $1 AND j.org_id = $2
       SELECT 1 FROM woo_customer_sync_queue_line l
       WHERE l.job_id = $1 AND l.org_id = $2 AND l.updated_at >= now() - make_interval(secs => $3)
   )
+  AND NOT (j.fetch_done_at IS NOT NULL AND c.conflicts > 0 AND c.open = c.conflicts)
 RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count,
           b.state AS previous_state, b.updated_at AS last_progress_at,
           j.fetch_done_at IS NOT NULL AS fetch_complete

@@ -12,8 +12,13 @@ Wire format (``text/event-stream``)::
     data: <JobStatus as JSON>
 
     event: complete            once, when the job is done or failed; then the stream ends
+                               (JobStatus carries ``conflicts``: lines waiting for a person; a
+                               job with any is not done, so its stream stays open)
     id: <n>
     data: <JobStatus as JSON>
+
+The status carries ``rate_per_s`` and ``eta_s`` (``shared.jobs``), read with it from the lines;
+a changed rate is a change, so a moving job sends an event per poll, a stalled one settles.
 
 ``event: error`` (``{"error": {...}}``) ends the stream if the job disappears mid-stream, or
 when its credential no longer holds: the stream checks its API key (revoked?) or progress token
@@ -241,7 +246,9 @@ dl{display:grid;grid-template-columns:auto 1fr;gap:.2em 1em}dt{color:#666}dd{mar
 <div class="bar"><div id="fill"></div></div>
 <p id="headline">Connecting&hellip;</p>
 <dl><dt>Total</dt><dd id="total">-</dd><dt>Done</dt><dd id="done">-</dd>
-<dt>Failed</dt><dd id="failed">-</dd><dt>Pending</dt><dd id="pending">-</dd></dl>
+<dt>Failed</dt><dd id="failed">-</dd><dt>Conflicts</dt><dd id="conflicts">-</dd>
+<dt>Pending</dt><dd id="pending">-</dd>
+<dt>Rate</dt><dd id="rate">-</dd><dt>ETA</dt><dd id="eta">-</dd></dl>
 <p id="error"></p>
 <script>
 "use strict";
@@ -253,7 +260,9 @@ function show(s) {
   el("fill").style.width = s.percent + "%";
   el("fill").className = s.state === "$FAILED" ? "failed" : "";
   el("headline").textContent = s.state + " \\u2014 " + s.percent + "%";
-  for (const k of ["total", "done", "failed", "pending"]) el(k).textContent = s[k];
+  for (const k of ["total", "done", "failed", "conflicts", "pending"]) el(k).textContent = s[k];
+  el("rate").textContent = s.rate_per_s === null ? "-" : s.rate_per_s + " customers/s";
+  el("eta").textContent = s.eta_s === null ? "-" : s.eta_s + " s";
   el("error").textContent = s.last_error || "";
 }
 const source = new EventSource(url);

@@ -202,9 +202,7 @@ class WooClient:
             )
         return total
 
-    async def _get_customers(
-        self, params: dict[str, str | int]
-    ) -> tuple[list[Any], httpx.Headers]:
+    async def _get_customers(self, params: dict[str, str | int]) -> tuple[list[Any], httpx.Headers]:
         path = self._path(CUSTOMERS_PATH)
         started = time.monotonic()
         controller = retrying(self._policy, self._log_retry("GET", path))

@@ -42,6 +42,8 @@ class Stack:
     log_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[tuple[str, int], subprocess.Popen[bytes]] = field(default_factory=dict)
+    # The HTTP port (/healthz, /readyz, /metrics) of each fetcher and syncer process.
+    ports: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.env = {
@@ -68,14 +70,25 @@ class Stack:
     def tracker_url(self) -> str:
         return f"http://127.0.0.1:{self.env['WOOSYNC_TRACKER_PORT']}"
 
+    def url(self, service: str, replica: int = 0) -> str:
+        """The base URL of a process's HTTP port (api, tracker: the one of every replica)."""
+        if service in ("api", "tracker"):
+            return self.api_url if service == "api" else self.tracker_url
+        return f"http://127.0.0.1:{self.ports[(service, replica)]}"
+
     def start(self, service: str, replica: int = 0) -> subprocess.Popen[bytes]:
         key = (service, replica)
         old = self.processes.get(key)
         assert old is None or old.poll() is not None, f"{service}[{replica}] is still running"
+        env = self.env
+        if service in ("fetcher", "syncer"):  # replicas on one host: a port each
+            port_key = f"WOOSYNC_{service.upper()}_PORT"
+            self.ports[key] = int(self.extra_env.get(port_key) or free_port())
+            env = {**env, port_key: str(self.ports[key])}
         log = (self.log_dir / f"{service}-{replica}.log").open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
         self.processes[key] = process
@@ -203,7 +216,7 @@ async def wait_final(settings: Settings, job_id: str, timeout_s: float = 120.0) 
     while True:
         try:
             row = await job_status(settings, job_id)
-            if row["state"] in ("done", "failed"):
+            if row["state"] in ("done", "failed", "cancelled"):
                 return row
         except (OSError, asyncpg.PostgresError):
             pass  # the database may be restarting
@@ -260,3 +273,36 @@ async def assert_good_synced(settings: Settings, org: Org, good: list[dict[str, 
     by_id = {c["id"]: c for c in good}
     for row in rows:
         assert row["raw"] == by_id[row["woo_id"]]
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One ``/metrics`` answer, parsed: sample name and labels -> value."""
+
+    text: str
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples whose labels include ``labels`` (0 when none)."""
+        wanted = set(labels.items())
+        return sum(v for (n, ls), v in self.samples.items() if n == name and wanted <= ls)
+
+    def has(self, name: str, **labels: str) -> bool:
+        wanted = set(labels.items())
+        return any(n == name and wanted <= ls for n, ls in self.samples)
+
+
+async def scrape(base_url: str) -> Scrape:
+    """GET ``base_url``/metrics and parse it with prometheus-client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(base_url + "/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+    return Scrape(response.text, samples)

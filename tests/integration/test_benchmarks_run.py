@@ -29,6 +29,14 @@ def test_rls_overhead_runs() -> None:
     assert len(row) == 4 and float(row[3]) > 0
 
 
+def test_status_rate_runs_and_measures_the_recent_window() -> None:
+    out = run("bench.status_rate", "--sizes", "3000")
+    [row] = [line.split() for line in out.splitlines() if line.strip().startswith("3,000")]
+    assert len(row) == 5 and float(row[3]) > 0
+    # The last 1,000 lines settled within the window, two thirds of them done: about 22 a second.
+    assert abs(float(row[4]) - 1000 * 2 / 3 / 30) < 0.1, row
+
+
 def test_throughput_runs_and_syncs_every_customer() -> None:
     out = run("bench.throughput", "--sizes", "300")
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("300 ")]

@@ -67,7 +67,7 @@ async def test_migrate_creates_applies_once_and_reverts(fresh_database: str) -> 
     expected = {"orgs", "api_keys", "woo_connections", "woo_customer_sync_queue",
                 "woo_customer_sync_queue_line", "woo_customer_sync_page", "woo_sync_activity",
                 "customer", "schema_migrations", "woosync_rate_limit",
-                "woosync_stream_lease", "woo_sync_schedule"}
+                "woosync_stream_lease", "woo_sync_schedule", "woo_customer_sync_hold"}
     assert await tables(fresh_database) == expected
     second = run("migrate", env=env)
     assert second.returncode == 0 and "nothing to do" in second.stdout

@@ -27,15 +27,22 @@ def days(n: float) -> datetime:
     return NOW - timedelta(days=n)
 
 
+def through(tmp_path: Path, last: int) -> Path:
+    """A directory of the migrations up to ``last``: later ones are no part of these tests."""
+    directory = tmp_path / f"migrations-{last:04d}"
+    if not directory.exists():
+        directory.mkdir()
+        for migration in db.discover():
+            if migration.version <= last:
+                for path in (migration.up, migration.down):
+                    (directory / path.name).symlink_to(path)
+    return directory
+
+
 @pytest.fixture
 async def before_0009(tmp_path: Path) -> AsyncIterator[str]:
     """A new database migrated up to the migration before 0009."""
-    earlier = tmp_path / "migrations"
-    earlier.mkdir()
-    for migration in db.discover():
-        if migration.version < MERGE:
-            for path in (migration.up, migration.down):
-                (earlier / path.name).symlink_to(path)
+    earlier = through(tmp_path, MERGE - 1)
     name = f"woosync_m9_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(PG_ADMIN_URL)
     try:
@@ -117,7 +124,7 @@ IDN_URLS = [
 ]
 
 
-async def test_merges_the_connections_of_one_store(before_0009: str) -> None:
+async def test_merges_the_connections_of_one_store(before_0009: str, tmp_path: Path) -> None:
     conn = await db.connect(before_0009)
     try:
         seed = Seed(conn)
@@ -156,7 +163,7 @@ async def test_merges_the_connections_of_one_store(before_0009: str) -> None:
     finally:
         await conn.close()
 
-    applied = await db.migrate_up(before_0009)
+    applied = await db.migrate_up(before_0009, through(tmp_path, MERGE))
     assert [m.version for m in applied] == [MERGE]
 
     conn = await db.connect(before_0009)
@@ -230,7 +237,7 @@ async def test_merges_the_connections_of_one_store(before_0009: str) -> None:
     finally:
         await conn.close()
 
-    reverted = await db.migrate_down(before_0009)
+    reverted = await db.migrate_down(before_0009, 1, through(tmp_path, MERGE))
     assert [m.version for m in reverted] == [MERGE]
     conn = await db.connect(before_0009)
     try:
@@ -245,7 +252,7 @@ async def test_merges_the_connections_of_one_store(before_0009: str) -> None:
 
 
 async def test_two_reading_jobs_of_merged_connections_leave_one_reading(
-    before_0009: str,
+    before_0009: str, tmp_path: Path
 ) -> None:
     """Migration 0002's index (one reading job per connection) holds after the merge."""
     conn = await db.connect(before_0009)
@@ -258,7 +265,7 @@ async def test_two_reading_jobs_of_merged_connections_leave_one_reading(
         reading_b = await seed.job(org, b, "processing", days(1))
     finally:
         await conn.close()
-    await db.migrate_up(before_0009)
+    await db.migrate_up(before_0009, through(tmp_path, MERGE))
     conn = await db.connect(before_0009)
     try:
         rows = await conn.fetch("SELECT id, connection_id, state FROM woo_customer_sync_queue")

@@ -34,12 +34,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services.api.app import (
-    JOB_PATH,
-    PREVIEW_PATH,
+from services.api.app import JOB_PATH, PREVIEW_PATH, SYNC_PATH
+from shared.paths import (
+    CONFLICTS_PATH,
+    JOB_ACTIVITY_PATH,
+    JOB_LINES_PATH,
+    JOBS_PATH,
     SCHEDULE_PATH,
     SCHEDULES_PATH,
-    SYNC_PATH,
 )
 from shared.settings import Settings
 from tests.helpers import free_port
@@ -191,9 +193,10 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     request_body = document["paths"][SYNC_PATH]["post"]["requestBody"]
     actions = request_body["content"]["application/json"]["schema"]
     assert set(actions["discriminator"]["mapping"]) == {
-        "start", "status", "retry", "force-done", "replay"
+        "start", "status", "retry", "force-done", "replay", "pause", "resume", "cancel",
+        "resolve-conflicts",
     }
-    assert len(actions["oneOf"]) == 5
+    assert len(actions["oneOf"]) == 9
 
     schema = schemathesis.openapi.from_url(
         f"{live_api.url}/openapi.json", headers=live_api.auth, timeout=10
@@ -204,9 +207,14 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         "GET /healthz",
         "GET /readyz",
         "GET /asyncapi.json",
+        "GET /metrics",
         f"POST {SYNC_PATH}",
         f"GET {JOB_PATH}",
         f"POST {PREVIEW_PATH}",
+        f"GET {JOBS_PATH}",
+        f"GET {JOB_LINES_PATH}",
+        f"GET {JOB_ACTIVITY_PATH}",
+        f"GET {CONFLICTS_PATH}",
         f"PUT {SCHEDULE_PATH}",
         f"GET {SCHEDULE_PATH}",
         f"DELETE {SCHEDULE_PATH}",
@@ -223,3 +231,7 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     assert statuses & {202, 404, 409, 429}, statuses
     assert {200, 404} <= seen[f"GET {JOB_PATH}"], seen
     assert {200, 422} <= seen[f"POST {PREVIEW_PATH}"], seen
+    assert {200, 422} <= seen[f"GET {JOBS_PATH}"], seen
+    for path in (JOB_LINES_PATH, JOB_ACTIVITY_PATH):
+        assert {200, 404, 422} <= seen[f"GET {path}"], seen
+    assert {200, 404, 422} <= seen[f"GET {CONFLICTS_PATH}"], seen

@@ -17,6 +17,7 @@ from shared.db import APP_ROLE, for_org
 from tests.factories import (
     ORG_TABLES,
     add_customers,
+    add_held_batch,
     add_lines,
     add_page,
     make_job,
@@ -68,6 +69,7 @@ async def two_orgs(pool: asyncpg.Pool) -> TwoOrgs:
         await add_customers(pool, job_id, range(1, size + 1))
         for page in range(1, size + 1):
             await add_page(pool, job_id, page, 1)
+            await add_held_batch(pool, job_id, org_id)
     counts_a, counts_b = await _counts(pool, a), await _counts(pool, b)
     assert all(counts_a.values()) and all(counts_b.values())
     return TwoOrgs(a, b, key_a, counts_a, counts_b)

@@ -265,6 +265,42 @@ async def test_a_failed_publish_leaves_a_draft_that_the_next_fire_hands_over(
     assert await pool.fetchval("SELECT count(*) FROM woo_customer_sync_queue") == 1
 
 
+async def test_a_paused_job_or_a_cancelled_crawl_still_reading_holds_the_store(
+    pool: asyncpg.Pool, app_pool: asyncpg.Pool, settings: Settings
+) -> None:
+    org = await make_org(pool)
+    paused_store, cancelled_store = (
+        await make_connection(pool, org),
+        await make_connection(pool, org),
+    )
+    paused = await make_job(pool, org, state="paused", connection_id=paused_store)
+    cancelled = await make_job(
+        pool, org, state="cancelled", connection_id=cancelled_store, finished=True
+    )
+    for connection_id in (paused_store, cancelled_store):
+        await make_schedule(pool, connection_id, due_in_s=-1)
+    fires = await fire_due(app_pool, Published(), settings, by="t")
+    assert {(f.connection_id, f.event) for f in fires} == {
+        (paused_store, "schedule.skipped"),
+        (cancelled_store, "schedule.skipped"),
+    }
+    reasons = {r["details"]["connection_id"]: r["details"] for r in await events(pool)}
+    assert reasons[str(paused_store)]["open_job_id"] == str(paused)
+    assert str(cancelled) in reasons[str(cancelled_store)]["reason"]
+    assert await pool.fetchval("SELECT count(*) FROM woo_customer_sync_queue") == 2
+    # Once the cancelled crawl has stopped, the store's next fire syncs it.
+    await pool.execute(
+        "UPDATE woo_customer_sync_queue SET crawl_stopped_at = now() WHERE id = $1", cancelled
+    )
+    await pool.execute(
+        "UPDATE woo_sync_schedule SET next_fire_at = now() - interval '1 second' "
+        "WHERE connection_id = $1",
+        cancelled_store,
+    )
+    fires = await fire_due(app_pool, Published(), settings, by="t")
+    assert [(f.connection_id, f.event) for f in fires] == [(cancelled_store, "schedule.fired")]
+
+
 async def test_the_org_cap_of_open_syncs_holds_for_fires(
     pool: asyncpg.Pool, app_pool: asyncpg.Pool, settings: Settings
 ) -> None:

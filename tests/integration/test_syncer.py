@@ -107,9 +107,8 @@ async def test_row_has_exactly_the_table_columns(pool: asyncpg.Pool) -> None:
            WHERE table_name = 'customer' ORDER BY ordinal_position"""
     )
     table = [c["column_name"] for c in columns]
-    assert [c for c in table if c not in ("created_at", "updated_at", "synced_at")] == list(
-        CUSTOMER_COLUMNS
-    )
+    bookkeeping = ("created_at", "updated_at", "synced_at", "mantis_updated_at")
+    assert [c for c in table if c not in bookkeeping] == list(CUSTOMER_COLUMNS)
 
 
 async def test_batch_upserts_every_field_and_marks_lines_done(pool: asyncpg.Pool) -> None:

@@ -479,6 +479,11 @@ async def test_progress_stream_follows_the_job_to_completion(
 ) -> None:
     org_id, _ = await create_org(pool, "acme")
     job_id = await make_job(pool, org_id, store_total=20)
+    # Old enough that its rate is measured (shared.jobs.MIN_RATE_SPAN_S).
+    await pool.execute(
+        "UPDATE woo_customer_sync_queue SET created_at = now() - interval '10 s' WHERE id = $1",
+        job_id,
+    )
     await add_lines(pool, job_id, org_id, range(1, 21))
     token = tokens_for(settings).issue(job_id, org_id)
     ids = {"job_id": job_id, "org_id": org_id}
@@ -525,9 +530,16 @@ async def test_progress_stream_follows_the_job_to_completion(
     done_counts = [s["done"] for s in statuses]
     assert done_counts == sorted(done_counts) and len(set(done_counts)) >= 2
     assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
+    # Progress carries the rate over the recent window and the ETA of the rest at that rate.
+    moving = [s for s in statuses if s["state"] != "done" and 0 < s["done"] < 20]
+    assert moving, statuses
+    for status in moving:
+        assert status["rate_per_s"] > 0, status
+        assert status["eta_s"] == round(status["pending"] / status["rate_per_s"]), status
     last = events[-1]
     assert last.event == "complete"
     final = json.loads(last.data)
+    assert (final["rate_per_s"], final["eta_s"]) == (None, None)
     assert (final["state"], final["done"], final["total"], final["percent"]) == (
         "done",
         20,

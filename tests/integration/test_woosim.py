@@ -439,6 +439,25 @@ async def test_stats_count_only_store_requests(sim: SimHandle, http: httpx.Async
     assert stats["by_path"] == {LIST: 1, f"{LIST}/1": 1}
 
 
+async def test_the_request_log_keeps_paging_and_no_key(sim: SimHandle) -> None:
+    await sim.reset_stats()
+    auth = OAuth1(sim.consumer_key, sim.consumer_secret)  # signed in the query string
+    async with httpx.AsyncClient(base_url=sim.url, auth=auth, timeout=10) as client:
+        params = {"per_page": 20, "offset": 19, "orderby": "id", "order": "asc", "role": "all"}
+        assert (await client.get(LIST, params=params)).status_code == 200
+        assert (await client.get(LIST, params={"page": 2, "search": "x"})).status_code == 200
+    log = await sim.requests()
+    assert [r["params"] for r in log] == [
+        {k: str(v) for k, v in params.items()},
+        {"page": "2"},
+    ]
+    assert all(r["path"] == LIST and r["status"] == 200 for r in log)
+    assert all(r["arrived_at"] <= r["answered_at"] for r in log)
+    assert sim.consumer_key not in str(log) and "oauth_signature" not in str(log)
+    await sim.reset_stats()
+    assert await sim.requests() == []
+
+
 def test_spawned_simulator_serves_and_stops() -> None:
     with spawn_simulator(customers=40, seed=3, faults={"script": ["503"]}) as sim:
         assert sim.process is not None and sim.process.poll() is None

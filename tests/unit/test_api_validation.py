@@ -117,7 +117,36 @@ def test_force_done_needs_a_reason() -> None:
 
 
 def test_every_action_has_a_model() -> None:
-    assert set(ACTION_MODELS) == {"start", "status", "retry", "force-done", "replay"}
+    assert set(ACTION_MODELS) == {
+        "start",
+        "status",
+        "retry",
+        "force-done",
+        "replay",
+        "pause",
+        "resume",
+        "cancel",
+        "resolve-conflicts",
+    }
+
+
+def test_resolve_conflicts_names_one_or_all_and_a_side() -> None:
+    base = {"action": "resolve-conflicts", "org_id": str(uuid4()), "job_id": str(uuid4())}
+    one_or_all = "body: give either woo_id (one conflict) or all: true (every conflict)"
+    assert _message(base | {"take": "woo"}) == one_or_all
+    assert _message(base | {"take": "woo", "woo_id": 5, "all": True}) == one_or_all
+    assert _message(base | {"woo_id": 5}) == "take: field required"
+    assert _message(base | {"take": "store", "woo_id": 5}).startswith("take:")
+    assert _message(base | {"take": "woo", "woo_id": 0}).startswith("woo_id:")
+    assert _message(base | {"take": "woo", "woo_id": "5"}).startswith("woo_id:")
+    assert _message(base | {"take": "woo", "all": "yes"}).startswith("all:")
+    model = ACTION_MODELS["resolve-conflicts"]
+    assert model.model_validate(base | {"take": "mantis", "all": True})
+
+
+def test_start_names_a_bad_conflict_policy() -> None:
+    message = _message(_start() | {"options": {"conflict_policy": "store_wins"}})
+    assert message.startswith("options.conflict_policy:") and "manual" in message
 
 
 @pytest.mark.parametrize("auth", ["basic", "query"])

@@ -1,8 +1,12 @@
-"""docker-compose.yml names only things that exist: modules, settings, ports, files."""
+"""docker-compose.yml names only things that exist: modules, settings, ports, files; and it is
+safe and observable as docs/operations.md says: health checks everywhere, the shovel plugins
+enabled, no infrastructure port on every interface, no default passwords, replicated
+consumers, and a Dockerfile HEALTHCHECK."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import yaml
@@ -17,6 +21,11 @@ SETTINGS_FIELDS = {f"WOOSYNC_{name.upper()}" for name in Settings.model_fields}
 
 def _env(service: dict) -> dict[str, str]:
     return {k: str(v) for k, v in (service.get("environment") or {}).items()}
+
+
+def _interpolated(value: str) -> str:
+    """``value`` as compose passes it once ``${VAR:?...}`` is set (to ``secret``)."""
+    return re.sub(r"\$\{[^}]*\}", "secret", value)
 
 
 def test_every_woosync_service_is_present() -> None:
@@ -74,7 +83,83 @@ def test_services_connect_as_the_role_row_level_security_binds() -> None:
 
     for name in ("api", "fetcher", "syncer", "tracker"):
         env = _env(SERVICES[name])
-        assert urlsplit(env["WOOSYNC_DATABASE_URL"]).username == APP_ROLE, name
+        assert urlsplit(_interpolated(env["WOOSYNC_DATABASE_URL"])).username == APP_ROLE, name
         assert "WOOSYNC_ADMIN_DATABASE_URL" not in env, f"{name} must not hold the owner's URL"
     migrate = _env(SERVICES["migrate"])
-    assert urlsplit(migrate["WOOSYNC_ADMIN_DATABASE_URL"]).username != APP_ROLE
+    admin = urlsplit(_interpolated(migrate["WOOSYNC_ADMIN_DATABASE_URL"]))
+    assert admin.username and admin.username != APP_ROLE
+
+
+LONG_RUNNING = ("rabbitmq", "postgres", "api", "fetcher", "syncer", "tracker", "woosim")
+
+
+def test_every_long_running_service_has_a_health_check() -> None:
+    for name in LONG_RUNNING:
+        check = SERVICES[name].get("healthcheck")
+        assert check and check.get("test") and not check.get("disable"), name
+    assert SERVICES["migrate"]["healthcheck"] == {"disable": True}  # a one-shot job
+
+
+def test_woosync_services_check_their_own_health_endpoint() -> None:
+    from click.testing import CliRunner
+
+    from woosync.cli import main
+
+    for name in ("api", "fetcher", "syncer", "tracker"):
+        test = SERVICES[name]["healthcheck"]["test"]
+        assert test == ["CMD", "woosync", "health", name], name
+    help_text = CliRunner().invoke(main, ["health", "--help"]).output
+    assert "api|tracker|fetcher|syncer" in help_text
+
+
+def test_consumers_listen_where_their_health_check_asks() -> None:
+    for name, port in (("fetcher", "8002"), ("syncer", "8003")):
+        env = _env(SERVICES[name])
+        assert env[f"WOOSYNC_{name.upper()}_PORT"] == port
+        assert env[f"WOOSYNC_{name.upper()}_HOST"] == "0.0.0.0"
+        assert "ports" not in SERVICES[name], f"{name}: scraped on the compose network only"
+
+
+def test_rabbitmq_enables_the_shovel_plugins_of_the_console() -> None:
+    mounts = SERVICES["rabbitmq"]["volumes"]
+    mount = next(m for m in mounts if m.split(":")[1] == "/etc/rabbitmq/enabled_plugins")
+    text = (ROOT / mount.split(":")[0]).read_text().strip()
+    assert text.startswith("[") and text.endswith("]."), "an Erlang list ending with a period"
+    plugins = {p.strip() for p in text[1:-2].split(",")}
+    assert {
+        "rabbitmq_management",
+        "rabbitmq_prometheus",
+        "rabbitmq_shovel",
+        "rabbitmq_shovel_management",
+    } <= plugins
+
+
+def test_infrastructure_is_not_published_on_every_interface() -> None:
+    for name in ("rabbitmq", "postgres", "woosim"):
+        for port in SERVICES[name].get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port}"
+
+
+def test_no_password_has_a_default() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    for secret in ("POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "WOOSYNC_APP_DB_PASSWORD"):
+        uses = re.findall(r"\$\{" + secret + r"([^}]*)\}", text)
+        assert uses, secret
+        assert all(use.startswith(":?") for use in uses), f"{secret} has a default: {uses}"
+    assert re.findall(r"\$\{WOOSYNC_SECRET_KEY([^}]*)\}", text)[0].startswith(":?")
+    assert SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${")
+    assert SERVICES["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_PASS"].startswith("${")
+    for name in ("api", "fetcher", "syncer", "tracker"):
+        env = _env(SERVICES[name])
+        assert "guest" not in env["WOOSYNC_AMQP_URL"]
+        assert ":woosync@" not in env["WOOSYNC_AMQP_URL"]
+
+
+def test_consumers_are_replicated() -> None:
+    assert SERVICES["fetcher"]["deploy"]["replicas"] >= 2
+    assert SERVICES["syncer"]["deploy"]["replicas"] >= 2
+
+
+def test_the_image_has_a_health_check() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r'^HEALTHCHECK .*\\\n\s+CMD \["woosync", "health"\]', dockerfile, re.M)

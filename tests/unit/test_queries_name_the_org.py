@@ -19,7 +19,7 @@ from shared import activity, auth, jobs, lifecycle, replay
 
 ORG_TABLES = re.compile(
     r"\b(orgs|api_keys|woo_connections|woo_customer_sync_queue(_line)?|woo_customer_sync_page"
-    r"|woo_sync_activity|customer)\b"
+    r"|woo_customer_sync_hold|woo_sync_activity|customer)\b"
 )
 # Statements that may span orgs, each for a stated reason.
 EXEMPT = {

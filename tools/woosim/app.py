@@ -14,7 +14,8 @@ import json
 import math
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -32,6 +33,8 @@ from tools.woosim.store import CustomerStore, ListQuery, Record, StoreError
 
 WC_VERSION = "9.9.3"
 WP_VERSION = "6.8.1"
+REQUEST_LOG_LIMIT = 10_000
+LOGGED_PARAMS = frozenset({"page", "per_page", "offset", "orderby", "order", "role"})
 _SINGLE_RE = re.compile(r"^/wc/v3/customers/(\d+)$")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _ALLOW_EDITABLE = '["GET","POST","PUT","PATCH","DELETE"]'
@@ -81,12 +84,34 @@ class Stats:
     by_path: Counter[str] = field(default_factory=Counter)
     by_fault: Counter[str] = field(default_factory=Counter)
     by_auth: Counter[str] = field(default_factory=Counter)
+    # Each answered request, oldest first (the latest REQUEST_LOG_LIMIT): when it arrived and
+    # was answered (Unix time), its path, paging parameters and status. "Was page 7 read twice,
+    # and was anything sent after the pause?" Only LOGGED_PARAMS: no key or signature.
+    log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_LIMIT))
 
     def arrived(self) -> None:
         self.received += 1
         self.last_received_at = time.time()
 
-    def record(self, path: str, status: int, fault: str, auth: str) -> None:
+    def record(
+        self,
+        path: str,
+        status: int,
+        fault: str,
+        auth: str,
+        *,
+        arrived_at: float | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> None:
+        self.log.append(
+            {
+                "arrived_at": arrived_at,
+                "answered_at": time.time(),
+                "path": path,
+                "params": {k: v for k, v in (params or {}).items() if k in LOGGED_PARAMS},
+                "status": status,
+            }
+        )
         self.requests += 1
         self.by_status[str(status)] += 1
         self.by_path[path] += 1
@@ -107,6 +132,7 @@ class Stats:
     def reset(self) -> None:
         self.requests = self.received = 0
         self.last_received_at = None
+        self.log.clear()
         for counter in (self.by_status, self.by_path, self.by_fault, self.by_auth):
             counter.clear()
 
@@ -504,6 +530,7 @@ def _corrupt(response: Response, variant: float) -> Response:
 async def wp_json(request: Request) -> Response:
     sim: Simulator = request.app.state.sim
     sim.stats.arrived()
+    arrived_at = sim.stats.last_received_at
     ctx = _Context(sim, request)
     fault = sim.faults.decide()
     if fault.delay_s:
@@ -521,7 +548,14 @@ async def wp_json(request: Request) -> Response:
             response = _corrupt(response, fault.variant)
         elif fault.kind == "trickle":
             response = TrickleResponse(response, sim.faults.config.trickle_ms / 1000)
-    sim.stats.record(request.url.path, response.status_code, fault.kind, ctx.auth.method)
+    sim.stats.record(
+        request.url.path,
+        response.status_code,
+        fault.kind,
+        ctx.auth.method,
+        arrived_at=arrived_at,
+        params=request.query_params,
+    )
     return response
 
 
@@ -612,6 +646,12 @@ async def sim_faults(request: Request) -> Response:
     return _control(sim.faults.config.to_dict())
 
 
+async def sim_requests(request: Request) -> Response:
+    """The request log (see ``Stats.log``); emptied with the stats."""
+    sim: Simulator = request.app.state.sim
+    return _control(list(sim.stats.log))
+
+
 async def sim_stats(request: Request) -> Response:
     sim: Simulator = request.app.state.sim
     if request.method == "DELETE":
@@ -671,6 +711,7 @@ def create_app(sim: Simulator) -> Starlette:
             Route("/__sim/faults", sim_faults, methods=["GET", "PUT"]),
             Route("/__sim/odd-customers", sim_odd_customers, methods=["POST"]),
             Route("/__sim/stats", sim_stats, methods=["GET", "DELETE"]),
+            Route("/__sim/requests", sim_requests, methods=["GET"]),
             Route("/__sim/keys", sim_keys, methods=["GET"]),
             Route("/__sim/keys/{action:str}", sim_keys, methods=["POST"]),
         ]

@@ -165,6 +165,12 @@ class SimHandle:
         result: dict[str, Any] = await self._call("GET", "/__sim/stats")
         return result
 
+    async def requests(self) -> list[dict[str, Any]]:
+        """The store's request log: ``arrived_at``, ``answered_at`` (Unix time), ``path``,
+        ``params`` (paging only), ``status`` of each answered /wp-json call, oldest first."""
+        result: list[dict[str, Any]] = await self._call("GET", "/__sim/requests")
+        return result
+
     async def reset_stats(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("DELETE", "/__sim/stats")
         return result

@@ -12,13 +12,27 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.api.actions import force_done, replay, retry, start, status
+from services.api.actions import (
+    cancel,
+    conflicts,
+    force_done,
+    pause,
+    replay,
+    resume,
+    retry,
+    start,
+    status,
+)
 from services.api.actions.common import Answer
 from services.api.deps import Deps
 from services.api.schemas import (
     ActionRequest,
+    CancelRequest,
     ForceDoneRequest,
+    PauseRequest,
     ReplayRequest,
+    ResolveConflictsRequest,
+    ResumeRequest,
     RetryRequest,
     StartRequest,
     StatusRequest,
@@ -41,6 +55,12 @@ ACTIONS: dict[str, Action] = {
     "retry": Action(RetryRequest, retry.answer, retry.SUMMARY),
     "force-done": Action(ForceDoneRequest, force_done.answer, force_done.SUMMARY),
     "replay": Action(ReplayRequest, replay.answer, replay.SUMMARY),
+    "pause": Action(PauseRequest, pause.answer, pause.SUMMARY),
+    "resume": Action(ResumeRequest, resume.answer, resume.SUMMARY),
+    "cancel": Action(CancelRequest, cancel.answer, cancel.SUMMARY),
+    "resolve-conflicts": Action(
+        ResolveConflictsRequest, conflicts.answer, conflicts.SUMMARY, conflicts.NOTE
+    ),
 }
 
 ACTION_MODELS: dict[str, type[ActionRequest]] = {

@@ -4,7 +4,7 @@ of a draft job to the fetcher."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
@@ -19,6 +19,7 @@ from services.api.urls import progress_url, status_url
 from shared import syncstart
 from shared.db import for_org
 from shared.jobs import get_status
+from shared.lifecycle import JobState
 from shared.messages import CustomerBatch, Message
 
 log = logging.getLogger("woosync.api.actions")
@@ -30,6 +31,17 @@ SYNC_CAP_RETRY_AFTER_S = 30
 def job_not_found() -> ApiError:
     # The same answer for a missing job and for another org's job: ids are not probeable.
     return ApiError(404, "job_not_found", "no such job")
+
+
+def not_allowed(action: str, state: str, allowed: Collection[JobState]) -> ApiError:
+    """409 for an action the job's state does not allow; the message names the state."""
+    ordered = [s.value for s in JobState if s in allowed]
+    listed = ", ".join(ordered[:-1]) + " or " + ordered[-1] if len(ordered) > 1 else ordered[0]
+    return ApiError(
+        409,
+        "action_not_allowed",
+        f"the job is {state}: {action} applies only to a job that is {listed}",
+    )
 
 
 def too_many_syncs(limit: int) -> ApiError:
@@ -56,6 +68,16 @@ def preview_running(job_id: UUID) -> ApiError:
         409,
         "connection_busy",
         f"preview job {job_id} is reading this store; start or preview again when it has finished",
+    )
+
+
+def crawl_not_stopped(job_id: UUID) -> ApiError:
+    return ApiError(
+        409,
+        "crawl_not_stopped",
+        f"job {job_id} of the same store was cancelled and its crawl has not stopped yet; "
+        "start again in a few seconds",
+        headers={"Retry-After": "5"},
     )
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from services.api import queries as q
-from services.api.actions.common import Answer, job_not_found, read_status
+from services.api.actions.common import Answer, job_not_found, not_allowed, read_status
 from services.api.deps import Deps
 from services.api.errors import ApiError
 from services.api.schemas import ForceDoneRequest, StatusResult
 from shared import activity
 from shared.auth import Caller
 from shared.db import for_org
-from shared.lifecycle import FINAL_JOB_STATES, JobState
+from shared.lifecycle import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobState
 
 SUMMARY = "Close an open job by hand (done), with a reason."
 
@@ -28,6 +28,9 @@ async def force_done(request: ForceDoneRequest, caller: Caller, deps: Deps) -> S
             raise job_not_found()
         if job["state"] in FINAL_JOB_STATES:
             raise ApiError(409, "job_final", f"the job is already {job['state']}")
+        if job["state"] == JobState.PAUSED:
+            # Its held batches would be stranded: resume it, or cancel it.
+            raise not_allowed("force-done", job["state"], ACTIVE_JOB_STATES)
         await conn.execute(q.FORCE_DONE, job_id, f"forced done: {request.reason}", org_id)
         await activity.record(
             conn,

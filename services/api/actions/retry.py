@@ -9,6 +9,7 @@ from services.api.actions.common import (
     connection_busy,
     hand_to_fetcher,
     job_not_found,
+    not_allowed,
     read_status,
     too_many_syncs,
 )
@@ -20,6 +21,9 @@ from shared.auth import Caller
 from shared.db import for_org
 from shared.jobs import get_status
 from shared.lifecycle import FINAL_JOB_STATES, Actor, JobState, reopen_jobs
+
+# A paused job goes on with resume; a cancelled one stays ended (start anew).
+RETRYABLE = set(JobState) - {JobState.PAUSED, JobState.CANCELLED}
 
 SUMMARY = "Send the job's failed customers again and resume its fetch if unfinished."
 
@@ -44,6 +48,8 @@ async def retry_job(request: RetryRequest, caller: Caller, deps: Deps) -> RetryR
         if job is None:
             raise job_not_found()
         previous_state = JobState(job["state"])
+        if previous_state in (JobState.PAUSED, JobState.CANCELLED):
+            raise not_allowed("retry", previous_state, RETRYABLE)
         # A running job's fetcher is still at work; a draft, or a finished job that never read
         # every page (fetch failed, or forced done), needs the fetcher again.
         needs_fetch = job["fetch_done_at"] is None and (

@@ -17,6 +17,7 @@ import asyncpg
 from services.api import queries as q
 from services.api.actions.common import (
     Answer,
+    crawl_not_stopped,
     hand_to_fetcher,
     preview_running,
     too_many_syncs,
@@ -165,6 +166,10 @@ async def _open_job_or_new(
         )
         return connection_id, running
 
+    # No open job, but a cancelled one may still be reading the store: wait for it to stop.
+    stopping = await conn.fetchval(q.SELECT_OTHER_FETCHING_JOB, org_id, connection_id, new_job_id)
+    if stopping is not None:
+        raise crawl_not_stopped(stopping)
     limit = deps.settings.max_concurrent_syncs_per_org
     if await conn.fetchval(q.COUNT_OPEN_JOBS, org_id) >= limit:
         raise too_many_syncs(limit)
@@ -182,6 +187,7 @@ async def _open_job_or_new(
         concurrency=concurrency,
         store_total=store_total,
         idempotency_key=options.idempotency_key,
+        conflict_policy=options.conflict_policy,
         actor=caller.actor(),
     )
     return connection_id, None

@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS woosync_job_state_counts();
