@@ -46,6 +46,7 @@ log = logging.getLogger("woosync.schedules")
 
 # The gaps between a cron expression's fires that are checked against the minimum interval.
 CRON_GAPS_CHECKED = 48
+MAX_INTERVAL_S = 366 * 86_400  # a year; longer is a cron expression's job
 DUE_BATCH = 100  # schedules read per look of the leader (the rest at its next look)
 
 
@@ -67,7 +68,11 @@ class ScheduleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     interval_s: int | None = Field(
-        None, ge=1, description="Seconds between syncs (at least WOOSYNC_SCHEDULE_MIN_INTERVAL_S)."
+        None,
+        ge=1,
+        le=MAX_INTERVAL_S,
+        description="Seconds between syncs (at least WOOSYNC_SCHEDULE_MIN_INTERVAL_S, at most "
+        "a year).",
     )
     cron: str | None = Field(
         None,

@@ -99,6 +99,7 @@ async def test_a_schedule_is_set_read_listed_and_cleared_with_an_audit_trail(api
     [
         ({"interval_s": 59}, "interval_s"),
         ({"interval_s": 0}, "interval_s"),
+        ({"interval_s": 2654435761}, "interval_s"),
         ({}, "interval_s"),
         ({"interval_s": 600, "cron": "0 3 * * *"}, "interval_s"),
         ({"cron": "61 * * * *"}, "cron"),
