@@ -91,6 +91,7 @@ class Actor(StrEnum):
     SYNCER = "syncer"
     TRACKER = "tracker"
     MIGRATION = "migration"
+    SCHEDULER = "scheduler"  # the tracker's schedules (shared.schedules)
 
 
 Entity = Literal["job", "line"]
@@ -118,6 +119,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(Actor.API_START, "job", (None,), J.DRAFT, "a store was tested; a new job"),
     Transition(Actor.API_START, "job", (J.DRAFT,), J.QUEUED, "sync.requested published"),
     Transition(Actor.API_RETRY, "job", (J.DRAFT,), J.QUEUED, "sync.requested published"),
+    Transition(Actor.SCHEDULER, "job", (None,), J.DRAFT, "a schedule fired; a new job"),
+    Transition(Actor.SCHEDULER, "job", (J.DRAFT,), J.QUEUED, "sync.requested published"),
     Transition(
         Actor.API_RETRY, "job", (J.DONE, J.FAILED), J.DRAFT, "its fetch never finished: read on"
     ),

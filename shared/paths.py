@@ -14,6 +14,10 @@ JOB_ACTIVITY_PATH = JOB_PATH + "/activity"  # api: a job's activity log
 CONNECTIONS_PATH = "/api/v1/integrations/woocommerce/connections"  # api: list
 CONNECTION_PATH = "/api/v1/integrations/woocommerce/connections/{connection_id}"  # api: one
 PREVIEW_PATH = "/api/v1/integrations/sync/preview"  # api: what a sync would change
+# api: a store connection's schedule (a sub-resource of the connection), and the org's schedules
+CONNECTION_PATH = "/api/v1/integrations/woocommerce/connections/{connection_id}"
+SCHEDULE_PATH = CONNECTION_PATH + "/schedule"
+SCHEDULES_PATH = "/api/v1/integrations/woocommerce/schedules"
 CONFLICTS_PATH = JOB_PATH + "/conflicts"  # api: a job's conflicts waiting for a person
 PROGRESS_PATH = "/api/v1/integrations/sync/progress/{job_id}"  # tracker: SSE, progress_url
 PROGRESS_PAGE_PATH = "/progress/{job_id}"  # tracker: a progress bar fed by PROGRESS_PATH

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     cleanup_interval_s: float = Field(3600.0, gt=0)
     cleanup_batch_size: int = Field(1000, ge=1, le=10_000)
 
+    # Schedules (shared/schedules.py): the tracker holding the scheduler lock looks for due
+    # schedules this often; an interval schedule may not be shorter than schedule_min_interval_s
+    # (a store is read whole each time; tests lower it).
+    scheduler_interval_s: float = Field(5.0, gt=0)
+    schedule_min_interval_s: int = Field(60, ge=1)
+
     # The fetcher's crawl. A store claiming more customers than this fails its job at once
     # (X-WP-Total is the store's word; an int column holds at most 2^31 - 1).
     max_store_customers: int = Field(10_000_000, ge=1, le=2**31 - 1)

@@ -198,6 +198,9 @@ class Topology:
             ),
             "tracker": (
                 Publication((m.SyncCompleted,), None, "A job reached a final state."),
+                Publication(
+                    (m.SyncRequested,), None, "A schedule fired: its job goes to a fetcher."
+                ),
                 parking(tracker),
             ),
         }

@@ -299,9 +299,33 @@ ORG_TABLES = {
     "woo_customer_sync_queue_line": "org_id",
     "woo_sync_activity": "org_id",
     "customer": "org_id",
+    "woo_sync_schedule": "org_id",
     "woo_customer_sync_hold": "org_id",
     "woo_webhook": "org_id",
 }
+
+
+async def make_schedule(
+    db: Db,
+    connection_id: UUID,
+    *,
+    due_in_s: float = 0.0,
+    interval_s: int | None = 600,
+    cron: str | None = None,
+    enabled: bool = True,
+) -> None:
+    """A schedule of the connection (of its org), due ``due_in_s`` from now (negative: overdue)."""
+    await db.execute(
+        """INSERT INTO woo_sync_schedule (connection_id, org_id, interval_s, cron, enabled,
+                                          next_fire_at)
+           SELECT id, org_id, $2, $3, $4, now() + make_interval(secs => $5)
+           FROM woo_connections WHERE id = $1""",
+        connection_id,
+        None if cron else interval_s,
+        cron,
+        enabled,
+        due_in_s,
+    )
 
 
 async def make_finished_job(

@@ -18,6 +18,7 @@ from woosync.dlq import dlq
 from woosync.health import health
 from woosync.jobs import jobs
 from woosync.keys import key
+from woosync.schedule import schedule
 from woosync.secrets import secrets
 
 
@@ -126,6 +127,7 @@ main.add_command(dlq)
 main.add_command(key)
 main.add_command(connections)
 main.add_command(cleanup)
+main.add_command(schedule)
 main.add_command(jobs)
 main.add_command(conflicts)
 

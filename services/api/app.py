@@ -19,6 +19,9 @@ Route table::
     PATCH  /api/v1/integrations/woocommerce/connections/{id}  new credentials, tested first
     DELETE /api/v1/integrations/woocommerce/connections/{id}  ?with_customers=true|false
     POST /api/v1/integrations/woocommerce/webhooks/{token}  a store's webhook delivery (no key)
+    PUT|GET|DELETE /api/v1/integrations/woocommerce/connections/{id}/schedule
+                                                            a connection's schedule
+    GET  /api/v1/integrations/woocommerce/schedules         the org's schedules
     GET  /openapi.json                                      the OpenAPI 3.1 document
     GET  /asyncapi.json                                     the messages (services.asyncapi)
 
@@ -41,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.api.actions import conflicts, connections, dispatch, history, preview
+from services.api.actions import conflicts, connections, dispatch, history, preview, schedule
 from services.api.actions.common import read_status
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
@@ -70,11 +73,14 @@ from shared.paths import (
     JOB_PATH,
     JOBS_PATH,
     PREVIEW_PATH,
+    SCHEDULE_PATH,
+    SCHEDULES_PATH,
     SYNC_PATH,
     WEBHOOK_PATH,
 )
 from shared.ratelimit import RateLimiter
 from shared.runtime import Runtime
+from shared.schedules import ScheduleIn
 from shared.settings import Settings
 from shared.web import RefusedCallers
 
@@ -146,6 +152,33 @@ async def get_job(request: Request) -> Response:
     with log_context(org_id=caller.org_id, job_id=job_id):
         status = await read_status(deps, org_id=caller.org_id, job_id=job_id)
     return JSONResponse(status.model_dump(mode="json"))
+
+
+@guarded
+async def connection_schedule(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    try:
+        connection_id = UUID(request.path_params["connection_id"])
+    except ValueError:
+        raise ApiError(422, "invalid_request", "connection_id: invalid UUID") from None
+    with log_context(org_id=caller.org_id):
+        if request.method == "PUT":
+            body = parse_body(ScheduleIn, await read_json_object(request))
+            answer = await schedule.set_schedule(connection_id, body, caller, deps)
+        elif request.method == "DELETE":
+            answer = await schedule.clear_schedule(connection_id, caller, deps)
+        else:
+            answer = await schedule.get_schedule(connection_id, caller, deps)
+    return JSONResponse(answer.body.model_dump(mode="json"), status_code=answer.status)
+
+
+@guarded
+async def org_schedules(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    answer = await schedule.list_schedules(caller, deps)
+    return JSONResponse(answer.body.model_dump(mode="json"), status_code=answer.status)
 
 
 @guarded
@@ -282,6 +315,8 @@ ROUTES = [
     Route(JOBS_PATH, list_jobs, methods=["GET"]),
     Route(JOB_PATH, get_job, methods=["GET"]),
     Route(PREVIEW_PATH, preview_sync, methods=["POST"]),
+    Route(SCHEDULE_PATH, connection_schedule, methods=["PUT", "GET", "DELETE"]),
+    Route(SCHEDULES_PATH, org_schedules, methods=["GET"]),
     Route(JOB_LINES_PATH, list_lines, methods=["GET"]),
     Route(JOB_ACTIVITY_PATH, list_activity, methods=["GET"]),
     Route(CONFLICTS_PATH, get_conflicts, methods=["GET"]),
@@ -335,6 +370,8 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         connections_path=CONNECTIONS_PATH,
         connection_path=CONNECTION_PATH,
         webhook_path=WEBHOOK_PATH,
+        schedule_path=SCHEDULE_PATH,
+        schedules_path=SCHEDULES_PATH,
     )
     app.state.asyncapi = Served(settings)
     app.state.runtime = runtime

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from services.api.actions import ACTIONS, preview
+from services.api.actions import ACTIONS, preview, schedule
 from services.api.actions.conflicts import DEFAULT_PAGE, MAX_PAGE
 from services.api.actions.replay import ReplayResult
 from services.api.schemas import (
@@ -45,6 +45,7 @@ from services.api.schemas import (
 )
 from shared.paths import WEBHOOK_PATH
 from shared.preview import PreviewResult
+from shared.schedules import ScheduleIn, ScheduleList, ScheduleOut
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
@@ -187,7 +188,11 @@ def _actions_description() -> str:
 def _components() -> dict[str, Any]:
     requests: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (action.model, "validation") for action in ACTIONS.values()
-    ] + [(ConnectionUpdate, "validation"), (PreviewRequest, "validation")]
+    ] + [
+        (ConnectionUpdate, "validation"),
+        (PreviewRequest, "validation"),
+        (ScheduleIn, "validation"),
+    ]
     responses: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model, "serialization")
         for model in (
@@ -208,6 +213,8 @@ def _components() -> dict[str, Any]:
             ResolveResult,
             ConflictPage,
             WebhooksResult,
+            ScheduleOut,
+            ScheduleList,
             ErrorEnvelope,
             Health,
             Readiness,
@@ -319,6 +326,60 @@ def _connection_paths(connections_path: str, connection_path: str) -> dict[str, 
     }
 
 
+SCHEDULE_DESCRIPTION = (
+    "A store connection may have one schedule: interval_s (seconds, at least "
+    "WOOSYNC_SCHEDULE_MIN_INTERVAL_S) or cron (minute hour day month weekday, read in timezone, "
+    "an IANA zone, UTC by default). woosync then starts a sync of the connection by itself, with "
+    "the connection's stored key (a key stored later by a start is used from the next fire on). "
+    "A fire never starts a second job of a connection with an open one (schedule.skipped in the "
+    "activity log); fires missed while no scheduler ran are made up by one fire. Setting a "
+    "schedule replaces the connection's previous one; its first fire is one interval from now, "
+    "or the cron's next time. 404: no such store connection for this organisation, or (GET, "
+    "DELETE) no schedule; 422: a field is invalid (named), e.g. an interval below the minimum, "
+    "a cron expression that cannot be read or fires more often than the minimum, an unknown "
+    "time zone."
+)
+CONNECTION_ID = {
+    "name": "connection_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def _schedule_operations() -> dict[str, Any]:
+    one = {"200": {"description": "The schedule.", "content": _json(_ref(ScheduleOut))}}
+    return {
+        "put": {
+            "operationId": "setSchedule",
+            "summary": schedule.SUMMARY_SET,
+            "description": SCHEDULE_DESCRIPTION,
+            "parameters": [CONNECTION_ID],
+            "requestBody": {"required": True, "content": _json(_ref(ScheduleIn))},
+            "responses": {**one, **_errors(400, 401, 404, 413, 415, 422, 429, 500)},
+        },
+        "get": {
+            "operationId": "getSchedule",
+            "summary": schedule.SUMMARY_GET,
+            "description": SCHEDULE_DESCRIPTION,
+            "parameters": [CONNECTION_ID],
+            "responses": {**one, **_errors(401, 404, 422, 429, 500)},
+        },
+        "delete": {
+            "operationId": "clearSchedule",
+            "summary": schedule.SUMMARY_CLEAR,
+            "parameters": [CONNECTION_ID],
+            "responses": {
+                "200": {
+                    "description": "The removed schedule.",
+                    "content": _json(_ref(ScheduleOut)),
+                },
+                **_errors(401, 404, 422, 429, 500),
+            },
+        },
+    }
+
+
 def build_openapi(
     *,
     sync_path: str,
@@ -331,6 +392,8 @@ def build_openapi(
     connections_path: str,
     connection_path: str,
     webhook_path: str = WEBHOOK_PATH,
+    schedule_path: str,
+    schedules_path: str,
 ) -> dict[str, Any]:
     """The document for the api's routes (paths passed in by the route table)."""
     actions = {name: REF.format(model=a.model.__name__) for name, a in ACTIONS.items()}
@@ -520,6 +583,20 @@ def build_openapi(
                                 (503, "The message broker is unavailable."),
                             )
                         },
+                    },
+                }
+            },
+            schedule_path: _schedule_operations(),
+            schedules_path: {
+                "get": {
+                    "operationId": "listSchedules",
+                    "summary": schedule.SUMMARY_LIST,
+                    "responses": {
+                        "200": {
+                            "description": "The organisation's schedules.",
+                            "content": _json(_ref(ScheduleList)),
+                        },
+                        **_errors(401, 429, 500),
                     },
                 }
             },

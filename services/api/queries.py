@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared import syncstart
 from shared.lifecycle import (
     ACTIVE_JOB_STATES,
     FINAL_JOB_STATES,
@@ -41,95 +42,21 @@ SET store_url = EXCLUDED.store_url,
 RETURNING c.id
 """
 
-# No row back means the idempotency key is taken, or the connection has a job reading its
-# store (migration 0002's unique index): the caller then loads that job instead. Under
-# LOCK_ORG_SYNCS neither can happen; this is the database's own guarantee behind it.
-INSERT_JOB = changes_state(
-    "api.INSERT_JOB",
-    "job",
-    {Actor.API_START: moves((None,), (JobState.DRAFT,))},
-    f"""
-INSERT INTO woo_customer_sync_queue
-    (id, org_id, connection_id, state, idempotency_key, batch_size, concurrency, store_total)
-VALUES ($1, $2, $3, {sql_state(JobState.DRAFT)}, $4, $5, $6, $7)
-ON CONFLICT DO NOTHING
-RETURNING id
-""",
-)
+# Job creation and the hand-over to the fetcher are shared with the scheduler (shared.syncstart).
+INSERT_JOB = syncstart.INSERT_JOB
+LOCK_ORG_SYNCS = syncstart.LOCK_ORG_SYNCS
+SELECT_OPEN_JOB_OF_CONNECTION = syncstart.SELECT_OPEN_JOB_OF_CONNECTION
+COUNT_OPEN_JOBS = syncstart.COUNT_OPEN_JOBS
+SET_JOB_CONFLICT_POLICY = syncstart.SET_JOB_CONFLICT_POLICY
+SET_JOB_INCLUDE_GUESTS = syncstart.SET_JOB_INCLUDE_GUESTS
 
-# $4: a start's include_guests (null: keep the connection's). The connection keeps the setting;
-# the new job takes the connection's value, fixed for its whole run (migration 0021).
-SET_JOB_INCLUDE_GUESTS = """
-WITH c AS (
-    UPDATE woo_connections SET include_guests = coalesce($4, include_guests)
-    WHERE id = $3 AND org_id = $2
-    RETURNING include_guests
-)
-UPDATE woo_customer_sync_queue j SET include_guests = c.include_guests
-FROM c
-WHERE j.id = $1 AND j.org_id = $2
-RETURNING j.include_guests
-"""
-
-# A start's own conflict policy for its new job (null: the connection's, shared.conflicts).
-SET_JOB_CONFLICT_POLICY = """
-UPDATE woo_customer_sync_queue SET conflict_policy = $3 WHERE id = $1 AND org_id = $2
-"""
-
-# Serialises what makes an org's jobs open (start, and a retry of a finished job) until the
-# transaction ends, so that counting open jobs and adding one cannot interleave. The two-key
-# form has its own key space, apart from the migrator's single-key lock.
-LOCK_ORG_SYNCS = "SELECT pg_advisory_xact_lock(7428103, hashtext($1::uuid::text))"
-
-# The oldest open job of a connection: a second start answers with it.
-SELECT_OPEN_JOB_OF_CONNECTION = f"""
-SELECT id, connection_id, state, kind
-FROM woo_customer_sync_queue
-WHERE org_id = $1 AND connection_id = $2 AND state IN {sql_in(OPEN_JOB_STATES)}
-ORDER BY created_at
-LIMIT 1
-"""
-
-COUNT_OPEN_JOBS = f"""
-SELECT count(*) FROM woo_customer_sync_queue
-WHERE org_id = $1 AND state IN {sql_in(OPEN_JOB_STATES)}
-"""
-
-# Another job of the connection that has not read all its pages (holds migration 0002's slot),
-# or was cancelled while its crawl has not yet stopped (migration 0010).
-SELECT_OTHER_FETCHING_JOB = f"""
-SELECT id FROM woo_customer_sync_queue
-WHERE org_id = $1 AND connection_id = $2 AND id <> $3 AND fetch_done_at IS NULL
-  AND (state IN {sql_in(OPEN_JOB_STATES)}
-       OR (state = {sql_state(JobState.CANCELLED)} AND crawl_stopped_at IS NULL))
-LIMIT 1
-"""
+SELECT_OTHER_FETCHING_JOB = syncstart.SELECT_OTHER_FETCHING_JOB
 
 SELECT_JOB_BY_IDEMPOTENCY_KEY = """
 SELECT id, connection_id, state
 FROM woo_customer_sync_queue
 WHERE org_id = $1 AND idempotency_key = $2
 """
-
-# Held while sync.requested is published, so a draft is handed to the fetcher once.
-LOCK_JOB_STATE = """
-SELECT state FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR UPDATE
-"""
-
-# The job is locked (LOCK_JOB_STATE) and a draft: the fetcher cannot have taken it further.
-MARK_QUEUED = changes_state(
-    "api.MARK_QUEUED",
-    "job",
-    {
-        Actor.API_START: moves((JobState.DRAFT,), (JobState.QUEUED,)),
-        Actor.API_RETRY: moves((JobState.DRAFT,), (JobState.QUEUED,)),
-    },
-    f"""
-UPDATE woo_customer_sync_queue
-SET state = {sql_state(JobState.QUEUED)}, queued_at = now(), updated_at = now()
-WHERE id = $1 AND org_id = $2 AND state = {sql_state(JobState.DRAFT)}
-""",
-)
 
 # Locks the job so that two retries, or a retry and a force-done, cannot interleave.
 LOCK_JOB = """

@@ -1,7 +1,7 @@
 """The tracker process as one Starlette app: its subscriber and routes here, the wiring in
 ``shared.runtime`` run as the lifespan, so uvicorn's start and stop (SIGTERM included) drive
-everything; the recompute loop and the scheduled cleanup (``services.tracker.cleanup``) run
-between the runtime's open and close.
+everything; the recompute loop, the scheduled cleanup (``services.tracker.cleanup``) and the
+schedules (``services.tracker.scheduler``) run between the runtime's open and close.
 
 ``/metrics`` (``shared.metrics``) reads jobs by state and every queue's depth when scraped: the
 tracker is the one service that already looks across orgs and queues."""
@@ -30,6 +30,7 @@ from starlette.routing import Route
 from services.asyncapi import Served
 from services.tracker.cleanup import Cleaner, replica_name
 from services.tracker.handlers import Tracker, announce
+from services.tracker.scheduler import Scheduler, publish_confirmed
 from services.tracker.sse import progress, progress_page
 from services.tracker.webhooks import WebhookWatcher
 from shared import web
@@ -197,6 +198,13 @@ def build_app(settings: Settings) -> Starlette:
             cleanup_task = asyncio.create_task(cleaner.run(), name="tracker-cleanup")
             watcher = WebhookWatcher(pool, settings, name=replica_name())
             webhook_task = asyncio.create_task(watcher.run(), name="tracker-webhooks")
+            scheduler = Scheduler(
+                settings.database_url,
+                pool,
+                partial(publish_confirmed, broker, topology),
+                settings,
+            )
+            schedule_task = asyncio.create_task(scheduler.run(), name="tracker-scheduler")
             log.info("tracking %s", topology.tracker_queue.name)
             try:
                 yield State(
@@ -218,8 +226,8 @@ def build_app(settings: Settings) -> Starlette:
                 # Stop taking events, stop the loop, settle what was acked (which may still
                 # publish sync.completed); the runtime then closes the broker and the pool.
                 await runtime.stop_consuming()
-                # The cleaner and the watcher let go of their locks.
-                for task in (cleanup_task, webhook_task, loop_task):
+                # The scheduler, the cleaner and the watcher let go of their locks.
+                for task in (schedule_task, cleanup_task, webhook_task, loop_task):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task

@@ -42,7 +42,14 @@ from services.api.app import (
     SYNC_PATH,
     WEBHOOK_PATH,
 )
-from shared.paths import CONFLICTS_PATH, JOB_ACTIVITY_PATH, JOB_LINES_PATH, JOBS_PATH
+from shared.paths import (
+    CONFLICTS_PATH,
+    JOB_ACTIVITY_PATH,
+    JOB_LINES_PATH,
+    JOBS_PATH,
+    SCHEDULE_PATH,
+    SCHEDULES_PATH,
+)
 from shared.settings import Settings
 from tests.helpers import free_port
 from tools.woosim.testing import SimHandle, spawn_simulator
@@ -238,6 +245,10 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         f"GET {JOB_ACTIVITY_PATH}",
         f"GET {CONFLICTS_PATH}",
         f"POST {WEBHOOK_PATH}",
+        f"PUT {SCHEDULE_PATH}",
+        f"GET {SCHEDULE_PATH}",
+        f"DELETE {SCHEDULE_PATH}",
+        f"GET {SCHEDULES_PATH}",
     }
     seen: dict[str, set[int]] = {}
     for operation in operations:

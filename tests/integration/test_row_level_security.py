@@ -22,6 +22,7 @@ from tests.factories import (
     add_page,
     add_webhooks,
     make_job,
+    make_schedule,
 )
 
 # Every table that holds an org's data, with the column that names the org (pages name it
@@ -50,6 +51,13 @@ async def _counts(pool: asyncpg.Pool, org_id: UUID) -> dict[str, int]:
     return counts
 
 
+async def job_connection(pool: asyncpg.Pool, job_id: UUID) -> UUID:
+    connection_id: UUID = await pool.fetchval(
+        "SELECT connection_id FROM woo_customer_sync_queue WHERE id = $1", job_id
+    )
+    return connection_id
+
+
 @pytest.fixture
 async def two_orgs(pool: asyncpg.Pool) -> TwoOrgs:
     """Two orgs with rows in every org table (b with more of each, so counts tell them apart)."""
@@ -57,6 +65,7 @@ async def two_orgs(pool: asyncpg.Pool) -> TwoOrgs:
     b, _ = await create_org(pool, "b")
     for org_id, size in ((a, 3), (b, 5)):
         job_id = await make_job(pool, org_id)
+        await make_schedule(pool, await job_connection(pool, job_id), due_in_s=3600)
         await add_lines(pool, job_id, org_id, range(1, size + 1))
         await add_customers(pool, job_id, range(1, size + 1))
         for page in range(1, size + 1):

@@ -126,6 +126,8 @@ def test_publishers_follow_the_routes_the_services_use(doc: dict[str, Any]) -> N
         "line.done", "line.failed", "woosync.syncer.customer-batch.parking",
         *(f"woosync.syncer.customer-batch.retry.{d}ms" for d in (5000, 30000, 120000)),
     }
-    assert by_service["tracker"] == {"sync.completed", "woosync.tracker.events.parking"}
+    assert by_service["tracker"] == {
+        "sync.completed", "sync.requested", "woosync.tracker.events.parking"
+    }
     for name, op in sends.items():  # every message is persistent
         assert op["bindings"]["amqp"]["deliveryMode"] == 2, name

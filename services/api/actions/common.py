@@ -11,18 +11,16 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from services.api import queries as q
 from services.api.deps import Deps
 from services.api.errors import ApiError
 from services.api.publishing import publish_all
 from services.api.schemas import StatusResult
 from services.api.urls import progress_url, status_url
-from shared import activity
+from shared import syncstart
 from shared.db import for_org
 from shared.jobs import get_status
 from shared.lifecycle import JobState
-from shared.logs import log_context
-from shared.messages import CustomerBatch, SyncRequested
+from shared.messages import CustomerBatch, Message
 
 log = logging.getLogger("woosync.api.actions")
 
@@ -104,47 +102,21 @@ async def hand_to_fetcher(
     actor: Mapping[str, str],
     reason: Literal["start", "retry"] = "start",
 ) -> str:
-    """Publish ``sync.requested`` for a draft job and mark it queued; its state afterwards.
+    """Publish ``sync.requested`` for a draft job and mark it queued (``shared.syncstart``, as
+    the scheduler does); its state afterwards. A broker failure is 503 ``broker_unavailable``."""
 
-    The job's row stays locked from the read of its state to the commit of ``queued``, so two
-    requests that both find the draft (a start answered with the open job while the start that
-    made it is still publishing) publish it once: the second sees ``queued`` and sends nothing.
-    """
-    message = SyncRequested(
-        job_id=job_id, org_id=org_id, connection_id=connection_id, reason=reason
+    async def publish(messages: list[Message]) -> None:
+        await publish_all(deps, messages)
+
+    return await syncstart.hand_to_fetcher(
+        deps.pool,
+        publish,
+        job_id=job_id,
+        org_id=org_id,
+        connection_id=connection_id,
+        actor=actor,
+        reason=reason,
     )
-    with log_context(job_id=job_id, org_id=org_id, message_id=message.message_id):
-        return await _hand_over(deps, message, actor)
-
-
-async def _hand_over(deps: Deps, message: SyncRequested, actor: Mapping[str, str]) -> str:
-    job_id, org_id, reason = message.job_id, message.org_id, message.reason
-    try:
-        async with for_org(deps.pool, org_id).transaction() as conn:
-            state: str = await conn.fetchval(q.LOCK_JOB_STATE, job_id, org_id)
-            if state != JobState.DRAFT:
-                return state
-            await publish_all(deps, [message])
-            await conn.execute(q.MARK_QUEUED, job_id, org_id)
-            await activity.record(
-                conn,
-                org_id=org_id,
-                job_id=job_id,
-                event="job.queued",
-                details={"reason": reason, **actor},
-            )
-    except ApiError:
-        await activity.record(
-            for_org(deps.pool, org_id),
-            org_id=org_id,
-            job_id=job_id,
-            event="job.publish_failed",
-            level="warning",
-            details={"message": "sync.requested", "reason": reason, **actor},
-        )
-        raise
-    log.info("job %s queued for the fetcher (%s)", job_id, reason)
-    return JobState.QUEUED
 
 
 def batches(

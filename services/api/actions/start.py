@@ -30,6 +30,7 @@ from shared import activity
 from shared.auth import Caller
 from shared.db import for_org
 from shared.lifecycle import JobState
+from shared.syncstart import insert_sync_job
 
 SUMMARY = "Test the store, then create a job for its customers (or answer with its open job)."
 # A start of a connection that already has an open job is answered with that job.
@@ -175,41 +176,21 @@ async def _open_job_or_new(
     batch_size = options.batch_size or deps.settings.default_batch_size
     # None: the fetcher adapts it to the store (shared.storelimit).
     concurrency = options.concurrency
-    inserted = await conn.fetchval(
-        q.INSERT_JOB,
-        new_job_id,
-        org_id,
-        connection_id,
-        options.idempotency_key,
-        batch_size,
-        concurrency,
-        store_total,
-    )
-    if inserted is None:  # the lock makes this unreachable; never make a second job
-        raise RuntimeError("a job insert conflicted while holding the org's sync lock")
-    if options.conflict_policy is not None:
-        await conn.execute(q.SET_JOB_CONFLICT_POLICY, new_job_id, org_id, options.conflict_policy)
-    include_guests = await conn.fetchval(
-        q.SET_JOB_INCLUDE_GUESTS, new_job_id, org_id, connection_id, options.include_guests
-    )
-    await activity.record(
+    await insert_sync_job(
         conn,
-        org_id=org_id,
         job_id=new_job_id,
-        event="job.created",
-        details={
-            "connection_id": str(connection_id),
-            "store_url": config.url,
-            "auth": config.auth,
-            "verify_tls": config.verify_tls,
-            "batch_size": batch_size,
-            "concurrency": concurrency,
-            "store_total": store_total,
-            "idempotency_key": options.idempotency_key,
-            "conflict_policy": options.conflict_policy,
-            "include_guests": include_guests,
-            **caller.actor(),
-        },
+        org_id=org_id,
+        connection_id=connection_id,
+        store_url=config.url,
+        auth=config.auth,
+        verify_tls=config.verify_tls,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        store_total=store_total,
+        idempotency_key=options.idempotency_key,
+        conflict_policy=options.conflict_policy,
+        actor=caller.actor(),
+        include_guests=options.include_guests,
     )
     return connection_id, None
 
