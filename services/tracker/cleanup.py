@@ -6,7 +6,10 @@ try to take the lock each interval. The lock lives on a connection of its own (n
 which would hand the session to other work), so it is held exactly as long as the leader's
 session: a leader that stops, crashes or loses the database releases it, and another replica
 takes over at its next try. The lock belongs to the database, so each database (each test's
-included) has its own leader.
+included) has its own leader. Because it is a session lock, that connection must be a real
+PostgreSQL session: ``WOOSYNC_SESSION_DATABASE_URL`` points it past a PgBouncer in transaction
+pooling mode (a transaction pooler would hand the lock's server session to other clients, whose
+pool resets run ``pg_advisory_unlock_all()``).
 
 What one cleanup does, and why concurrent callers are safe anyway (the operator's
 ``woosync cleanup`` takes no lock), is in :mod:`shared.cleanup` and migration 0012.
@@ -51,8 +54,10 @@ class Cleaner:
         interval_s: float,
         batch_size: int,
         name: str | None = None,
+        statement_cache_size: int = db.STATEMENT_CACHE_SIZE,
     ) -> None:
         self._dsn = dsn
+        self._statement_cache_size = statement_cache_size
         self._retention = retention
         self._interval_s = interval_s
         self._batch_size = batch_size
@@ -65,7 +70,10 @@ class Cleaner:
         """Take the lock if no one holds it; as the leader, clean. None when not leading."""
         if self._conn is None or self._conn.is_closed():
             self.leading = False
-            self._conn = await asyncio.wait_for(db.connect(self._dsn), CONNECT_TIMEOUT_S)
+            self._conn = await asyncio.wait_for(
+                db.connect(self._dsn, statement_cache_size=self._statement_cache_size),
+                CONNECT_TIMEOUT_S,
+            )
             await self._conn.execute("SET application_name = 'woosync-tracker-cleanup'")
         if not self.leading:
             self.leading = bool(await self._conn.fetchval(TRY_LOCK, CLEANUP_LOCK))
