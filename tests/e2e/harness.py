@@ -186,8 +186,9 @@ async def new_org(settings: Settings, name: str = "e2e") -> Org:
 
 
 async def start_sync(
-    stack: Stack, org: Org, sim: Any, *, auth: str = "oauth1", **options: Any
+    stack: Stack, org: Org, sim: Any, *, auth: str = "oauth1", api: int = 0, **options: Any
 ) -> dict[str, Any]:
+    """Start a sync of ``sim`` through the api replica ``api``; its 202 answer."""
     body = {
         "action": "start",
         "org_id": org.org_id,
@@ -198,7 +199,7 @@ async def start_sync(
         "options": {"batch_size": 100, "concurrency": 4, **options},
     }
     async with httpx.AsyncClient(timeout=30) as client:
-        response = await client.post(stack.api_url + ROUTE, json=body, headers=org.headers)
+        response = await client.post(stack.url("api", api) + ROUTE, json=body, headers=org.headers)
     assert response.status_code == 202, response.text
     return response.json()
 
