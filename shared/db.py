@@ -39,6 +39,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+# asyncpg's own default: prepared statements kept per connection (WOOSYNC_DB_STATEMENT_CACHE_SIZE).
+STATEMENT_CACHE_SIZE = 100
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -46,21 +50,36 @@ async def create_pool(
     max_size: int = 10,
     name: str = "woosync",
     operator: bool = False,
+    statement_cache_size: int = STATEMENT_CACHE_SIZE,
 ) -> asyncpg.Pool:
     """``name`` becomes the connections' application_name, so that an operator tells in
     ``pg_stat_activity`` which service holds which connection. ``operator`` is for the operator
-    commands on the owner's URL: their sessions may span orgs (see ``OPERATOR_SETTINGS``)."""
+    commands on the owner's URL: their sessions may span orgs (see ``OPERATOR_SETTINGS``).
+    ``statement_cache_size`` 0 prepares every statement unnamed, which PgBouncer's transaction
+    pooling needs unless it tracks prepared statements itself (docs/operations.md).
+
+    Nothing a service does through a pool outlives its transaction (``SET_ORG`` and ``SET
+    LOCAL`` are transaction-local, advisory locks are ``pg_advisory_xact_lock``), so the pool
+    works behind transaction pooling; a session-level lock needs a connection of its own
+    (``services.tracker.cleanup``)."""
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        statement_cache_size=statement_cache_size,
         server_settings={"application_name": name, **(OPERATOR_SETTINGS if operator else {})},
     )
 
 
-async def connect(dsn: str, *, operator: bool = False) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn, server_settings=OPERATOR_SETTINGS if operator else None)
+async def connect(
+    dsn: str, *, operator: bool = False, statement_cache_size: int = STATEMENT_CACHE_SIZE
+) -> asyncpg.Connection:
+    conn = await asyncpg.connect(
+        dsn,
+        server_settings=OPERATOR_SETTINGS if operator else None,
+        statement_cache_size=statement_cache_size,
+    )
     await _init_connection(conn)
     return conn
 
@@ -113,9 +132,11 @@ async def app_role_problem(conn: asyncpg.Connection) -> str | None:
     return None
 
 
-async def check_app_role(dsn: str) -> None:
+async def check_app_role(dsn: str, *, statement_cache_size: int = STATEMENT_CACHE_SIZE) -> None:
     """Raise WrongRoleError unless ``dsn`` connects as the RLS-bound services' role."""
-    conn = await asyncpg.connect(dsn, timeout=ROLE_CHECK_TIMEOUT_S)
+    conn = await asyncpg.connect(
+        dsn, timeout=ROLE_CHECK_TIMEOUT_S, statement_cache_size=statement_cache_size
+    )
     try:
         problem = await app_role_problem(conn)
     finally:
@@ -128,11 +149,13 @@ async def check_app_role(dsn: str) -> None:
         )
 
 
-def require_app_role(dsn: str, log: logging.Logger) -> None:
+def require_app_role(
+    dsn: str, log: logging.Logger, *, statement_cache_size: int = STATEMENT_CACHE_SIZE
+) -> None:
     """For a service's ``main()``: check the database role before anything starts; on a wrong
     role log one line and exit with status 2 (status 1 when the database cannot be asked)."""
     try:
-        asyncio.run(check_app_role(dsn))
+        asyncio.run(check_app_role(dsn, statement_cache_size=statement_cache_size))
     except WrongRoleError as exc:
         log.critical("%s", exc)
         raise SystemExit(2) from None

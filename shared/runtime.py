@@ -56,7 +56,9 @@ def start_process(service: str) -> tuple[Settings, logging.Logger]:
     on a role row-level security does not bind, exit 1 when the database cannot be asked)."""
     settings = Settings()
     log = configure(service, settings.log_level, settings.log_format)
-    db.require_app_role(settings.database_url, log)
+    db.require_app_role(
+        settings.database_url, log, statement_cache_size=settings.db_statement_cache_size
+    )
     return settings, log
 
 
@@ -87,7 +89,11 @@ class Runtime:
     async def open(self) -> asyncpg.Pool:
         """Pool, broker connection, topology; subscribers start consuming only afterwards."""
         self._pool = await db.create_pool(
-            self.settings.database_url, name=f"woosync-{self.service}"
+            self.settings.database_url,
+            name=f"woosync-{self.service}",
+            min_size=self.settings.db_pool_min_size,
+            max_size=self.settings.db_pool_max_size,
+            statement_cache_size=self.settings.db_statement_cache_size,
         )
         await self.broker.connect()
         await declare_topology(self.broker, self.topology)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +20,20 @@ class Settings(BaseSettings):
     # The schema's owner: `woosync migrate` and the operator commands (keys, orgs, secret
     # rotation, dead-letter replay across orgs) use it. Never given to a service.
     admin_database_url: str = "postgresql://127.0.0.1:5432/woosync"
+    # Each service process's own connection pool (set them per service in its environment).
+    # The deployment's connections to PostgreSQL (or PgBouncer) are at most the sum over every
+    # process of db_pool_max_size, plus one per tracker (the cleanup leader's session, below);
+    # docs/operations.md, "Running several replicas".
+    db_pool_min_size: int = Field(1, ge=0)
+    db_pool_max_size: int = Field(10, ge=1)
+    # asyncpg's prepared statements kept per connection. 0 behind a PgBouncer in transaction
+    # pooling mode that does not track prepared statements (before 1.21, or
+    # max_prepared_statements = 0): every statement is then prepared unnamed, within its request.
+    db_statement_cache_size: int = Field(100, ge=0)
+    # A URL that gives a PostgreSQL session of its own (PostgreSQL itself, or a PgBouncer pool in
+    # session mode) for the tracker's cleanup leader, whose advisory lock lives as long as its
+    # session. Empty: database_url (right unless that goes through transaction pooling).
+    session_database_url: str = ""
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Derives the key that encrypts store secrets and the key that signs progress tokens.
     secret_key: SecretStr = SecretStr("dev-only-insecure-secret-change-me")
@@ -132,6 +146,19 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # json, text, or auto: text when stderr is a terminal, JSON lines otherwise (shared.logs).
     log_format: Literal["auto", "json", "text"] = "auto"
+
+    @model_validator(mode="after")
+    def _pool_sizes(self) -> Settings:
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError(
+                f"WOOSYNC_DB_POOL_MIN_SIZE ({self.db_pool_min_size}) exceeds "
+                f"WOOSYNC_DB_POOL_MAX_SIZE ({self.db_pool_max_size})"
+            )
+        return self
+
+    def leader_database_url(self) -> str:
+        """Where a session that holds an advisory lock connects (see session_database_url)."""
+        return self.session_database_url or self.database_url
 
     def api_base(self) -> str:
         return self.public_api_url or f"http://{self.api_host}:{self.api_port}"

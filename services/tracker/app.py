@@ -107,6 +107,8 @@ async def asyncapi(request: Request) -> Response:
         )
     served: Served = request.app.state.asyncapi
     return JSONResponse(await served.get())
+
+
 # Jobs of every org by state, aggregates only (migration 0014): the tracker runs as woosync_app,
 # which row-level security confines to one org per transaction.
 SELECT_JOB_STATE_COUNTS = "SELECT state, jobs FROM woosync_job_state_counts()"
@@ -190,7 +192,8 @@ def build_app(settings: Settings) -> Starlette:
             await runtime.start_consuming()
             loop_task = asyncio.create_task(tracker.run(), name="tracker-recompute")
             cleaner = Cleaner(
-                settings.database_url,
+                settings.leader_database_url(),
+                statement_cache_size=settings.db_statement_cache_size,
                 retention=timedelta(days=settings.retention_days),
                 interval_s=settings.cleanup_interval_s,
                 batch_size=settings.cleanup_batch_size,
@@ -199,7 +202,7 @@ def build_app(settings: Settings) -> Starlette:
             watcher = WebhookWatcher(pool, settings, name=replica_name())
             webhook_task = asyncio.create_task(watcher.run(), name="tracker-webhooks")
             scheduler = Scheduler(
-                settings.database_url,
+                settings.leader_database_url(),
                 pool,
                 partial(publish_confirmed, broker, topology),
                 settings,

@@ -2,7 +2,9 @@
 
 Every replica runs a :class:`Cleaner`; the one holding the PostgreSQL session advisory lock
 :data:`CLEANUP_LOCK` is the leader and cleans every ``cleanup_interval_s``, the others only try
-to take the lock each interval (``services.tracker.leader``, shared with the scheduler).
+to take the lock each interval (``services.tracker.leader``, shared with the scheduler). The lock's session connects to
+``WOOSYNC_SESSION_DATABASE_URL`` when set, past a PgBouncer in transaction pooling mode
+(docs/operations.md, "Running several replicas").
 
 What one cleanup does, and why concurrent callers are safe anyway (the operator's
 ``woosync cleanup`` takes no lock), is in :mod:`shared.cleanup` and migration 0012.
@@ -41,8 +43,11 @@ class Cleaner(LeaderLoop):
         interval_s: float,
         batch_size: int,
         name: str | None = None,
+        statement_cache_size: int = db.STATEMENT_CACHE_SIZE,
     ) -> None:
-        super().__init__(dsn, interval_s=interval_s, name=name)
+        super().__init__(
+            dsn, interval_s=interval_s, name=name, statement_cache_size=statement_cache_size
+        )
         self._retention = retention
         self._batch_size = batch_size
 

@@ -44,8 +44,16 @@ class LeaderLoop(ABC):
     lock_key: int
     duty: str  # "cleanup", "scheduler": the session's application_name and the logs
 
-    def __init__(self, dsn: str, *, interval_s: float, name: str | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        interval_s: float,
+        name: str | None = None,
+        statement_cache_size: int = db.STATEMENT_CACHE_SIZE,
+    ) -> None:
         self._dsn = dsn
+        self._statement_cache_size = statement_cache_size
         self._interval_s = interval_s
         self.name = name or replica_name()
         self._conn: asyncpg.Connection | None = None
@@ -63,7 +71,10 @@ class LeaderLoop(ABC):
         """Take the lock if no one holds it; as the leader, work. None when not leading."""
         if self._conn is None or self._conn.is_closed():
             self.leading = False
-            self._conn = await asyncio.wait_for(db.connect(self._dsn), CONNECT_TIMEOUT_S)
+            self._conn = await asyncio.wait_for(
+                db.connect(self._dsn, statement_cache_size=self._statement_cache_size),
+                CONNECT_TIMEOUT_S,
+            )
             await self._conn.execute(f"SET application_name = 'woosync-tracker-{self.duty}'")
         if not self.leading:
             self.leading = bool(await self._conn.fetchval(TRY_LOCK, self.lock_key))

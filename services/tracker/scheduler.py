@@ -55,7 +55,12 @@ class Scheduler(LeaderLoop):
         *,
         name: str | None = None,
     ) -> None:
-        super().__init__(dsn, interval_s=settings.scheduler_interval_s, name=name)
+        super().__init__(
+            dsn,
+            interval_s=settings.scheduler_interval_s,
+            name=name,
+            statement_cache_size=settings.db_statement_cache_size,
+        )
         self._pool = pool
         self._publish = publish  # publish_confirmed with the tracker's broker
         self._settings = settings

@@ -63,7 +63,11 @@ class WebhookWatcher:
         if self._conn is None or self._conn.is_closed():
             self.leading = False
             self._conn = await asyncio.wait_for(
-                db.connect(self._settings.database_url), CONNECT_TIMEOUT_S
+                db.connect(
+                    self._settings.leader_database_url(),
+                    statement_cache_size=self._settings.db_statement_cache_size,
+                ),
+                CONNECT_TIMEOUT_S,
             )
             await self._conn.execute("SET application_name = 'woosync-tracker-webhooks'")
         if not self.leading:

@@ -42,7 +42,8 @@ class Stack:
     log_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[tuple[str, int], subprocess.Popen[bytes]] = field(default_factory=dict)
-    # The HTTP port (/healthz, /readyz, /metrics) of each fetcher and syncer process.
+    # The HTTP port (/healthz, /readyz, /metrics) of each fetcher and syncer process, and of
+    # each api and tracker replica after the first (which use WOOSYNC_API_PORT / _TRACKER_PORT).
     ports: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -71,8 +72,8 @@ class Stack:
         return f"http://127.0.0.1:{self.env['WOOSYNC_TRACKER_PORT']}"
 
     def url(self, service: str, replica: int = 0) -> str:
-        """The base URL of a process's HTTP port (api, tracker: the one of every replica)."""
-        if service in ("api", "tracker"):
+        """The base URL of a process's HTTP port."""
+        if service in ("api", "tracker") and replica == 0:
             return self.api_url if service == "api" else self.tracker_url
         return f"http://127.0.0.1:{self.ports[(service, replica)]}"
 
@@ -81,9 +82,12 @@ class Stack:
         old = self.processes.get(key)
         assert old is None or old.poll() is not None, f"{service}[{replica}] is still running"
         env = self.env
+        port_key = f"WOOSYNC_{service.upper()}_PORT"
         if service in ("fetcher", "syncer"):  # replicas on one host: a port each
-            port_key = f"WOOSYNC_{service.upper()}_PORT"
             self.ports[key] = int(self.extra_env.get(port_key) or free_port())
+            env = {**env, port_key: str(self.ports[key])}
+        elif replica > 0:  # another api or tracker: its own port (kept across restarts)
+            self.ports.setdefault(key, free_port())
             env = {**env, port_key: str(self.ports[key])}
         log = (self.log_dir / f"{service}-{replica}.log").open("ab")
         process = subprocess.Popen(
@@ -94,9 +98,13 @@ class Stack:
         self.processes[key] = process
         return process
 
-    def start_all(self, *, fetchers: int = 1, syncers: int = 1) -> None:
-        self.start("api")
-        self.start("tracker")
+    def start_all(
+        self, *, fetchers: int = 1, syncers: int = 1, apis: int = 1, trackers: int = 1
+    ) -> None:
+        for n in range(apis):
+            self.start("api", n)
+        for n in range(trackers):
+            self.start("tracker", n)
         for n in range(fetchers):
             self.start("fetcher", n)
         for n in range(syncers):
@@ -141,8 +149,9 @@ class Stack:
 
     async def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
+        http = [(s, r) for s, r in self.processes if s in ("api", "tracker")]
         async with httpx.AsyncClient(timeout=2) as client:
-            for url in (self.api_url, self.tracker_url):
+            for url in [self.url(s, r) for s, r in sorted(http)]:
                 while True:
                     try:
                         if (await client.get(url + "/readyz")).status_code == 200:
@@ -177,8 +186,9 @@ async def new_org(settings: Settings, name: str = "e2e") -> Org:
 
 
 async def start_sync(
-    stack: Stack, org: Org, sim: Any, *, auth: str = "oauth1", **options: Any
+    stack: Stack, org: Org, sim: Any, *, auth: str = "oauth1", api: int = 0, **options: Any
 ) -> dict[str, Any]:
+    """Start a sync of ``sim`` through the api replica ``api``; its 202 answer."""
     body = {
         "action": "start",
         "org_id": org.org_id,
@@ -189,7 +199,7 @@ async def start_sync(
         "options": {"batch_size": 100, "concurrency": 4, **options},
     }
     async with httpx.AsyncClient(timeout=30) as client:
-        response = await client.post(stack.api_url + ROUTE, json=body, headers=org.headers)
+        response = await client.post(stack.url("api", api) + ROUTE, json=body, headers=org.headers)
     assert response.status_code == 202, response.text
     return response.json()
 

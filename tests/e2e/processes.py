@@ -66,16 +66,24 @@ def infra_shared_lock() -> contextlib.AbstractAsyncContextManager[None]:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    settings: Settings, log_dir: Path, *, fetchers: int = 1, syncers: int = 1, **env: str
+    settings: Settings,
+    log_dir: Path,
+    *,
+    fetchers: int = 1,
+    syncers: int = 1,
+    apis: int = 1,
+    trackers: int = 1,
+    **env: str,
 ) -> AsyncIterator[Stack]:
-    """Every service as a process, ready; all stopped afterwards. ``env``: extra WOOSYNC_*."""
+    """Every service as a process (``apis`` … ``syncers`` of each), ready; all stopped
+    afterwards. ``env``: extra WOOSYNC_*."""
     async with infra_shared_lock():
         stack = Stack(settings, log_dir, extra_env=env)
-        stack.start_all(fetchers=fetchers, syncers=syncers)
+        stack.start_all(fetchers=fetchers, syncers=syncers, apis=apis, trackers=trackers)
         try:
             await stack.wait_ready()
-            for queue in ("fetcher", "syncer"):
-                await wait_consumers(settings, queue, 1)
+            for queue, count in (("fetcher", fetchers), ("syncer", syncers)):
+                await wait_consumers(settings, queue, count)
             yield stack
         finally:
             stack.stop_all()

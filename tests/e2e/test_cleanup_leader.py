@@ -34,11 +34,11 @@ async def two_trackers(settings: Settings, log_dir: Path) -> AsyncIterator[tuple
             for replica, stack in enumerate(stacks):
                 stack.start("tracker", replica)
             async with httpx.AsyncClient(timeout=2) as client:
-                for stack in stacks:
+                for replica, stack in enumerate(stacks):
 
-                    async def ready(stack: Stack = stack) -> bool:
+                    async def ready(url: str = stack.url("tracker", replica)) -> bool:
                         with contextlib.suppress(httpx.HTTPError):
-                            return (await client.get(stack.tracker_url + "/readyz")).is_success
+                            return (await client.get(url + "/readyz")).is_success
                         return False
 
                     await wait_until(ready, "the tracker ready", 60.0, 0.2)
