@@ -2,9 +2,9 @@
 
 Every replica runs a :class:`Cleaner`; the one holding the PostgreSQL session advisory lock
 :data:`CLEANUP_LOCK` is the leader and cleans every ``cleanup_interval_s``, the others only try
-to take the lock each interval (``services.tracker.leader``, shared with the scheduler). The lock's session connects to
-``WOOSYNC_SESSION_DATABASE_URL`` when set, past a PgBouncer in transaction pooling mode
-(docs/operations.md, "Running several replicas").
+to take the lock each interval (``services.tracker.leader``, shared with the scheduler). The
+lock's session connects to ``WOOSYNC_SESSION_DATABASE_URL`` when set, past a PgBouncer in
+transaction pooling mode (docs/operations.md, "Running several replicas").
 
 What one cleanup does, and why concurrent callers are safe anyway (the operator's
 ``woosync cleanup`` takes no lock), is in :mod:`shared.cleanup` and migration 0012.
@@ -18,6 +18,7 @@ from datetime import timedelta
 import asyncpg
 
 from services.tracker.leader import LeaderLoop, replica_name
+from shared import db
 from shared.cleanup import CleanupReport, clean_finished_jobs
 
 log = logging.getLogger("woosync.tracker")
