@@ -200,18 +200,19 @@ async def second_tracker(settings: Settings, log_dir: Path) -> AsyncIterator[Sta
     stack = Stack(settings, log_dir, dict(ENV))
     stack.start("tracker", 1)
     try:
-        await wait_ready(stack)
+        await wait_ready(stack, 1)
         yield stack
     finally:
         stack.stop_all()
 
 
-async def wait_ready(stack: Stack) -> None:
+async def wait_ready(stack: Stack, replica: int = 0) -> None:
+    url = stack.url("tracker", replica)  # a replica after the first has a port of its own
     async with httpx.AsyncClient(timeout=2) as client:
 
         async def ready() -> bool:
             with contextlib.suppress(httpx.HTTPError):
-                return (await client.get(stack.tracker_url + "/readyz")).is_success
+                return (await client.get(url + "/readyz")).is_success
             return False
 
         await wait_until(ready, "the tracker ready", 60.0, 0.2)
