@@ -75,6 +75,10 @@ JOB_ACTIONS: Mapping[str, frozenset[JobState]] = {
     "cancel": OPEN_JOB_STATES,
 }
 
+# Where a retry resumes a fetch that never read every page: a draft, or a finished job (fetch
+# failed, forced done, cancelled is not retried); a running job's fetcher is still at work.
+REFETCH_JOB_STATES: frozenset[JobState] = FINAL_JOB_STATES | {JobState.DRAFT}
+
 # As pydantic fields (validated into the enum, shown in JSON schemas as a plain string enum):
 # every job state, and the final ones (``sync.completed``). A test keeps them equal to the sets.
 JobStateField = Literal[

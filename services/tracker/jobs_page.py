@@ -38,7 +38,13 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from shared.auth import Caller, authenticate
-from shared.lifecycle import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JOB_ACTIONS, JobState
+from shared.lifecycle import (
+    ACTIVE_JOB_STATES,
+    FINAL_JOB_STATES,
+    JOB_ACTIONS,
+    REFETCH_JOB_STATES,
+    JobState,
+)
 from shared.paths import (
     JOB_ACTIVITY_PATH,
     JOB_LINES_PATH,
@@ -79,6 +85,7 @@ def page_config() -> dict[str, Any]:
         "states": [s.value for s in JobState],
         "final": [s.value for s in JobState if s in FINAL_JOB_STATES],
         "live": [s.value for s in JobState if s in ACTIVE_JOB_STATES],  # streams worth following
+        "refetch": [s.value for s in JobState if s in REFETCH_JOB_STATES],  # retry reads on
         "actions": {
             action: [s.value for s in JobState if s in states]
             for action, states in JOB_ACTIONS.items()

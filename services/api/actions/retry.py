@@ -20,7 +20,14 @@ from shared import activity
 from shared.auth import Caller
 from shared.db import for_org
 from shared.jobs import get_status
-from shared.lifecycle import FINAL_JOB_STATES, JOB_ACTIONS, Actor, JobState, reopen_jobs
+from shared.lifecycle import (
+    FINAL_JOB_STATES,
+    JOB_ACTIONS,
+    REFETCH_JOB_STATES,
+    Actor,
+    JobState,
+    reopen_jobs,
+)
 
 # A paused job goes on with resume; a cancelled one stays ended (start anew).
 RETRYABLE = JOB_ACTIONS["retry"]
@@ -52,9 +59,7 @@ async def retry_job(request: RetryRequest, caller: Caller, deps: Deps) -> RetryR
             raise not_allowed("retry", previous_state, RETRYABLE)
         # A running job's fetcher is still at work; a draft, or a finished job that never read
         # every page (fetch failed, or forced done), needs the fetcher again.
-        needs_fetch = job["fetch_done_at"] is None and (
-            previous_state in FINAL_JOB_STATES or previous_state == JobState.DRAFT
-        )
+        needs_fetch = job["fetch_done_at"] is None and previous_state in REFETCH_JOB_STATES
         if needs_fetch:
             busy = await conn.fetchval(
                 q.SELECT_OTHER_FETCHING_JOB, org_id, job["connection_id"], job_id

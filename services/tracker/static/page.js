@@ -49,11 +49,17 @@ function problem(result) {
 
 // --- progress ---------------------------------------------------------------------------------
 
+// As the status computes them (shared/jobs.py); a summary from the list has no percent, and
+// until every page is read the store's own total is the better denominator.
+function totalOf(job) {
+  return job.fetch_complete ? job.total : Math.max(job.total, job.store_total || 0);
+}
+
 function percentOf(job) {
-  // As the status computes it (shared/jobs.py); a summary from the list has no percent.
   if (typeof job.percent === "number") return job.percent;
-  if (job.total === 0 && job.fetch_complete) return 100;
-  return job.total ? Math.round((10000 * (job.done + job.failed)) / job.total) / 100 : 0;
+  const total = totalOf(job);
+  if (total === 0 && job.fetch_complete) return 100;
+  return total ? Math.round((10000 * (job.done + job.failed)) / total) / 100 : 0;
 }
 
 function progressCell(job) {
@@ -63,7 +69,7 @@ function progressCell(job) {
   fill.style.width = percentOf(job) + "%";
   bar.append(fill);
   const counts = el("div",
-    percentOf(job) + "% \u2014 " + job.done + " done, " + job.failed + " failed of " + job.total
+    percentOf(job) + "% \u2014 " + job.done + " done, " + job.failed + " failed of " + totalOf(job)
     + (job.conflicts ? ", " + job.conflicts + " conflicts" : ""), "counts");
   cell.append(bar, counts);
   return cell;
@@ -160,7 +166,7 @@ function actionsFor(job) {
   return Object.keys(cfg.actions).filter((action) => {
     if (!cfg.actions[action].includes(job.state)) return false;
     if (action === "replay") return job.failed > 0;
-    if (action === "retry") return job.failed > 0 || !job.fetch_complete;
+    if (action === "retry") return job.failed > 0 || (!job.fetch_complete && cfg.refetch.includes(job.state));
     return true;
   });
 }
@@ -195,17 +201,29 @@ async function act(jobId, action) {
 
 // --- the list ---------------------------------------------------------------------------------
 
+// The cells are replaced on each event but the buttons' cell stays, its buttons replaced only
+// when the job's actions change: a button replaced between press and release loses the click.
 function renderRow(tr, job) {
-  tr.replaceChildren(
+  const cells = [
     el("td", when(job.created_at)),
     el("td", job.store_url || ""),
     el("td").appendChild(el("span", job.state, "state " + job.state)).parentNode,
     progressCell(job),
     el("td", rateText(job)),
     el("td", etaText(job)),
-    el("td").appendChild(actionButtons(job)).parentNode,
-  );
+  ];
+  if (!tr.cells.length) tr.append(...cells, el("td"));
+  else cells.forEach((cell, i) => tr.replaceChild(cell, tr.cells[i]));
+  setButtons(tr.cells[6], job);
   tr.dataset.state = job.state;
+}
+
+function setButtons(container, job) {
+  const wanted = actionsFor(job).join(" ");
+  if (container.dataset.actions === wanted && container.dataset.job === job.job_id) return;
+  container.dataset.actions = wanted;
+  container.dataset.job = job.job_id;
+  container.replaceChildren(actionButtons(job));
 }
 
 function update(jobId, status) {
@@ -250,10 +268,10 @@ function renderDetailHead(job) {
   $("detail-summary").replaceChildren(
     el("span", job.state, "state " + job.state),
     document.createTextNode(" " + percentOf(job) + "% \u2014 " + job.done + " done, "
-      + job.failed + " failed of " + job.total + (job.store_url ? " \u2014 " + job.store_url : "")),
+      + job.failed + " failed of " + totalOf(job) + (job.store_url ? " \u2014 " + job.store_url : "")),
   );
   $("detail-error").textContent = job.last_error || "";
-  $("detail-actions").replaceChildren(actionButtons(job));
+  setButtons($("detail-actions"), job);
 }
 
 async function openJob(jobId) {
