@@ -16,10 +16,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from shared.settings import Settings
-from tests.e2e.harness import new_org, start_sync, wait_final
+from tests.e2e.harness import Org, Stack, new_org, start_sync, wait_final
 from tests.e2e.processes import fetch, fetchval, running_stack
 from tests.helpers import wait_until
 from tools.woosim.testing import spawn_simulator
@@ -209,4 +210,30 @@ async def test_the_jobs_page_shows_live_progress_failed_lines_and_acts(
                     assert not blocked, blocked
                 finally:
                     await browser.close()
+            await _the_page_api_is_the_api_behind_the_key(stack, settings, org, failing)
             assert org.api_key not in stack.logs()
+
+
+async def _the_page_api_is_the_api_behind_the_key(
+    stack: Stack, settings: Settings, org: Org, job_id: str
+) -> None:
+    """The page's routes: no key 401, another org's key 404 (the api's tenancy), only the
+    lifecycle's actions, nothing changed by a refusal."""
+    other = await new_org(settings, "other")
+    base = f"{stack.tracker_url}/jobs/api/jobs"
+    before = await _events(settings, job_id)
+    async with httpx.AsyncClient(timeout=30) as client:
+        assert (await client.get(base)).status_code == 401
+        assert (await client.post(f"{base}/{job_id}/retry")).status_code == 401
+        theirs = await client.post(f"{base}/{job_id}/retry", headers=other.headers)
+        assert theirs.status_code == 404 and theirs.json()["error"]["code"] == "job_not_found"
+        assert (await client.get(f"{base}/{job_id}", headers=other.headers)).status_code == 404
+        listed = await client.get(base, headers=other.headers)
+        assert listed.status_code == 200 and listed.json()["items"] == []
+        unknown = await client.post(f"{base}/{job_id}/force-done", headers=org.headers)
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_action"
+        bad = await client.get(f"{base}?state=bogus", headers=org.headers)
+        assert bad.status_code == 422 and "state" in bad.json()["error"]["message"]
+        mine = await client.get(f"{base}/{job_id}/lines", headers=org.headers)
+        assert mine.status_code == 200 and len(mine.json()["items"]) == 1
+    assert await _events(settings, job_id) == before
