@@ -5,7 +5,8 @@ A user opens ``/jobs``, types the org's key and sees: a slow sync's progress bar
 the SSE stream) and reach 100 %; pause, resume and cancel change the job's state in the database;
 a job with an unstorable customer shows the line's error, and replay and retry send it again; a
 refused action shows the api's 409 message. Buttons appear only where the lifecycle allows them.
-A screenshot is kept under the test's tmp dir and in ``.woosync/artifacts/jobs-page.png``.
+Screenshots are kept under the test's tmp dir and in ``.woosync/artifacts/``: ``jobs-page.png``
+(at the end, the failed job open) and ``jobs-page-live.png`` (a bar on its way).
 
 Skipped only when no ``chromium`` is installed (``scripts/bootstrap`` installs it as root).
 """
@@ -33,7 +34,7 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-ARTEFACT = ROOT / ".woosync" / "artifacts" / "jobs-page.png"
+ARTEFACTS = ROOT / ".woosync" / "artifacts"  # gitignored; kept after the run
 UNSTORABLE = {"email": "a" * 320 + "@shop.example"}  # no storage holds it: fails at once
 WAIT_MS = 120_000
 
@@ -66,6 +67,15 @@ async def _buttons(page: Any, scope: str) -> list[str]:
 async def _width(page: Any, job_id: str) -> float:
     width = await page.eval_on_selector(f"{_row(job_id)} .fill", "(f) => f.style.width")
     return float(width.rstrip("%"))
+
+
+async def _keep(page: Any, tmp_path: Path, name: str) -> None:
+    """A screenshot in the test's tmp dir, copied to ``.woosync/artifacts/``."""
+    picture = tmp_path / name
+    await page.screenshot(path=str(picture), full_page=True)
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(picture, ARTEFACTS / name)
+    print(f"jobs page screenshot: {picture} (also {ARTEFACTS / name})")
 
 
 async def test_the_jobs_page_shows_live_progress_failed_lines_and_acts(
@@ -123,6 +133,7 @@ async def test_the_jobs_page_shows_live_progress_failed_lines_and_acts(
                         return 0 < seen[-1] < 100
 
                     await wait_until(moved, "the live bar between 0 and 100 %", 120)
+                    await _keep(page, tmp_path, "jobs-page-live.png")
                     live_row = page.locator(_row(live))
                     assert await _buttons(page, _row(live)) == ["pause", "cancel"]
                     assert "/s" in await live_row.locator("td").nth(4).inner_text()  # the rate
@@ -200,11 +211,7 @@ async def test_the_jobs_page_shows_live_progress_failed_lines_and_acts(
                     await page.locator(_row(failing)).locator("td").first.click()
                     await expect(detail.locator("tr.line")).to_have_count(1, timeout=WAIT_MS)
                     await expect(detail.locator("#activity")).to_contain_text("job.retried")
-                    picture = tmp_path / "jobs-page.png"
-                    await page.screenshot(path=str(picture), full_page=True)
-                    ARTEFACT.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(picture, ARTEFACT)
-                    print(f"jobs page screenshot: {picture} (also {ARTEFACT})")
+                    await _keep(page, tmp_path, "jobs-page.png")
 
                     blocked = [m for m in console if "Content Security Policy" in m]
                     assert not blocked, blocked
