@@ -16,13 +16,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
 
+from services.tracker.jobs_page import PAGE_SIZE
+from shared import db
 from shared.settings import Settings
 from tests.e2e.harness import Org, Stack, new_org, start_sync, wait_final
 from tests.e2e.processes import fetch, fetchval, running_stack
+from tests.factories import make_job
 from tests.helpers import wait_until
 from tools.woosim.testing import spawn_simulator
 
@@ -67,6 +71,23 @@ async def _buttons(page: Any, scope: str) -> list[str]:
 async def _width(page: Any, job_id: str) -> float:
     width = await page.eval_on_selector(f"{_row(job_id)} .fill", "(f) => f.style.width")
     return float(width.rstrip("%"))
+
+
+async def _listed(page: Any) -> list[str]:
+    return await page.eval_on_selector_all("tr.job", "(rs) => rs.map((r) => r.dataset.job)")
+
+
+async def _done_jobs(settings: Settings, org: Org, count: int) -> set[str]:
+    pool = await db.create_pool(settings.admin_database_url, min_size=1, max_size=1)
+    try:
+        org_id = UUID(org.org_id)
+        jobs = [
+            await make_job(pool, org_id, state="done", fetch_done=True, finished=True)
+            for _ in range(count)
+        ]
+        return {str(job) for job in jobs}
+    finally:
+        await pool.close()
 
 
 async def _keep(page: Any, tmp_path: Path, name: str) -> None:
@@ -212,6 +233,22 @@ async def test_the_jobs_page_shows_live_progress_failed_lines_and_acts(
                     await expect(detail.locator("tr.line")).to_have_count(1, timeout=WAIT_MS)
                     await expect(detail.locator("#activity")).to_contain_text("job.retried")
                     await _keep(page, tmp_path, "jobs-page.png")
+
+                    # Paging and the state filter, with a page's worth of newer jobs.
+                    made = await _done_jobs(settings, org, PAGE_SIZE)
+                    await page.click("#refresh")
+                    await expect(page.locator("tr.job")).to_have_count(PAGE_SIZE)
+                    assert set(await _listed(page)) == made
+                    await page.click("#older")
+                    await expect(page.locator(_row(failing))).to_be_visible(timeout=WAIT_MS)
+                    assert await _listed(page) == [cancelled, live, failing]  # newest first
+                    await expect(page.locator("#older")).to_be_disabled()
+                    await page.click("#newer")
+                    await expect(page.locator(_row(failing))).to_have_count(0, timeout=WAIT_MS)
+                    assert set(await _listed(page)) == made
+                    await page.select_option("#state", "failed")
+                    await expect(page.locator("tr.job")).to_have_count(1, timeout=WAIT_MS)
+                    assert await _listed(page) == [failing]
 
                     blocked = [m for m in console if "Content Security Policy" in m]
                     assert not blocked, blocked
