@@ -7,6 +7,7 @@ import re
 
 from services.tracker.jobs_page import PAGE_HEADERS, JobsPage, page_config
 from shared.lifecycle import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JOB_ACTIONS, JobState
+from shared.settings import Settings
 
 
 def _config(html: str) -> dict[str, object]:
@@ -42,3 +43,13 @@ def test_the_page_never_puts_a_response_into_markup() -> None:
     script = JobsPage.load().script
     assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", script)
     assert "localStorage.setItem" not in script and "document.cookie" not in script
+
+
+def test_the_tracker_reaches_the_api_where_it_listens_unless_told() -> None:
+    assert Settings(api_host="10.0.0.5", api_port=9000).jobs_page_api_base() == (
+        "http://10.0.0.5:9000"
+    )
+    wildcard = Settings(api_host="0.0.0.0", api_port=9000)  # noqa: S104 - a bind address
+    assert wildcard.jobs_page_api_base() == "http://127.0.0.1:9000"
+    told = Settings(jobs_page_api_url="http://api:8000/", api_host="0.0.0.0")  # noqa: S104
+    assert told.jobs_page_api_base() == "http://api:8000"
