@@ -62,6 +62,23 @@ FINAL_LINE_STATES: frozenset[LineState] = frozenset(
     {LineState.DONE, LineState.FAILED, LineState.CANCELLED}
 )
 
+# The job states in which each action of the api applies (any other state answers 409
+# ``action_not_allowed``). The actions check against these, and the jobs page shows a button only
+# where its action applies; tests/unit/test_lifecycle.py keeps them within TRANSITIONS' sources.
+# A retry of a running job re-queues its failed lines without a move, so it applies there too; a
+# replay applies to any job (with nothing parked it does nothing).
+JOB_ACTIONS: Mapping[str, frozenset[JobState]] = {
+    "retry": frozenset(JobState) - {JobState.PAUSED, JobState.CANCELLED},
+    "replay": frozenset(JobState),
+    "pause": RUNNING_JOB_STATES,
+    "resume": frozenset({JobState.PAUSED}),
+    "cancel": OPEN_JOB_STATES,
+}
+
+# Where a retry resumes a fetch that never read every page: a draft, or a finished job (fetch
+# failed, forced done, cancelled is not retried); a running job's fetcher is still at work.
+REFETCH_JOB_STATES: frozenset[JobState] = FINAL_JOB_STATES | {JobState.DRAFT}
+
 # As pydantic fields (validated into the enum, shown in JSON schemas as a plain string enum):
 # every job state, and the final ones (``sync.completed``). A test keeps them equal to the sets.
 JobStateField = Literal[

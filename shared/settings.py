@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # Base URLs that clients are told to use (status_url, progress_url); behind a proxy they differ.
     public_api_url: str = ""
     public_tracker_url: str = ""
+    # The api as the tracker reaches it, for the jobs page's requests (services.tracker.jobs_page);
+    # empty: http://api_host:api_port (a wildcard host is reached on the loopback).
+    jobs_page_api_url: str = ""
     # The API key the `woosync jobs` commands send to the api and tracker (never printed).
     api_key: SecretStr | None = None
     # Where stores deliver webhooks (the api as the store reaches it); public_api_url if empty.
@@ -165,6 +168,13 @@ class Settings(BaseSettings):
 
     def webhook_base(self) -> str:
         return self.public_webhook_url or self.api_base()
+
+    def jobs_page_api_base(self) -> str:
+        if self.jobs_page_api_url:
+            return self.jobs_page_api_url.rstrip("/")
+        wildcard = self.api_host in ("0.0.0.0", "", "::")  # noqa: S104 - a bind, not a URL
+        host = "127.0.0.1" if wildcard else self.api_host
+        return f"http://{host}:{self.api_port}"
 
     def tracker_base(self) -> str:
         return self.public_tracker_url or f"http://{self.tracker_host}:{self.tracker_port}"

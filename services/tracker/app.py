@@ -1,7 +1,8 @@
 """The tracker process as one Starlette app: its subscriber and routes here, the wiring in
 ``shared.runtime`` run as the lifespan, so uvicorn's start and stop (SIGTERM included) drive
 everything; the recompute loop, the scheduled cleanup (``services.tracker.cleanup``) and the
-schedules (``services.tracker.scheduler``) run between the runtime's open and close.
+schedules (``services.tracker.scheduler``) run between the runtime's open and close. The jobs
+page (``services.tracker.jobs_page``) is served here too.
 
 ``/metrics`` (``shared.metrics``) reads jobs by state and every queue's depth when scraped: the
 tracker is the one service that already looks across orgs and queues."""
@@ -19,6 +20,7 @@ from typing import Annotated, TypedDict
 
 import aio_pika
 import asyncpg
+import httpx
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from starlette.applications import Starlette
@@ -30,6 +32,7 @@ from starlette.routing import Route
 from services.asyncapi import Served
 from services.tracker.cleanup import Cleaner, replica_name
 from services.tracker.handlers import Tracker, announce
+from services.tracker.jobs_page import API_TIMEOUT_S, JobsPage
 from services.tracker.scheduler import Scheduler, publish_confirmed
 from services.tracker.sse import progress, progress_page
 from services.tracker.webhooks import WebhookWatcher
@@ -72,6 +75,7 @@ class State(TypedDict):
     tokens: ProgressTokens
     refusals: RefusedCallers  # per client address, for refused keys and tokens
     streams: StreamSlots  # open progress streams per org
+    api: httpx.AsyncClient  # the api, for the jobs page's requests (services.tracker.jobs_page)
 
 
 readyz = web.readyz(lambda r: (r.state.pool, r.state.broker), web.readiness_body)
@@ -209,6 +213,7 @@ def build_app(settings: Settings) -> Starlette:
             )
             schedule_task = asyncio.create_task(scheduler.run(), name="tracker-scheduler")
             log.info("tracking %s", topology.tracker_queue.name)
+            api = httpx.AsyncClient(base_url=settings.jobs_page_api_base(), timeout=API_TIMEOUT_S)
             try:
                 yield State(
                     pool=pool,
@@ -224,8 +229,10 @@ def build_app(settings: Settings) -> Starlette:
                         settings.max_sse_streams_per_org,
                         lease_s=STREAM_LEASE_PER_RECHECK * settings.sse_recheck_interval_s,
                     ),
+                    api=api,
                 )
             finally:
+                await api.aclose()
                 # Stop taking events, stop the loop, settle what was acked (which may still
                 # publish sync.completed); the runtime then closes the broker and the pool.
                 await runtime.stop_consuming()
@@ -244,6 +251,7 @@ def build_app(settings: Settings) -> Starlette:
             Route(PROGRESS_PATH, progress, methods=["GET"]),
             Route(PROGRESS_PAGE_PATH, progress_page, methods=["GET"]),
             Route("/asyncapi.json", asyncapi, methods=["GET"]),
+            *JobsPage.load().routes(),
             Route(
                 "/metrics",
                 metrics_endpoint(runtime.registry, metrics_refresh(runtime, tracker_metrics)),

@@ -25,6 +25,7 @@ from shared.lifecycle import (
     FINAL_JOB_STATES,
     OPEN_JOB_STATES,
     STATE_CHANGES,
+    TRANSITIONS,
     Actor,
     JobState,
     LineState,
@@ -288,3 +289,30 @@ def test_the_diagram_in_the_docs_is_drawn_from_the_table() -> None:
             f"docs/architecture.md: the {entity} diagram is not the table's; paste "
             f"python -c 'from shared.lifecycle import mermaid; print(mermaid(\"{entity}\"))'"
         )
+
+
+def test_each_action_applies_in_every_state_its_moves_leave() -> None:
+    # An action that the table lets leave a state must not be refused (409) in that state, nor
+    # hidden by the jobs page.
+    by_action = {
+        "retry": Actor.API_RETRY,
+        "replay": Actor.REPLAY,
+        "pause": Actor.API_PAUSE,
+        "resume": Actor.API_RESUME,
+        "cancel": Actor.API_CANCEL,
+    }
+    assert set(lifecycle.JOB_ACTIONS) == set(by_action)
+    for action, actor in by_action.items():
+        sources = {
+            s for t in TRANSITIONS if t.actor == actor and t.entity == "job" for s in t.sources
+        }
+        assert sources <= lifecycle.JOB_ACTIONS[action], action
+    # The control actions always move a job: they apply only where the table lets them.
+    for action in ("pause", "resume", "cancel"):
+        sources = {
+            s
+            for t in TRANSITIONS
+            if t.actor == by_action[action] and t.entity == "job"
+            for s in t.sources
+        }
+        assert lifecycle.JOB_ACTIONS[action] == sources, action

@@ -17,7 +17,7 @@ from services.api.schemas import CancelRequest, CancelResult
 from shared import activity
 from shared.auth import Caller
 from shared.db import for_org
-from shared.lifecycle import OPEN_JOB_STATES, JobState
+from shared.lifecycle import JOB_ACTIONS, JobState
 
 SUMMARY = "Cancel an open job: open lines cancelled; its store is free once its crawl stops."
 
@@ -34,8 +34,8 @@ async def cancel_job(request: CancelRequest, caller: Caller, deps: Deps) -> Canc
         if job is None:
             raise job_not_found()
         state = job["state"]
-        if state not in OPEN_JOB_STATES:
-            raise not_allowed("cancel", state, OPEN_JOB_STATES)
+        if state not in JOB_ACTIONS["cancel"]:
+            raise not_allowed("cancel", state, JOB_ACTIONS["cancel"])
         # No fetcher took it (its guard refuses a cancelled job from now on), it read every
         # page, or a pause already stopped its crawl.
         no_crawl = (

@@ -17,9 +17,9 @@ from services.api.schemas import PauseRequest, StatusResult
 from shared import activity
 from shared.auth import Caller
 from shared.db import for_org
-from shared.lifecycle import JobState
+from shared.lifecycle import JOB_ACTIONS, JobState
 
-PAUSABLE = (JobState.QUEUED, JobState.PROCESSING)
+PAUSABLE = JOB_ACTIONS["pause"]
 
 SUMMARY = "Pause a queued or processing job: no page is read and no batch written until resume."
 

@@ -24,7 +24,7 @@ from shared import activity
 from shared.auth import Caller
 from shared.broker import publish, publish_to_queue
 from shared.db import for_org
-from shared.lifecycle import JobState
+from shared.lifecycle import JOB_ACTIONS, JobState
 from shared.messages import CustomerBatch, SyncRequested
 from shared.topology import ATTEMPT_HEADER
 
@@ -44,8 +44,8 @@ async def resume_job(request: ResumeRequest, caller: Caller, deps: Deps) -> Resu
         job = await conn.fetchrow(q.LOCK_JOB_FOR_CONTROL, job_id, org_id)
         if job is None:
             raise job_not_found()
-        if job["state"] != JobState.PAUSED:
-            raise not_allowed("resume", job["state"], [JobState.PAUSED])
+        if job["state"] not in JOB_ACTIONS["resume"]:
+            raise not_allowed("resume", job["state"], JOB_ACTIONS["resume"])
         held = await conn.fetch(q.SELECT_HELD_BATCHES, job_id, org_id)
         fetch_resumed = job["fetch_done_at"] is None
         # A crawl that has not recorded its stop (still finishing its reads, or its request

@@ -20,10 +20,17 @@ from shared import activity
 from shared.auth import Caller
 from shared.db import for_org
 from shared.jobs import get_status
-from shared.lifecycle import FINAL_JOB_STATES, Actor, JobState, reopen_jobs
+from shared.lifecycle import (
+    FINAL_JOB_STATES,
+    JOB_ACTIONS,
+    REFETCH_JOB_STATES,
+    Actor,
+    JobState,
+    reopen_jobs,
+)
 
 # A paused job goes on with resume; a cancelled one stays ended (start anew).
-RETRYABLE = set(JobState) - {JobState.PAUSED, JobState.CANCELLED}
+RETRYABLE = JOB_ACTIONS["retry"]
 
 SUMMARY = "Send the job's failed customers again and resume its fetch if unfinished."
 
@@ -48,13 +55,11 @@ async def retry_job(request: RetryRequest, caller: Caller, deps: Deps) -> RetryR
         if job is None:
             raise job_not_found()
         previous_state = JobState(job["state"])
-        if previous_state in (JobState.PAUSED, JobState.CANCELLED):
+        if previous_state not in RETRYABLE:
             raise not_allowed("retry", previous_state, RETRYABLE)
         # A running job's fetcher is still at work; a draft, or a finished job that never read
         # every page (fetch failed, or forced done), needs the fetcher again.
-        needs_fetch = job["fetch_done_at"] is None and (
-            previous_state in FINAL_JOB_STATES or previous_state == JobState.DRAFT
-        )
+        needs_fetch = job["fetch_done_at"] is None and previous_state in REFETCH_JOB_STATES
         if needs_fetch:
             busy = await conn.fetchval(
                 q.SELECT_OTHER_FETCHING_JOB, org_id, job["connection_id"], job_id
