@@ -12,6 +12,7 @@ JOB_PATH = JOBS_PATH + "/{job_id}"  # api: status_url
 JOB_LINES_PATH = JOB_PATH + "/lines"  # api: a job's lines by state (failed by default)
 JOB_ACTIVITY_PATH = JOB_PATH + "/activity"  # api: a job's activity log
 PREVIEW_PATH = "/api/v1/integrations/sync/preview"  # api: what a sync would change
+ORCHESTRATE_PATH = "/api/v1/integrations/sync/orchestrate"  # api: one parent over several stores
 CONFLICTS_PATH = JOB_PATH + "/conflicts"  # api: a job's conflicts waiting for a person
 PROGRESS_PATH = "/api/v1/integrations/sync/progress/{job_id}"  # tracker: SSE, progress_url
 PROGRESS_PAGE_PATH = "/progress/{job_id}"  # tracker: a progress bar fed by PROGRESS_PATH

@@ -105,6 +105,8 @@ async def asyncapi(request: Request) -> Response:
         )
     served: Served = request.app.state.asyncapi
     return JSONResponse(await served.get())
+
+
 # Jobs of every org by state, aggregates only (migration 0014): the tracker runs as woosync_app,
 # which row-level security confines to one org per transaction.
 SELECT_JOB_STATE_COUNTS = "SELECT state, jobs FROM woosync_job_state_counts()"
