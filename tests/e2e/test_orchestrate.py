@@ -201,7 +201,8 @@ async def test_pause_resume_and_cancel_of_the_parent_reach_every_child(
 
             resumed = await action(stack, org, "resume", parent["job_id"])
             assert resumed.status_code == 202, resumed.text
-            assert {c["state"] for c in resumed.json()["children"]} == {"queued"}
+            # Queued, or already taken by a fetcher.
+            assert {c["state"] for c in resumed.json()["children"]} <= {"queued", "processing"}
             row = await wait_final(settings, parent["job_id"], timeout_s=300)
             assert row["state"] == "done", row["last_error"]
             assert (row["total"], row["done_count"], row["failed_count"]) == (1200, 1200, 0)
