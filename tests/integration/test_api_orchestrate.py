@@ -283,3 +283,25 @@ async def test_every_child_done_ends_the_parent_done(api: Api, app_pool: asyncpg
     assert ended is not None and (ended.state, ended.total, ended.done) == ("done", 8, 8)
     status = await api.get(f"/api/v1/integrations/woocommerce/sync/jobs/{parent_id}")
     assert status.json()["state"] == "done" and status.json()["last_error"] is None
+
+
+async def test_a_paused_parent_whose_children_ended_can_still_be_resumed(
+    api: Api, app_pool: asyncpg.Pool
+) -> None:
+    stores = await _stores(api, 2)
+    parent_id = (await _orchestrate(api, _body(api, stores))).json()["job_id"]
+    children = [r["id"] for r in (await _jobs(api))[1:]]
+    assert (await _action(api, "pause", parent_id)).status_code == 200
+    # Each child ended on its own: one cancelled by hand, one done.
+    assert (await _action(api, "cancel", children[0])).status_code == 200
+    await _finish(api.pool, children[1], "done")
+
+    resumed = await _action(api, "resume", parent_id)
+    assert resumed.status_code == 202, resumed.text
+    assert resumed.json()["state"] == "processing" and resumed.json()["released"] == 0
+    ended = await recompute(for_org(app_pool, api.org_id), UUID(parent_id))
+    assert ended is not None and ended.state == "failed"
+    parent = await api.pool.fetchrow(
+        "SELECT last_error FROM woo_customer_sync_queue WHERE id = $1", UUID(parent_id)
+    )
+    assert parent["last_error"].startswith(f"job {children[0]} (connection {stores[0]}) cancelled")

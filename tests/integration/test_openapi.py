@@ -35,7 +35,13 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from services.api.app import JOB_PATH, PREVIEW_PATH, SYNC_PATH
-from shared.paths import CONFLICTS_PATH, JOB_ACTIVITY_PATH, JOB_LINES_PATH, JOBS_PATH
+from shared.paths import (
+    CONFLICTS_PATH,
+    JOB_ACTIVITY_PATH,
+    JOB_LINES_PATH,
+    JOBS_PATH,
+    ORCHESTRATE_PATH,
+)
 from shared.settings import Settings
 from tests.helpers import free_port
 from tools.woosim.testing import SimHandle, spawn_simulator
@@ -204,6 +210,7 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         f"POST {SYNC_PATH}",
         f"GET {JOB_PATH}",
         f"POST {PREVIEW_PATH}",
+        f"POST {ORCHESTRATE_PATH}",
         f"GET {JOBS_PATH}",
         f"GET {JOB_LINES_PATH}",
         f"GET {JOB_ACTIVITY_PATH}",
@@ -220,6 +227,7 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     assert statuses & {202, 404, 409, 429}, statuses
     assert {200, 404} <= seen[f"GET {JOB_PATH}"], seen
     assert {200, 422} <= seen[f"POST {PREVIEW_PATH}"], seen
+    assert {404, 422} <= seen[f"POST {ORCHESTRATE_PATH}"], seen
     assert {200, 422} <= seen[f"GET {JOBS_PATH}"], seen
     for path in (JOB_LINES_PATH, JOB_ACTIVITY_PATH):
         assert {200, 404, 422} <= seen[f"GET {path}"], seen

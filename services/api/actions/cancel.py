@@ -53,9 +53,10 @@ async def cancel_job(request: CancelRequest, caller: Caller, deps: Deps) -> Canc
         step = functools.partial(cancel_locked, request.reason)
         actor = caller.actor()
         if job["kind"] == "orchestration":
-            # Children already final stay as they are; 409 only if none is open, which an open
-            # parent's tracker would soon finish anyway.
-            done = await for_children(conn, job, org_id, "cancel", OPEN_JOB_STATES, actor, step)
+            # Children already final stay as they are.
+            done = await for_children(
+                conn, job, org_id, "cancel", OPEN_JOB_STATES, actor, step, require=False
+            )
             own = await step(conn, job, org_id, {**actor, "children": [str(c) for c in done]})
             figures = {
                 "lines_cancelled": sum(f["lines_cancelled"] for f in done.values()),

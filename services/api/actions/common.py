@@ -109,14 +109,17 @@ async def for_children(
     allowed: Collection[JobState],
     actor: Mapping[str, Any],
     step: ControlStep,
+    *,
+    require: bool = True,
 ) -> dict[UUID, dict[str, Any]]:
     """Apply a control action to every child of a parent job (kind ``orchestration``) whose state
     allows it, in the caller's transaction with the parent locked; each child's activity row
     names the parent. Children in other states (say, already done) are left as they are; 409 when
-    no child allows it. Each child's figures, by its id."""
+    no child allows it if ``require`` (else the parent alone changes: a paused parent whose
+    children all ended meanwhile can still be resumed or cancelled). Each child's figures."""
     children = await conn.fetch(q.LOCK_CHILDREN_FOR_CONTROL, parent["id"], org_id)
     eligible = [child for child in children if child["state"] in allowed]
-    if not eligible:
+    if not eligible and require:
         states = ", ".join(sorted({child["state"] for child in children})) or "none"
         ordered = [s.value for s in JobState if s in allowed]
         raise ApiError(

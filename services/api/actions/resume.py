@@ -62,7 +62,7 @@ async def resume_job(request: ResumeRequest, caller: Caller, deps: Deps) -> Resu
         if job["kind"] == "orchestration":
             step = functools.partial(resume_locked, deps)
             done = await for_children(
-                conn, job, org_id, "resume", [JobState.PAUSED], caller.actor(), step
+                conn, job, org_id, "resume", [JobState.PAUSED], caller.actor(), step, require=False
             )
             figures = {
                 "released": sum(f["released"] for f in done.values()),
