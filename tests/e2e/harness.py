@@ -343,9 +343,7 @@ async def orchestrate(
 ) -> httpx.Response:
     body = {"org_id": org.org_id, "connection_ids": connection_ids, "options": options}
     async with httpx.AsyncClient(timeout=30) as client:
-        return await client.post(
-            stack.api_url + ORCHESTRATE_ROUTE, json=body, headers=org.headers
-        )
+        return await client.post(stack.api_url + ORCHESTRATE_ROUTE, json=body, headers=org.headers)
 
 
 async def assert_store_exact(
