@@ -299,9 +299,10 @@ WHERE j.id = $1 AND j.org_id = $2
 SELECT_JOBS_PAGE = """
 SELECT j.id, j.connection_id, c.store_url, j.state, j.total, j.done_count, j.failed_count,
        j.store_total, j.fetch_done_at, j.created_at, j.started_at, j.finished_at, j.updated_at,
-       j.last_error
+       j.last_error, j.kind, j.parent_id
 FROM woo_customer_sync_queue j
-JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
+-- A parent job (kind 'orchestration') has no connection: listed with no store.
+LEFT JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
 WHERE j.org_id = $1
   AND ($2::text IS NULL OR j.state = $2::text)
   AND ($3::uuid IS NULL OR j.connection_id = $3::uuid)

@@ -380,8 +380,11 @@ class ActivityQuery(_Request):
 
 class JobSummary(BaseModel):
     job_id: UUID
-    connection_id: UUID
-    store_url: str
+    # Null for a parent job (kind orchestration): its children are listed with their stores.
+    connection_id: UUID | None
+    store_url: str | None
+    kind: Literal["sync", "preview", "orchestration"] = "sync"
+    parent_id: UUID | None = None
     state: JobStateField
     total: int
     done: int

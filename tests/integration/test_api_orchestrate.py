@@ -86,6 +86,13 @@ async def test_orchestrate_makes_a_parent_and_a_queued_child_per_store(api: Api)
     child = await api.get(f"/api/v1/integrations/woocommerce/sync/jobs/{children[0]['id']}")
     assert child.json()["parent_id"] == str(parent_id) and child.json()["children"] is None
 
+    # The jobs list shows the parent (no store) and its children (naming it).
+    listed = (await api.get("/api/v1/integrations/woocommerce/sync/jobs")).json()["items"]
+    by_id = {item["job_id"]: item for item in listed}
+    assert by_id[str(parent_id)]["kind"] == "orchestration"
+    assert by_id[str(parent_id)]["store_url"] is None
+    assert {by_id[str(c["id"])]["parent_id"] for c in children} == {str(parent_id)}
+
 
 async def test_per_store_options_fill_in_from_the_shared_ones(api: Api) -> None:
     a, b = await _stores(api, 2)
