@@ -38,6 +38,7 @@ SELECT_JOB_STATUS = f"""
 SELECT j.id, j.org_id, j.connection_id, j.state, j.total, j.done_count, j.failed_count,
        j.store_total, j.pages_total, j.process_count, j.fetch_done_at, j.created_at,
        j.started_at, j.finished_at, j.updated_at, j.last_error, j.kind, j.preview_result,
+       j.parent_id,
        (SELECT count(*)::int FROM woo_customer_sync_queue_line l
         WHERE l.job_id = j.id AND l.org_id = j.org_id
           AND l.state = {sql_state(LineState.CONFLICT)}) AS conflicts,
@@ -56,10 +57,33 @@ FROM woo_customer_sync_queue j
 WHERE j.id = $1 AND j.org_id = $2
 """
 
+# The same, for the children of a parent job ($1 the parent's id), oldest first.
+SELECT_CHILD_STATUSES = (
+    SELECT_JOB_STATUS.replace("WHERE j.id = $1 AND", "WHERE j.parent_id = $1 AND")
+    + "ORDER BY j.created_at, j.id\n"
+)
+
+
+class ChildStatus(BaseModel):
+    """One child of a parent job (kind ``orchestration``): its store and where it stands."""
+
+    job_id: UUID
+    connection_id: UUID
+    state: JobStateField
+    total: int
+    done: int
+    failed: int
+    conflicts: int
+    pending: int
+    percent: float
+    fetch_complete: bool
+    last_error: str | None
+
 
 class JobStatus(BaseModel):
     job_id: UUID
-    connection_id: UUID
+    # None for a parent job (kind ``orchestration``), which reads no store itself.
+    connection_id: UUID | None
     state: JobStateField
     total: int
     done: int
@@ -83,8 +107,14 @@ class JobStatus(BaseModel):
     last_error: str | None
     # A sync, or a preview read by the fetcher (migration 0015), whose answer is ``preview``
     # once its store has been read.
-    kind: Literal["sync", "preview"] = "sync"
+    kind: Literal["sync", "preview", "orchestration"] = "sync"
     preview: PreviewResult | None = None
+    parent_id: UUID | None = Field(None, description="The parent job of an orchestration child.")
+    children: list[ChildStatus] | None = Field(
+        None,
+        description="A parent job's children, one per store; its counts are their sums. "
+        "Null for any other job.",
+    )
     rate_per_s: float | None = Field(
         None,
         description="Customers settled (done or failed) per second over the last "
@@ -165,7 +195,46 @@ def status_from_row(row: asyncpg.Record, window_s: float = RATE_WINDOW_S) -> Job
         rate_per_s=rate,
         eta_s=None if final else eta_s(pending, rate, total_known=total_known),
         conflict_policy=row["conflict_policy"] or DEFAULT_POLICY,
+        parent_id=row.get("parent_id"),  # absent from rows built by hand
     )
+
+
+def parent_status(parent: JobStatus, children: list[JobStatus]) -> JobStatus:
+    """A parent job's status: its own state and times, its children's counts summed.
+
+    The rate is the children's rates summed (each measured as for a job), the ETA that rate
+    over what is left; both null when the parent is final.
+    """
+    total = sum(c.total for c in children)
+    settled = sum(c.done + c.failed for c in children)
+    conflicts = sum(c.conflicts for c in children)
+    fetched = bool(children) and all(c.fetch_complete for c in children)
+    rates = [c.rate_per_s for c in children if c.rate_per_s is not None]
+    rate = None if parent.is_final or not rates else round(sum(rates), 2)
+    pending = max(total - settled - conflicts, 0)
+    total_known = all(c.fetch_complete or c.store_total is not None for c in children)
+    percent = (
+        100.0 if total == 0 and fetched else (round(100.0 * settled / total, 2) if total else 0.0)
+    )
+    store_totals = [c.store_total for c in children if c.store_total is not None]
+    summed = dict(
+        total=total,
+        done=sum(c.done for c in children),
+        failed=sum(c.failed for c in children),
+        conflicts=conflicts,
+        pending=pending,
+        percent=percent,
+        store_total=sum(store_totals) if store_totals else None,
+        pages_total=None,
+        fetch_complete=fetched,
+        rate_per_s=rate,
+        eta_s=None if parent.is_final else eta_s(pending, rate, total_known=total_known),
+        children=[
+            ChildStatus.model_validate(c.model_dump(include=set(ChildStatus.model_fields)))
+            for c in children
+        ],
+    )
+    return parent.model_copy(update=summed)
 
 
 async def get_status(
@@ -175,6 +244,15 @@ async def get_status(
     job_id: UUID,
     window_s: float = RATE_WINDOW_S,
 ) -> JobStatus | None:
-    """None when the job does not exist *or* belongs to another org: callers answer 404 for both."""
+    """None when the job does not exist *or* belongs to another org: callers answer 404 for both.
+
+    A parent job's status carries its children and their summed counts (:func:`parent_status`).
+    """
     row = await conn.fetchrow(SELECT_JOB_STATUS, job_id, org_id, window_s)
-    return status_from_row(row, window_s) if row else None
+    if row is None:
+        return None
+    status = status_from_row(row, window_s)
+    if status.kind != "orchestration":
+        return status
+    rows = await conn.fetch(SELECT_CHILD_STATUSES, job_id, org_id, window_s)
+    return parent_status(status, [status_from_row(r, window_s) for r in rows])

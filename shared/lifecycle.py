@@ -104,6 +104,7 @@ class Actor(StrEnum):
     API_CANCEL = "api cancel"
     REPLAY = "replay"  # the api's replay action and the operator's ``woosync dlq replay``
     API_RESOLVE = "api resolve-conflicts"
+    API_ORCHESTRATE = "api orchestrate"  # a parent job and its children (one per store)
     FETCHER = "fetcher"
     SYNCER = "syncer"
     TRACKER = "tracker"
@@ -138,6 +139,9 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(Actor.API_RETRY, "job", (J.DRAFT,), J.QUEUED, "sync.requested published"),
     Transition(Actor.SCHEDULER, "job", (None,), J.DRAFT, "a schedule fired; a new job"),
     Transition(Actor.SCHEDULER, "job", (J.DRAFT,), J.QUEUED, "sync.requested published"),
+    Transition(Actor.API_ORCHESTRATE, "job", (None,), J.DRAFT, "a child job of one store"),
+    Transition(Actor.API_ORCHESTRATE, "job", (None,), J.PROCESSING, "a parent over its children"),
+    Transition(Actor.API_ORCHESTRATE, "job", (J.DRAFT,), J.QUEUED, "a child's sync.requested"),
     Transition(
         Actor.API_RETRY, "job", (J.DONE, J.FAILED), J.DRAFT, "its fetch never finished: read on"
     ),
@@ -167,6 +171,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     ),
     Transition(Actor.REPLAY, "job", (J.FAILED,), J.PROCESSING, "parked customers sent again"),
     Transition(Actor.FETCHER, "job", (J.DRAFT, J.QUEUED), J.PROCESSING, "the crawl begins"),
+    # A parent (kind 'orchestration') finishes the same way: done when every child is done.
     Transition(Actor.TRACKER, "job", (J.QUEUED, J.PROCESSING), J.DONE, "every line done"),
     Transition(
         Actor.TRACKER,

@@ -18,6 +18,7 @@ PREVIEW_PATH = "/api/v1/integrations/sync/preview"  # api: what a sync would cha
 CONNECTION_PATH = "/api/v1/integrations/woocommerce/connections/{connection_id}"
 SCHEDULE_PATH = CONNECTION_PATH + "/schedule"
 SCHEDULES_PATH = "/api/v1/integrations/woocommerce/schedules"
+ORCHESTRATE_PATH = "/api/v1/integrations/sync/orchestrate"  # api: one parent over several stores
 CONFLICTS_PATH = JOB_PATH + "/conflicts"  # api: a job's conflicts waiting for a person
 PROGRESS_PATH = "/api/v1/integrations/sync/progress/{job_id}"  # tracker: SSE, progress_url
 PROGRESS_PAGE_PATH = "/progress/{job_id}"  # tracker: a progress bar fed by PROGRESS_PATH

@@ -43,9 +43,10 @@ ORDER BY created_at
 LIMIT 1
 """
 
+# A parent job (kind 'orchestration', no connection) reads no store: only its children count.
 COUNT_OPEN_JOBS = f"""
 SELECT count(*) FROM woo_customer_sync_queue
-WHERE org_id = $1 AND state IN {sql_in(OPEN_JOB_STATES)}
+WHERE org_id = $1 AND state IN {sql_in(OPEN_JOB_STATES)} AND connection_id IS NOT NULL
 """
 
 # No row back means the idempotency key is taken, or the connection has a job reading its
@@ -109,6 +110,7 @@ MARK_QUEUED = changes_state(
         Actor.API_START: moves((JobState.DRAFT,), (JobState.QUEUED,)),
         Actor.API_RETRY: moves((JobState.DRAFT,), (JobState.QUEUED,)),
         Actor.SCHEDULER: moves((JobState.DRAFT,), (JobState.QUEUED,)),
+        Actor.API_ORCHESTRATE: moves((JobState.DRAFT,), (JobState.QUEUED,)),
     },
     f"""
 UPDATE woo_customer_sync_queue

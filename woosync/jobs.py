@@ -152,7 +152,7 @@ def list_jobs(
         table.add_row(
             status["job_id"],
             status["state"],
-            status["store_url"],
+            status["store_url"] or f"({status.get('kind', 'orchestration')})",
             str(status["done"]),
             str(status["failed"]),
             str(status["total"]),

@@ -9,6 +9,7 @@ Route table::
                                                             force-done, replay, pause, resume,
                                                             cancel, resolve-conflicts
     POST /api/v1/integrations/sync/preview                  what a sync would change (no writes)
+    POST /api/v1/integrations/sync/orchestrate              one parent job syncing several stores
     GET  /api/v1/integrations/woocommerce/sync/jobs         the org's jobs, newest first (paged)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}    a job's status (the status_url)
     GET  /api/v1/integrations/woocommerce/sync/jobs/{id}/lines     a job's lines by state (paged)
@@ -44,12 +45,27 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.api.actions import conflicts, connections, dispatch, history, preview, schedule
+from services.api.actions import (
+    conflicts,
+    connections,
+    dispatch,
+    history,
+    orchestrate,
+    preview,
+    schedule,
+)
 from services.api.actions.common import read_status
 from services.api.deps import Deps, StoreClientFactory, store_client_factory
 from services.api.errors import ApiError, http_exception_handler
 from services.api.openapi import build_openapi
-from services.api.schemas import ActivityQuery, JobsQuery, LinesQuery, PreviewRequest, Readiness
+from services.api.schemas import (
+    ActivityQuery,
+    JobsQuery,
+    LinesQuery,
+    OrchestrateRequest,
+    PreviewRequest,
+    Readiness,
+)
 from services.api.web import (
     deps_of,
     guarded,
@@ -72,6 +88,7 @@ from shared.paths import (
     JOB_LINES_PATH,
     JOB_PATH,
     JOBS_PATH,
+    ORCHESTRATE_PATH,
     PREVIEW_PATH,
     SCHEDULE_PATH,
     SCHEDULES_PATH,
@@ -141,6 +158,18 @@ async def preview_sync(request: Request) -> Response:
     if body.org_id != caller.org_id:
         raise ApiError(403, "forbidden", "org_id does not match the API key's organisation")
     answer = await preview.answer(body, caller, deps)
+    return JSONResponse(answer.body.model_dump(mode="json"), status_code=answer.status)
+
+
+@guarded
+async def orchestrate_sync(request: Request) -> Response:
+    deps = deps_of(request)
+    caller = await require_caller(request, deps)
+    body = parse_body(OrchestrateRequest, await read_json_object(request))
+    if body.org_id != caller.org_id:
+        raise ApiError(403, "forbidden", "org_id does not match the API key's organisation")
+    with log_context(org_id=caller.org_id):
+        answer = await orchestrate.answer(body, caller, deps)
     return JSONResponse(answer.body.model_dump(mode="json"), status_code=answer.status)
 
 
@@ -317,6 +346,7 @@ ROUTES = [
     Route(PREVIEW_PATH, preview_sync, methods=["POST"]),
     Route(SCHEDULE_PATH, connection_schedule, methods=["PUT", "GET", "DELETE"]),
     Route(SCHEDULES_PATH, org_schedules, methods=["GET"]),
+    Route(ORCHESTRATE_PATH, orchestrate_sync, methods=["POST"]),
     Route(JOB_LINES_PATH, list_lines, methods=["GET"]),
     Route(JOB_ACTIVITY_PATH, list_activity, methods=["GET"]),
     Route(CONFLICTS_PATH, get_conflicts, methods=["GET"]),
@@ -366,6 +396,7 @@ def build_app(settings: Settings, *, store_client: StoreClientFactory | None = N
         lines_path=JOB_LINES_PATH,
         activity_path=JOB_ACTIVITY_PATH,
         preview_path=PREVIEW_PATH,
+        orchestrate_path=ORCHESTRATE_PATH,
         conflicts_path=CONFLICTS_PATH,
         connections_path=CONNECTIONS_PATH,
         connection_path=CONNECTION_PATH,

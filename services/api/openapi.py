@@ -15,7 +15,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from services.api.actions import ACTIONS, preview, schedule
+from services.api.actions import ACTIONS, orchestrate, preview, schedule
 from services.api.actions.conflicts import DEFAULT_PAGE, MAX_PAGE
 from services.api.actions.replay import ReplayResult
 from services.api.schemas import (
@@ -33,6 +33,8 @@ from services.api.schemas import (
     JobsQuery,
     LinesPage,
     LinesQuery,
+    OrchestrateRequest,
+    OrchestrateResult,
     PreviewJobAccepted,
     PreviewRequest,
     Readiness,
@@ -90,6 +92,19 @@ PREVIEW_DESCRIPTION = (
     "than WOOSYNC_PREVIEW_INLINE_MAX_CUSTOMERS is previewed by a job of kind preview (the org's "
     "connection to it is needed), with the status and progress stream of a sync; 409: a job of "
     "the connection is open; 429/503: too many store tests running or open jobs."
+)
+ORCHESTRATE_DESCRIPTION = (
+    "One parent job (kind orchestration) over 2 or more stored connections of the org, each "
+    "synced by a child job of its own (an ordinary sync job naming the parent in parent_id). "
+    "All or nothing: 404 names a connection the org does not have, 409 one with an open job "
+    "(or a cancelled crawl still stopping), 422 a connection named twice, 429 children that "
+    "would pass WOOSYNC_MAX_CONCURRENT_SYNCS_PER_ORG (the children count against it, the "
+    "parent does not); then nothing is created. The parent's status_url and progress_url show "
+    "its children's counts summed and each child's state and error (children); it ends done "
+    "when every child is done, failed (last_error naming each child's error) when every child "
+    "is final and one is not done. The actions pause, resume and cancel with the parent's "
+    "job_id apply to every child whose state allows it (409 when none does), audited on the "
+    "parent and on each child; retry, force-done and replay apply to a child, not the parent."
 )
 RETRY_AFTER = {
     "Retry-After": {
@@ -192,6 +207,7 @@ def _components() -> dict[str, Any]:
         (ConnectionUpdate, "validation"),
         (PreviewRequest, "validation"),
         (ScheduleIn, "validation"),
+        (OrchestrateRequest, "validation"),
     ]
     responses: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model, "serialization")
@@ -205,6 +221,7 @@ def _components() -> dict[str, Any]:
             ConnectionDeleted,
             PreviewResult,
             PreviewJobAccepted,
+            OrchestrateResult,
             ResumeResult,
             CancelResult,
             JobsPage,
@@ -388,6 +405,7 @@ def build_openapi(
     lines_path: str,
     activity_path: str,
     preview_path: str,
+    orchestrate_path: str,
     conflicts_path: str,
     connections_path: str,
     connection_path: str,
@@ -597,6 +615,27 @@ def build_openapi(
                             "content": _json(_ref(ScheduleList)),
                         },
                         **_errors(401, 429, 500),
+                    },
+                }
+            },
+            orchestrate_path: {
+                "post": {
+                    "operationId": "orchestrateSync",
+                    "summary": orchestrate.SUMMARY,
+                    "description": ORCHESTRATE_DESCRIPTION,
+                    "requestBody": {"required": True, "content": _json(_ref(OrchestrateRequest))},
+                    "responses": {
+                        "202": {
+                            "description": "The parent job and its children, handed to the "
+                            "fetcher.",
+                            "content": _json(_ref(OrchestrateResult)),
+                        },
+                        "200": {
+                            "description": "options.idempotency_key already made this parent: "
+                            "it is the answer (a child left a draft is handed on now).",
+                            "content": _json(_ref(OrchestrateResult)),
+                        },
+                        **_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503),
                     },
                 }
             },

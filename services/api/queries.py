@@ -60,7 +60,7 @@ WHERE org_id = $1 AND idempotency_key = $2
 
 # Locks the job so that two retries, or a retry and a force-done, cannot interleave.
 LOCK_JOB = """
-SELECT id, connection_id, state, batch_size, fetch_done_at
+SELECT id, connection_id, state, batch_size, fetch_done_at, kind
 FROM woo_customer_sync_queue
 WHERE id = $1 AND org_id = $2
 FOR UPDATE
@@ -233,7 +233,7 @@ RETURNING id
 # What the three actions decide on, the job locked: a pause or cancel then waits for a batch
 # the syncer is writing (it holds KEY SHARE on the job), and no batch is written after it.
 LOCK_JOB_FOR_CONTROL = """
-SELECT id, connection_id, state, fetch_done_at, process_count, crawl_stopped_at
+SELECT id, connection_id, state, fetch_done_at, process_count, crawl_stopped_at, kind
 FROM woo_customer_sync_queue
 WHERE id = $1 AND org_id = $2
 FOR UPDATE
@@ -328,9 +328,10 @@ WHERE j.id = $1 AND j.org_id = $2
 SELECT_JOBS_PAGE = """
 SELECT j.id, j.connection_id, c.store_url, j.state, j.total, j.done_count, j.failed_count,
        j.store_total, j.fetch_done_at, j.created_at, j.started_at, j.finished_at, j.updated_at,
-       j.last_error
+       j.last_error, j.kind, j.parent_id
 FROM woo_customer_sync_queue j
-JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
+-- A parent job (kind 'orchestration') has no connection: listed with no store.
+LEFT JOIN woo_connections c ON c.id = j.connection_id AND c.org_id = j.org_id
 WHERE j.org_id = $1
   AND ($2::text IS NULL OR j.state = $2::text)
   AND ($3::uuid IS NULL OR j.connection_id = $3::uuid)
@@ -404,4 +405,63 @@ FROM woo_customer_sync_queue_line
 WHERE job_id = $1 AND org_id = $2 AND state = {sql_state(LineState.CONFLICT)} AND woo_id > $3
 ORDER BY woo_id
 LIMIT $4
+"""
+
+
+# --- orchestrate (services.api.actions.orchestrate) ---------------------------------------------
+
+# Which of these connections ($2) the org ($1) has.
+SELECT_ORG_CONNECTIONS = """
+SELECT id FROM woo_connections WHERE org_id = $1 AND id = ANY($2::uuid[])
+"""
+
+# $1 id, $2 org, $3 the kind, 'orchestration' (a parameter: literals in state-changing SQL are
+# read as states), $4 idempotency key, $5 batch size, $6 concurrency. A parent reads no store:
+# no connection; it is processing from the start, while its children are.
+INSERT_PARENT_JOB = changes_state(
+    "api.INSERT_PARENT_JOB",
+    "job",
+    {Actor.API_ORCHESTRATE: moves((None,), (JobState.PROCESSING,))},
+    f"""
+INSERT INTO woo_customer_sync_queue
+    (id, org_id, connection_id, state, kind, idempotency_key, batch_size, concurrency,
+     started_at)
+VALUES ($1, $2, NULL, {sql_state(JobState.PROCESSING)}, $3, $4, $5, $6, now())
+""",
+)
+
+# $1 id, $2 org, $3 connection, $4 parent, $5 batch size, $6 concurrency, $7 conflict policy.
+# created_at is the clock's, not the transaction's: children are listed in the request's order.
+INSERT_CHILD_JOB = changes_state(
+    "api.INSERT_CHILD_JOB",
+    "job",
+    {Actor.API_ORCHESTRATE: moves((None,), (JobState.DRAFT,))},
+    f"""
+INSERT INTO woo_customer_sync_queue
+    (id, org_id, connection_id, state, parent_id, batch_size, concurrency, conflict_policy,
+     created_at)
+VALUES ($1, $2, $3, {sql_state(JobState.DRAFT)}, $4, $5, $6, $7, clock_timestamp())
+""",
+)
+
+# A parent's children ($1 parent, $2 org), oldest first, locked for a control action (after the
+# parent's own lock, always in this order).
+LOCK_CHILDREN_FOR_CONTROL = """
+SELECT id, connection_id, state, fetch_done_at, process_count, crawl_stopped_at, kind
+FROM woo_customer_sync_queue
+WHERE parent_id = $1 AND org_id = $2
+ORDER BY created_at, id
+FOR UPDATE
+"""
+
+# The children of a parent found by its idempotency key, to hand over drafts again.
+SELECT_CHILDREN = """
+SELECT id, connection_id, state FROM woo_customer_sync_queue
+WHERE parent_id = $1 AND org_id = $2
+ORDER BY created_at, id
+"""
+
+SELECT_PARENT_BY_IDEMPOTENCY_KEY = """
+SELECT id, state, kind FROM woo_customer_sync_queue
+WHERE org_id = $1 AND idempotency_key = $2
 """

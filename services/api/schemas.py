@@ -250,6 +250,95 @@ class PreviewRequest(_Request):
         return self
 
 
+MAX_ORCHESTRATED = 100  # connections of one orchestrate request (the org's cap comes first)
+
+
+class JobOptions(_Request):
+    """What a child job of an orchestration takes (as ``start``'s options, without a key)."""
+
+    batch_size: Annotated[int, Field(strict=True, ge=1, le=100)] | None = None
+    concurrency: Annotated[int, Field(strict=True, ge=1, le=16)] | None = None
+    conflict_policy: ConflictPolicyField | None = Field(
+        None, description="As start's: none is the connection's policy."
+    )
+
+
+class OrchestrateOptions(JobOptions):
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Repeating the request with this key answers with the parent it made "
+        "(handing on any child whose publish failed) instead of making another.",
+    )
+
+
+class OrchestratedConnection(_Request):
+    connection_id: UUID
+    options: JobOptions = Field(
+        JobOptions(), description="This store's child only; unset ones are the shared options."
+    )
+
+
+class OrchestrateRequest(_Request):
+    """Several stored connections of the org, synced as one parent job with a child each."""
+
+    org_id: UUID
+    connection_ids: list[UUID] | None = Field(
+        None, min_length=2, max_length=MAX_ORCHESTRATED, description="The stores, by connection."
+    )
+    connections: list[OrchestratedConnection] | None = Field(
+        None,
+        min_length=2,
+        max_length=MAX_ORCHESTRATED,
+        description="The stores with options of their own (instead of connection_ids).",
+    )
+    options: OrchestrateOptions = OrchestrateOptions()
+
+    @model_validator(mode="after")
+    def _distinct_stores(self) -> OrchestrateRequest:
+        if (self.connection_ids is None) == (self.connections is None):
+            raise ValueError("give exactly one of connection_ids and connections")
+        seen: set[UUID] = set()
+        named = self.connection_ids or [c.connection_id for c in self.connections or []]
+        for connection_id in named:
+            if connection_id in seen:
+                raise ValueError(f"connection {connection_id} is named twice")
+            seen.add(connection_id)
+        return self
+
+    def targets(self) -> list[OrchestratedConnection]:
+        """Each store with its options, the shared ones filling what its own leave unset."""
+        shared = self.options.model_dump(exclude={"idempotency_key"})
+        given = self.connections or [
+            OrchestratedConnection(connection_id=c) for c in self.connection_ids or []
+        ]
+        return [
+            OrchestratedConnection(
+                connection_id=c.connection_id,
+                options=JobOptions(**{k: v if v is not None else shared[k] for k, v in c.options}),
+            )
+            for c in given
+        ]
+
+
+class OrchestratedChild(BaseModel):
+    job_id: UUID
+    connection_id: UUID
+    state: JobStateField
+
+
+class OrchestrateResult(BaseModel):
+    """The parent job; its status (``status_url``) and progress stream follow every child."""
+
+    job_id: UUID
+    kind: Literal["orchestration"]
+    state: JobStateField
+    status_url: str
+    progress_url: str
+    children: list[OrchestratedChild]
+
+
 class StartResult(BaseModel):
     job_id: UUID
     state: JobStateField
@@ -372,8 +461,11 @@ class ActivityQuery(_Request):
 
 class JobSummary(BaseModel):
     job_id: UUID
-    connection_id: UUID
-    store_url: str
+    # Null for a parent job (kind orchestration): its children are listed with their stores.
+    connection_id: UUID | None
+    store_url: str | None
+    kind: Literal["sync", "preview", "orchestration"] = "sync"
+    parent_id: UUID | None = None
     state: JobStateField
     total: int
     done: int

@@ -71,6 +71,7 @@ log = logging.getLogger("woosync.tracker")
 
 TrackerEvent = LinesDone | LinesFailed | FetchCompleted | FetchFailed
 MAX_ERROR_CHARS = 2_000
+PARENT_KIND = "orchestration"  # a parent job over children (services.api.actions.orchestrate)
 
 Publish = Callable[[SyncCompleted], Awaitable[None]]
 
@@ -145,16 +146,25 @@ async def recompute(scope: OrgScope, job_id: UUID) -> SyncCompleted | None:
     failed job that recovers (see ``RECOMPUTE_JOB``) finishes a second time, as done.
     """
     async with scope.transaction() as conn:
-        if await conn.fetchval(q.LOCK_JOB, job_id, scope.org_id) is None:
+        locked = await conn.fetchrow(q.LOCK_JOB, job_id, scope.org_id)
+        if locked is None:
             return None
-        row = await conn.fetchrow(q.RECOMPUTE_JOB, job_id, scope.org_id)
+        if locked["kind"] == PARENT_KIND:  # its counts and end are its children's
+            row = await conn.fetchrow(q.RECOMPUTE_PARENT, job_id, scope.org_id, PARENT_KIND)
+        else:
+            row = await conn.fetchrow(q.RECOMPUTE_JOB, job_id, scope.org_id)
         if row is None or not row["finished"]:
             return None
-        done = _completed(job_id, row, await mark_deleted(conn, job_id, scope.org_id))
-        if row["recovered"]:  # it had failed: say why it is done now
-            await _record_final(conn, done, recovered_from=JobState.FAILED)
+        if locked["kind"] == PARENT_KIND:  # its stores' deletions are its children's
+            done = _completed(job_id, row)
         else:
-            await _record_final(conn, done)
+            done = _completed(job_id, row, await mark_deleted(conn, job_id, scope.org_id))
+        details: dict[str, Any] = {}
+        if row["recovered"]:  # it had failed: say why it is done now
+            details["recovered_from"] = JobState.FAILED
+        if locked["kind"] == PARENT_KIND and done.state == JobState.FAILED:
+            details["error"] = row["last_error"]  # each child's that is not done
+        await _record_final(conn, done, **details)
     return done
 
 
@@ -258,6 +268,7 @@ class Tracker:
         done = await fail_job(self._pool, event)
         if done is not None:
             log.info("job %s failed: %s", event.job_id, redact(event.error)[:200])
+            await self._follow_parents([done])
             await self._announce([done])
 
     async def flush(self) -> None:
@@ -286,6 +297,7 @@ class Tracker:
                         done.total,
                     )
                     finished.append(done)
+        await self._follow_parents(finished)
         await self._announce(finished)
 
     async def sweep(self) -> None:
@@ -327,7 +339,22 @@ class Tracker:
                 if done is not None:
                     log.warning("job %s stalled (no progress for %g s)", done.job_id, timeout_s)
                     stalled.append(done)
+        await self._follow_parents(stalled)
         await self._announce(stalled)
+
+    async def _follow_parents(self, finished: list[SyncCompleted]) -> None:
+        """Mark the parent of each job that just finished dirty, so a parent ends on the next
+        tick after its last child (the full sweep would find it too, a few seconds later)."""
+        for done in finished:
+            try:
+                parent = await for_org(self._pool, done.org_id).fetchval(
+                    q.SELECT_PARENT, done.job_id, done.org_id
+                )
+            except Exception as exc:  # the sweep finds the parent anyway
+                self._database.failed(exc, f"reading the parent of job {done.job_id}")
+                continue
+            if parent is not None:
+                self._dirty[parent] = done.org_id
 
     async def run(self) -> None:
         """The recompute loop; runs until cancelled. Starts with a full sweep."""

@@ -10,6 +10,7 @@ index ``(job_id, state)`` makes the count an index scan, even for a 100k-custome
 from __future__ import annotations
 
 from shared.lifecycle import (
+    FINAL_JOB_STATES,
     OPEN_LINE_STATES,
     RUNNING_JOB_STATES,
     Actor,
@@ -43,7 +44,7 @@ counts AS (
 # trackers can never write counts that go backwards. NO KEY UPDATE does not block the fetcher's
 # line inserts (their foreign-key check takes KEY SHARE).
 LOCK_JOB = """
-SELECT state FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR NO KEY UPDATE
+SELECT state, kind FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR NO KEY UPDATE
 """
 
 # $1 job id, $2 org id. Writes the job row only when a count changed or the job finishes (no churn
@@ -139,6 +140,75 @@ SELECT (SELECT count(*) FROM gone)::int AS marked,
        (SELECT deleted_count FROM counted) AS deleted_count,
        (SELECT array_agg(woo_id) FROM (SELECT woo_id FROM gone ORDER BY woo_id LIMIT 20) AS s)
            AS sample
+"""
+
+# $1 parent id, $2 org id, $3 the kind 'orchestration' (a parameter: literals in state-changing
+# SQL are read as states). A parent job's counts are its children's sums; it finishes once every
+# child is final: done when every child is done, else failed with each other child's state and
+# error in last_error. A failed parent recovers to done once every child is done (a child's retry
+# or replay finished it). Guarded like RECOMPUTE_JOB; no row: nothing changed.
+RECOMPUTE_PARENT = changes_state(
+    "tracker.RECOMPUTE_PARENT",
+    "job",
+    {
+        Actor.TRACKER: moves(RUNNING_JOB_STATES, (JobState.DONE, JobState.FAILED))
+        | moves((JobState.FAILED,), (JobState.DONE,))
+    },
+    f"""
+WITH children AS (
+    SELECT count(*)::int AS n,
+           (count(*) FILTER (WHERE state = {DONE}))::int AS done_n,
+           (count(*) FILTER (WHERE state IN {sql_in(FINAL_JOB_STATES)}))::int AS final_n,
+           coalesce(sum(total), 0)::int AS total,
+           coalesce(sum(done_count), 0)::int AS done,
+           coalesce(sum(failed_count), 0)::int AS failed,
+           string_agg(
+               CASE WHEN state <> {DONE} THEN
+                   'job ' || id || ' (connection ' || connection_id || ') ' || state
+                   || coalesce(': ' || last_error, '')
+               END,
+               '; ' ORDER BY created_at, id
+           ) AS errors
+    FROM woo_customer_sync_queue
+    WHERE parent_id = $1 AND org_id = $2
+),
+decided AS (
+    SELECT p.id, c.*,
+           (c.n > 0 AND c.final_n = c.n AND p.state IN {RUNNING}) AS finishing,
+           (c.n > 0 AND c.done_n = c.n AND p.state = {FAILED}) AS recovering,
+           (p.total, p.done_count, p.failed_count)
+               IS DISTINCT FROM (c.total, c.done, c.failed) AS changed
+    FROM woo_customer_sync_queue p, children c
+    WHERE p.id = $1 AND p.org_id = $2 AND p.kind = $3
+)
+UPDATE woo_customer_sync_queue p
+SET total = d.total,
+    done_count = d.done,
+    failed_count = d.failed,
+    state = CASE WHEN d.recovering THEN {DONE}
+                 WHEN NOT d.finishing THEN p.state
+                 WHEN d.done_n = d.n THEN {DONE}
+                 ELSE {FAILED} END,
+    last_error = CASE WHEN d.recovering THEN NULL
+                      WHEN NOT d.finishing THEN p.last_error
+                      WHEN d.done_n = d.n THEN NULL
+                      ELSE left(d.errors, 2000) END,
+    finished_at = CASE WHEN d.finishing OR d.recovering THEN now() ELSE p.finished_at END,
+    updated_at = now()
+FROM decided d
+WHERE p.id = d.id AND p.org_id = $2
+  AND (d.changed OR d.finishing OR d.recovering)
+  AND (NOT d.finishing OR p.state IN {RUNNING})
+  AND (NOT d.recovering OR p.state = {FAILED})
+RETURNING p.org_id, p.state, p.total, p.done_count, p.failed_count, p.deleted_count,
+          p.last_error,
+          d.finishing OR d.recovering AS finished, d.recovering AS recovered
+""",
+)
+
+# The parent of a job ($1 job id, $2 org id), if it has one: its recompute follows a child's end.
+SELECT_PARENT = """
+SELECT parent_id FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2
 """
 
 # $1 job id, $2 org id, $3 error. The fetcher gave up: fail the job now, whatever its lines say,

@@ -22,12 +22,16 @@ from typing import Any
 
 import asyncpg
 import httpx
+from pydantic import SecretStr
 
 from shared import db
 from shared.auth import create_org
+from shared.crypto import SecretBox
 from shared.settings import Settings
+from shared.storeurl import normalize_store_url
 
 ROUTE = "/api/v1/integrations/woocommerce/sync/customers"
+E2E_SECRET_KEY = "e2e-secret-key"  # the stack's WOOSYNC_SECRET_KEY
 
 
 def free_port() -> int:
@@ -52,7 +56,7 @@ class Stack:
             "WOOSYNC_DATABASE_URL": self.settings.database_url,
             "WOOSYNC_AMQP_URL": self.settings.amqp_url,
             "WOOSYNC_NAMESPACE": self.settings.namespace,
-            "WOOSYNC_SECRET_KEY": "e2e-secret-key",
+            "WOOSYNC_SECRET_KEY": E2E_SECRET_KEY,
             "WOOSYNC_API_PORT": str(free_port()),
             "WOOSYNC_TRACKER_PORT": str(free_port()),
             "WOOSYNC_RETRY_DELAYS_MS": "[200,400,800]",
@@ -316,3 +320,60 @@ async def scrape(base_url: str) -> Scrape:
         for s in family.samples
     }
     return Scrape(response.text, samples)
+
+
+ORCHESTRATE_ROUTE = "/api/v1/integrations/sync/orchestrate"
+
+
+async def store_connection(settings: Settings, org: Org, sim: Any) -> str:
+    """A stored connection of ``org`` to the simulated store (as a start would have left it),
+    its secret encrypted with the stack's key; its id."""
+    box = SecretBox.from_settings(
+        settings.model_copy(update={"secret_key": SecretStr(E2E_SECRET_KEY)})
+    )
+    conn = await db.connect(settings.admin_database_url)
+    try:
+        connection_id = await conn.fetchval(
+            """INSERT INTO woo_connections (id, org_id, store_url, auth_mode, verify_tls,
+                                            consumer_key, consumer_secret_enc)
+               VALUES (gen_random_uuid(), $1::uuid, $2, 'oauth1', false, $3, $4)
+               RETURNING id""",
+            org.org_id,
+            normalize_store_url(sim.url),
+            sim.consumer_key,
+            box.encrypt(sim.consumer_secret),
+        )
+    finally:
+        await conn.close()
+    return str(connection_id)
+
+
+async def orchestrate(
+    stack: Stack, org: Org, connection_ids: list[str], **options: Any
+) -> httpx.Response:
+    body = {"org_id": org.org_id, "connection_ids": connection_ids, "options": options}
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await client.post(stack.api_url + ORCHESTRATE_ROUTE, json=body, headers=org.headers)
+
+
+async def assert_store_exact(
+    settings: Settings, connection_id: str, job_id: str, store: list[dict[str, Any]]
+) -> None:
+    """The connection's customers are exactly the store's, and its job's every line is done."""
+    conn = await db.connect(settings.admin_database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT woo_id, raw FROM customer WHERE connection_id = $1::uuid ORDER BY woo_id",
+            connection_id,
+        )
+        lines = await conn.fetch(
+            "SELECT state, count(*) AS n FROM woo_customer_sync_queue_line "
+            "WHERE job_id = $1::uuid GROUP BY state",
+            job_id,
+        )
+    finally:
+        await conn.close()
+    by_id = {c["id"]: c for c in store}
+    assert [r["woo_id"] for r in rows] == sorted(by_id), "missing or extra customers"
+    assert all(r["raw"] == by_id[r["woo_id"]] for r in rows), "a customer differs from the store"
+    assert {r["state"]: r["n"] for r in lines} == {"done": len(store)}

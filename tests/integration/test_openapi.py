@@ -47,6 +47,7 @@ from shared.paths import (
     JOB_ACTIVITY_PATH,
     JOB_LINES_PATH,
     JOBS_PATH,
+    ORCHESTRATE_PATH,
     SCHEDULE_PATH,
     SCHEDULES_PATH,
 )
@@ -240,6 +241,7 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
         f"PATCH {CONNECTION_PATH}",
         f"DELETE {CONNECTION_PATH}",
         f"POST {PREVIEW_PATH}",
+        f"POST {ORCHESTRATE_PATH}",
         f"GET {JOBS_PATH}",
         f"GET {JOB_LINES_PATH}",
         f"GET {JOB_ACTIVITY_PATH}",
@@ -267,6 +269,7 @@ def test_every_operation_answers_as_documented(live_api: LiveApi) -> None:
     assert 404 in deletes and deletes & {200, 409}, seen
     assert 200 in seen[f"GET {CONNECTIONS_PATH}"], seen
     assert {200, 422} <= seen[f"POST {PREVIEW_PATH}"], seen
+    assert {404, 422} <= seen[f"POST {ORCHESTRATE_PATH}"], seen
     assert {200, 422} <= seen[f"GET {JOBS_PATH}"], seen
     for path in (JOB_LINES_PATH, JOB_ACTIVITY_PATH):
         assert {200, 404, 422} <= seen[f"GET {path}"], seen

@@ -4,13 +4,15 @@ of a draft job to the fetcher."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
+import asyncpg
 from pydantic import BaseModel
 
+from services.api import queries as q
 from services.api.deps import Deps
 from services.api.errors import ApiError
 from services.api.publishing import publish_all
@@ -41,6 +43,16 @@ def not_allowed(action: str, state: str, allowed: Collection[JobState]) -> ApiEr
         409,
         "action_not_allowed",
         f"the job is {state}: {action} applies only to a job that is {listed}",
+    )
+
+
+def parent_refused(action: str, job_id: UUID) -> ApiError:
+    """409 for an action that applies to a parent job's children, not to the parent."""
+    return ApiError(
+        409,
+        "action_not_allowed",
+        f"job {job_id} orchestrates other jobs and reads no store: {action} applies to each "
+        "of its children (see its status's children)",
     )
 
 
@@ -79,6 +91,44 @@ def crawl_not_stopped(job_id: UUID) -> ApiError:
         "start again in a few seconds",
         headers={"Retry-After": "5"},
     )
+
+
+# What pause, resume and cancel do to one locked job: (conn, job row, org id, actor details) ->
+# their figures for the answer.
+ControlStep = Callable[
+    [asyncpg.Connection, asyncpg.Record, UUID, Mapping[str, Any]], Awaitable[dict[str, Any]]
+]
+
+
+async def for_children(
+    conn: asyncpg.Connection,
+    parent: asyncpg.Record,
+    org_id: UUID,
+    action: str,
+    allowed: Collection[JobState],
+    actor: Mapping[str, Any],
+    step: ControlStep,
+    *,
+    require: bool = True,
+) -> dict[UUID, dict[str, Any]]:
+    """Apply a control action to every child of a parent job (kind ``orchestration``) whose state
+    allows it, in the caller's transaction with the parent locked; each child's activity row
+    names the parent. Children in other states (say, already done) are left as they are; 409 when
+    no child allows it if ``require`` (else the parent alone changes: a paused parent whose
+    children all ended meanwhile can still be resumed or cancelled). Each child's figures."""
+    children = await conn.fetch(q.LOCK_CHILDREN_FOR_CONTROL, parent["id"], org_id)
+    eligible = [child for child in children if child["state"] in allowed]
+    if not eligible and require:
+        states = ", ".join(sorted({child["state"] for child in children})) or "none"
+        ordered = [s.value for s in JobState if s in allowed]
+        raise ApiError(
+            409,
+            "action_not_allowed",
+            f"no child of the parent job is {' or '.join(ordered)} (their states: {states}): "
+            f"{action} applies to none of them",
+        )
+    with_parent = {**actor, "parent_id": str(parent["id"])}
+    return {child["id"]: await step(conn, child, org_id, with_parent) for child in eligible}
 
 
 async def read_status(deps: Deps, *, org_id: UUID, job_id: UUID) -> StatusResult:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from services.api import queries as q
-from services.api.actions.common import Answer, job_not_found, not_allowed, read_status
+from services.api.actions.common import (
+    Answer,
+    job_not_found,
+    not_allowed,
+    parent_refused,
+    read_status,
+)
 from services.api.deps import Deps
 from services.api.errors import ApiError
 from services.api.schemas import ForceDoneRequest, StatusResult
@@ -26,6 +32,8 @@ async def force_done(request: ForceDoneRequest, caller: Caller, deps: Deps) -> S
         job = await conn.fetchrow(q.LOCK_JOB, job_id, org_id)
         if job is None:
             raise job_not_found()
+        if job["kind"] == "orchestration":
+            raise parent_refused("force-done", job_id)
         if job["state"] in FINAL_JOB_STATES:
             raise ApiError(409, "job_final", f"the job is already {job['state']}")
         if job["state"] == JobState.PAUSED:

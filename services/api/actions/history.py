@@ -124,6 +124,8 @@ async def list_jobs(query: JobsQuery, caller: Caller, deps: Deps) -> JobsPage:
             job_id=r["id"],
             connection_id=r["connection_id"],
             store_url=r["store_url"],
+            kind=r["kind"],
+            parent_id=r["parent_id"],
             state=r["state"],
             total=r["total"],
             done=r["done_count"],

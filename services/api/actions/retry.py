@@ -10,6 +10,7 @@ from services.api.actions.common import (
     hand_to_fetcher,
     job_not_found,
     not_allowed,
+    parent_refused,
     read_status,
     too_many_syncs,
 )
@@ -54,6 +55,8 @@ async def retry_job(request: RetryRequest, caller: Caller, deps: Deps) -> RetryR
         job = await conn.fetchrow(q.LOCK_JOB, job_id, org_id)
         if job is None:
             raise job_not_found()
+        if job["kind"] == "orchestration":
+            raise parent_refused("retry", job_id)
         previous_state = JobState(job["state"])
         if previous_state not in RETRYABLE:
             raise not_allowed("retry", previous_state, RETRYABLE)
