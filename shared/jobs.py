@@ -222,6 +222,8 @@ def parent_status(parent: JobStatus, children: list[JobStatus]) -> JobStatus:
         done=sum(c.done for c in children),
         failed=sum(c.failed for c in children),
         conflicts=conflicts,
+        deleted=sum(c.deleted for c in children),
+        restored=sum(c.restored for c in children),
         pending=pending,
         percent=percent,
         store_total=sum(store_totals) if store_totals else None,

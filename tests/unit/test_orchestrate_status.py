@@ -24,6 +24,8 @@ def _status(**fields: Any) -> JobStatus:
         done=0,
         failed=0,
         conflicts=0,
+        deleted=0,
+        restored=0,
         pending=0,
         percent=0.0,
         store_total=None,
@@ -43,12 +45,15 @@ def _status(**fields: Any) -> JobStatus:
 def test_a_parent_sums_its_children_and_lists_them() -> None:
     parent = _status(connection_id=None, kind="orchestration", process_count=0)
     children = [
-        _status(total=100, done=100, fetch_complete=True, state="done", store_total=100),
+        _status(
+            total=100, done=100, fetch_complete=True, state="done", store_total=100, deleted=3
+        ),
         _status(total=40, done=10, failed=5, conflicts=2, store_total=80, rate_per_s=2.5),
-        _status(total=0, store_total=None, rate_per_s=1.5),
+        _status(total=0, store_total=None, rate_per_s=1.5, restored=1),
     ]
     summed = parent_status(parent, children)
     assert (summed.total, summed.done, summed.failed, summed.conflicts) == (140, 110, 5, 2)
+    assert (summed.deleted, summed.restored) == (3, 1)
     assert summed.pending == 140 - 115 - 2
     assert summed.percent == round(100 * 115 / 140, 2)
     assert summed.store_total == 180
