@@ -138,10 +138,13 @@ def rate_per_s(
     """Lines settled per second over the recent window, clipped to the job's age.
 
     None when there is nothing to measure: no count (a final job), or a job younger than
-    ``MIN_RATE_SPAN_S``, whose first second would make any rate look huge or zero.
+    ``MIN_RATE_SPAN_S`` that settled some, whose first second would make its rate look huge.
+    Nothing settled is 0.0 at any age.
     """
     if recent_settled is None or age_s is None:
         return None
+    if recent_settled == 0:  # nothing settled: zero at any age (and no event just for aging)
+        return 0.0
     span = min(window_s, age_s)
     if span < MIN_RATE_SPAN_S:
         return None

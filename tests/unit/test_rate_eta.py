@@ -31,6 +31,9 @@ def test_rate_is_unknown_for_a_final_job_or_within_its_first_second() -> None:
 def test_a_stalled_job_has_rate_zero_and_no_eta() -> None:
     rate = rate_per_s(0, age_s=600.0)
     assert rate == 0.0
+    # Zero from its first moment: an idle job's status does not change as it ages (so its
+    # progress stream sends no event for that alone).
+    assert rate_per_s(0, age_s=MIN_RATE_SPAN_S / 2) == 0.0
     assert eta_s(100, rate, total_known=True) is None
 
 
