@@ -283,40 +283,44 @@ async function openJob(jobId) {
   if (!status.ok) { say(problem(status), true); return; }
   $("detail").hidden = false;
   renderDetailHead(Object.assign(rows.get(jobId) || {}, status.body));
-  $("lines").tBodies[0].replaceChildren();
-  $("activity").replaceChildren();
+  // The tables are replaced once their first pages arrive, never emptied while waiting: a
+  // second open of the same job (a click during an action's refresh) shows no blank tables.
   view.linesCursor = view.activityCursor = null;
-  await Promise.all([moreLines(jobId), moreActivity(jobId)]);
+  await Promise.all([moreLines(jobId, true), moreActivity(jobId, true)]);
 }
 
-async function moreLines(jobId) {
+async function moreLines(jobId, first = false) {
   // The lines route answers failed lines unless told another state.
   const params = new URLSearchParams({ limit: String(cfg.page_size) });
   if (view.linesCursor) params.set("cursor", view.linesCursor);
   const result = await call("/jobs/" + encodeURIComponent(jobId) + "/lines?" + params);
   if (!result.ok) { say(problem(result), true); return; }
-  for (const line of result.body.items) {
+  const rowsOf = result.body.items.map((line) => {
     const tr = el("tr", null, "line");
     tr.append(el("td", line.woo_id), el("td", line.attempts), el("td", line.retryable ? "yes" : "no"),
       el("td", line.last_error || "", "error"), el("td", when(line.updated_at)));
-    $("lines").tBodies[0].append(tr);
-  }
+    return tr;
+  });
+  if (first) $("lines").tBodies[0].replaceChildren(...rowsOf);
+  else $("lines").tBodies[0].append(...rowsOf);
   view.linesCursor = result.body.next_cursor;
   $("lines-more").hidden = !view.linesCursor;
   $("lines-empty").hidden = $("lines").tBodies[0].rows.length > 0;
 }
 
-async function moreActivity(jobId) {
+async function moreActivity(jobId, first = false) {
   const params = new URLSearchParams({ limit: String(cfg.page_size) });
   if (view.activityCursor) params.set("cursor", view.activityCursor);
   const result = await call("/jobs/" + encodeURIComponent(jobId) + "/activity?" + params);
   if (!result.ok) { say(problem(result), true); return; }
-  for (const entry of result.body.items) {
+  const items = result.body.items.map((entry) => {
     const li = el("li");
     li.append(el("span", when(entry.at) + " "), el("strong", entry.event),
       el("span", entry.by ? " by " + entry.by + " " : " "), el("code", JSON.stringify(entry.details)));
-    $("activity").append(li);
-  }
+    return li;
+  });
+  if (first) $("activity").replaceChildren(...items);
+  else $("activity").append(...items);
   view.activityCursor = result.body.next_cursor;
   $("activity-more").hidden = !view.activityCursor;
 }
