@@ -117,7 +117,9 @@ async def test_a_false_total_fails_and_retry_reads_only_what_is_missing(
     """A store whose X-WP-Total counts two users its pages never show (a plugin filtering the
     list but not the count): its short last page agrees with nothing, so the job fails; once
     the store is fixed, a retry reads the page that failed and the tail: page 1 is recorded, so
-    the resumed crawl does not read it again (each page read carries the store's total anew)."""
+    the resumed crawl does not read it again (each page read carries the store's total anew). A
+    page still in flight when the first crawl failed was not recorded and is read again (its
+    customers sent twice, which the syncer's upsert makes harmless)."""
     async with running_simulator(customers=300, seed=23) as sim:
         request = await queue_new_org_sync(pool, sim, batch_size=100, concurrency=2)
         recorder = Recorder()
@@ -135,8 +137,8 @@ async def test_a_false_total_fails_and_retry_reads_only_what_is_missing(
     assert "302" in failed.error and "the short page cannot end the crawl" in failed.error
     (completed,) = again.of(FetchCompleted)
     assert completed.customers == 300
-    assert sorted(recorder.customer_ids() + again.customer_ids()) == store_ids
-    assert requests == 2
+    assert sorted(set(recorder.customer_ids() + again.customer_ids())) == store_ids
+    assert 2 <= requests <= 3  # the failed page and the tail (and page 2 if it was in flight)
 
 
 class SkippingStore:
