@@ -5,12 +5,18 @@ and concurrency as the fetcher and does nothing else; the *pipeline* runs the fo
 real processes (api, fetcher, syncer, tracker) and syncs the same store into a fresh database,
 timed from the start request to the SSE ``complete`` event. Memory is each service's peak RSS,
 sampled every 100 ms. Run: ``python -m bench.throughput [--sizes 10000 100000]``.
+
+``--profile DIR`` also samples each service's stacks with py-spy while the job runs and writes
+one collapsed-stack file per service (``DIR/<service>-<size>.txt``, flamegraph input), and a
+summary of the functions that hold the most samples (``python -m bench.profile DIR/...``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -72,7 +78,34 @@ async def sample_processes(supervisor: Supervisor, result: Result, stop: asyncio
         await asyncio.sleep(0.1)
 
 
-async def run_pipeline(sim: object, result: Result, *, concurrency: int, per_page: int) -> None:
+async def start_profilers(
+    supervisor: Supervisor, directory: str, size: int
+) -> list[asyncio.subprocess.Process]:
+    """One py-spy per service (wall-clock samples, idle frames included, so waiting shows)."""
+    os.makedirs(directory, exist_ok=True)
+    beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    spy = beside if os.path.exists(beside) else "py-spy"
+    spies = []
+    for name, pid in supervisor.pids().items():
+        spies.append(await asyncio.create_subprocess_exec(
+            spy, "record", "--pid", str(pid), "--rate", "200", "--idle", "--format", "raw",
+            "--output", os.path.join(directory, f"{name}-{size}.txt"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        ))
+    return spies
+
+
+async def stop_profilers(spies: list[asyncio.subprocess.Process]) -> None:
+    for spy in spies:
+        if spy.returncode is None:
+            spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        await spy.wait()
+
+
+async def run_pipeline(
+    sim: object, result: Result, *, concurrency: int, per_page: int, profile: str | None = None
+) -> None:
     fresh = await fresh_stack("bench")
     dsn, env = fresh.dsn, fresh.env
     supervisor = Supervisor(SERVICES, env=env, colour=False, out=sys.stderr)
@@ -85,6 +118,7 @@ async def run_pipeline(sim: object, result: Result, *, concurrency: int, per_pag
         pool = await db.create_pool(dsn, min_size=1, max_size=1)
         org_id, key = await create_org(pool, "bench")
         sampler = asyncio.create_task(sample_processes(supervisor, result, stop))
+        spies = await start_profilers(supervisor, profile, result.customers) if profile else []
         body = {
             "action": "start", "org_id": str(org_id),
             "config": {"url": sim.url, "consumer_key": sim.consumer_key,  # type: ignore[attr-defined]
@@ -100,6 +134,7 @@ async def run_pipeline(sim: object, result: Result, *, concurrency: int, per_pag
         async for _event, status in follow(response.json()["progress_url"], timeout_s=3600):
             final = status
         result.pipeline_s = time.perf_counter() - started
+        await stop_profilers(spies)
         result.synced = await pool.fetchval("SELECT count(*) FROM customer")
         await pool.close()
         stop.set()
@@ -113,14 +148,16 @@ async def run_pipeline(sim: object, result: Result, *, concurrency: int, per_pag
         await drop(fresh)
 
 
-async def main(sizes: list[int], concurrency: int, latency_ms: int) -> None:
+async def main(sizes: list[int], concurrency: int, latency_ms: int, profile: str | None) -> None:
     results = []
     for size in sizes:
         with spawn_simulator(customers=size, seed=1, latency_ms=latency_ms) as sim:
             result = Result(size)
             result.floor_s, read = await measure_floor(sim, concurrency=concurrency, per_page=100)
             assert read == size, f"floor read {read} of {size}"
-            await run_pipeline(sim, result, concurrency=concurrency, per_page=100)
+            await run_pipeline(
+                sim, result, concurrency=concurrency, per_page=100, profile=profile
+            )
         results.append(result)
         report([result], concurrency, latency_ms)
     print("\n== summary ==")
@@ -148,5 +185,6 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--latency-ms", type=int, default=20, help="simulated store time per page")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy each service into DIR")
     args = parser.parse_args()
-    asyncio.run(main(args.sizes, args.concurrency, args.latency_ms))
+    asyncio.run(main(args.sizes, args.concurrency, args.latency_ms, args.profile))

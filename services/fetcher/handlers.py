@@ -13,9 +13,11 @@ might have.
 
 Every window read is recorded the same way, in one transaction: the lines of the customers that
 have none yet are inserted, those customers published (the publish confirmed before the
-commit), and the page marked fetched with its bounds (which also shows the job making
-progress). So a committed line always means a published customer, and each customer is
-published once, even by overlapping windows recorded at the same time. A fetcher that dies
+commit), and the page marked fetched with its bounds. So a committed line always means a
+published customer, and each customer is published once, even by overlapping windows recorded
+at the same time (the later one waits for the earlier one's new lines to commit; the commit does
+not wait for the WAL flush, and the job's row, its sign of life for stall detection, is written
+at most every ``queries.HEARTBEAT_MS``, so that wait stays short). A fetcher that dies
 before the commit re-reads that page when the message is redelivered and publishes what has
 no line: nothing is lost, and a customer is published twice at most across such a crash
 (harmless: lines and customers are upserts).
@@ -222,11 +224,16 @@ class _Job:
             )
         window = paging.Window.of(offset, ids, count=len(page_items))
         async with self.db.transaction() as conn:
-            state = await conn.fetchval(q.SELECT_JOB_STATE, job_id, org_id)
-            if state in FINAL_JOB_STATES:
+            state = await conn.fetchval(q.LOCK_JOB_STATE, job_id, org_id)
+            if state is None or state in FINAL_JOB_STATES:
                 raise JobClosed()
             if state == JobState.PAUSED:
                 self.pausing = True  # this read is recorded; the next is not made
+            # What this transaction writes can be derived again: a commit lost in a database
+            # crash leaves the page unrecorded, so it is read and its customers published again
+            # (as after a fetcher's crash). Not waiting for the WAL flush shortens the time the
+            # new lines stay locked, which overlapping windows being recorded wait for.
+            await conn.execute("SET LOCAL synchronous_commit = off")
             # An overlapping window being recorded concurrently holds its new lines until it
             # commits; this insert waits for it and then finds them there.
             rows = await conn.fetch(q.INSERT_LINES, job_id, org_id, page, sorted(set(ids)))

@@ -99,32 +99,46 @@ RETURNING woo_id
 """,
 )
 
-# $7 org id. A sign of life for the tracker's stall detection (the job's updated_at), then the
-# page, its window's offset and id bounds (the first read of a page is kept), for the org's job
-# only, and only while the job is open: returns 0 when it is final (forced done, failed), so the
-# crawl stops and this transaction is rolled back.
-MARK_PAGE_FETCHED = f"""
-WITH job AS (
+# The job's row is written at most every HEARTBEAT_MS by the crawl's page records: a sign of life
+# for the tracker's stall detection (the job's updated_at), not a write per page, so concurrent
+# windows do not queue on the job's row lock (nor behind a recompute of its counts holding it).
+HEARTBEAT_MS = 200
+_HEARTBEAT = f"""
+beat AS (
     UPDATE woo_customer_sync_queue SET updated_at = now()
-    WHERE id = $1 AND org_id = $7 AND state NOT IN {sql_in(FINAL_JOB_STATES)}
-    RETURNING id
-), page AS (
+    WHERE id = $1 AND org_id = {{org}} AND state NOT IN {sql_in(FINAL_JOB_STATES)}
+      AND updated_at < now() - interval '{HEARTBEAT_MS} milliseconds'
+), job AS (
+    SELECT id FROM woo_customer_sync_queue
+    WHERE id = $1 AND org_id = {{org}} AND state NOT IN {sql_in(FINAL_JOB_STATES)}
+)"""
+
+# $7 org id. The page, its window's offset and id bounds (the first read of a page is kept), for
+# the org's job only, and only while the job is open: returns 0 when it is final (forced done,
+# failed), so the crawl stops and this transaction is rolled back. With the heartbeat above.
+MARK_PAGE_FETCHED = (
+    "WITH"
+    + _HEARTBEAT.format(org="$7")
+    + """, page AS (
     INSERT INTO woo_customer_sync_page (job_id, page, customers, start_offset, first_id, last_id)
     SELECT id, $2, $3, $4, $5, $6 FROM job
     ON CONFLICT (job_id, page) DO NOTHING
 )
 SELECT count(*) FROM job
 """
+)
 
 # As MARK_PAGE_FETCHED, for a read that is no page of its own (a re-read closing a gap).
-TOUCH_JOB = f"""
-WITH job AS (
-    UPDATE woo_customer_sync_queue SET updated_at = now()
-    WHERE id = $1 AND org_id = $2 AND state NOT IN {sql_in(FINAL_JOB_STATES)}
-    RETURNING id
-)
-SELECT count(*) FROM job
+TOUCH_JOB = "WITH" + _HEARTBEAT.format(org="$2") + "\nSELECT count(*) FROM job\n"
+
+# The job's state, locked FOR KEY SHARE to the commit of a page's record: a pause or cancel (FOR
+# UPDATE) waits for a record under way, and a record after it sees it. Compatible with the
+# tracker's and the heartbeat's NO KEY UPDATE, with the syncer's KEY SHARE and with other
+# windows' records.
+LOCK_JOB_STATE = """
+SELECT state FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR KEY SHARE
 """
+
 
 # The job's state (None: gone), read without a lock: the crawl's check that it should go on.
 SELECT_JOB_STATE = "SELECT state FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2"

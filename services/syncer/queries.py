@@ -36,12 +36,20 @@ FOR KEY SHARE OF j
 # $1 org_id, $2 connection_id, $3 bigint[] woo_ids. The stored rows among them that were edited
 # in MantisNXT since their last sync (the only ones that can be conflicts), with what decides a
 # conflict and MantisNXT's version as it is now (what a waiting conflict line keeps).
+# Each id is looked up by the whole primary key (LATERAL ... LIMIT 1 keeps the planner from
+# flattening it): with `woo_id = ANY($3)` a planner whose statistics predate the store's first
+# sync (a new connection, a table not analyzed yet) scans every stored customer of the
+# connection as a filter, per batch, which makes a first sync quadratic in the store's size.
 SELECT_EDITED_CUSTOMERS = """
 SELECT c.woo_id, c.source_hash, c.woo_date_modified, c.synced_at, c.mantis_updated_at,
        to_jsonb(c) - 'raw' - 'org_id' - 'connection_id' AS mantis_version
-FROM customer AS c
-WHERE c.org_id = $1 AND c.connection_id = $2 AND c.woo_id = ANY($3::bigint[])
-  AND c.mantis_updated_at > c.synced_at
+FROM (SELECT DISTINCT unnest($3::bigint[]) AS woo_id) AS i
+CROSS JOIN LATERAL (
+    SELECT * FROM customer AS s
+    WHERE s.org_id = $1 AND s.connection_id = $2 AND s.woo_id = i.woo_id
+    LIMIT 1
+) AS c
+WHERE c.mantis_updated_at > c.synced_at
 ORDER BY c.woo_id
 """
 
@@ -121,7 +129,9 @@ _UPDATES = _INDENT.join(f"{c} = EXCLUDED.{c}" for c in CUSTOMER_COLUMNS if c not
 # date_modified_gmt): a payload modified before the stored one, or never modified while the stored
 # one was, is older; equal or newer updates, and a stored row without a date takes anything.
 # Returns the customers left alone as stale, with the date of the version kept. The final SELECT
-# sees the rows as they were before this statement (one snapshot), which is what it compares with.
+# sees the rows as they were before this statement (one snapshot), which is what it compares with;
+# it looks each customer up by the whole key, as SELECT_EDITED_CUSTOMERS does, and for the same
+# reason.
 # Composed once, here, from the tuples above (print it to read it whole).
 UPSERT_CUSTOMERS = f"""
 WITH input AS MATERIALIZED (
@@ -149,7 +159,11 @@ WITH input AS MATERIALIZED (
 )
 SELECT i.woo_id, c.woo_date_modified AS kept_modified, i.woo_date_modified AS payload_modified
 FROM input AS i
-JOIN customer AS c ON c.org_id = $1 AND c.connection_id = $2 AND c.woo_id = i.woo_id
+CROSS JOIN LATERAL (
+    SELECT s.source_hash, s.woo_date_modified FROM customer AS s
+    WHERE s.org_id = $1 AND s.connection_id = $2 AND s.woo_id = i.woo_id
+    LIMIT 1
+) AS c
 WHERE c.source_hash IS DISTINCT FROM i.source_hash
   AND c.woo_date_modified IS NOT NULL
   AND (i.woo_date_modified IS NULL OR i.woo_date_modified < c.woo_date_modified)
@@ -161,17 +175,21 @@ ORDER BY i.woo_id
 # tracker marked deleted (migration 0013) that a later crawl found in the store again: deleted_at
 # is cleared, the job's restored_count counts them. Only a customer marked before this job's
 # crawl began comes back: a replay of an older job's parked customers never undoes a deletion
-# found since. Locks in woo_id order, like the upsert. Returns the restored woo ids.
+# found since. Locks in woo_id order, like the upsert; each id looked up by the whole key, as in
+# SELECT_EDITED_CUSTOMERS. Returns the restored woo ids.
 RESTORE_CUSTOMERS = """
 WITH job AS (
     SELECT started_at FROM woo_customer_sync_queue WHERE id = $3 AND org_id = $1
 ), back AS (
     SELECT c.woo_id
-    FROM customer c, job
-    WHERE c.org_id = $1 AND c.connection_id = $2 AND c.woo_id = ANY($4::bigint[])
-      AND c.deleted_at < job.started_at
-    ORDER BY c.woo_id
-    FOR UPDATE OF c
+    FROM (SELECT DISTINCT unnest($4::bigint[]) AS woo_id ORDER BY 1) AS i
+    CROSS JOIN LATERAL (
+        SELECT s.woo_id FROM customer AS s
+        WHERE s.org_id = $1 AND s.connection_id = $2 AND s.woo_id = i.woo_id
+          AND s.deleted_at < (SELECT started_at FROM job)
+        LIMIT 1
+        FOR UPDATE
+    ) AS c
 ), restored AS (
     UPDATE customer c
     SET deleted_at = NULL, updated_at = now()
