@@ -1,10 +1,15 @@
 """A job's status as clients see it: the ``status`` action and every SSE ``progress`` event.
 
-Rate and ETA come from the lines themselves: how many lines settled (done or failed) in the last
-``RATE_WINDOW_S`` seconds, by their ``updated_at`` (migration 0011 indexes it per job and
-state), over that window or the job's age if shorter. A recent window follows a job that speeds
-up or stalls, which an average since the start would not; reading it from the lines keeps the
-status a read (no write per request) and makes every api and tracker instance agree.
+A status is one primary-key read of the job row, whatever the job's size and however many
+clients ask: every count in it is written to the row by the tracker's recompute, which already
+counts the lines on its own timer (``services.tracker.queries``). That covers the conflicts
+(``conflict_count``) and the rate (``rate_per_s``, migration 0022): lines settled (done or failed)
+per second over the last ``RATE_WINDOW_S`` seconds, or the job's age if shorter, which the
+tracker measures from the settled counts it sees at each recompute
+(``services.tracker.rates``). A recent window follows a job that speeds up or stalls, which an
+average since the start would not; keeping it in the row keeps the status a read (no write per
+request) and makes every api and tracker instance agree. What a status shows is as fresh as the
+tracker's last recompute (``tracker_sweep_interval_s``).
 """
 
 from __future__ import annotations
@@ -18,41 +23,25 @@ from pydantic import BaseModel, Field
 
 from shared.conflicts import DEFAULT_POLICY, ConflictPolicyField
 from shared.db import OrgScope
-from shared.lifecycle import (
-    FINAL_JOB_STATES,
-    FINAL_LINE_STATES,
-    JobStateField,
-    LineState,
-    sql_in,
-    sql_state,
-)
+from shared.lifecycle import FINAL_JOB_STATES, JobStateField
 from shared.preview import PreviewResult
 
 RATE_WINDOW_S = 30.0
 # Below this much of a window a rate says more about timing noise than about the job.
 MIN_RATE_SPAN_S = 1.0
 
-# $1 job id, $2 org id, $3 rate window in seconds. The recent count is read only for a job that
-# is not final (a CASE evaluates its subquery only when that branch is taken).
-SELECT_JOB_STATUS = f"""
+# $1 job id, $2 org id. One row by its primary key: no line is read (the connection's policy
+# is read by its primary key only for a job that has none of its own; COALESCE evaluates it
+# only then).
+SELECT_JOB_STATUS = """
 SELECT j.id, j.org_id, j.connection_id, j.state, j.total, j.done_count, j.failed_count,
        j.store_total, j.pages_total, j.process_count, j.fetch_done_at, j.created_at,
        j.started_at, j.finished_at, j.updated_at, j.last_error, j.kind, j.preview_result,
-       j.parent_id,
-       (SELECT count(*)::int FROM woo_customer_sync_queue_line l
-        WHERE l.job_id = j.id AND l.org_id = j.org_id
-          AND l.state = {sql_state(LineState.CONFLICT)}) AS conflicts,
+       j.parent_id, j.conflict_count AS conflicts, j.rate_per_s,
        COALESCE(j.conflict_policy,
                 (SELECT c.conflict_policy FROM woo_connections c
                  WHERE c.id = j.connection_id AND c.org_id = j.org_id)) AS conflict_policy,
-       j.deleted_count, j.restored_count,
-       CASE WHEN j.state NOT IN {sql_in(FINAL_JOB_STATES)} THEN (
-           SELECT count(*) FROM woo_customer_sync_queue_line l
-           WHERE l.job_id = j.id AND l.org_id = j.org_id
-             AND l.state IN {sql_in(FINAL_LINE_STATES)}
-             AND l.updated_at >= now() - make_interval(secs => $3)
-       ) END AS recent_settled,
-       extract(epoch FROM now() - coalesce(j.started_at, j.created_at))::float8 AS age_s
+       j.deleted_count, j.restored_count
 FROM woo_customer_sync_queue j
 WHERE j.id = $1 AND j.org_id = $2
 """
@@ -158,7 +147,8 @@ def eta_s(remaining: int, rate: float | None, *, total_known: bool) -> int | Non
     return max(round(remaining / rate), 0)
 
 
-def status_from_row(row: asyncpg.Record, window_s: float = RATE_WINDOW_S) -> JobStatus:
+def status_from_row(row: asyncpg.Record) -> JobStatus:
+    """The status of a ``SELECT_JOB_STATUS`` row; rate and ETA are null once the job is final."""
     # Until every page is read, the store's own total is the best denominator we have.
     total = row["total"] if row["fetch_done_at"] else max(row["total"], row["store_total"] or 0)
     settled = row["done_count"] + row["failed_count"]
@@ -170,7 +160,7 @@ def status_from_row(row: asyncpg.Record, window_s: float = RATE_WINDOW_S) -> Job
     )
     pending = max(total - settled - conflicts, 0)
     final = row["state"] in FINAL_JOB_STATES
-    rate = None if final else rate_per_s(row["recent_settled"], row["age_s"], window_s)
+    rate = None if final else row["rate_per_s"]
     total_known = row["fetch_done_at"] is not None or row["store_total"] is not None
     return JobStatus(
         job_id=row["id"],
@@ -247,17 +237,16 @@ async def get_status(
     *,
     org_id: UUID,
     job_id: UUID,
-    window_s: float = RATE_WINDOW_S,
 ) -> JobStatus | None:
     """None when the job does not exist *or* belongs to another org: callers answer 404 for both.
 
     A parent job's status carries its children and their summed counts (:func:`parent_status`).
     """
-    row = await conn.fetchrow(SELECT_JOB_STATUS, job_id, org_id, window_s)
+    row = await conn.fetchrow(SELECT_JOB_STATUS, job_id, org_id)
     if row is None:
         return None
-    status = status_from_row(row, window_s)
+    status = status_from_row(row)
     if status.kind != "orchestration":
         return status
-    rows = await conn.fetch(SELECT_CHILD_STATUSES, job_id, org_id, window_s)
-    return parent_status(status, [status_from_row(r, window_s) for r in rows])
+    rows = await conn.fetch(SELECT_CHILD_STATUSES, job_id, org_id)
+    return parent_status(status, [status_from_row(r) for r in rows])

@@ -355,7 +355,8 @@ SET state = $4::text,
     last_error = NULL,
     updated_at = now(),
     done_count = c.done,
-    failed_count = c.failed
+    failed_count = c.failed,
+    rate_per_s = 0.0
 FROM (
     SELECT job.id AS job_id, job.org_id,
            count(l.woo_id) FILTER (WHERE l.state = {sql_state(L.DONE)}) AS done,

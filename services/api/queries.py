@@ -309,11 +309,13 @@ WHERE job_id = $1 AND org_id = $2 AND state IN {sql_in(OPEN_LINE_STATES)}
 
 RECOUNT_JOB = f"""
 UPDATE woo_customer_sync_queue j
-SET total = c.total, done_count = c.done, failed_count = c.failed
+SET total = c.total, done_count = c.done, failed_count = c.failed,
+    conflict_count = c.conflicts
 FROM (
     SELECT count(*)::int AS total,
            (count(*) FILTER (WHERE state = {sql_state(LineState.DONE)}))::int AS done,
-           (count(*) FILTER (WHERE state = {sql_state(LineState.FAILED)}))::int AS failed
+           (count(*) FILTER (WHERE state = {sql_state(LineState.FAILED)}))::int AS failed,
+           (count(*) FILTER (WHERE state = {sql_state(LineState.CONFLICT)}))::int AS conflicts
     FROM woo_customer_sync_queue_line WHERE job_id = $1 AND org_id = $2
 ) AS c
 WHERE j.id = $1 AND j.org_id = $2
@@ -388,6 +390,18 @@ WHERE job_id = $1 AND org_id = $2 AND woo_id = ANY($3::bigint[])
   AND state = {sql_state(LineState.CONFLICT)}
 """,
 )
+
+# $1 job id, $2 org id; after RESOLVE_CONFLICT_LINES, with the job locked. The status reads the
+# job's conflicts from its row (migration 0022), which the tracker keeps; written here too so the
+# answer to a resolve, and every status after it, counts what is left at once. Only the waiting
+# lines are read (the (job_id, state) index).
+RECOUNT_CONFLICTS = f"""
+UPDATE woo_customer_sync_queue j
+SET conflict_count = (SELECT count(*) FROM woo_customer_sync_queue_line l
+                      WHERE l.job_id = j.id AND l.org_id = j.org_id
+                        AND l.state = {sql_state(LineState.CONFLICT)})
+WHERE j.id = $1 AND j.org_id = $2
+"""
 
 # $1 job id, $2 org id: the job's waiting conflicts; no row (None) when the job is not the org's.
 COUNT_CONFLICT_LINES = f"""

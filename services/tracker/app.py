@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from services.asyncapi import Served
 from services.tracker.cleanup import Cleaner, replica_name
+from services.tracker.feeds import JobFeeds, pool_reader
 from services.tracker.handlers import Tracker, announce
 from services.tracker.jobs_page import API_TIMEOUT_S, JobsPage
 from services.tracker.scheduler import Scheduler, publish_confirmed
@@ -75,6 +76,7 @@ class State(TypedDict):
     tokens: ProgressTokens
     refusals: RefusedCallers  # per client address, for refused keys and tokens
     streams: StreamSlots  # open progress streams per org
+    feeds: JobFeeds  # one status poller per followed job, shared by its streams
     api: httpx.AsyncClient  # the api, for the jobs page's requests (services.tracker.jobs_page)
 
 
@@ -230,6 +232,7 @@ def build_app(settings: Settings) -> Starlette:
                         lease_s=STREAM_LEASE_PER_RECHECK * settings.sse_recheck_interval_s,
                     ),
                     api=api,
+                    feeds=JobFeeds(pool_reader(pool), settings.progress_interval_s),
                 )
             finally:
                 await api.aclose()

@@ -51,11 +51,12 @@ from aio_pika.exceptions import PublishError
 from faststream.rabbit import RabbitBroker
 
 from services.tracker import queries as q
+from services.tracker.rates import RateWindow
 from shared import activity
 from shared.broker import publish
 from shared.conflicts import MARK_WOOSYNC_WRITER
 from shared.db import OrgScope, for_org
-from shared.lifecycle import JobState
+from shared.lifecycle import FINAL_JOB_STATES, JobState
 from shared.logs import log_context, redact
 from shared.messages import (
     FetchCompleted,
@@ -138,21 +139,48 @@ async def mark_deleted(conn: asyncpg.Connection, job_id: UUID, org_id: UUID) -> 
     return deleted
 
 
-async def recompute(scope: OrgScope, job_id: UUID) -> SyncCompleted | None:
-    """Bring the job's counts up to date; the ``SyncCompleted`` to announce if it just finished.
+async def update_rate(
+    conn: asyncpg.Connection, job_id: UUID, org_id: UUID, settled: int, rates: RateWindow
+) -> None:
+    """Measure the job's rate from ``settled`` (its count now) and write it if it changed.
+
+    A job these ``rates`` have no samples of starts them from its lines (``.rates``)."""
+    if not rates.knows(job_id):
+        recent = await conn.fetchrow(q.SELECT_RECENT_SETTLED, job_id, org_id, rates.window_s)
+        rates.start(job_id, settled=settled, recent=recent["recent"], age_s=recent["age_s"])
+    await conn.execute(q.SET_RATE, job_id, org_id, rates.rate(job_id, settled))
+
+
+async def recompute(
+    scope: OrgScope, job_id: UUID, rates: RateWindow | None = None
+) -> SyncCompleted | None:
+    """Bring the job's counts and rate up to date; the ``SyncCompleted`` to announce if it just
+    finished.
 
     Returns None when nothing finished (or the job does not exist). The activity row of a
     transition is written in the same transaction, so there is exactly one per transition: a
     failed job that recovers (see ``RECOMPUTE_JOB``) finishes a second time, as done.
+    ``rates`` are the caller's samples (``Tracker`` keeps one across recomputes); without them
+    the rate is counted from the lines.
     """
+    rates = RateWindow() if rates is None else rates
     async with scope.transaction() as conn:
         locked = await conn.fetchrow(q.LOCK_JOB, job_id, scope.org_id)
         if locked is None:
+            rates.forget(job_id)
             return None
-        if locked["kind"] == PARENT_KIND:  # its counts and end are its children's
+        if locked["kind"] == PARENT_KIND:  # its counts, rate and end are its children's
             row = await conn.fetchrow(q.RECOMPUTE_PARENT, job_id, scope.org_id, PARENT_KIND)
         else:
             row = await conn.fetchrow(q.RECOMPUTE_JOB, job_id, scope.org_id)
+            state = locked["state"] if row is None else row["state"]
+            if state in FINAL_JOB_STATES:
+                rates.forget(job_id)  # a final status shows no rate
+            else:
+                settled = (
+                    locked["settled"] if row is None else row["done_count"] + row["failed_count"]
+                )
+                await update_rate(conn, job_id, scope.org_id, settled, rates)
         if row is None or not row["finished"]:
             return None
         if locked["kind"] == PARENT_KIND:  # its stores' deletions are its children's
@@ -251,6 +279,7 @@ class Tracker:
         self._dirty: dict[UUID, UUID] = {}  # job id -> its org id
         self._database = OutageLog(log, "the database")
         self._unannounced: list[SyncCompleted] = []
+        self._rates = RateWindow()  # the rate's samples of the jobs this tracker recomputes
 
     @property
     def dirty(self) -> frozenset[UUID]:
@@ -281,7 +310,7 @@ class Tracker:
         for job_id, org_id in jobs.items():
             with log_context(job_id=job_id, org_id=org_id):
                 try:
-                    done = await recompute(for_org(self._pool, org_id), job_id)
+                    done = await recompute(for_org(self._pool, org_id), job_id, self._rates)
                 except Exception as exc:
                     self._database.failed(exc, f"recomputing job {job_id}")
                     self._dirty[job_id] = org_id
@@ -297,6 +326,7 @@ class Tracker:
                         done.total,
                     )
                     finished.append(done)
+        self._rates.forget_idle()
         await self._follow_parents(finished)
         await self._announce(finished)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from shared.lifecycle import (
     FINAL_JOB_STATES,
+    FINAL_LINE_STATES,
     OPEN_LINE_STATES,
     RUNNING_JOB_STATES,
     Actor,
@@ -44,7 +45,8 @@ counts AS (
 # trackers can never write counts that go backwards. NO KEY UPDATE does not block the fetcher's
 # line inserts (their foreign-key check takes KEY SHARE).
 LOCK_JOB = """
-SELECT state, kind FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR NO KEY UPDATE
+SELECT state, kind, done_count + failed_count AS settled
+FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR NO KEY UPDATE
 """
 
 # $1 job id, $2 org id. Writes the job row only when a count changed or the job finishes (no churn
@@ -67,12 +69,12 @@ RECOMPUTE_JOB = changes_state(
     + _LINE_COUNTS
     + f""",
 decided AS (
-    SELECT j.id, c.total, c.done, c.failed,
+    SELECT j.id, c.total, c.done, c.failed, c.conflicts,
            (j.fetch_done_at IS NOT NULL AND c.open = 0
             AND j.state IN {RUNNING}) AS finishing,
            {failure_cleared("j", "c")} AS recovering,
-           (j.total, j.done_count, j.failed_count)
-               IS DISTINCT FROM (c.total, c.done, c.failed) AS changed
+           (j.total, j.done_count, j.failed_count, j.conflict_count)
+               IS DISTINCT FROM (c.total, c.done, c.failed, c.conflicts) AS changed
     FROM woo_customer_sync_queue j, counts c
     WHERE j.id = $1 AND j.org_id = $2
 )
@@ -80,6 +82,7 @@ UPDATE woo_customer_sync_queue j
 SET total = d.total,
     done_count = d.done,
     failed_count = d.failed,
+    conflict_count = d.conflicts,
     state = CASE WHEN d.recovering THEN {DONE}
                  WHEN NOT d.finishing THEN j.state
                  WHEN d.failed = 0 THEN {DONE}
@@ -206,6 +209,29 @@ RETURNING p.org_id, p.state, p.total, p.done_count, p.failed_count, p.deleted_co
 """,
 )
 
+# $1 job id, $2 org id, $3 window in seconds. The lines settled (done or failed) within the
+# window, by their updated_at (migration 0011 indexes it per job and state), and the job's age:
+# how a tracker that has no samples of a job yet (it just started, or never recomputed the job)
+# starts measuring its rate (services.tracker.rates). Once per job per tracker, never per status.
+SELECT_RECENT_SETTLED = f"""
+SELECT (SELECT count(*)::int FROM woo_customer_sync_queue_line l
+        WHERE l.job_id = j.id AND l.org_id = j.org_id
+          AND l.state IN {sql_in(FINAL_LINE_STATES)}
+          AND l.updated_at >= now() - make_interval(secs => $3)) AS recent,
+       extract(epoch FROM now() - coalesce(j.started_at, j.created_at))::float8 AS age_s
+FROM woo_customer_sync_queue j
+WHERE j.id = $1 AND j.org_id = $2
+"""
+
+# $1 job id, $2 org id, $3 the rate (lines settled per second, or NULL: too young to tell).
+# Written only when it changed, so a job that settles nothing, or stalled and settled at 0.0, is
+# not written at all. updated_at stays: a rate that moves with the clock is no progress, and
+# stall detection reads updated_at.
+SET_RATE = """
+UPDATE woo_customer_sync_queue SET rate_per_s = $3
+WHERE id = $1 AND org_id = $2 AND rate_per_s IS DISTINCT FROM $3::float8
+"""
+
 # The parent of a job ($1 job id, $2 org id), if it has one: its recompute follows a child's end.
 SELECT_PARENT = """
 SELECT parent_id FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2
@@ -227,7 +253,8 @@ SET state = {FAILED},
     updated_at = now(),
     total = c.total,
     done_count = c.done,
-    failed_count = c.failed
+    failed_count = c.failed,
+    conflict_count = c.conflicts
 FROM counts c
 WHERE j.id = $1 AND j.org_id = $2 AND j.state IN {RUNNING}
 RETURNING j.org_id, j.state, j.total, j.done_count, j.failed_count, j.deleted_count
@@ -262,7 +289,8 @@ SET state = {FAILED},
     updated_at = now(),
     total = c.total,
     done_count = c.done,
-    failed_count = c.failed
+    failed_count = c.failed,
+    conflict_count = c.conflicts
 FROM counts c, before b
 WHERE j.id = $1 AND j.org_id = $2
   AND j.state IN {RUNNING}

@@ -2,8 +2,10 @@
 
 The stream polls the job row (``shared.jobs.get_status``) instead of listening to the broker:
 the row is the truth the recompute loop writes, every tracker instance can serve every job, and a
-client that reconnects simply gets the current status. Polling is one indexed primary-key read
-per client every ``progress_interval_s``; an event goes out only when the status changed.
+client that reconnects simply gets the current status. Polling is one primary-key read per
+followed job every ``progress_interval_s``, shared by every stream of that job in this process
+(``.feeds``): database work grows with the jobs followed, not with their followers. An event goes
+out only when the status changed.
 
 Wire format (``text/event-stream``)::
 
@@ -17,8 +19,9 @@ Wire format (``text/event-stream``)::
     id: <n>
     data: <JobStatus as JSON>
 
-The status carries ``rate_per_s`` and ``eta_s`` (``shared.jobs``), read with it from the lines;
-a changed rate is a change, so a moving job sends an event per poll, a stalled one settles.
+The status carries ``rate_per_s`` and ``eta_s`` (``shared.jobs``), which the tracker's recompute
+writes to the row; a changed rate is a change, so a moving job sends an event per recompute, a
+stalled one settles.
 
 ``event: error`` (``{"error": {...}}``) ends the stream if the job disappears mid-stream, or
 when its credential no longer holds: the stream checks its API key (revoked?) or progress token
@@ -45,10 +48,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from services.tracker import queries as q
+from services.tracker.feeds import JobFeed, JobFeeds
 from shared.auth import authenticate
 from shared.crypto import ProgressTokens
 from shared.db import for_org
-from shared.jobs import JobStatus, get_status
+from shared.jobs import JobStatus
 from shared.lifecycle import JobState
 from shared.paths import PROGRESS_PATH
 from shared.ratelimit import StreamSlots
@@ -105,63 +109,57 @@ async def _credential(
 
 
 async def progress_events(
-    pool: asyncpg.Pool,
+    feed: JobFeed,
     *,
-    org_id: UUID,
-    job_id: UUID,
-    first: JobStatus,
-    interval_s: float,
     last_event_id: int = 0,
     recheck: Callable[[], Awaitable[bool]] | None = None,
     recheck_interval_s: float = 5.0,
 ) -> AsyncIterator[ServerSentEvent]:
     """The event stream of one job: progress now, progress on change, complete at the end.
 
+    Statuses come from the job's shared ``feed`` (``.feeds``); the event ids are this stream's.
     ``recheck`` is awaited every ``recheck_interval_s``: False ends the stream with an
     ``unauthorized`` error event. Cancelled by sse-starlette when the client goes away; it holds
-    nothing but a pool connection for the length of one read, so there is nothing to clean up.
+    nothing of its own but its place among the feed's followers, which the caller lets go.
     """
     loop = asyncio.get_running_loop()
     event_id = last_event_id
-    status: JobStatus | None = first
     sent: JobStatus | None = None
-    db_failing = False
+    first = True
     next_check = loop.time() + recheck_interval_s
     while True:
+        version, status = feed.version, feed.status
         if status is None:
             yield ServerSentEvent(
                 event="error",
                 data='{"error": {"code": "job_not_found", "message": "the job no longer exists"}}',
             )
             return
-        if status != sent:
+        if first or status != sent:
             event_id += 1
             yield ServerSentEvent(
                 event="progress",
                 id=str(event_id),
                 data=status.model_dump_json(),
-                retry=RECONNECT_MS if sent is None else None,
+                retry=RECONNECT_MS if first else None,
             )
-            sent = status
+            sent, first = status, False
         if status.is_final:
             event_id += 1
             yield ServerSentEvent(event="complete", id=str(event_id), data=status.model_dump_json())
             return
-        await asyncio.sleep(interval_s)
-        try:
-            if recheck is not None and loop.time() >= next_check:
-                next_check = loop.time() + recheck_interval_s
-                if not await recheck():
-                    event_id += 1
-                    yield ServerSentEvent(event="error", id=str(event_id), data=CREDENTIAL_GONE)
-                    return
-            status = await get_status(for_org(pool, org_id), org_id=org_id, job_id=job_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if not db_failing:  # once per outage, not four times a second
-                log.warning("progress of job %s: database read failed (%s); retrying", job_id, exc)
-            db_failing = True
-            continue
-        db_failing = False
+        await feed.wait(version, None if recheck is None else max(next_check - loop.time(), 0))
+        if recheck is not None and loop.time() >= next_check:
+            next_check = loop.time() + recheck_interval_s
+            try:
+                valid = await recheck()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("progress of job %s: credential check failed (%s)", feed.job_id, exc)
+                continue  # checked again at the next interval
+            if not valid:
+                event_id += 1
+                yield ServerSentEvent(event="error", id=str(event_id), data=CREDENTIAL_GONE)
+                return
 
 
 async def progress(request: Request) -> Response:
@@ -186,7 +184,8 @@ async def progress(request: Request) -> Response:
             headers={"WWW-Authenticate": "Bearer"},
         )
     org_id = credential.org_id
-    status = await get_status(for_org(pool, org_id), org_id=org_id, job_id=job_id)
+    feeds: JobFeeds = request.state.feeds
+    status, read_at = await feeds.read(org_id, job_id)
     if status is None:
         return error_response(404, "job_not_found", "no such job")
     try:
@@ -211,18 +210,18 @@ async def progress(request: Request) -> Response:
         await streams.renew(lease)
         return True
 
-    events = progress_events(
-        pool,
-        org_id=org_id,
-        job_id=job_id,
-        first=status,
-        interval_s=request.state.settings.progress_interval_s,
-        last_event_id=last_event_id,
-        recheck=recheck,
-        recheck_interval_s=request.state.settings.sse_recheck_interval_s,
-    )
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        async with feeds.follow(org_id, job_id, status, read_at) as feed:
+            async for event in progress_events(
+                feed,
+                last_event_id=last_event_id,
+                recheck=recheck,
+                recheck_interval_s=request.state.settings.sse_recheck_interval_s,
+            ):
+                yield event
+
     return EventSourceResponse(
-        events,
+        events(),
         ping=PING_INTERVAL_S,
         send_timeout=SEND_TIMEOUT_S,
         background=BackgroundTask(streams.close, lease),

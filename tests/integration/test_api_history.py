@@ -9,8 +9,10 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from services.tracker import handlers as tracker
 from shared import activity
 from shared.auth import create_org
+from shared.db import for_org
 from shared.paths import JOB_ACTIVITY_PATH, JOB_LINES_PATH, JOB_PATH, JOBS_PATH
 from tests.factories import add_failed_lines, add_lines, make_connection, make_job
 from tests.helpers import Api, error_of
@@ -234,6 +236,7 @@ async def test_status_carries_rate_and_eta(api: Api) -> None:
         " WHERE job_id = $1 AND woo_id > 30",
         job,
     )
+    await tracker.recompute(for_org(api.pool, api.org_id), job)  # the tracker writes the rate
     status = (await api.get(JOB_PATH.format(job_id=job))).json()
     assert status["rate_per_s"] == 1.0  # 30 lines in the last 30 s
     assert status["pending"] == 55 and status["eta_s"] == 55
@@ -250,5 +253,6 @@ async def test_rate_without_a_known_total_has_no_eta(api: Api) -> None:
         job,
     )
     await add_lines(api.pool, job, api.org_id, range(1, 16), "done")
+    await tracker.recompute(for_org(api.pool, api.org_id), job)
     status = (await api.get(JOB_PATH.format(job_id=job))).json()
     assert status["rate_per_s"] == 0.5 and status["eta_s"] is None

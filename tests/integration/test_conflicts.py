@@ -206,6 +206,8 @@ async def test_the_api_lists_conflicts_with_both_versions_page_by_page(
     rest = (await api.get(path + "?limit=1&after=1")).json()
     assert [c["woo_id"] for c in rest["conflicts"]] == [2] and rest["next_after"] is None
 
+    # The status shows the conflicts the tracker counted at its last recompute.
+    await tracker.recompute(for_org(app_pool, job.org_id), job.job_id)
     status = (await api.get(JOB_PATH.format(job_id=job.job_id))).json()
     assert (status["conflicts"], status["state"]) == (2, "processing")
 

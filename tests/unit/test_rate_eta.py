@@ -74,8 +74,7 @@ def _row(**overrides: Any) -> dict[str, Any]:
         "conflict_policy": None,
         "deleted_count": 0,
         "restored_count": 0,
-        "recent_settled": 30,
-        "age_s": 120.0,
+        "rate_per_s": 30 / RATE_WINDOW_S,  # as the tracker wrote it (services.tracker.rates)
     }
     return row | overrides
 
@@ -94,5 +93,5 @@ def test_status_without_a_store_total_before_the_fetch_ends_has_no_eta() -> None
 
 
 def test_a_final_status_has_neither() -> None:
-    status = status_from_row(_row(state="failed", recent_settled=None))  # type: ignore[arg-type]
+    status = status_from_row(_row(state="failed"))  # type: ignore[arg-type]
     assert status.rate_per_s is None and status.eta_s is None

@@ -89,6 +89,7 @@ async def resolve(request: ResolveConflictsRequest, caller: Caller, deps: Deps) 
                 )
                 note = "conflict resolved: kept MantisNXT's version"
             await conn.execute(q.RESOLVE_CONFLICT_LINES, job_id, org_id, woo_ids, note)
+            await conn.execute(q.RECOUNT_CONFLICTS, job_id, org_id)
         await activity.record(
             conn,
             org_id=org_id,
