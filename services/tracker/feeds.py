@@ -86,9 +86,16 @@ class JobFeed:
 class JobFeeds:
     """The feeds of one tracker process (job id -> feed); everything on one event loop."""
 
-    def __init__(self, read: ReadStatus, interval_s: float) -> None:
+    def __init__(
+        self,
+        read: ReadStatus,
+        interval_s: float,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """``sleep`` waits out an interval between reads (tests step it by hand)."""
         self._read = read
         self._interval_s = interval_s
+        self._sleep = sleep
         self._feeds: dict[tuple[UUID, UUID], JobFeed] = {}
 
     def __len__(self) -> int:
@@ -131,7 +138,7 @@ class JobFeeds:
         loop = asyncio.get_running_loop()
         failing = False
         while not feed.ended:
-            await asyncio.sleep(self._interval_s)
+            await self._sleep(self._interval_s)
             started = loop.time()
             try:
                 status = await self._read(feed.org_id, feed.job_id)
