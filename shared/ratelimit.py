@@ -99,6 +99,11 @@ RETURNING id
 RENEW_STREAM = """
 UPDATE woosync_stream_lease SET expires_at = now() + make_interval(secs => $2) WHERE id = $1
 """
+# $1 lease ids, $2 lease seconds: the leases of many streams renewed in one statement.
+RENEW_STREAMS = """
+UPDATE woosync_stream_lease SET expires_at = now() + make_interval(secs => $2)
+WHERE id = ANY($1::uuid[])
+"""
 CLOSE_STREAM = "DELETE FROM woosync_stream_lease WHERE id = $1"
 
 
@@ -125,6 +130,10 @@ class StreamSlots:
 
     async def renew(self, lease: UUID) -> None:
         await self._pool.execute(RENEW_STREAM, lease, self.lease_s)
+
+    async def renew_many(self, leases: list[UUID]) -> None:
+        """Renew many streams' leases at once (a tracker batches its streams' renewals)."""
+        await self._pool.execute(RENEW_STREAMS, leases, self.lease_s)
 
     async def close(self, lease: UUID) -> None:
         """Give the slot back; if the database cannot be reached, the lease runs out by itself."""

@@ -31,11 +31,11 @@ from starlette.routing import Route
 
 from services.asyncapi import Served
 from services.tracker.cleanup import Cleaner, replica_name
-from services.tracker.feeds import JobFeeds, pool_reader
+from services.tracker.feeds import JobFeeds, SharedChecks, pool_reader
 from services.tracker.handlers import Tracker, announce
 from services.tracker.jobs_page import API_TIMEOUT_S, JobsPage
 from services.tracker.scheduler import Scheduler, publish_confirmed
-from services.tracker.sse import progress, progress_page
+from services.tracker.sse import key_checker, progress, progress_page
 from services.tracker.webhooks import WebhookWatcher
 from shared import web
 from shared.auth import authenticate
@@ -77,6 +77,7 @@ class State(TypedDict):
     refusals: RefusedCallers  # per client address, for refused keys and tokens
     streams: StreamSlots  # open progress streams per org
     feeds: JobFeeds  # one status poller per followed job, shared by its streams
+    checks: SharedChecks  # the streams' credential rechecks and lease renewals, shared
     api: httpx.AsyncClient  # the api, for the jobs page's requests (services.tracker.jobs_page)
 
 
@@ -216,6 +217,12 @@ def build_app(settings: Settings) -> Starlette:
             schedule_task = asyncio.create_task(scheduler.run(), name="tracker-scheduler")
             log.info("tracking %s", topology.tracker_queue.name)
             api = httpx.AsyncClient(base_url=settings.jobs_page_api_base(), timeout=API_TIMEOUT_S)
+            streams = StreamSlots(
+                pool,
+                "tracker:streams",
+                settings.max_sse_streams_per_org,
+                lease_s=STREAM_LEASE_PER_RECHECK * settings.sse_recheck_interval_s,
+            )
             try:
                 yield State(
                     pool=pool,
@@ -225,14 +232,12 @@ def build_app(settings: Settings) -> Starlette:
                     refusals=RefusedCallers(
                         pool, "tracker", settings, "a refused API key or token"
                     ),
-                    streams=StreamSlots(
-                        pool,
-                        "tracker:streams",
-                        settings.max_sse_streams_per_org,
-                        lease_s=STREAM_LEASE_PER_RECHECK * settings.sse_recheck_interval_s,
-                    ),
+                    streams=streams,
                     api=api,
                     feeds=JobFeeds(pool_reader(pool), settings.progress_interval_s),
+                    checks=SharedChecks(
+                        key_checker(pool), streams.renew_many, settings.sse_recheck_interval_s
+                    ),
                 )
             finally:
                 await api.aclose()

@@ -151,3 +151,56 @@ class JobFeeds:
                 continue
             failing = False
             feed.offer(status, started)
+
+
+class SharedChecks:
+    """The rechecks of open streams, shared so their database work does not grow with them.
+
+    Every stream still rechecks its own credential every ``interval_s`` and ends on its own when
+    it no longer holds; but the streams of one API key share one database read per half
+    interval (a revoked key still ends each of its streams within one and a half intervals), a
+    progress token is checked in memory, and the leases of the streams whose check passed are
+    renewed together, in one statement per ``interval_s / 2`` (a lease outlives several).
+    """
+
+    def __init__(
+        self,
+        check_key: Callable[[UUID, UUID], Awaitable[bool]],
+        renew_many: Callable[[list[UUID]], Awaitable[None]],
+        interval_s: float,
+    ) -> None:
+        """``check_key(key_id, org_id)``: the key is not revoked; ``renew_many(leases)``."""
+        self._check_key = check_key
+        self._renew_many = renew_many
+        self._fresh_s = interval_s / 2
+        self._answers: dict[UUID, tuple[float, asyncio.Task[bool]]] = {}
+        self._renewals: set[UUID] = set()
+        self._flush: asyncio.Task[None] | None = None
+
+    async def key_is_active(self, key_id: UUID, org_id: UUID) -> bool:
+        """One read per key per half interval, whatever the number of its streams."""
+        now = asyncio.get_running_loop().time()
+        for stale in [k for k, (until, _) in self._answers.items() if until <= now]:
+            del self._answers[stale]
+        answer = self._answers.get(key_id)
+        if answer is None:
+            task = asyncio.create_task(self._check_key(key_id, org_id))
+            answer = self._answers[key_id] = (now + self._fresh_s, task)
+        return await asyncio.shield(answer[1])
+
+    def renew(self, lease: UUID) -> None:
+        """Renew ``lease`` with the others asked for within half an interval."""
+        self._renewals.add(lease)
+        if self._flush is None:
+            self._flush = asyncio.create_task(self._renew_soon())
+
+    async def _renew_soon(self) -> None:
+        try:
+            await asyncio.sleep(self._fresh_s)
+        finally:
+            self._flush = None
+        leases, self._renewals = list(self._renewals), set()
+        try:
+            await self._renew_many(leases)
+        except READ_FAILED as exc:  # the next checks renew them; leases outlive a few misses
+            log.warning("renewing %d stream leases failed (%s)", len(leases), exc)

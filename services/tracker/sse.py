@@ -25,7 +25,9 @@ stalled one settles.
 
 ``event: error`` (``{"error": {...}}``) ends the stream if the job disappears mid-stream, or
 when its credential no longer holds: the stream checks its API key (revoked?) or progress token
-(expired?) every ``WOOSYNC_SSE_RECHECK_INTERVAL_S`` and then ends with code ``unauthorized``.
+(expired?) every ``WOOSYNC_SSE_RECHECK_INTERVAL_S`` and then ends with code ``unauthorized``
+(the streams of one key share its database read, and their lease renewals are batched:
+``.feeds.SharedChecks``).
 Comment lines (``: ping``) keep idle connections open.
 
 An org has at most ``WOOSYNC_MAX_SSE_STREAMS_PER_ORG`` streams open at once, across every tracker
@@ -48,7 +50,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from services.tracker import queries as q
-from services.tracker.feeds import JobFeed, JobFeeds
+from services.tracker.feeds import JobFeed, JobFeeds, SharedChecks
 from shared.auth import authenticate
 from shared.crypto import ProgressTokens
 from shared.db import for_org
@@ -85,14 +87,22 @@ class Credential:
     key_id: UUID | None = None
     token: str | None = None
 
-    async def still_valid(self, pool: asyncpg.Pool, tokens: ProgressTokens, job_id: UUID) -> bool:
-        """The key is not revoked, or the token has not expired (nor lost its signing key)."""
+    async def still_valid(self, checks: SharedChecks, tokens: ProgressTokens, job_id: UUID) -> bool:
+        """The key is not revoked (a read shared by the key's streams, ``.feeds``), or the
+        token has not expired (nor lost its signing key)."""
         if self.key_id is not None:
-            active: bool = await for_org(pool, self.org_id).fetchval(
-                q.KEY_IS_ACTIVE, self.key_id, self.org_id
-            )
-            return active
+            return await checks.key_is_active(self.key_id, self.org_id)
         return self.token is not None and tokens.verify(self.token, job_id) == self.org_id
+
+
+def key_checker(pool: asyncpg.Pool) -> Callable[[UUID, UUID], Awaitable[bool]]:
+    """Whether an API key (of an org) is not revoked: the read behind a stream's recheck."""
+
+    async def active(key_id: UUID, org_id: UUID) -> bool:
+        found: bool = await for_org(pool, org_id).fetchval(q.KEY_IS_ACTIVE, key_id, org_id)
+        return found
+
+    return active
 
 
 async def _credential(
@@ -203,11 +213,13 @@ async def progress(request: Request) -> Response:
             headers={"Retry-After": str(RECONNECT_MS // 1000)},
         )
 
+    checks: SharedChecks = request.state.checks
+
     async def recheck() -> bool:
         """The credential still holds; the lease is renewed while it does."""
-        if not await credential.still_valid(pool, tokens, job_id):
+        if not await credential.still_valid(checks, tokens, job_id):
             return False
-        await streams.renew(lease)
+        checks.renew(lease)
         return True
 
     async def events() -> AsyncIterator[ServerSentEvent]:
