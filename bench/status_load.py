@@ -1,0 +1,436 @@
+"""Status and progress under load: status latency at a fixed request rate, progress-stream delay
+with many followers, and the database work of 1 against F followers, during a real sync.
+
+The four services run as processes on a fresh database and broker namespace (``bench.stack``)
+and sync a simulated store of ``--customers`` (default 100,000, no simulated latency). In order:
+
+* **floor**: before the sync, status GETs (``JOB_PATH``, API key) of an idle job, open-loop at
+  ``--rate`` per second for ``--seconds``: sends are scheduled at fixed times whatever the
+  answers do, and each latency runs from the scheduled time (so a slow answer is not hidden by a
+  send that waited for it). Sends that left more than 10 ms late and failed requests are counted.
+* **1 follower**: one progress stream of the job is opened, and the database's counters are read
+  over ``--window`` seconds (below).
+* **F followers**: ``--followers`` streams of the job are opened (in a process of their own, so
+  their parsing does not slow this one's clock), the one is closed, and the counters are read
+  again over ``--window`` seconds.
+* **status under load**: the same open-loop GETs as the floor, of the running job, while the F
+  streams stay open; p50/p95/p99 beside the floor's and the 20 ms target.
+* **delay**: each follower records when it received each event. The delay of an event is its
+  receive time less the job row's ``updated_at`` it carries: the start of the tracker's
+  transaction that wrote that change (counts, conflicts, state). An event whose ``updated_at``
+  is the one its stream already showed (a rate-only change, which does not touch
+  ``updated_at``) is not counted, nor each stream's first event. So the delay covers the
+  recompute's own transaction, the wait for the job's shared poller (``progress_interval_s``) and
+  the delivery to the client; not the time from a line settling to the tracker's recompute.
+
+Database work is read from PostgreSQL's statistics of the bench database: transactions committed
+(every service), primary-key reads of job rows (``woo_customer_sync_queue_pkey`` scans: the
+progress pollers', the tracker's recomputes', the fetcher's and syncer's), API-key reads
+(``api_keys`` scans: the streams' credential rechecks) and lease renewals (rows updated in
+``woosync_stream_lease``), per second. With the followers sharing one poller per job and their
+rechecks, the F column should match the 1 column within the noise of the running sync.
+
+Run: ``python -m bench.status_load [--customers 100000] [--followers 500] [--rate 200]``;
+while developing on a busy machine: ``--customers 5000 --followers 50 --latency-ms 300
+--concurrency 1`` (a slower store keeps a small job running through every phase).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import httpx
+from httpx_sse import aconnect_sse
+
+from bench.stack import drop, fresh_stack
+from shared import db
+from shared.auth import create_org
+from shared.paths import JOB_PATH, PROGRESS_PATH, SYNC_PATH
+from tests.factories import make_job
+from tools.woosim.testing import spawn_simulator
+from woosync.progress import wait_ready
+from woosync.supervisor import SERVICES, Supervisor
+
+TARGET_STATUS_P99_MS = 20.0
+TARGET_DELAY_P95_MS = 500.0
+LATE_S = 0.010
+SETTLE_S = 2.0
+KEY_ENV = "WOOSYNC_BENCH_KEY"  # the followers' process gets the API key here, not in argv
+
+COUNTERS = """
+SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())
+           AS transactions,
+       (SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes
+        WHERE indexrelname = 'woo_customer_sync_queue_pkey') AS job_reads,
+       (SELECT coalesce(idx_scan, 0) + coalesce(seq_scan, 0) FROM pg_stat_user_tables
+        WHERE relname = 'api_keys') AS key_reads,
+       (SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'woosync_stream_lease')
+           AS lease_renewals
+"""
+
+
+@dataclass
+class Load:
+    """An open-loop run of status GETs."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    late: int = 0
+    failed: int = 0
+    running: int = 0  # answers that showed the job not final
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(int(p / 100 * len(ordered)), len(ordered) - 1)] if ordered else 0.0
+
+
+async def open_loop(
+    client: httpx.AsyncClient, url: str, key: str, *, rate: float, seconds: float
+) -> Load:
+    """``rate * seconds`` GETs sent at fixed times; latency from each one's scheduled time."""
+    loop = asyncio.get_running_loop()
+    load = Load()
+    start = loop.time() + 0.2
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def one(n: int) -> None:
+        scheduled = start + n / rate
+        await asyncio.sleep(max(scheduled - loop.time(), 0))
+        if loop.time() - scheduled > LATE_S:
+            load.late += 1
+        try:
+            answer = await client.get(url, headers=headers)
+        except httpx.HTTPError:
+            load.failed += 1
+            return
+        if answer.status_code != 200:
+            load.failed += 1
+            return
+        load.latencies_ms.append((loop.time() - scheduled) * 1000)
+        if answer.json()["state"] not in ("done", "failed"):
+            load.running += 1
+
+    await asyncio.gather(*(one(n) for n in range(int(rate * seconds))))
+    return load
+
+
+async def counters(owner: asyncpg.Pool) -> dict[str, float]:
+    row = await owner.fetchrow(COUNTERS)
+    return {name: float(row[name] or 0) for name in row.keys()}  # noqa: SIM118
+
+
+async def per_second(owner: asyncpg.Pool, seconds: float) -> dict[str, float]:
+    """The counters' growth per second over ``seconds``, after ``SETTLE_S``: the streams'
+    connecting work is done, and PostgreSQL has flushed its statistics (about every second)."""
+    await asyncio.sleep(SETTLE_S)
+    before, started = await counters(owner), time.monotonic()
+    await asyncio.sleep(seconds)
+    after, took = await counters(owner), time.monotonic() - started
+    return {name: (after[name] - before[name]) / took for name in after}
+
+
+# --- the followers' process ---------------------------------------------------------------------
+
+
+async def followers_main(url: str, followers: int, out: str, give_up_s: float) -> None:
+    """Open ``followers`` streams of ``url``; record every event; say "connected" once each has
+    its first; write the records to ``out`` when every stream ended (or at ``give_up_s``)."""
+    key = os.environ[KEY_ENV]
+    records: list[list[Any]] = [[] for _ in range(followers)]
+    connected = 0
+    all_connected = asyncio.Event()
+    limits = httpx.Limits(max_connections=followers + 10, max_keepalive_connections=followers)
+    timeout = httpx.Timeout(give_up_s, connect=30.0)
+
+    async def follow(n: int) -> None:
+        nonlocal connected
+        async with aconnect_sse(
+            client, "GET", url, headers={"Authorization": f"Bearer {key}"}
+        ) as source:
+            source.response.raise_for_status()
+            async for event in source.aiter_sse():
+                if not event.data:
+                    continue
+                received = time.time()
+                status = json.loads(event.data)
+                records[n].append([event.event, received, status.get("updated_at")])
+                if len(records[n]) == 1:
+                    connected += 1
+                    if connected == followers:
+                        all_connected.set()
+                if event.event != "progress":
+                    return
+
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+        tasks = [asyncio.create_task(follow(n)) for n in range(followers)]
+        waiter = asyncio.create_task(all_connected.wait())
+        done, _ = await asyncio.wait(
+            [waiter, asyncio.gather(*tasks, return_exceptions=True)],
+            return_when=asyncio.FIRST_COMPLETED,
+            timeout=give_up_s,
+        )
+        print("connected" if all_connected.is_set() else "not connected", flush=True)
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), give_up_s)
+    errors = [repr(r) for r in results if isinstance(r, BaseException)]
+    with open(out, "w") as f:
+        json.dump({"records": records, "errors": errors[:5], "error_count": len(errors)}, f)
+
+
+def delays_ms(records: list[list[list[Any]]]) -> list[float]:
+    """Per stream, each event after the first that shows a newer job row: received - updated_at."""
+    delays = []
+    for events in records:
+        shown = None
+        for index, (_kind, received, updated_at) in enumerate(events):
+            if updated_at is None:
+                continue
+            changed = datetime.fromisoformat(updated_at).timestamp()
+            if index > 0 and updated_at != shown:
+                delays.append((received - changed) * 1000)
+            shown = updated_at
+    return delays
+
+
+# --- the bench ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    floor: Load = field(default_factory=Load)
+    loaded: Load = field(default_factory=Load)
+    one: dict[str, float] = field(default_factory=dict)
+    many: dict[str, float] = field(default_factory=dict)
+    delays_ms: list[float] = field(default_factory=list)
+    stream_errors: int = 0
+    final_state: str = ""
+    sync_s: float = 0.0
+
+
+async def run(args: argparse.Namespace) -> Results:
+    results = Results()
+    fresh = await fresh_stack("load")
+    env = {
+        **fresh.env,
+        "WOOSYNC_MAX_SSE_STREAMS_PER_ORG": str(args.followers + 10),
+        "WOOSYNC_RATE_LIMIT_PER_MINUTE": str(int(args.rate * 60 * 4)),
+        "WOOSYNC_RATE_LIMIT_BURST": str(int(args.rate * 4)),
+    }
+    supervisor = Supervisor(SERVICES, env=env, colour=False, out=sys.stderr)
+    stack = asyncio.create_task(supervisor.run())
+    owner = await db.create_pool(fresh.dsn, min_size=1, max_size=2)
+    try:
+        api = f"http://127.0.0.1:{env['WOOSYNC_API_PORT']}"
+        tracker = f"http://127.0.0.1:{env['WOOSYNC_TRACKER_PORT']}"
+        await wait_ready(api + "/readyz")
+        await wait_ready(tracker + "/readyz")
+        org_id, key = await create_org(owner, "bench")
+        idle = await make_job(owner, org_id, state="done", store_total=10, fetch_done=True)
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            print(f"floor: {args.rate:g} status GETs/s of an idle job for {args.seconds:g} s")
+            results.floor = await open_loop(
+                client,
+                api + JOB_PATH.format(job_id=idle),
+                key,
+                rate=args.rate,
+                seconds=args.seconds,
+            )
+            with spawn_simulator(
+                customers=args.customers, seed=1, latency_ms=args.latency_ms
+            ) as sim:
+                job_id = await start(client, api, org_id, key, sim, args)
+                started = time.monotonic()
+                await measure_during(client, owner, api, tracker, key, job_id, args, results)
+                results.final_state = await wait_final(owner, job_id, args.give_up_s)
+                results.sync_s = time.monotonic() - started
+    finally:
+        await owner.close()
+        supervisor.stop()
+        await stack
+        await drop(fresh)
+    return results
+
+
+async def start(
+    client: httpx.AsyncClient,
+    api: str,
+    org_id: UUID,
+    key: str,
+    sim: Any,
+    args: argparse.Namespace,
+) -> UUID:
+    body = {
+        "action": "start",
+        "org_id": str(org_id),
+        "config": {
+            "url": sim.url,
+            "consumer_key": sim.consumer_key,
+            "consumer_secret": sim.consumer_secret,
+            "auth": "oauth1",
+        },
+        "options": {"batch_size": 100, "concurrency": args.concurrency},
+    }
+    answer = await client.post(
+        api + SYNC_PATH, json=body, headers={"Authorization": f"Bearer {key}"}
+    )
+    answer.raise_for_status()
+    return UUID(answer.json()["job_id"])
+
+
+async def measure_during(
+    client: httpx.AsyncClient,
+    owner: asyncpg.Pool,
+    api: str,
+    tracker: str,
+    key: str,
+    job_id: UUID,
+    args: argparse.Namespace,
+    results: Results,
+) -> None:
+    stream_url = tracker + PROGRESS_PATH.format(job_id=job_id)
+    headers = {"Authorization": f"Bearer {key}"}
+
+    # One follower.
+    first_event: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def one_follower() -> None:
+        async with aconnect_sse(client, "GET", stream_url, headers=headers) as source:
+            async for _event in source.aiter_sse():
+                if not first_event.done():
+                    first_event.set_result(None)
+
+    single = asyncio.create_task(one_follower())
+    await asyncio.wait_for(first_event, 30)
+    print(f"1 follower: database counters over {args.window:g} s")
+    results.one = await per_second(owner, args.window)
+    single.cancel()
+    await asyncio.gather(single, return_exceptions=True)
+
+    # F followers, in a process of their own.
+    out = f"/tmp/woosync-status-load-{job_id}.json"
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.status_load",
+        "--follow-worker",
+        stream_url,
+        "--followers",
+        str(args.followers),
+        "--out",
+        out,
+        "--give-up-s",
+        str(args.give_up_s),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, KEY_ENV: key},
+    )
+    assert worker.stdout is not None
+    line = (await asyncio.wait_for(worker.stdout.readline(), args.give_up_s)).decode().strip()
+    print(f"{args.followers} followers: {line}; database counters over {args.window:g} s")
+    results.many = await per_second(owner, args.window)
+
+    print(f"under load: {args.rate:g} status GETs/s of the running job for {args.seconds:g} s")
+    results.loaded = await open_loop(
+        client, api + JOB_PATH.format(job_id=job_id), key, rate=args.rate, seconds=args.seconds
+    )
+    await asyncio.wait_for(worker.wait(), args.give_up_s)
+    with open(out) as f:
+        recorded = json.load(f)
+    os.unlink(out)
+    results.delays_ms = delays_ms(recorded["records"])
+    results.stream_errors = recorded["error_count"]
+    for error in recorded["errors"]:
+        print(f"  a stream failed: {error}")
+
+
+async def wait_final(owner: asyncpg.Pool, job_id: UUID, give_up_s: float) -> str:
+    deadline = time.monotonic() + give_up_s
+    while time.monotonic() < deadline:
+        state = await owner.fetchval(
+            "SELECT state FROM woo_customer_sync_queue WHERE id = $1", job_id
+        )
+        if state in ("done", "failed"):
+            return str(state)
+        await asyncio.sleep(0.5)
+    return "still running"
+
+
+def report(results: Results, args: argparse.Namespace) -> None:
+    floor, loaded = results.floor, results.loaded
+    print(
+        f"\n== status under load: {args.customers:,} customers, {args.followers} followers, "
+        f"{args.rate:g} GETs/s, job {results.final_state} after {results.sync_s:.0f} s =="
+    )
+    print(
+        f"{'status GET ms':<28}{'p50':>8}{'p95':>8}{'p99':>8}{'target p99':>12}"
+        f"{'sent':>7}{'late':>6}{'failed':>7}"
+    )
+    for name, load in (("floor (idle job)", floor), ("running job", loaded)):
+        sent = len(load.latencies_ms) + load.failed
+        print(
+            f"{name:<28}{load.percentile(50):>8.1f}{load.percentile(95):>8.1f}"
+            f"{load.percentile(99):>8.1f}{TARGET_STATUS_P99_MS:>12.0f}{sent:>7}"
+            f"{load.late:>6}{load.failed:>7}"
+        )
+    if floor.latencies_ms:
+        print(
+            f"  p99 ratio to the floor: {loaded.percentile(99) / floor.percentile(99):.2f}; "
+            f"answers showing the job still running: {loaded.running} of "
+            f"{len(loaded.latencies_ms)}"
+        )
+    delays = results.delays_ms
+    if delays:
+        p95 = sorted(delays)[min(int(0.95 * len(delays)), len(delays) - 1)]
+        print(
+            f"\nprogress delay ms (change -> event), {len(delays)} events: "
+            f"p50 {statistics.median(delays):.0f}, p95 {p95:.0f} (target {TARGET_DELAY_P95_MS:.0f})"
+            f", max {max(delays):.0f}; floor: the poll interval, "
+            f"{args.progress_interval_s * 1000:.0f} ms at most"
+        )
+    print(f"  streams that failed: {results.stream_errors}")
+    print(
+        f"\n{'database per second':<28}{'1 follower':>12}{f'{args.followers} followers':>15}"
+        f"{'per added follower':>20}"
+    )
+    for name in ("transactions", "job_reads", "key_reads", "lease_renewals"):
+        one, many = results.one.get(name, 0), results.many.get(name, 0)
+        added = (many - one) / max(args.followers - 1, 1)
+        print(f"{name:<28}{one:>12.1f}{many:>15.1f}{added:>20.3f}")
+    print("  (transactions: every service's, so they move with the sync; the three others are")
+    print("   the progress streams' work: job-row reads, key rechecks, lease renewals)")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--followers", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=200.0, help="status GETs per second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="of each GET run")
+    parser.add_argument(
+        "--window", type=float, default=12.0, help="of each counter reading (> the 5 s recheck)"
+    )
+    parser.add_argument("--latency-ms", type=int, default=0, help="simulated store time per page")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--give-up-s", type=float, default=1800.0)
+    parser.add_argument("--progress-interval-s", type=float, default=0.25, help=argparse.SUPPRESS)
+    parser.add_argument("--follow-worker", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.follow_worker:
+        asyncio.run(followers_main(args.follow_worker, args.followers, args.out, args.give_up_s))
+        return
+    report(asyncio.run(run(args)), args)
+
+
+if __name__ == "__main__":
+    main()
