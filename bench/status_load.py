@@ -8,13 +8,14 @@ and sync a simulated store of ``--customers`` (default 100,000, no simulated lat
   ``--rate`` per second for ``--seconds``: sends are scheduled at fixed times whatever the
   answers do, and each latency runs from the scheduled time (so a slow answer is not hidden by a
   send that waited for it). Sends that left more than 10 ms late and failed requests are counted.
+* **status under load**: as soon as the sync started, the same open-loop GETs of the running
+  job, and meanwhile a tenth as many of the idle job (the floor under the same machine load);
+  p50/p95/p99 beside the floors and the 20 ms target, with each service's CPU time.
 * **1 follower**: one progress stream of the job is opened, and the database's counters are read
   over ``--window`` seconds (below).
 * **F followers**: ``--followers`` streams of the job are opened (in a process of their own, so
   their parsing does not slow this one's clock), the one is closed, and the counters are read
-  again over ``--window`` seconds.
-* **status under load**: the same open-loop GETs as the floor, of the running job, while the F
-  streams stay open; p50/p95/p99 beside the floor's and the 20 ms target.
+  again over ``--window`` seconds; the streams then follow the job to its end.
 * **delay**: each follower records when it received each event. The delay of an event is its
   receive time less the job row's ``updated_at`` it carries: the start of the tracker's
   transaction that wrote that change (counts, conflicts, state). An event whose ``updated_at``
@@ -44,6 +45,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -51,6 +53,7 @@ from uuid import UUID
 
 import asyncpg
 import httpx
+import psutil
 from httpx_sse import aconnect_sse
 
 from bench.stack import drop, fresh_stack
@@ -78,7 +81,7 @@ SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_databas
        (SELECT coalesce(idx_scan, 0) + coalesce(seq_scan, 0) FROM pg_stat_user_tables
         WHERE relname = 'api_keys') AS key_reads,
        (SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'woosync_stream_lease')
-           AS lease_renewals
+           AS lease_rows_renewed
 """
 
 
@@ -124,6 +127,32 @@ async def open_loop(
 
     await asyncio.gather(*(one(n) for n in range(int(rate * seconds))))
     return load
+
+
+class CpuMeter:
+    """CPU seconds of each service (and of the whole machine) over a phase: what the status
+    requests cost the api, and how busy the cores were while they were timed."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+
+    def _read(self) -> dict[str, float]:
+        times = {name: sum(p.cpu_times()[:2]) for name, p in self._processes.items()}
+        times["machine"] = sum(psutil.cpu_times()[:3])  # user, nice, system
+        times["bench"] = sum(psutil.Process().cpu_times()[:2])
+        times["wall"] = time.monotonic()
+        return times
+
+    async def around(self, phase: Awaitable[Load], requests: int) -> tuple[Load, dict[str, float]]:
+        before = self._read()
+        load = await phase
+        after = self._read()
+        wall = after["wall"] - before["wall"]
+        used = {f"{name}_s": after[name] - before[name] for name in self._processes}
+        used["bench_s"] = after["bench"] - before["bench"]
+        used["api_ms_per_request"] = 1000 * used.get("api_s", 0) / max(requests, 1)
+        used["machine_busy"] = (after["machine"] - before["machine"]) / wall / psutil.cpu_count()
+        return load, used
 
 
 async def counters(owner: asyncpg.Pool) -> dict[str, float]:
@@ -210,6 +239,9 @@ class Results:
     floor: Load = field(default_factory=Load)
     loaded: Load = field(default_factory=Load)
     idle_meanwhile: Load = field(default_factory=Load)
+    floor_cpu: dict[str, float] = field(default_factory=dict)
+    running_after: dict[str, bool] = field(default_factory=dict)  # the job, after each phase
+    loaded_cpu: dict[str, float] = field(default_factory=dict)
     one: dict[str, float] = field(default_factory=dict)
     many: dict[str, float] = field(default_factory=dict)
     delays_ms: list[float] = field(default_factory=list)
@@ -240,19 +272,25 @@ async def run(args: argparse.Namespace) -> Results:
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             print(f"floor: {args.rate:g} status GETs/s of an idle job for {args.seconds:g} s")
-            results.floor = await open_loop(
-                client,
-                api + JOB_PATH.format(job_id=idle),
-                key,
-                rate=args.rate,
-                seconds=args.seconds,
+            meter = CpuMeter(supervisor.pids())
+            results.floor, results.floor_cpu = await meter.around(
+                open_loop(
+                    client,
+                    api + JOB_PATH.format(job_id=idle),
+                    key,
+                    rate=args.rate,
+                    seconds=args.seconds,
+                ),
+                int(args.rate * args.seconds),
             )
             with spawn_simulator(
                 customers=args.customers, seed=1, latency_ms=args.latency_ms
             ) as sim:
                 job_id = await start(client, api, org_id, key, sim, args)
                 started = time.monotonic()
-                await measure_during(client, owner, api, tracker, key, job_id, idle, args, results)
+                await measure_during(
+                    client, owner, meter, api, tracker, key, job_id, idle, args, results
+                )
                 results.final_state = await wait_final(owner, job_id, args.give_up_s)
                 results.sync_s = time.monotonic() - started
     finally:
@@ -292,6 +330,7 @@ async def start(
 async def measure_during(
     client: httpx.AsyncClient,
     owner: asyncpg.Pool,
+    meter: CpuMeter,
     api: str,
     tracker: str,
     key: str,
@@ -302,6 +341,34 @@ async def measure_during(
 ) -> None:
     stream_url = tracker + PROGRESS_PATH.format(job_id=job_id)
     headers = {"Authorization": f"Bearer {key}"}
+
+    print(
+        f"under load: {args.rate:g} status GETs/s of the running job, and {args.rate / 10:g} of "
+        f"the idle one, for {args.seconds:g} s"
+    )
+    both = asyncio.gather(
+        open_loop(
+            client,
+            api + JOB_PATH.format(job_id=job_id),
+            key,
+            rate=args.rate,
+            seconds=args.seconds,
+        ),
+        open_loop(
+            client,
+            api + JOB_PATH.format(job_id=idle_id),
+            key,
+            rate=args.rate / 10,
+            seconds=args.seconds,
+        ),
+    )
+
+    async def phase() -> Load:
+        results.loaded, results.idle_meanwhile = await both
+        return results.loaded
+
+    _, results.loaded_cpu = await meter.around(phase(), int(args.rate * 1.1 * args.seconds))
+    results.running_after["status GETs"] = await running(owner, job_id)
 
     # One follower.
     first_event: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -316,6 +383,7 @@ async def measure_during(
     await asyncio.wait_for(first_event, 30)
     print(f"1 follower: database counters over {args.window:g} s")
     results.one = await per_second(owner, args.window)
+    results.running_after["1 follower"] = await running(owner, job_id)
     single.cancel()
     await asyncio.gather(single, return_exceptions=True)
 
@@ -340,27 +408,8 @@ async def measure_during(
     line = (await asyncio.wait_for(worker.stdout.readline(), args.give_up_s)).decode().strip()
     print(f"{args.followers} followers: {line}; database counters over {args.window:g} s")
     results.many = await per_second(owner, args.window)
+    results.running_after[f"{args.followers} followers"] = await running(owner, job_id)
 
-    print(
-        f"under load: {args.rate:g} status GETs/s of the running job, and {args.rate / 10:g} of "
-        f"the idle one, for {args.seconds:g} s"
-    )
-    results.loaded, results.idle_meanwhile = await asyncio.gather(
-        open_loop(
-            client,
-            api + JOB_PATH.format(job_id=job_id),
-            key,
-            rate=args.rate,
-            seconds=args.seconds,
-        ),
-        open_loop(
-            client,
-            api + JOB_PATH.format(job_id=idle_id),
-            key,
-            rate=args.rate / 10,
-            seconds=args.seconds,
-        ),
-    )
     await asyncio.wait_for(worker.wait(), args.give_up_s)
     with open(out) as f:
         recorded = json.load(f)
@@ -369,6 +418,11 @@ async def measure_during(
     results.stream_errors = recorded["error_count"]
     for error in recorded["errors"]:
         print(f"  a stream failed: {error}")
+
+
+async def running(owner: asyncpg.Pool, job_id: UUID) -> bool:
+    state = await owner.fetchval("SELECT state FROM woo_customer_sync_queue WHERE id = $1", job_id)
+    return state not in ("done", "failed")
 
 
 async def wait_final(owner: asyncpg.Pool, job_id: UUID, give_up_s: float) -> str:
@@ -406,11 +460,21 @@ def report(results: Results, args: argparse.Namespace) -> None:
             f"{load.late:>6}{load.failed:>7}"
         )
     if floor.latencies_ms:
+        meanwhile = results.idle_meanwhile.percentile(99) or 1.0
         print(
-            f"  p99 ratio to the floor: {loaded.percentile(99) / floor.percentile(99):.2f}; "
-            f"answers showing the job still running: {loaded.running} of "
-            f"{len(loaded.latencies_ms)}"
+            f"  running job's p99 / floor's: {loaded.percentile(99) / floor.percentile(99):.2f}, "
+            f"/ idle job's meanwhile: {loaded.percentile(99) / meanwhile:.2f}; answers showing "
+            f"the job still running: {loaded.running} of {len(loaded.latencies_ms)}"
         )
+        for name, cpu in (("floor", results.floor_cpu), ("under load", results.loaded_cpu)):
+            print(
+                f"  {name}: api CPU {cpu.get('api_ms_per_request', 0):.2f} ms a request; "
+                f"machine busy {cpu.get('machine_busy', 0):.0%} of its cores; CPU s by "
+                + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items() if k.endswith("_s"))
+            )
+    ended = [phase for phase, still in results.running_after.items() if not still]
+    if ended:
+        print(f"  NOTE: the job had ended by the end of: {', '.join(ended)} (use more customers)")
     delays = results.delays_ms
     if delays:
         p95 = sorted(delays)[min(int(0.95 * len(delays)), len(delays) - 1)]
@@ -425,7 +489,7 @@ def report(results: Results, args: argparse.Namespace) -> None:
         f"\n{'database per second':<28}{'1 follower':>12}{f'{args.followers} followers':>15}"
         f"{'per added follower':>20}"
     )
-    for name in ("transactions", "job_reads", "key_reads", "lease_renewals"):
+    for name in ("transactions", "job_reads", "key_reads", "lease_rows_renewed"):
         one, many = results.one.get(name, 0), results.many.get(name, 0)
         added = (many - one) / max(args.followers - 1, 1)
         print(f"{name:<28}{one:>12.1f}{many:>15.1f}{added:>20.3f}")
