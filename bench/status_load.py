@@ -45,7 +45,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -71,6 +71,7 @@ LATE_S = 0.010
 # PostgreSQL (15+) flushes an idle backend's statistics within 10 s: a window starts after that,
 # so it counts neither the streams' connecting nor the work of an earlier phase.
 SETTLE_S = 11.0
+RAW_CONNECTIONS = 64  # keep-alive connections of the status GETs
 KEY_ENV = "WOOSYNC_BENCH_KEY"  # the followers' process gets the API key here, not in argv
 
 COUNTERS = """
@@ -83,6 +84,52 @@ SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_databas
        (SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'woosync_stream_lease')
            AS lease_rows_renewed
 """
+
+
+class RawHttp:
+    """A minimal HTTP/1.1 client over keep-alive connections: the load generator must cost far
+    less than the server it measures (httpx spends several ms of CPU a request, which on two
+    shared cores starves the services it times)."""
+
+    def __init__(self, base: str, connections: int) -> None:
+        host_port = base.removeprefix("http://")
+        self._host, port = host_port.split(":")
+        self._port = int(port)
+        self._free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue()
+        )
+        self._size = connections
+        self._opened = 0
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._free.empty() and self._opened < self._size:
+            self._opened += 1
+            return await asyncio.open_connection(self._host, self._port)
+        return await self._free.get()
+
+    async def get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        reader, writer = await self._connection()
+        try:
+            lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {self._host}\r\n{lines}\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            body = await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            self._opened -= 1
+            raise
+        self._free.put_nowait((reader, writer))
+        return status, body
+
+    async def close(self) -> None:
+        while not self._free.empty():
+            _, writer = self._free.get_nowait()
+            writer.close()
 
 
 @dataclass
@@ -99,9 +146,7 @@ class Load:
         return ordered[min(int(p / 100 * len(ordered)), len(ordered) - 1)] if ordered else 0.0
 
 
-async def open_loop(
-    client: httpx.AsyncClient, url: str, key: str, *, rate: float, seconds: float
-) -> Load:
+async def open_loop(client: RawHttp, path: str, key: str, *, rate: float, seconds: float) -> Load:
     """``rate * seconds`` GETs sent at fixed times; latency from each one's scheduled time."""
     loop = asyncio.get_running_loop()
     load = Load()
@@ -114,15 +159,15 @@ async def open_loop(
         if loop.time() - scheduled > LATE_S:
             load.late += 1
         try:
-            answer = await client.get(url, headers=headers)
-        except httpx.HTTPError:
+            status, body = await client.get(path, headers)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
             load.failed += 1
             return
-        if answer.status_code != 200:
+        if status != 200:
             load.failed += 1
             return
         load.latencies_ms.append((loop.time() - scheduled) * 1000)
-        if answer.json()["state"] not in ("done", "failed"):
+        if json.loads(body)["state"] not in ("done", "failed"):
             load.running += 1
 
     await asyncio.gather(*(one(n) for n in range(int(rate * seconds))))
@@ -172,6 +217,43 @@ async def per_second(owner: asyncpg.Pool, seconds: float) -> dict[str, float]:
 # --- the followers' process ---------------------------------------------------------------------
 
 
+async def sse_events(url: str, key: str) -> AsyncIterator[tuple[str, float, dict[str, Any]]]:
+    """One progress stream read over a bare socket: (event, received at, status) per event."""
+    rest = url.removeprefix("http://")
+    host_port, path = rest.split("/", 1)
+    host, port = host_port.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            f"GET /{path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if int(head.split(b" ", 2)[1]) != 200:
+            raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+        chunked = b"transfer-encoding: chunked" in head.lower()
+        buffer = b""
+        while True:
+            if chunked:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    return
+                buffer += (await reader.readexactly(size + 2))[:-2]
+            else:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                buffer += data
+            *blocks, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+            for block in blocks:
+                fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
+                if b"data" in fields:
+                    event = fields.get(b"event", b"message").decode()
+                    yield event, time.time(), json.loads(fields[b"data"])
+    finally:
+        writer.close()
+
+
 async def followers_main(url: str, followers: int, out: str, give_up_s: float) -> None:
     """Open ``followers`` streams of ``url``; record every event; say "connected" once each has
     its first; write the records to ``out`` when every stream ended (or at ``give_up_s``)."""
@@ -179,38 +261,25 @@ async def followers_main(url: str, followers: int, out: str, give_up_s: float) -
     records: list[list[Any]] = [[] for _ in range(followers)]
     connected = 0
     all_connected = asyncio.Event()
-    limits = httpx.Limits(max_connections=followers + 10, max_keepalive_connections=followers)
-    timeout = httpx.Timeout(give_up_s, connect=30.0)
 
     async def follow(n: int) -> None:
         nonlocal connected
-        async with aconnect_sse(
-            client, "GET", url, headers={"Authorization": f"Bearer {key}"}
-        ) as source:
-            source.response.raise_for_status()
-            async for event in source.aiter_sse():
-                if not event.data:
-                    continue
-                received = time.time()
-                status = json.loads(event.data)
-                records[n].append([event.event, received, status.get("updated_at")])
-                if len(records[n]) == 1:
-                    connected += 1
-                    if connected == followers:
-                        all_connected.set()
-                if event.event != "progress":
-                    return
+        async for event, received, status in sse_events(url, key):
+            records[n].append([event, received, status.get("updated_at")])
+            if len(records[n]) == 1:
+                connected += 1
+                if connected == followers:
+                    all_connected.set()
+            if event != "progress":
+                return
 
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-        tasks = [asyncio.create_task(follow(n)) for n in range(followers)]
-        waiter = asyncio.create_task(all_connected.wait())
-        done, _ = await asyncio.wait(
-            [waiter, asyncio.gather(*tasks, return_exceptions=True)],
-            return_when=asyncio.FIRST_COMPLETED,
-            timeout=give_up_s,
-        )
-        print("connected" if all_connected.is_set() else "not connected", flush=True)
-        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), give_up_s)
+    tasks = [asyncio.create_task(follow(n)) for n in range(followers)]
+    everything = asyncio.gather(*tasks, return_exceptions=True)
+    waiter = asyncio.create_task(all_connected.wait())
+    await asyncio.wait([waiter, everything], return_when=asyncio.FIRST_COMPLETED, timeout=give_up_s)
+    print("connected" if all_connected.is_set() else "not connected", flush=True)
+    results = await asyncio.wait_for(everything, give_up_s)
+    waiter.cancel()
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
     with open(out, "w") as f:
         json.dump({"records": records, "errors": errors[:5], "error_count": len(errors)}, f)
@@ -273,10 +342,11 @@ async def run(args: argparse.Namespace) -> Results:
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             print(f"floor: {args.rate:g} status GETs/s of an idle job for {args.seconds:g} s")
             meter = CpuMeter(supervisor.pids())
+            raw = RawHttp(api, RAW_CONNECTIONS)
             results.floor, results.floor_cpu = await meter.around(
                 open_loop(
-                    client,
-                    api + JOB_PATH.format(job_id=idle),
+                    raw,
+                    JOB_PATH.format(job_id=idle),
                     key,
                     rate=args.rate,
                     seconds=args.seconds,
@@ -289,10 +359,11 @@ async def run(args: argparse.Namespace) -> Results:
                 job_id = await start(client, api, org_id, key, sim, args)
                 started = time.monotonic()
                 await measure_during(
-                    client, owner, meter, api, tracker, key, job_id, idle, args, results
+                    client, raw, owner, meter, tracker, key, job_id, idle, args, results
                 )
                 results.final_state = await wait_final(owner, job_id, args.give_up_s)
                 results.sync_s = time.monotonic() - started
+                await raw.close()
     finally:
         await owner.close()
         supervisor.stop()
@@ -329,9 +400,9 @@ async def start(
 
 async def measure_during(
     client: httpx.AsyncClient,
+    raw: RawHttp,
     owner: asyncpg.Pool,
     meter: CpuMeter,
-    api: str,
     tracker: str,
     key: str,
     job_id: UUID,
@@ -348,15 +419,15 @@ async def measure_during(
     )
     both = asyncio.gather(
         open_loop(
-            client,
-            api + JOB_PATH.format(job_id=job_id),
+            raw,
+            JOB_PATH.format(job_id=job_id),
             key,
             rate=args.rate,
             seconds=args.seconds,
         ),
         open_loop(
-            client,
-            api + JOB_PATH.format(job_id=idle_id),
+            raw,
+            JOB_PATH.format(job_id=idle_id),
             key,
             rate=args.rate / 10,
             seconds=args.seconds,
