@@ -44,6 +44,29 @@ def test_throughput_runs_and_syncs_every_customer() -> None:
     assert rows[-1][4] == "300"  # synced
 
 
+def test_status_load_runs_with_every_stream_to_the_end() -> None:
+    out = run(
+        "bench.status_load",
+        "--customers",
+        "300",
+        "--followers",
+        "5",
+        "--rate",
+        "20",
+        "--seconds",
+        "1",
+        "--window",
+        "1",
+        "--settle-s",
+        "0",
+    )
+    assert "job done" in out and "streams that failed: 0" in out, out
+    rows = {line[:28].strip(): line[28:].split() for line in out.splitlines() if line[:1] in "fir"}
+    for name in ("floor: idle job, before", "idle job, meanwhile", "running job"):
+        assert rows[name][-1] == "0", out  # no failed request
+    assert "job_reads" in out and "lease_rows_renewed" in out, out
+
+
 def test_soak_runs_and_loses_nothing() -> None:
     out = run("bench.soak", "--customers", "300")
     assert "customers lost:        0" in out and "customers duplicated:  0" in out, out
