@@ -27,7 +27,7 @@ def frame_name(frame: str) -> str:
     short = "/".join(parts[-2:]) if "site-packages" in path or "python3" in path else path
     for root in ("services/", "shared/", "tools/"):
         if root in path:
-            short = path[path.index(root):]
+            short = path[path.index(root) :]
     return f"{name} ({short})"
 
 
@@ -50,8 +50,7 @@ def summarize(path: Path, top: int) -> str:
         for name in set(names):
             inclusive[name] += count
     busy = total - idle
-    lines = [f"== {path.name}: {total} samples, {idle / max(total, 1):.0%} idle, "
-             f"{busy} busy"]
+    lines = [f"== {path.name}: {total} samples, {idle / max(total, 1):.0%} idle, {busy} busy"]
     lines.append("  inclusive (share of busy samples)")
     lines += [f"    {n / max(busy, 1):6.1%}  {name}" for name, n in inclusive.most_common(top)]
     lines.append("  exclusive")
