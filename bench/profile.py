@@ -11,12 +11,15 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-IDLE_LEAVES = (
-    "select (selectors.py",
-    "poll (selectors.py",
-    "wait (threading.py",
-    "_run_once (asyncio/base_events.py",
-)
+# Leaf frames (as frame_name writes them) of a thread that waits: the event loop's selector, an
+# idle worker thread.
+IDLE_LEAVES = {
+    "EpollSelector.select (selectors.py)",
+    "PollSelector.select (selectors.py)",
+    "Condition.wait (threading.py)",
+    "Event.wait (threading.py)",
+    "Thread._wait_for_tstate_lock (threading.py)",
+}
 
 
 def frame_name(frame: str) -> str:
@@ -42,7 +45,7 @@ def summarize(path: Path, top: int) -> str:
         count = int(count_text)
         frames = [f for f in stack.split(";") if " (" in f]
         total += count
-        if not frames or frames[-1].startswith(IDLE_LEAVES):
+        if not frames or frame_name(frames[-1]) in IDLE_LEAVES:
             idle += count
             continue
         names = [frame_name(f) for f in frames]
