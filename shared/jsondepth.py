@@ -14,7 +14,7 @@ Speed: every page of every store and every message is parsed here, so :func:`loa
 could disagree, so that the result is always what ``json.loads`` gives:
 
 - a run of 19 or more digits anywhere (orjson turns integers beyond 64 bits into floats; the
-  check is a C-speed regular expression, and digits inside strings only cost the fast path);
+  check is linear and in C, and digits inside strings only cost the fast path);
 - anything orjson refuses: ``NaN`` and ``Infinity`` (which ``json`` accepts), numbers that
   overflow to infinity, lone surrogates, a UTF-8 BOM, nesting past orjson's limit, and invalid
   JSON or UTF-8, which ``json`` then refuses with its own error.
@@ -41,9 +41,16 @@ TOO_DEEP = "(woosync: nested too deeply to parse)"
 
 # A whole string (escapes included) or one bracket: strings are skipped in one step.
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
-# Where orjson and json could read a number differently (integers beyond 64 bits).
-_LONG_DIGITS = re.compile(rb"\d{19}")
-_LONG_DIGITS_TEXT = re.compile(r"\d{19}")
+# Where orjson and json could read a number differently (integers beyond 64 bits): a run of 19
+# ASCII digits, found by mapping every digit to "0" and everything else to " " and searching the
+# result (linear; a regular expression backtracks over each long run of fewer digits).
+_DIGITS_ONLY = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def _has_long_digit_run(text: str | bytes) -> bool:
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    return _LONG_RUN in data.translate(_DIGITS_ONLY)
 
 
 class NonFiniteFloat(float):
@@ -62,8 +69,7 @@ def _json_loads(text: str | bytes) -> Any:
 def parse(text: str | bytes) -> Any:
     """``json.loads`` as fast as orjson allows (see above), with non-finite numbers as
     :class:`NonFiniteFloat`; raises ``RecursionError`` for nesting past ``json``'s limit."""
-    digits = _LONG_DIGITS_TEXT if isinstance(text, str) else _LONG_DIGITS
-    if digits.search(text) is None:  # type: ignore[arg-type]
+    if not _has_long_digit_run(text):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
