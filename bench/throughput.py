@@ -96,16 +96,18 @@ async def sample_processes(supervisor: Supervisor, result: Result, stop: asyncio
 
 
 async def start_profilers(
-    supervisor: Supervisor, directory: str, size: int
+    supervisor: Supervisor, directory: str, size: int, *, idle: bool = True
 ) -> list[asyncio.subprocess.Process]:
-    """One py-spy per service (wall-clock samples, idle frames included, so waiting shows)."""
+    """One py-spy per service: wall-clock samples with idle frames included, so that waiting
+    shows; or (``idle`` False) only the samples of threads on the CPU."""
     os.makedirs(directory, exist_ok=True)
     beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
     spy = beside if os.path.exists(beside) else "py-spy"
     spies = []
     for name, pid in supervisor.pids().items():
         spies.append(await asyncio.create_subprocess_exec(
-            spy, "record", "--pid", str(pid), "--rate", "200", "--idle", "--format", "raw",
+            spy, "record", "--pid", str(pid), "--rate", "200", *(["--idle"] if idle else []),
+            "--format", "raw",
             "--output", os.path.join(directory, f"{name}-{size}.txt"),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         ))
@@ -121,7 +123,8 @@ async def stop_profilers(spies: list[asyncio.subprocess.Process]) -> None:
 
 
 async def run_pipeline(
-    sim: object, result: Result, *, concurrency: int, per_page: int, profile: str | None = None
+    sim: object, result: Result, *, concurrency: int, per_page: int, profile: str | None = None,
+    profile_idle: bool = True,
 ) -> None:
     fresh = await fresh_stack("bench")
     dsn, env = fresh.dsn, fresh.env
@@ -135,7 +138,10 @@ async def run_pipeline(
         pool = await db.create_pool(dsn, min_size=1, max_size=1)
         org_id, key = await create_org(pool, "bench")
         sampler = asyncio.create_task(sample_processes(supervisor, result, stop))
-        spies = await start_profilers(supervisor, profile, result.customers) if profile else []
+        spies = (
+            await start_profilers(supervisor, profile, result.customers, idle=profile_idle)
+            if profile else []
+        )
         body = {
             "action": "start", "org_id": str(org_id),
             "config": {"url": sim.url, "consumer_key": sim.consumer_key,  # type: ignore[attr-defined]
@@ -165,7 +171,9 @@ async def run_pipeline(
         await drop(fresh)
 
 
-async def main(sizes: list[int], concurrency: int, latency_ms: int, profile: str | None) -> None:
+async def main(
+    sizes: list[int], concurrency: int, latency_ms: int, profile: str | None, profile_idle: bool
+) -> None:
     results = []
     for size in sizes:
         with spawn_simulator(customers=size, seed=1, latency_ms=latency_ms) as sim:
@@ -173,7 +181,8 @@ async def main(sizes: list[int], concurrency: int, latency_ms: int, profile: str
             result.floor_s, read = await measure_floor(sim, concurrency=concurrency, per_page=100)
             assert read == size, f"floor read {read} of {size}"
             await run_pipeline(
-                sim, result, concurrency=concurrency, per_page=100, profile=profile
+                sim, result, concurrency=concurrency, per_page=100, profile=profile,
+                profile_idle=profile_idle,
             )
         results.append(result)
         report([result], concurrency, latency_ms)
@@ -209,5 +218,8 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--latency-ms", type=int, default=20, help="simulated store time per page")
     parser.add_argument("--profile", metavar="DIR", help="py-spy each service into DIR")
+    parser.add_argument("--profile-cpu", action="store_true",
+                        help="sample only threads on the CPU (default: waiting included)")
     args = parser.parse_args()
-    asyncio.run(main(args.sizes, args.concurrency, args.latency_ms, args.profile))
+    asyncio.run(main(args.sizes, args.concurrency, args.latency_ms, args.profile,
+                     not args.profile_cpu))
