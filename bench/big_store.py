@@ -14,8 +14,9 @@ handed itself on (``WOOSYNC_CRAWL_SLICE_S``, below RabbitMQ's ``consumer_timeout
 ``--orgs K --per-org M`` (K orgs, M customers each, all started at once): each job's duration
 (its row's created_at to finished_at), slowest/fastest beside the target 3, whether every org
 got exactly its store's customers; with ``--huge H``, the same again with one org's store of H
-customers started first, and the small jobs' durations with and without it (the huge job must
-not starve them).
+customers started first (the others start once it has recorded ``--huge-lead`` of its
+customers, a quarter by default, so its batches already wait in the syncer's queue), and the
+small jobs' durations with and without it (the huge job must not starve them).
 
 The stores are woosim processes: the large one in ``--bulk`` mode (flat memory whatever its
 size), the small orgs' one shared by every org (each org has its own connection to it, so its
@@ -51,12 +52,13 @@ from bench.throughput import measure_floor
 from services.tracker import queries as tracker_q
 from shared import db
 from shared.auth import create_org
+from shared.lifecycle import FINAL_JOB_STATES, IN_FLIGHT_LINE_STATES, JobState, sql_in
 from tools.woosim.testing import SimHandle, spawn_simulator
 from woosync.progress import wait_ready
 from woosync.supervisor import SERVICES, Supervisor
 
 ROUTE = "/api/v1/integrations/woocommerce/sync/customers"
-FINAL = ("done", "failed", "cancelled")
+FINAL = {state.value for state in FINAL_JOB_STATES}
 RATIO_TARGET = 3.0
 SAMPLE_S = 0.5
 
@@ -68,6 +70,11 @@ COUNTS_NOW = "WITH " + tracker_q._LINE_COUNTS + " SELECT * FROM counts"
 LINES_SO_FAR = """
 SELECT coalesce(sum(n), 0) FROM woo_customer_sync_line_count WHERE job_id = $1 AND org_id = $2
 """
+OPEN_LINES_OF_JOB = f"""
+SELECT coalesce(sum(n), 0) FROM woo_customer_sync_line_count
+WHERE job_id = $1 AND state IN {sql_in(IN_FLIGHT_LINE_STATES)}
+"""
+LINES_OF_JOB = "SELECT coalesce(sum(n), 0) FROM woo_customer_sync_line_count WHERE job_id = $1"
 COUNTER_ROWS = """
 SELECT count(*) FROM woo_customer_sync_line_count WHERE job_id = $1 AND org_id = $2
 """
@@ -297,7 +304,7 @@ def report_big(r: BigResult, args: argparse.Namespace) -> None:
         f"time        {r.pipeline_s:8.1f} s   floor {r.floor_s:.1f} s (read only)   "
         f"{pipe:,.0f} c/s vs floor {floor:,.0f} c/s: ratio {pipe / floor:.2f}"
     )
-    exact = r.synced == r.done_count == r.customers and r.state == "done"
+    exact = r.synced == r.done_count == r.customers and r.state == JobState.DONE
     print(
         f"exact       {'yes' if exact else 'NO'}: {r.synced:,} customers in the database, "
         f"job {r.state} with {r.done_count:,} done, store {r.customers:,}"
@@ -345,6 +352,7 @@ class FleetResult:
     exact: bool
     failures: list[str]
     huge_s: float | None = None
+    huge_backlog: int = 0  # the huge job's lines recorded, not yet settled, as the others start
 
 
 async def run_fleet(
@@ -360,7 +368,8 @@ async def run_fleet(
                 huge_job = await start_job(
                     client, stack.api, huge_org, huge_key, huge, args.concurrency
                 )
-                await wait_crawling(stack.pool, huge_job)
+                await wait_recorded(stack.pool, huge_job, int(args.huge * args.huge_lead))
+                backlog = await stack.pool.fetchval(OPEN_LINES_OF_JOB, huge_job)
             jobs = await asyncio.gather(
                 *(
                     start_job(client, stack.api, org, key, small, args.concurrency)
@@ -378,7 +387,7 @@ async def run_fleet(
             f"job {r['id']}: {r['state']}, {synced.get(r['org_id'], 0)} synced, "
             f"{r['done_count']} done: {r['last_error']}"
             for r in rows
-            if not (r["state"] == "done" and synced.get(r["org_id"]) == args.per_org)
+            if not (r["state"] == JobState.DONE and synced.get(r["org_id"]) == args.per_org)
         ]
         result = FleetResult(
             "with the huge store" if huge else "alone",
@@ -387,12 +396,13 @@ async def run_fleet(
             failures=failures,
         )
         if huge_job is not None:
+            result.huge_backlog = backlog
             (row,) = await wait_final(stack.pool, [huge_job], args.timeout_s)
             result.huge_s = float(row["finished"] - row["created"])
             huge_synced = await stack.pool.fetchval(
                 "SELECT count(*) FROM customer WHERE org_id = $1", row["org_id"]
             )
-            if not (row["state"] == "done" and huge_synced == args.huge):
+            if not (row["state"] == JobState.DONE and huge_synced == args.huge):
                 result.exact = False
                 result.failures.append(f"huge job {row['state']}, {huge_synced} synced")
         return result
@@ -400,13 +410,12 @@ async def run_fleet(
         await stop_stack(stack)
 
 
-async def wait_crawling(pool: asyncpg.Pool, job_id: UUID) -> None:
-    """Until the job's first customers are recorded: its crawl is under way."""
-    async with asyncio.timeout(120):
-        while not await pool.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM woo_customer_sync_queue_line WHERE job_id = $1)", job_id
-        ):
-            await asyncio.sleep(0.2)
+async def wait_recorded(pool: asyncpg.Pool, job_id: UUID, lines: int) -> None:
+    """Until the job has recorded that many lines (from its counters): its crawl is under way,
+    and its batches wait in the syncer's queue ahead of whatever is started next."""
+    async with asyncio.timeout(600):
+        while await pool.fetchval(LINES_OF_JOB, job_id) < max(lines, 1):
+            await asyncio.sleep(0.1)
 
 
 def report_fleet(results: list[FleetResult], args: argparse.Namespace) -> None:
@@ -421,7 +430,10 @@ def report_fleet(results: list[FleetResult], args: argparse.Namespace) -> None:
             f"exact: {'all' if r.exact else 'NO'}"
         )
         if r.huge_s is not None:
-            print(f"{'':<22} the huge store's job ({args.huge:,} customers): {r.huge_s:.1f} s")
+            print(
+                f"{'':<22} the huge store's job ({args.huge:,} customers): {r.huge_s:.1f} s; "
+                f"{r.huge_backlog:,} of its customers waited for the syncer as the others started"
+            )
         for failure in r.failures[:10]:
             print(f"  {failure}")
     if len(results) == 2:
@@ -476,6 +488,12 @@ if __name__ == "__main__":
     parser.add_argument("--orgs", type=int, default=0, help="instead: this many orgs at once")
     parser.add_argument("--per-org", type=int, default=1_000, help="customers of each org")
     parser.add_argument("--huge", type=int, default=0, help="plus one store this big, first")
+    parser.add_argument(
+        "--huge-lead",
+        type=float,
+        default=0.25,
+        help="the small jobs start once the huge one has recorded this share of its customers",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="each job's page workers")
     parser.add_argument("--latency-ms", type=int, default=20, help="store time per page")
     parser.add_argument(
