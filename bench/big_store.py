@@ -141,7 +141,8 @@ async def job_rows(pool: asyncpg.Pool, jobs: list[UUID]) -> list[asyncpg.Record]
     return await pool.fetch(
         """SELECT id, org_id, state, total, done_count, failed_count, last_error,
                   extract(epoch FROM created_at) AS created,
-                  extract(epoch FROM finished_at) AS finished
+                  extract(epoch FROM finished_at) AS finished,
+                  extract(epoch FROM fetch_done_at) AS fetched
            FROM woo_customer_sync_queue WHERE id = ANY($1::uuid[])""",
         jobs,
     )
@@ -349,6 +350,7 @@ def report_big(r: BigResult, args: argparse.Namespace) -> None:
 class FleetResult:
     label: str
     durations_s: list[float]
+    read_s: list[float]  # each job's crawl: created_at to fetch_done_at (every page read)
     exact: bool
     failures: list[str]
     huge_s: float | None = None
@@ -392,6 +394,7 @@ async def run_fleet(
         result = FleetResult(
             "with the huge store" if huge else "alone",
             sorted(float(r["finished"] - r["created"]) for r in rows),
+            sorted(float(r["fetched"] - r["created"]) for r in rows if r["fetched"] is not None),
             exact=not failures,
             failures=failures,
         )
@@ -428,6 +431,11 @@ def report_fleet(results: list[FleetResult], args: argparse.Namespace) -> None:
             f"{r.label:<22} durations s: fastest {d[0]:.1f}, median {statistics.median(d):.1f}, "
             f"slowest {d[-1]:.1f}   slowest/fastest {ratio:.2f} (target < {RATIO_TARGET:g})   "
             f"exact: {'all' if r.exact else 'NO'}"
+        )
+        print(
+            f"{'':<22} of which reading the store: fastest {r.read_s[0]:.1f}, "
+            f"median {statistics.median(r.read_s):.1f}, slowest {r.read_s[-1]:.1f} "
+            "(the rest: waiting for the syncer and the tracker)"
         )
         if r.huge_s is not None:
             print(
