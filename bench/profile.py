@@ -11,12 +11,15 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-IDLE_LEAVES = (
-    "select (selectors.py",
-    "poll (selectors.py",
-    "wait (threading.py",
-    "_run_once (asyncio/base_events.py",
-)
+# Leaf frames (as frame_name writes them) of a thread that waits: the event loop's selector, an
+# idle worker thread.
+IDLE_LEAVES = {
+    "EpollSelector.select (selectors.py)",
+    "PollSelector.select (selectors.py)",
+    "Condition.wait (threading.py)",
+    "Event.wait (threading.py)",
+    "Thread._wait_for_tstate_lock (threading.py)",
+}
 
 
 def frame_name(frame: str) -> str:
@@ -27,7 +30,7 @@ def frame_name(frame: str) -> str:
     short = "/".join(parts[-2:]) if "site-packages" in path or "python3" in path else path
     for root in ("services/", "shared/", "tools/"):
         if root in path:
-            short = path[path.index(root):]
+            short = path[path.index(root) :]
     return f"{name} ({short})"
 
 
@@ -42,7 +45,7 @@ def summarize(path: Path, top: int) -> str:
         count = int(count_text)
         frames = [f for f in stack.split(";") if " (" in f]
         total += count
-        if not frames or frames[-1].startswith(IDLE_LEAVES):
+        if not frames or frame_name(frames[-1]) in IDLE_LEAVES:
             idle += count
             continue
         names = [frame_name(f) for f in frames]
@@ -50,8 +53,7 @@ def summarize(path: Path, top: int) -> str:
         for name in set(names):
             inclusive[name] += count
     busy = total - idle
-    lines = [f"== {path.name}: {total} samples, {idle / max(total, 1):.0%} idle, "
-             f"{busy} busy"]
+    lines = [f"== {path.name}: {total} samples, {idle / max(total, 1):.0%} idle, {busy} busy"]
     lines.append("  inclusive (share of busy samples)")
     lines += [f"    {n / max(busy, 1):6.1%}  {name}" for name, n in inclusive.most_common(top)]
     lines.append("  exclusive")

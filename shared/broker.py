@@ -36,6 +36,7 @@ from typing import Any
 from uuid import uuid5
 
 import aiormq.exceptions as amqp
+import orjson
 import tenacity
 from faststream import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker
@@ -161,8 +162,14 @@ def encode(message: Envelope) -> bytes:
 
 
 def _json_bytes(value: Any) -> bytes:
-    """Compact UTF-8 JSON; text that is not valid Unicode (a lone surrogate a store sent) is
-    written as ``\\u`` escapes instead, so it travels and fails only its own customer."""
+    """Compact UTF-8 JSON. orjson when it can write the value exactly; it refuses what it
+    cannot (a lone surrogate, an integer beyond 64 bits, a ``NonFiniteFloat`` from
+    ``shared.jsondepth``, nesting past its limit), and ``json`` writes that instead: text that is
+    not valid Unicode as ``\\u`` escapes, so it travels and fails only its own customer."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError included
+        pass
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:

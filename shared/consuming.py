@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -47,6 +46,7 @@ from faststream.rabbit import RabbitBroker
 from faststream.rabbit.message import RabbitMessage
 from pydantic import BaseModel, ValidationError
 
+from shared import jsondepth
 from shared.broker import publish_body_to_queue
 from shared.logs import log_context, redact
 from shared.messages import SCHEMA_VERSION
@@ -154,7 +154,7 @@ def parse(
     candidates = (models,) if isinstance(models, type) else tuple(models)
     label = "|".join(model.__name__ for model in candidates)
     try:
-        data = json.loads(body)
+        data = jsondepth.parse(body)
     except RecursionError:
         raise Malformed(f"malformed {label}: body is nested too deeply to parse") from None
     except ValueError:  # JSONDecodeError, UnicodeDecodeError
@@ -343,7 +343,7 @@ def _ids_of(body: bytes) -> dict[str, str]:
     """``job_id`` and ``org_id`` of a body that may be no valid message, for its log lines:
     only well-formed UUIDs, so a malformed body cannot write what it likes into the log."""
     try:
-        data = json.loads(body)
+        data = jsondepth.parse(body)
     except (RecursionError, ValueError):
         return {}
     if not isinstance(data, dict):

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 from shared.crypto import scram_sha256_verifier
 
@@ -34,9 +35,19 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$")
 
 
+def _jsonb_text(value: object) -> str:
+    """A jsonb parameter's text: orjson's where it can write the value (it refuses a lone
+    surrogate, an integer beyond 64 bits and ``shared.jsondepth.NonFiniteFloat``), else json's,
+    so that what PostgreSQL receives is what it always received."""
+    try:
+        return orjson.dumps(value).decode("utf-8")
+    except TypeError:
+        return json.dumps(value)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in and out as Python objects; everything else stays asyncpg's default.
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=_jsonb_text, decoder=json.loads, schema="pg_catalog")
 
 
 # asyncpg's own default: prepared statements kept per connection (WOOSYNC_DB_STATEMENT_CACHE_SIZE).

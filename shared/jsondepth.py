@@ -8,13 +8,31 @@ for depth replaces every array or object that opens deeper than :data:`CUT_DEPTH
 with its id, and it stays deeper than ``shared.mapping.MAX_JSON_DEPTH``: the mapping refuses that
 customer alone ("nested deeper than 512 levels"), never its page. A customer's ``raw`` is never
 built from a cut document, because a customer that deep is never stored.
+
+Speed: every page of every store and every message is parsed here, so :func:`loads` tries
+``orjson`` first (several times faster than ``json``) and falls back to ``json`` wherever the two
+could disagree, so that the result is always what ``json.loads`` gives:
+
+- a run of 19 or more digits anywhere (orjson turns integers beyond 64 bits into floats; the
+  check is linear and in C, and digits inside strings only cost the fast path);
+- anything orjson refuses: ``NaN`` and ``Infinity`` (which ``json`` accepts), numbers that
+  overflow to infinity, lone surrogates, a UTF-8 BOM, nesting past orjson's limit, and invalid
+  JSON or UTF-8, which ``json`` then refuses with its own error.
+
+The fallback makes each non-finite number a :class:`NonFiniteFloat` (a ``float`` in every
+respect), which ``orjson`` refuses to encode: so ``shared.broker`` encoding such a customer falls
+back to ``json`` too and writes ``NaN`` as it came, instead of orjson's silent ``null``, and the
+mapping refuses that customer as it always did.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
+
+import orjson
 
 from shared.mapping import MAX_JSON_DEPTH
 
@@ -23,19 +41,53 @@ TOO_DEEP = "(woosync: nested too deeply to parse)"
 
 # A whole string (escapes included) or one bracket: strings are skipped in one step.
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+# Where orjson and json could read a number differently (integers beyond 64 bits): a run of 19
+# ASCII digits, found by mapping every digit to "0" and everything else to " " and searching the
+# result (linear; a regular expression backtracks over each long run of fewer digits).
+_DIGITS_ONLY = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def _has_long_digit_run(text: str | bytes) -> bool:
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    return _LONG_RUN in data.translate(_DIGITS_ONLY)
+
+
+class NonFiniteFloat(float):
+    """NaN or an infinity read from JSON: a float that orjson will not encode (see above)."""
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    return value if math.isfinite(value) else NonFiniteFloat(value)
+
+
+def _json_loads(text: str | bytes) -> Any:
+    return json.loads(text, parse_constant=NonFiniteFloat, parse_float=_float)
+
+
+def parse(text: str | bytes) -> Any:
+    """``json.loads`` as fast as orjson allows (see above), with non-finite numbers as
+    :class:`NonFiniteFloat`; raises ``RecursionError`` for nesting past ``json``'s limit."""
+    if not _has_long_digit_run(text):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # json decides, and says why when it refuses too
+    return _json_loads(text)
 
 
 def loads(text: str | bytes) -> Any:
-    """``json.loads``, except that containers nested past :data:`CUT_DEPTH` become
+    """:func:`parse`, except that containers nested past :data:`CUT_DEPTH` become
     :data:`TOO_DEEP` instead of raising ``RecursionError``. Invalid JSON still raises
     ``ValueError`` (``json.JSONDecodeError`` or ``UnicodeDecodeError``)."""
     try:
-        return json.loads(text)
+        return parse(text)
     except RecursionError:
         pass
     if isinstance(text, bytes | bytearray):
         text = text.decode("utf-8")
-    return json.loads(cut(text, CUT_DEPTH))
+    return _json_loads(cut(text, CUT_DEPTH))
 
 
 def cut(text: str, depth: int) -> str:

@@ -297,6 +297,7 @@ ORG_TABLES = {
     "woo_customer_sync_queue": "org_id",
     "woo_customer_sync_page": None,
     "woo_customer_sync_queue_line": "org_id",
+    "woo_customer_sync_line_count": "org_id",
     "woo_sync_activity": "org_id",
     "customer": "org_id",
     "woo_sync_schedule": "org_id",

@@ -108,7 +108,8 @@ _DERIVED_VALUES = {
     " ELSE '{}' END",
     "meta_data": "CASE WHEN jsonb_typeof(r.doc -> 'meta_data') = 'array' THEN r.doc -> 'meta_data'"
     " ELSE '[]' END",
-    "raw": "r.raw_json::jsonb",
+    # Parsed once: ``doc`` is raw_json itself unless the customer held NUL characters.
+    "raw": "CASE WHEN r.clean_json IS NULL THEN r.doc ELSE r.raw_json::jsonb END",
 }
 _KEY = ("org_id", "connection_id", "woo_id")
 _INDENT = ",\n        "

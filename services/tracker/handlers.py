@@ -2,8 +2,11 @@
 
 Why this is safe under at-least-once delivery and crashes:
 
-* Counts are recomputed from ``woo_customer_sync_queue_line`` (see :mod:`.queries`), never added
-  up from events, so a duplicated, late or reordered event changes nothing but the timing.
+* Counts are recomputed from the lines (see :mod:`.queries`), never added up from events, so a
+  duplicated, late or reordered event changes nothing but the timing. The lines are counted by
+  the triggers of migration 0023 as they change, in their own transactions; a recompute folds
+  and sums those counter rows, so a tick costs the same for a job of a million lines as for one
+  of a thousand.
 * An event only says "look at this job again". The broker handler records the job id in an
   in-memory dirty set and acks; a loop recomputes dirty jobs every
   ``tracker_sweep_interval_s``, so a burst of events for one job (about a thousand for a
@@ -172,6 +175,7 @@ async def recompute(
         if locked["kind"] == PARENT_KIND:  # its counts, rate and end are its children's
             row = await conn.fetchrow(q.RECOMPUTE_PARENT, job_id, scope.org_id, PARENT_KIND)
         else:
+            await conn.execute(q.FOLD_LINE_COUNTS, job_id, scope.org_id)
             row = await conn.fetchrow(q.RECOMPUTE_JOB, job_id, scope.org_id)
             state = locked["state"] if row is None else row["state"]
             if state in FINAL_JOB_STATES:

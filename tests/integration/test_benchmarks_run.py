@@ -122,3 +122,12 @@ def test_adaptive_runs_and_fails_no_line() -> None:
     assert len(syncs) == 4, out
     for sync in syncs:
         assert "state done, synced 300, failed lines 0" in sync, out
+
+
+def test_big_store_runs_and_both_scenarios_are_exact() -> None:
+    out = run("bench.big_store", "--customers", "600", "--crawl-slice-s", "1")
+    assert "exact       yes: 600 customers in the database" in out, out
+    assert "peak / at 10%" in out and "hand-ons" in out, out
+    out = run("bench.big_store", "--orgs", "3", "--per-org", "100", "--huge", "500")
+    assert out.count("exact: all") == 2, out
+    assert "small jobs with the huge store / alone" in out, out

@@ -69,7 +69,7 @@ async def test_migrate_creates_applies_once_and_reverts(fresh_database: str) -> 
                 "woo_customer_sync_hold", "woo_webhook",
                 "customer", "schema_migrations", "woosync_rate_limit",
                 "woosync_stream_lease", "woosync_store_limit", "woosync_store_lease",
-                "woo_sync_schedule"}
+                "woo_sync_schedule", "woo_customer_sync_line_count"}
     assert await tables(fresh_database) == expected
     second = run("migrate", env=env)
     assert second.returncode == 0 and "nothing to do" in second.stdout

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 from uuid import uuid4
 
 import pytest
 
+from shared import jsondepth
 from shared.broker import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MessageTooLarge,
@@ -82,3 +84,19 @@ def test_a_lone_surrogate_travels_escaped() -> None:
     body = encode(batch(customers))
     assert json.loads(body)["customers"] == customers
     assert split_customer_batch(batch(customers))[1] == []
+
+
+def test_what_a_store_sent_travels_unchanged_to_the_syncer() -> None:
+    """NaN, infinities and integers beyond 64 bits, which orjson would write as null or refuse,
+    reach the syncer as the store sent them (the mapping then refuses that customer alone)."""
+    page = jsondepth.loads(
+        b'[{"id": 1, "meta": [NaN, Infinity, -Infinity, 1e400, 123456789012345678901234567890]},'
+        b' {"id": 2, "first_name": "Zo\\u00eb", "n": 1.5e-7}]'
+    )
+    body = encode(batch(page))
+    assert b"NaN" in body and b"Infinity" in body and b"123456789012345678901234567890" in body
+    received = jsondepth.parse(body)["customers"]
+    meta = received[0]["meta"]
+    assert math.isnan(meta[0]) and meta[1:4] == [math.inf, -math.inf, math.inf]
+    assert meta[4] == 123456789012345678901234567890 and received[1] == page[1]
+    assert split_customer_batch(batch(page))[1] == []

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 from uuid import uuid4
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared import jsondepth
 from shared.mapping import MAX_JSON_DEPTH, MappingError, map_customer
@@ -50,3 +53,73 @@ def test_cut_keeps_the_shape_down_to_the_depth() -> None:
 def test_invalid_json_still_raises() -> None:
     with pytest.raises(ValueError):
         jsondepth.loads("[" * 5000 + "oops")
+
+
+# -- the orjson fast path reads exactly what json reads ---------------------------------------
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**80), max_value=2**80),  # beyond 64 bits both ways
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(),  # lone surrogates included
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal as json reads them, NaN equal to NaN, and of the same types throughout."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if type(a) is not type(b) and not (isinstance(a, float) and isinstance(b, float)):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[arg-type]
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)  # type: ignore[union-attr,index]
+    return a == b
+
+
+@given(_VALUES)
+def test_parse_reads_what_json_reads(value: object) -> None:
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False)):
+        for data in (text, text.encode("utf-8", "surrogatepass")):
+            try:
+                expected = json.loads(data)
+            except ValueError:
+                with pytest.raises(ValueError):
+                    jsondepth.parse(data)
+                continue
+            assert _same(jsondepth.parse(data), expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b"[123456789012345678901234567890]", [123456789012345678901234567890]),
+        (b"[-9223372036854775809]", [-9223372036854775809]),
+        (b'{"phone": "12345678901234567890", "n": 1}', {"phone": "12345678901234567890", "n": 1}),
+        (b"\xef\xbb\xbf[1]", [1]),  # a BOM, which json accepts in bytes
+    ],
+)
+def test_what_orjson_would_read_differently_is_read_by_json(text: bytes, expected: object) -> None:
+    assert jsondepth.parse(text) == expected
+
+
+def test_non_finite_numbers_are_kept_and_marked() -> None:
+    value = jsondepth.parse(b'{"a": NaN, "b": Infinity, "c": -Infinity, "d": 1e400, "e": 1.5}')
+    assert all(isinstance(value[k], jsondepth.NonFiniteFloat) for k in "abcd")
+    assert math.isnan(value["a"]) and value["b"] == math.inf and value["c"] == -math.inf
+    assert value["d"] == math.inf and type(value["e"]) is float
+
+
+@pytest.mark.parametrize("text", [b'["\xff"]', b"[1,]", b'{"a":1} x', b'["a\x01b"]', b"NaX", b""])
+def test_invalid_json_is_refused_as_json_refuses_it(text: bytes) -> None:
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        jsondepth.parse(text)

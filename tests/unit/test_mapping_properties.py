@@ -8,11 +8,13 @@ exception may escape: one bad customer must never take a whole batch down with i
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +25,7 @@ from shared.mapping import (
     jsonb_storable,
     map_customer,
 )
-from tests.strategies import customers, wrong
+from tests.strategies import customers, json_value, wrong
 
 ORG = UUID("00000000-0000-4000-8000-00000000000a")
 CONN = UUID("00000000-0000-4000-8000-00000000000b")
@@ -110,3 +112,19 @@ def test_valid_customers_always_map(name: str, when: datetime) -> None:
     row = map_customer(raw, org_id=ORG, connection_id=CONN)
     assert row.first_name == name
     assert row.woo_date_created == when.replace(microsecond=0, tzinfo=UTC)
+
+
+@settings(max_examples=400)
+@given(st.one_of(json_value, customers()))
+def test_canonical_json_is_exactly_what_json_writes(value: Any) -> None:
+    """orjson writes the hashed text only where it is byte for byte json's, so source hashes do
+    not depend on which library wrote them; what json refuses is refused."""
+    try:
+        expected = json.dumps(
+            value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        )
+    except (ValueError, TypeError, RecursionError):
+        with pytest.raises((ValueError, TypeError, RecursionError)):
+            canonical_json(value)
+        return
+    assert canonical_json(value) == expected

@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--port", type=int, default=8100, help="port; 0 picks a free one")
     add("--customers", type=int, default=10_000, help="number of users to generate")
     add("--seed", type=int, default=1, help="data and default-credential seed")
+    add(
+        "--bulk",
+        action="store_true",
+        help="serve --customers as copies of 10,000 generated users: flat memory, read only, "
+        "listed by id only (for benchmarks of large stores)",
+    )
     add("--tz-offset", default=data.DEFAULT_TZ_OFFSET, help="site timezone offset, e.g. +02:00")
     add("--latency-ms", type=int, default=0, help="delay added to every customers list page")
     add("--tls", action="store_true", help="serve HTTPS with a freshly generated CA")
@@ -118,6 +124,7 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         tz_offset=args.tz_offset,
         faults=faults,
         odd_customers=tuple(k.strip() for k in args.odd_customers.split(",") if k.strip()),
+        bulk=args.bulk,
     )
 
 

@@ -22,6 +22,7 @@ import uvicorn
 from tools.woosim import data
 from tools.woosim.app import Simulator, create_app
 from tools.woosim.auth import KeyRing, default_credentials
+from tools.woosim.bulk import BULK_BASE, BulkStore
 from tools.woosim.faults import FaultConfig, FaultInjector
 from tools.woosim.store import CustomerStore
 
@@ -47,6 +48,8 @@ class SimOptions:
     faults: FaultConfig = field(default_factory=FaultConfig)
     # Customers made odd at start, one per kind (tools.woosim.data.odd_customer).
     odd_customers: tuple[str, ...] = ()
+    # Serve ``customers`` cycled from a generated base (tools.woosim.bulk): flat memory, read only.
+    bulk: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,25 @@ class RunningSimulator:
 def build_simulator(options: SimOptions) -> Simulator:
     """Generate the users and wire store, keys and faults (CPU-bound: seconds for 100k)."""
     default_key, default_secret = default_credentials(options.seed)
-    store = CustomerStore(
-        data.iter_users(
-            options.customers, options.seed, options.base_time, tz_offset=options.tz_offset
-        ),
-        tz_offset=options.tz_offset,
-    )
+    store: CustomerStore
+    if options.bulk:
+        store = BulkStore(
+            options.customers,
+            data.iter_users(
+                min(options.customers, BULK_BASE),
+                options.seed,
+                options.base_time,
+                tz_offset=options.tz_offset,
+            ),
+            tz_offset=options.tz_offset,
+        )
+    else:
+        store = CustomerStore(
+            data.iter_users(
+                options.customers, options.seed, options.base_time, tz_offset=options.tz_offset
+            ),
+            tz_offset=options.tz_offset,
+        )
     if options.odd_customers:
         store.make_odd(options.odd_customers)
     keys = KeyRing(options.consumer_key or default_key, options.consumer_secret or default_secret)

@@ -365,10 +365,12 @@ def spawn_simulator(
     port: int = 0,
     ca_out: Path | None = None,
     startup_timeout_s: float = 180.0,
+    bulk: bool = False,
 ) -> Iterator[SimHandle]:
     """``python -m tools.woosim`` as a subprocess; terminated (SIGTERM, then SIGKILL) on exit.
 
     Startup includes generating the users: about a second per 10,000 on a slow machine.
+    ``bulk``: the read-only store of ``tools.woosim.bulk``, at most 10,000 of them generated.
     """
     config = _fault_config(faults, latency_ms)
     argv = [
@@ -381,6 +383,8 @@ def spawn_simulator(
         argv.append("--retry-after-http-date")
     if tls:
         argv.append("--tls")
+    if bulk:
+        argv.append("--bulk")
     if ca_out is not None:
         argv += ["--ca-out", str(ca_out)]
     if allow_basic_over_http:

@@ -1,0 +1,5 @@
+DROP TRIGGER woo_customer_sync_line_count_insert ON woo_customer_sync_queue_line;
+DROP TRIGGER woo_customer_sync_line_count_update ON woo_customer_sync_queue_line;
+DROP TRIGGER woo_customer_sync_line_count_delete ON woo_customer_sync_queue_line;
+DROP FUNCTION woo_customer_sync_line_count_delta();
+DROP TABLE woo_customer_sync_line_count;
