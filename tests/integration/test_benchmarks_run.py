@@ -41,7 +41,7 @@ def test_throughput_runs_and_syncs_every_customer() -> None:
     out = run("bench.throughput", "--sizes", "300")
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("300 ")]
     assert rows, out
-    assert rows[-1][4] == "300"  # synced
+    assert rows[-1][5] == "300"  # synced (after floor, pipeline, ratio, against the target)
 
 
 def test_status_load_runs_with_every_stream_to_the_end() -> None:
