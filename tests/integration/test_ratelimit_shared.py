@@ -68,9 +68,7 @@ async def _ready(url: str, timeout_s: float = 60.0) -> None:
             await asyncio.sleep(0.2)
 
 
-async def test_two_api_processes_share_one_orgs_limit(
-    settings: Settings, tmp_path: Path
-) -> None:
+async def test_two_api_processes_share_one_orgs_limit(settings: Settings, tmp_path: Path) -> None:
     per_minute, burst, refused_burst = 6, 10, 3
     env = {
         "WOOSYNC_RATE_LIMIT_PER_MINUTE": str(per_minute),
@@ -119,3 +117,45 @@ async def test_two_api_processes_share_one_orgs_limit(
     finally:
         for stack in replicas:
             stack.stop_all()
+
+
+class _CountingPool:
+    """The pool's statements counted: what a limiter costs the database per request."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool, self.statements = pool, 0
+
+    async def fetchval(self, *args: object) -> object:
+        self.statements += 1
+        return await self._pool.fetchval(*args)
+
+    async def execute(self, *args: object) -> str:
+        self.statements += 1
+        return await self._pool.execute(*args)
+
+
+async def test_a_busy_key_does_not_cost_a_write_per_request(app_pool: asyncpg.Pool) -> None:
+    counting = _CountingPool(app_pool)
+    limiter = RateLimiter(counting, "t", per_minute=600_000, burst=1_000)  # type: ignore[arg-type]
+    allowed = 0
+    for _ in range(600):  # about 200 a second for 3 seconds
+        allowed += await limiter.allow("org")
+        await asyncio.sleep(0.005)
+    assert allowed == 600
+    # The first second one statement each; then blocks of the next 50 ms of requests (2 to 10
+    # tokens at the 40 to 200 a second this loop makes, however busy the machine).
+    assert counting.statements < 600 * 0.75
+
+
+async def test_reserving_ahead_never_gives_more_than_the_bucket_holds(
+    app_pool: asyncpg.Pool,
+) -> None:
+    # Two processes' limiters, a busy key: their tokens still come out of one bucket.
+    one, two = (RateLimiter(app_pool, "t", per_minute=60, burst=30) for _ in range(2))
+    started = time.monotonic()
+    allowed = 0
+    while time.monotonic() - started < 2.5:
+        allowed += await one.allow("org") + await two.allow("org")
+        await asyncio.sleep(0.004)
+    refilled = int(time.monotonic() - started) + 1  # one token a second
+    assert 30 <= allowed <= 30 + refilled
