@@ -157,7 +157,10 @@ async def test_the_jobs_page_shows_live_progress_failed_lines_and_acts(
                     await _keep(page, tmp_path, "jobs-page-live.png")
                     live_row = page.locator(_row(live))
                     assert await _buttons(page, _row(live)) == ["pause", "cancel"]
-                    assert "/s" in await live_row.locator("td").nth(4).inner_text()  # the rate
+                    # The rate, once the tracker knows one (a job's first second shows "-").
+                    await expect(live_row.locator("td").nth(4)).to_contain_text(
+                        "/s", timeout=WAIT_MS
+                    )
 
                     # Pause, then resume: the database follows the buttons.
                     await live_row.locator("button[data-action=pause]").click()
