@@ -235,10 +235,15 @@ async def watching(settings: Settings, org: Org, job_id: str) -> AsyncIterator[S
             await task
 
 
-async def follow_progress(progress_url: str, timeout_s: float = 120.0) -> list[tuple[str, dict]]:
+async def follow_progress(
+    progress_url: str,
+    timeout_s: float = 120.0,
+    events: list[tuple[str, dict[str, Any]]] | None = None,
+) -> list[tuple[str, dict]]:
     """Every SSE event of a job until ``complete``, reconnecting while the tracker is down
-    (with ``Last-Event-ID``, as a browser does)."""
-    events: list[tuple[str, dict[str, Any]]] = []
+    (with ``Last-Event-ID``, as a browser does). ``events``: a list to append them to as they
+    come, for a test that waits for one while the stream runs."""
+    events = [] if events is None else events
     last_id = "0"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

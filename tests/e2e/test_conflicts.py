@@ -117,7 +117,10 @@ async def test_each_policy_against_the_real_processes(settings: Settings, tmp_pa
             a, b = ids[6], ids[7]
             job = await sync_under(stack, settings, org, sim, "manual", [a, b])
             job_id = job["job_id"]
-            stream = asyncio.create_task(follow_progress(job["progress_url"], timeout_s=180))
+            streamed: list[tuple[str, dict]] = []
+            stream = asyncio.create_task(
+                follow_progress(job["progress_url"], timeout_s=180, events=streamed)
+            )
             status_path = JOB_PATH.format(job_id=job_id)
 
             async def waiting() -> bool:
@@ -147,6 +150,12 @@ async def test_each_policy_against_the_real_processes(settings: Settings, tmp_pa
                 "mantis": f"Mantis {b}",
             }
 
+            # A follower sees the two conflicts wait (before anyone resolves them).
+            await wait_until(
+                lambda: any(e == "progress" and d["conflicts"] == 2 for e, d in streamed),
+                "the progress stream showing the two conflicts",
+                timeout_s=30,
+            )
             one = await action(stack, org, "resolve-conflicts", job_id, take="woo", woo_id=a)
             assert one.status_code == 200, one.text
             assert one.json()["conflicts"] == 1 and one.json()["state"] == "processing"
