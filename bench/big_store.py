@@ -47,7 +47,7 @@ import asyncpg
 import httpx
 import psutil
 
-from bench.stack import BenchStack, drop, fresh_stack
+from bench.stack import BenchStack, drop, fresh_stack, start_body
 from bench.throughput import measure_floor
 from services.tracker import queries as tracker_q
 from shared import db
@@ -114,17 +114,7 @@ async def start_job(
     client: httpx.AsyncClient, api: str, org_id: UUID, key: str, sim: SimHandle, concurrency: int
 ) -> UUID:
     """The start request, retried while the api says to come back (429/503 Retry-After)."""
-    body = {
-        "action": "start",
-        "org_id": str(org_id),
-        "config": {
-            "url": sim.url,
-            "consumer_key": sim.consumer_key,
-            "consumer_secret": sim.consumer_secret,
-            "auth": "oauth1",
-        },
-        "options": {"batch_size": 100, "concurrency": concurrency},
-    }
+    body = start_body(org_id, sim, {"batch_size": 100, "concurrency": concurrency})
     for _ in range(120):
         response = await client.post(
             api + ROUTE, json=body, headers={"Authorization": f"Bearer {key}"}

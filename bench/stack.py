@@ -7,6 +7,8 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
 
 import aio_pika
 import asyncpg
@@ -71,3 +73,18 @@ async def drop(stack: BenchStack) -> None:
         for name in Topology(stack.namespace).queue_names():
             await channel.queue_delete(name)
         await channel.exchange_delete(stack.namespace)
+
+
+def start_body(org_id: UUID, sim: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """A start request for the simulated store ``sim`` (OAuth 1, the simulator's keys)."""
+    return {
+        "action": "start",
+        "org_id": str(org_id),
+        "config": {
+            "url": sim.url,
+            "consumer_key": sim.consumer_key,
+            "consumer_secret": sim.consumer_secret,
+            "auth": "oauth1",
+        },
+        "options": options,
+    }

@@ -56,7 +56,7 @@ import httpx
 import psutil
 from httpx_sse import aconnect_sse
 
-from bench.stack import drop, fresh_stack
+from bench.stack import drop, fresh_stack, start_body
 from shared import db
 from shared.auth import create_org
 from shared.paths import JOB_PATH, PROGRESS_PATH, SYNC_PATH
@@ -382,17 +382,7 @@ async def start(
     sim: Any,
     args: argparse.Namespace,
 ) -> UUID:
-    body = {
-        "action": "start",
-        "org_id": str(org_id),
-        "config": {
-            "url": sim.url,
-            "consumer_key": sim.consumer_key,
-            "consumer_secret": sim.consumer_secret,
-            "auth": "oauth1",
-        },
-        "options": {"batch_size": 100, "concurrency": args.concurrency},
-    }
+    body = start_body(org_id, sim, {"batch_size": 100, "concurrency": args.concurrency})
     answer = await client.post(
         api + SYNC_PATH, json=body, headers={"Authorization": f"Bearer {key}"}
     )
