@@ -26,7 +26,6 @@ import asyncpg
 
 from services.syncer import queries as q
 from services.syncer.handlers import LOCK_TIMEOUT_MS, upsert_isolating
-from shared.conflicts import MARK_WOOSYNC_WRITER
 from shared.db import for_org
 from shared.mapping import MappingError, map_customer
 from shared.messages import CustomerChanged
@@ -51,8 +50,7 @@ async def handle_customer_changed(
             return "no_connection"
         # woosync's own write: not a MantisNXT edit to migration 0017's trigger. (A webhook's
         # change is applied as woo_wins: the conflict policies decide full syncs only.)
-        await conn.execute(MARK_WOOSYNC_WRITER)
-        await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+        await conn.execute(q.WRITER_SETTINGS.format(lock_timeout_ms=int(lock_timeout_ms)))
         try:
             stored = await conn.fetchrow(q.LOCK_CUSTOMER, org_id, connection_id, woo_id)
         except asyncpg.LockNotAvailableError:

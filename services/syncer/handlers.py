@@ -230,8 +230,7 @@ async def handle_customer_batch(
         if connection_id != batch.connection_id:
             rows = [replace(row, connection_id=connection_id) for row in rows]
         policy = ConflictPolicy(job["conflict_policy"] or DEFAULT_POLICY)
-        await conn.execute(conflicts.MARK_WOOSYNC_WRITER)
-        await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+        await conn.execute(q.WRITER_SETTINGS.format(lock_timeout_ms=int(lock_timeout_ms)))
         rows, held, taken = await settle_conflicts(conn, rows, policy)
         synced, refused, stale = await upsert_isolating(conn, rows)
         await conn.execute("SET LOCAL lock_timeout TO DEFAULT")

@@ -6,6 +6,7 @@ Both statements take their whole set at once (the customers as one array per col
 cannot deadlock each other.
 """
 
+from shared.conflicts import MARK_WOOSYNC_WRITER
 from shared.lifecycle import (
     IN_FLIGHT_LINE_STATES,
     Actor,
@@ -52,6 +53,22 @@ CROSS JOIN LATERAL (
 WHERE c.mantis_updated_at > c.synced_at
 ORDER BY c.woo_id
 """
+
+# The syncer's transactions (a batch, a webhook's change): their writes are woosync's (migration
+# 0017's trigger leaves them alone), a customer row another transaction holds past the lock
+# timeout fails that row alone (see handlers), and every statement is planned for the table as it
+# is now. The lookups below go through the primary key only if the planner knows the table is
+# big: with PostgreSQL's default plan cache mode, a prepared statement run five times while the
+# table held a few rows (a new installation, a table just truncated) keeps a generic plan that
+# scans the table, or another index leading with org_id, once per customer looked up, until
+# autovacuum's next ANALYZE: quadratic in the store's size for a first sync
+# (tests/integration/test_syncer_plans.py). A custom plan reads the table's current size; planning
+# costs well under a millisecond per batch. One round trip (a simple query of three statements).
+WRITER_SETTINGS = (
+    MARK_WOOSYNC_WRITER
+    + "; SET LOCAL lock_timeout = {lock_timeout_ms:d}"
+    + "; SET LOCAL plan_cache_mode = force_custom_plan"
+)
 
 # A batch of a paused job, kept as it came until the job is resumed (migration 0010).
 HOLD_BATCH = """
@@ -131,8 +148,8 @@ _UPDATES = _INDENT.join(f"{c} = EXCLUDED.{c}" for c in CUSTOMER_COLUMNS if c not
 # one was, is older; equal or newer updates, and a stored row without a date takes anything.
 # Returns the customers left alone as stale, with the date of the version kept. The final SELECT
 # sees the rows as they were before this statement (one snapshot), which is what it compares with;
-# it looks each customer up by the whole key, as SELECT_EDITED_CUSTOMERS does, and for the same
-# reason.
+# it looks up by the whole key, as SELECT_EDITED_CUSTOMERS does and for the same reason, only the
+# customers the upsert did not write (none, on a first sync).
 # Composed once, here, from the tuples above (print it to read it whole).
 UPSERT_CUSTOMERS = f"""
 WITH input AS MATERIALIZED (
@@ -159,7 +176,10 @@ WITH input AS MATERIALIZED (
     RETURNING c.woo_id
 )
 SELECT i.woo_id, c.woo_date_modified AS kept_modified, i.woo_date_modified AS payload_modified
-FROM input AS i
+FROM (
+    SELECT * FROM input AS n
+    WHERE NOT EXISTS (SELECT 1 FROM upserted AS up WHERE up.woo_id = n.woo_id)
+) AS i
 CROSS JOIN LATERAL (
     SELECT s.source_hash, s.woo_date_modified FROM customer AS s
     WHERE s.org_id = $1 AND s.connection_id = $2 AND s.woo_id = i.woo_id
@@ -168,7 +188,6 @@ CROSS JOIN LATERAL (
 WHERE c.source_hash IS DISTINCT FROM i.source_hash
   AND c.woo_date_modified IS NOT NULL
   AND (i.woo_date_modified IS NULL OR i.woo_date_modified < c.woo_date_modified)
-  AND NOT EXISTS (SELECT 1 FROM upserted AS up WHERE up.woo_id = i.woo_id)
 ORDER BY i.woo_id
 """
 
