@@ -104,3 +104,34 @@ async def test_statement_cache_size_zero_leaves_no_named_statement(
             assert named > 0  # the default keeps them: the check above can fail
     finally:
         await runtime.close()
+
+
+async def test_a_connection_back_in_the_pool_keeps_no_org_lock_or_transaction(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """The pool sends no reset query when a connection comes back (``shared.db``): what a
+    transaction set or took ends with it, whether it committed or failed."""
+    job = await make_sync_job(pool)
+    one = settings.model_copy(update={"db_pool_min_size": 1, "db_pool_max_size": 1})
+    runtime = Runtime("api", one)
+    app_pool = await runtime.open()  # one connection: every transaction below runs on it
+    visible = "SELECT count(*) FROM woo_customer_sync_queue WHERE id = $1"
+    after = """
+        SELECT current_setting('woosync.org_id', true) AS org,
+               (SELECT count(*) FROM pg_locks
+                WHERE pid = pg_backend_pid() AND locktype = 'advisory') AS advisory_locks
+    """
+    try:
+        scope = for_org(app_pool, job.org_id)
+        assert await scope.fetchval(visible, job.job_id) == 1
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            async with scope.transaction() as conn:
+                await conn.execute("SELECT pg_advisory_xact_lock(42)")
+                await conn.fetchval("SELECT 1 / 0")
+        async with app_pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            state = await conn.fetchrow(after)
+            assert (state["org"] or "", state["advisory_locks"]) == ("", 0)
+            assert await conn.fetchval(visible, job.job_id) == 0  # row security: no org named
+    finally:
+        await runtime.close()
