@@ -135,3 +135,25 @@ async def test_a_connection_back_in_the_pool_keeps_no_org_lock_or_transaction(
             assert await conn.fetchval(visible, job.job_id) == 0  # row security: no org named
     finally:
         await runtime.close()
+
+
+async def test_a_failed_statement_of_an_org_leaves_its_connection_usable(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """``OrgScope``'s one-statement calls begin their transaction themselves: a failure rolls it
+    back, and the next call on the same connection sees its own org only."""
+    first, second = await make_sync_job(pool), await make_sync_job(pool, org_name="globex")
+    one = settings.model_copy(update={"db_pool_min_size": 1, "db_pool_max_size": 1})
+    runtime = Runtime("api", one)
+    app_pool = await runtime.open()
+    count = "SELECT count(*) FROM woo_customer_sync_queue"
+    try:
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await for_org(app_pool, first.org_id).fetchval("SELECT 1 / 0")
+        assert await for_org(app_pool, second.org_id).fetchval(count) == 1
+        assert await for_org(app_pool, first.org_id).fetchrow(count) == (1,)
+        async with app_pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval(count) == 0
+    finally:
+        await runtime.close()
