@@ -231,9 +231,9 @@ class _Job:
                 self.pausing = True  # this read is recorded; the next is not made
             # What this transaction writes can be derived again: a commit lost in a database
             # crash leaves the page unrecorded, so it is read and its customers published again
-            # (as after a fetcher's crash). Not waiting for the WAL flush shortens the time the
-            # new lines stay locked, which overlapping windows being recorded wait for.
-            await conn.execute("SET LOCAL synchronous_commit = off")
+            # (as after a fetcher's crash). Not waiting for the WAL flush (LOCK_JOB_STATE turned
+            # synchronous_commit off) shortens the time the new lines stay locked, which
+            # overlapping windows being recorded wait for.
             # An overlapping window being recorded concurrently holds its new lines until it
             # commits; this insert waits for it and then finds them there.
             rows = await conn.fetch(q.INSERT_LINES, job_id, org_id, page, sorted(set(ids)))

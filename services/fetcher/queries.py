@@ -134,9 +134,11 @@ TOUCH_JOB = "WITH" + _HEARTBEAT.format(org="$2") + "\nSELECT count(*) FROM job\n
 # The job's state, locked FOR KEY SHARE to the commit of a page's record: a pause or cancel (FOR
 # UPDATE) waits for a record under way, and a record after it sees it. Compatible with the
 # tracker's and the heartbeat's NO KEY UPDATE, with the syncer's KEY SHARE and with other
-# windows' records.
+# windows' records. In the same round trip, the record's commit is made not to wait for the WAL
+# flush (SET LOCAL synchronous_commit = off; see services/fetcher/handlers.py for why it may).
 LOCK_JOB_STATE = """
-SELECT state FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR KEY SHARE
+SELECT state, set_config('synchronous_commit', 'off', true) AS synchronous_commit
+FROM woo_customer_sync_queue WHERE id = $1 AND org_id = $2 FOR KEY SHARE
 """
 
 
