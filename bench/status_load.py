@@ -31,6 +31,10 @@ progress pollers', the tracker's recomputes', the fetcher's and syncer's), API-k
 ``woosync_stream_lease``), per second. With the followers sharing one poller per job and their
 rechecks, the F column should match the 1 column within the noise of the running sync.
 
+The fetcher and the syncer run at ``--batch-nice`` (10, as docs/operations.md recommends when the
+services share a machine; 0 puts every process at one priority): batch work yields the CPU to
+the api's answers and the tracker's streams.
+
 Run: ``python -m bench.status_load [--customers 100000] [--followers 500] [--rate 200]``;
 while developing on a busy machine: ``--customers 5000 --followers 50 --latency-ms 300
 --concurrency 1`` (a slower store keeps a small job running through every phase).
@@ -327,6 +331,7 @@ async def run(args: argparse.Namespace) -> Results:
         "WOOSYNC_MAX_SSE_STREAMS_PER_ORG": str(args.followers + 10),
         "WOOSYNC_RATE_LIMIT_PER_MINUTE": str(int(args.rate * 60 * 4)),
         "WOOSYNC_RATE_LIMIT_BURST": str(int(args.rate * 4)),
+        "WOOSYNC_BATCH_NICE": str(args.batch_nice),
     }
     supervisor = Supervisor(SERVICES, env=env, colour=False, out=sys.stderr)
     stack = asyncio.create_task(supervisor.run())
@@ -504,7 +509,8 @@ def report(results: Results, args: argparse.Namespace) -> None:
     floor, loaded = results.floor, results.loaded
     print(
         f"\n== status under load: {args.customers:,} customers, {args.followers} followers, "
-        f"{args.rate:g} GETs/s, job {results.final_state} after {results.sync_s:.0f} s =="
+        f"{args.rate:g} GETs/s, job {results.final_state} after {results.sync_s:.0f} s; "
+        f"fetcher and syncer at WOOSYNC_BATCH_NICE={args.batch_nice} =="
     )
     print(
         f"{'status GET ms':<28}{'p50':>8}{'p95':>8}{'p99':>8}{'target p99':>12}"
@@ -572,6 +578,10 @@ def main() -> None:
     )
     parser.add_argument("--latency-ms", type=int, default=0, help="simulated store time per page")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--batch-nice", type=int, default=10,
+        help="WOOSYNC_BATCH_NICE of the services (docs/operations.md; 0: all at one priority)",
+    )
     parser.add_argument(
         "--settle-s", type=float, default=SETTLE_S, help="before each counter window"
     )

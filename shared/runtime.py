@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import FrameType
@@ -56,10 +57,22 @@ def start_process(service: str) -> tuple[Settings, logging.Logger]:
     on a role row-level security does not bind, exit 1 when the database cannot be asked)."""
     settings = Settings()
     log = configure(service, settings.log_level, settings.log_format)
+    yield_cpu(service, settings, log)
     db.require_app_role(
         settings.database_url, log, statement_cache_size=settings.db_statement_cache_size
     )
     return settings, log
+
+
+# Batch work: under a busy CPU, it waits for the api and the tracker (WOOSYNC_BATCH_NICE).
+BATCH_SERVICES = frozenset({"fetcher", "syncer"})
+
+
+def yield_cpu(service: str, settings: Settings, log: logging.Logger) -> None:
+    """A batch service lowers its CPU priority by ``WOOSYNC_BATCH_NICE``; the others keep theirs."""
+    if service in BATCH_SERVICES and settings.batch_nice:
+        niceness = os.nice(settings.batch_nice)
+        log.info("%s runs at nice %d (WOOSYNC_BATCH_NICE)", service, niceness)
 
 
 class Runtime:

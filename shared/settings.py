@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     # Growing delays of the syncer's retry tiers; one attempt per tier, then the parking queue.
     retry_delays_ms: list[int] = [5_000, 30_000, 120_000]
     prefetch: int = Field(8, ge=1)
+    # The fetcher and the syncer are batch work: they lower their CPU priority (nice) by this
+    # much at start, so that when a sync keeps every core busy the api's answers and the
+    # progress streams still come first (docs/operations.md, "Sharing a machine"). 0 keeps the
+    # priority they were started with. Containers: their CPU shares do the same (compose file).
+    batch_nice: int = Field(0, ge=0, le=19)
     # The largest message woosync publishes: RabbitMQ 4's default max_message_size (16 MiB; 3.x
     # allows 128 MiB). A bigger body is refused before publishing (shared.broker.MessageTooLarge).
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=512 * 1024 * 1024)
