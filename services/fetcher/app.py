@@ -15,8 +15,10 @@ from typing import Annotated
 
 from faststream import FastStream
 from faststream.asgi import AsgiFastStream
+from faststream.rabbit import Channel
 from faststream.rabbit.annotations import RabbitMessage
 
+from services.fetcher.backlog import Backlog
 from services.fetcher.handlers import FetcherDeps, PageReader, handle_sync_requested
 from shared.broker import publish
 from shared.consuming import Parking, consume, raw_body
@@ -80,6 +82,11 @@ def build_service(settings: Settings) -> tuple[FastStream, Runtime]:
                 max_pause_s=settings.store_backoff_max_s,
             ),
             default_concurrency=settings.default_concurrency,
+            backlog=(
+                Backlog(settings.fetch_backlog_customers, settings.fetch_backlog_poll_s)
+                if settings.fetch_backlog_customers
+                else None
+            ),
         )
 
     async def stop_crawls() -> None:
@@ -91,6 +98,9 @@ def build_service(settings: Settings) -> tuple[FastStream, Runtime]:
         topology.fetcher_queue,
         decoder=raw_body,
         title="fetcher",
+        # Its own channel: the fetcher holds many more sync requests (crawls, most of them
+        # waiting on their backlog) than the other consumers hold messages.
+        channel=Channel(prefetch_count=settings.fetcher_prefetch),
         description="Sync requests: read the job's store page by page. "
         + topology.binding_note(topology.fetcher_queue),
     )
