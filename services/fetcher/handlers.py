@@ -51,6 +51,13 @@ recorded first page's totals instead of reading it again. After
 ``WOOSYNC_CRAWL_SLICE_S`` a crawl stops taking pages, publishes a fresh ``sync.requested`` for
 its job and returns, so its delivery is acked long before RabbitMQ's ``consumer_timeout``; the
 next delivery resumes from the recorded pages.
+
+A crawl reads only so far ahead of the syncer (:mod:`services.fetcher.backlog`): before each
+page it waits while its job's published-but-unsettled customers, plus the pages it is reading,
+would exceed its share of the fetcher's ``WOOSYNC_FETCH_BACKLOG_CUSTOMERS``, so the syncer's one
+queue holds a few batches of every job and the jobs progress side by side. Waiting is between
+pages: the watcher and ``stopping`` cancel it as any read; a pause or the slice's end is seen
+at the next poll.
 """
 
 from __future__ import annotations
