@@ -15,7 +15,6 @@ from typing import Annotated
 
 from faststream import FastStream
 from faststream.asgi import AsgiFastStream
-from faststream.rabbit import Channel
 from faststream.rabbit.annotations import RabbitMessage
 
 from services.fetcher.backlog import Backlog
@@ -45,7 +44,10 @@ def build_asgi(settings: Settings) -> AsgiFastStream:
 
 def build_service(settings: Settings) -> tuple[FastStream, Runtime]:
     """The FastStream app and its runtime (whose registry holds the fetcher's metrics)."""
-    runtime = Runtime("fetcher", settings)
+    # Its one consumer holds WOOSYNC_FETCHER_PREFETCH sync requests: that many crawls at once,
+    # most of them waiting on their backlog. Set on the broker's channel, not on the subscriber:
+    # FastStream reuses the queue the topology declared, and consumes on that queue's channel.
+    runtime = Runtime("fetcher", settings, prefetch=settings.fetcher_prefetch)
     metrics = FetcherMetrics(runtime.registry)
     broker, topology = runtime.broker, runtime.topology
     state: dict[str, FetcherDeps] = {}
@@ -98,9 +100,6 @@ def build_service(settings: Settings) -> tuple[FastStream, Runtime]:
         topology.fetcher_queue,
         decoder=raw_body,
         title="fetcher",
-        # Its own channel: the fetcher holds many more sync requests (crawls, most of them
-        # waiting on their backlog) than the other consumers hold messages.
-        channel=Channel(prefetch_count=settings.fetcher_prefetch),
         description="Sync requests: read the job's store page by page. "
         + topology.binding_note(topology.fetcher_queue),
     )
