@@ -44,11 +44,22 @@ def share(budget: int, crawls: int, batch_size: int) -> int:
     return max(FLOOR_PAGES * batch_size, budget // max(crawls, 1))
 
 
-def poll_delay(deficit: int, rate: float | None, longest_s: float) -> float:
+def allowance(share: int, batch_size: int, served: int) -> int:
+    """What a crawl may have ahead of the syncer: its ``share``, reached by growing from
+    FLOOR_PAGES pages by what the syncer took of its job since the crawl began (``served``). A
+    crawl that starts alone does not queue its whole share at once ahead of the crawls that
+    start a moment later: the queue's order then follows what each job was served."""
+    return min(share, FLOOR_PAGES * batch_size + max(served, 0))
+
+
+def poll_delay(
+    deficit: int, rate: float | None, longest_s: float, previous_s: float | None = None
+) -> float:
     """How long a waiting crawl sleeps before reading its backlog again: about the time its job
-    needs to settle ``deficit`` more customers at ``rate`` per second (None: not known yet)."""
+    needs to settle ``deficit`` more customers at ``rate`` per second; while nothing settled
+    (or the rate is not known yet), FIRST_POLL_S doubling from the ``previous_s`` wait."""
     if rate is None or rate <= 0:
-        guess = FIRST_POLL_S if rate is None else longest_s
+        guess = FIRST_POLL_S if previous_s is None else 2 * previous_s
     else:
         guess = deficit / rate
     return min(max(guess, MIN_POLL_S), longest_s)
@@ -91,10 +102,20 @@ class CrawlBacklog:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _next_read: float = 0.0
     _last: tuple[float, int] | None = None  # (time, lines no longer pending) of the last read
+    _start: int | None = None  # lines no longer pending when the crawl began (its first read)
+    _wait: float | None = None  # the latest wait between two reads; None: there was room
+
+    @property
+    def served(self) -> int:
+        """Lines of the job that left ``pending`` since the crawl began, as last read."""
+        if self._start is None or self._last is None:
+            return 0
+        return self._last[1] - self._start
 
     def room(self, batch_size: int) -> int:
         """Customers the crawl may still publish beyond its pages in flight."""
-        return self.backlog.bound(batch_size) - self.pending - self.in_flight * batch_size
+        limit = allowance(self.backlog.bound(batch_size), batch_size, self.served)
+        return limit - self.pending - self.in_flight * batch_size
 
     def published(self, customers: int) -> None:
         self._published += customers
@@ -107,6 +128,8 @@ class CrawlBacklog:
         """Waits until a page of ``batch_size`` fits in the crawl's share, and counts it in
         flight (True); False, waiting no longer, once ``give_up`` says so while it waits (the
         job was paused, the slice is over)."""
+        if self._start is None:
+            await self._read(batch_size)  # the backlog an earlier crawl of the job left
         while self.room(batch_size) < batch_size:
             if give_up():
                 return False
@@ -121,7 +144,7 @@ class CrawlBacklog:
     async def _read(self, batch_size: int) -> None:
         """Read the job's backlog again, at most once per due time for all waiting workers."""
         async with self._lock:
-            if self.room(batch_size) >= batch_size:
+            if self._start is not None and self.room(batch_size) >= batch_size:
                 return  # another worker's read made room
             loop = asyncio.get_running_loop()
             if (delay := self._next_read - loop.time()) > 0:
@@ -136,6 +159,11 @@ class CrawlBacklog:
             if self._last is not None and now > self._last[0]:
                 rate = (left - self._last[1]) / (now - self._last[0])
             self._last = (now, left)
+            if self._start is None:
+                self._start = left
             deficit = batch_size - self.room(batch_size)
-            wait = poll_delay(deficit, rate, self.backlog.poll_s) if deficit > 0 else 0.0
-            self._next_read = now + wait
+            if deficit > 0:
+                self._wait = poll_delay(deficit, rate, self.backlog.poll_s, self._wait)
+                self._next_read = now + self._wait
+            else:
+                self._wait, self._next_read = None, now

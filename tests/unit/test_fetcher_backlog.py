@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from services.fetcher.backlog import FIRST_POLL_S, FLOOR_PAGES, MIN_POLL_S, poll_delay, share
+from services.fetcher.backlog import (
+    FIRST_POLL_S,
+    FLOOR_PAGES,
+    MIN_POLL_S,
+    allowance,
+    poll_delay,
+    share,
+)
 
 
 def test_one_crawl_alone_may_use_the_whole_budget() -> None:
@@ -29,4 +36,14 @@ def test_the_wait_follows_the_jobs_drain_rate_within_bounds() -> None:
     assert poll_delay(100, 100_000.0, 1.0) == MIN_POLL_S  # never a busy loop
     assert poll_delay(10_000, 1.0, 1.0) == 1.0  # never longer than the longest wait
     assert poll_delay(100, None, 1.0) == FIRST_POLL_S  # no rate known yet
-    assert poll_delay(100, 0.0, 1.0) == 1.0  # nothing settles: read seldom
+    assert poll_delay(100, 0.0, 1.0) == FIRST_POLL_S
+    # Nothing settles: each wait twice the previous, up to the longest.
+    assert poll_delay(100, 0.0, 1.0, FIRST_POLL_S) == 2 * FIRST_POLL_S
+    assert poll_delay(100, 0.0, 1.0, 0.8) == 1.0
+
+
+def test_a_crawl_grows_to_its_share_by_what_the_syncer_took() -> None:
+    assert allowance(5000, 100, 0) == FLOOR_PAGES * 100  # a crawl begins with its floor
+    assert allowance(5000, 100, 300) == FLOOR_PAGES * 100 + 300
+    assert allowance(5000, 100, 100_000) == 5000  # never beyond its share
+    assert allowance(200, 100, 1000) == 200
