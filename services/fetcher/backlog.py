@@ -13,8 +13,10 @@ syncer, a huge one no more than a small one), while one job alone may run the wh
 and keep the syncer busy.
 
 The backlog is read from the line counters of migration 0023 (exact in any snapshot, a handful
-of rows), only when the crawl's own estimate says it has no room: the estimate is the last read
-plus what the crawl published since, never below the truth. While it waits it reads again at
+of rows), once when the crawl begins (an earlier crawl of the job, handed on or redelivered,
+may have left customers pending) and then only when the crawl's own estimate says it has no
+room: the estimate is the last read plus what the crawl published since, never below the
+truth. While it waits it reads again at
 the pace its job's lines leave ``pending`` (at most every ``WOOSYNC_FETCH_BACKLOG_POLL_S``), one
 read per crawl however many of its workers wait. Lines the syncer failed once and retries are
 not ``pending``: they wait in the retry tiers, not in the queue. Waiting looks like no stall to
@@ -42,14 +44,6 @@ def share(budget: int, crawls: int, batch_size: int) -> int:
     """The customers one crawl may have published and not yet settled: its part of the
     fetcher's ``budget`` among ``crawls`` running crawls, never below FLOOR_PAGES pages."""
     return max(FLOOR_PAGES * batch_size, budget // max(crawls, 1))
-
-
-def allowance(share: int, batch_size: int, served: int) -> int:
-    """What a crawl may have ahead of the syncer: its ``share``, reached by growing from
-    FLOOR_PAGES pages by what the syncer took of its job since the crawl began (``served``). A
-    crawl that starts alone does not queue its whole share at once ahead of the crawls that
-    start a moment later: the queue's order then follows what each job was served."""
-    return min(share, FLOOR_PAGES * batch_size + max(served, 0))
 
 
 def poll_delay(
@@ -102,20 +96,12 @@ class CrawlBacklog:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _next_read: float = 0.0
     _last: tuple[float, int] | None = None  # (time, lines no longer pending) of the last read
-    _start: int | None = None  # lines no longer pending when the crawl began (its first read)
+    _started: bool = False  # the job's backlog was read once, when the crawl began
     _wait: float | None = None  # the latest wait between two reads; None: there was room
-
-    @property
-    def served(self) -> int:
-        """Lines of the job that left ``pending`` since the crawl began, as last read."""
-        if self._start is None or self._last is None:
-            return 0
-        return self._last[1] - self._start
 
     def room(self, batch_size: int) -> int:
         """Customers the crawl may still publish beyond its pages in flight."""
-        limit = allowance(self.backlog.bound(batch_size), batch_size, self.served)
-        return limit - self.pending - self.in_flight * batch_size
+        return self.backlog.bound(batch_size) - self.pending - self.in_flight * batch_size
 
     def published(self, customers: int) -> None:
         self._published += customers
@@ -128,7 +114,7 @@ class CrawlBacklog:
         """Waits until a page of ``batch_size`` fits in the crawl's share, and counts it in
         flight (True); False, waiting no longer, once ``give_up`` says so while it waits (the
         job was paused, the slice is over)."""
-        if self._start is None:
+        if not self._started:
             await self._read(batch_size)  # the backlog an earlier crawl of the job left
         while self.room(batch_size) < batch_size:
             if give_up():
@@ -144,7 +130,7 @@ class CrawlBacklog:
     async def _read(self, batch_size: int) -> None:
         """Read the job's backlog again, at most once per due time for all waiting workers."""
         async with self._lock:
-            if self._start is not None and self.room(batch_size) >= batch_size:
+            if self._started and self.room(batch_size) >= batch_size:
                 return  # another worker's read made room
             loop = asyncio.get_running_loop()
             if (delay := self._next_read - loop.time()) > 0:
@@ -159,8 +145,7 @@ class CrawlBacklog:
             if self._last is not None and now > self._last[0]:
                 rate = (left - self._last[1]) / (now - self._last[0])
             self._last = (now, left)
-            if self._start is None:
-                self._start = left
+            self._started = True
             deficit = batch_size - self.room(batch_size)
             if deficit > 0:
                 self._wait = poll_delay(deficit, rate, self.backlog.poll_s, self._wait)

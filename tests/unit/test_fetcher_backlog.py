@@ -6,7 +6,6 @@ from services.fetcher.backlog import (
     FIRST_POLL_S,
     FLOOR_PAGES,
     MIN_POLL_S,
-    allowance,
     poll_delay,
     share,
 )
@@ -40,10 +39,3 @@ def test_the_wait_follows_the_jobs_drain_rate_within_bounds() -> None:
     # Nothing settles: each wait twice the previous, up to the longest.
     assert poll_delay(100, 0.0, 1.0, FIRST_POLL_S) == 2 * FIRST_POLL_S
     assert poll_delay(100, 0.0, 1.0, 0.8) == 1.0
-
-
-def test_a_crawl_grows_to_its_share_by_what_the_syncer_took() -> None:
-    assert allowance(5000, 100, 0) == FLOOR_PAGES * 100  # a crawl begins with its floor
-    assert allowance(5000, 100, 300) == FLOOR_PAGES * 100 + 300
-    assert allowance(5000, 100, 100_000) == 5000  # never beyond its share
-    assert allowance(200, 100, 1000) == 200
