@@ -91,6 +91,7 @@ class CrawlBacklog:
     pending: int = 0  # the job's pending lines as last read, plus what was published since
     in_flight: int = 0  # pages admitted and not recorded yet
     waiting: int = 0  # workers waiting for room
+    blocked: bool = False  # out of room: no page is taken until the refill mark is reached
     reads: int = 0  # backlog reads so far
     _published: int = 0  # customers this crawl published, in all
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -116,7 +117,12 @@ class CrawlBacklog:
         job was paused, the slice is over)."""
         if not self._started:
             await self._read(batch_size)  # the backlog an earlier crawl of the job left
-        while self.room(batch_size) < batch_size:
+        while True:
+            if not self.blocked:
+                if self.room(batch_size) >= batch_size:
+                    self.in_flight += 1
+                    return True
+                self.blocked = True
             if give_up():
                 return False
             self.waiting += 1
@@ -124,13 +130,17 @@ class CrawlBacklog:
                 await self._read(batch_size)
             finally:
                 self.waiting -= 1
-        self.in_flight += 1
-        return True
+
+    def refill_mark(self, batch_size: int) -> int:
+        """The room a blocked crawl waits for: half its share (at least a page), so it then
+        reads several pages at once, and the queue keeps a part of its share while it does."""
+        return max(batch_size, self.backlog.bound(batch_size) // 2)
 
     async def _read(self, batch_size: int) -> None:
-        """Read the job's backlog again, at most once per due time for all waiting workers."""
+        """Read the job's backlog again, at most once per due time for all waiting workers;
+        unblocks the crawl once its room reaches the refill mark."""
         async with self._lock:
-            if self._started and self.room(batch_size) >= batch_size:
+            if self._started and not self.blocked:
                 return  # another worker's read made room
             loop = asyncio.get_running_loop()
             if (delay := self._next_read - loop.time()) > 0:
@@ -146,9 +156,10 @@ class CrawlBacklog:
                 rate = (left - self._last[1]) / (now - self._last[0])
             self._last = (now, left)
             self._started = True
-            deficit = batch_size - self.room(batch_size)
-            if deficit > 0:
+            deficit = self.refill_mark(batch_size) - self.room(batch_size)
+            if not self.blocked or deficit <= 0:
+                self.blocked = False
+                self._wait, self._next_read = None, now
+            else:
                 self._wait = poll_delay(deficit, rate, self.backlog.poll_s, self._wait)
                 self._next_read = now + self._wait
-            else:
-                self._wait, self._next_read = None, now
