@@ -16,7 +16,8 @@ The backlog is read from the line counters of migration 0023 (exact in any snaps
 of rows), once when the crawl begins (an earlier crawl of the job, handed on or redelivered,
 may have left customers pending) and then only when the crawl's own estimate says it has no
 room: the estimate is the last read plus what the crawl published since, never below the
-truth. While it waits it reads again at
+truth. Out of room, a crawl waits until half its share has drained (then it reads several
+pages at once, while the queue still holds the other half). While it waits it reads again at
 the pace its job's lines leave ``pending`` (at most every ``WOOSYNC_FETCH_BACKLOG_POLL_S``), one
 read per crawl however many of its workers wait. Lines the syncer failed once and retries are
 not ``pending``: they wait in the retry tiers, not in the queue. Waiting looks like no stall to
