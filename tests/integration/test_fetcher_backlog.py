@@ -155,3 +155,38 @@ async def test_a_small_job_started_beside_a_big_one_finishes_first(pool: asyncpg
             request.job_id,
         )
         assert {r["state"]: r["n"] for r in lines} == {"done": size}
+
+
+@pytest.mark.timeout(120)
+async def test_a_crawl_waiting_for_its_backlog_stops_when_its_job_is_paused(
+    pool: asyncpg.Pool,
+) -> None:
+    """Nothing is settled, so the crawl waits at its bound; a pause ends it there (recorded as
+    stopped), with no page read past the bound."""
+    async with running_simulator(customers=1000, seed=14) as sim:
+        request = await queue_new_org_sync(pool, sim, batch_size=50, concurrency=4)
+        recorder = Recorder()
+        backlog = Backlog(budget=200, poll_s=0.1)
+        base = fetcher_deps(pool, recorder)
+        deps = FetcherDeps(
+            pool=pool, secrets=base.secrets, open_client=base.open_client, publish=recorder,
+            allow_private_urls=True, backlog=backlog, check_interval_s=0.05,
+        )  # fmt: skip
+        task = asyncio.create_task(handle_sync_requested(request, deps))
+        await until(lambda: task.done() or held_back(backlog))
+        assert not task.done()
+        await pool.execute(
+            "UPDATE woo_customer_sync_queue SET state = 'paused' WHERE id = $1", request.job_id
+        )
+        await task
+        job = await pool.fetchrow(
+            "SELECT state, crawl_stopped_at, fetch_done_at FROM woo_customer_sync_queue "
+            "WHERE id = $1",
+            request.job_id,
+        )
+        pending = await pool.fetchval(PENDING, request.job_id)
+
+    assert job["state"] == "paused" and job["crawl_stopped_at"] is not None
+    assert job["fetch_done_at"] is None
+    assert pending == len(recorder.customer_ids()) <= 200
+    assert not recorder.of(FetchCompleted)
