@@ -24,8 +24,9 @@ own customers). Jobs are started with an explicit ``concurrency``, so each reads
 workers and no store's adaptive limit is shared. The environment raises what an operator would
 raise for such a fleet: the api's store checks at once (``WOOSYNC_MAX_CONCURRENT_STORE_CHECKS``,
 default 16: a hundred starts at once would otherwise wait on 503s) and, with ``--prefetch``,
-the messages each service takes at once (``WOOSYNC_PREFETCH``; the fetcher runs that many
-crawls at once).
+the messages the syncer and the tracker take at once (``WOOSYNC_PREFETCH``; the fetcher's crawls
+at once are ``WOOSYNC_FETCHER_PREFETCH``, 256 by default, and its backlog bound
+``WOOSYNC_FETCH_BACKLOG_CUSTOMERS``: set them in the environment).
 
 Run: ``python -m bench.big_store --customers 1000000`` and
 ``python -m bench.big_store --orgs 100 --per-org 1000 --huge 200000`` (docs/performance.md).

@@ -128,14 +128,19 @@ class ConnectionWatch:
         self.log.warning("broker connection re-established after %.1fs; consumers restored", down_s)
 
 
-def make_broker(settings: Settings, *, logger: logging.Logger | None = None) -> RabbitBroker:
+def make_broker(
+    settings: Settings, *, logger: logging.Logger | None = None, prefetch: int | None = None
+) -> RabbitBroker:
     """A broker with manual acks and confirmed publishes that logs losing and regaining
-    its connection to ``logger`` (``woosync.broker`` when not given)."""
+    its connection to ``logger`` (``woosync.broker`` when not given). ``prefetch``: the
+    messages each of its consumers holds at once (``WOOSYNC_PREFETCH`` when not given)."""
     watch = ConnectionWatch(logger or log)
     broker = RabbitBroker(
         settings.amqp_url,
         default_channel=Channel(
-            prefetch_count=settings.prefetch, publisher_confirms=True, on_return_raises=True
+            prefetch_count=prefetch or settings.prefetch,
+            publisher_confirms=True,
+            on_return_raises=True,
         ),
         ack_policy=AckPolicy.MANUAL,  # every handler acks only after its effect is committed
         reconnect_interval=RECONNECT_FIRST_S,

@@ -78,13 +78,15 @@ def yield_cpu(service: str, settings: Settings, log: logging.Logger) -> None:
 class Runtime:
     """One service's settings, topology, broker and (once open) pool."""
 
-    def __init__(self, service: str, settings: Settings) -> None:
+    def __init__(self, service: str, settings: Settings, *, prefetch: int | None = None) -> None:
+        """``prefetch``: the messages each of the service's consumers holds at once, when not
+        ``WOOSYNC_PREFETCH`` (the fetcher's crawls)."""
         self.service = service
         self.settings = settings
         self.log = logging.getLogger(f"woosync.{service}")
         self.topology = Topology(settings.namespace, tuple(settings.retry_delays_ms))
         self.broker: RabbitBroker = make_broker(
-            settings, logger=logging.getLogger(f"woosync.{service}.broker")
+            settings, logger=logging.getLogger(f"woosync.{service}.broker"), prefetch=prefetch
         )
         declare_publishers(self.broker, self.topology, service)  # for the AsyncAPI document
         self.registry = new_registry()

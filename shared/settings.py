@@ -131,6 +131,16 @@ class Settings(BaseSettings):
     crawl_slice_s: float = Field(900.0, gt=0)
     # How often a crawl checks, between page records, that its job is still open.
     crawl_check_interval_s: float = Field(0.5, gt=0)
+    # Crawls one fetcher runs at once (the sync requests it holds unacked): a job waits for a
+    # free one in the fetcher's queue. Each store's concurrency bounds its own requests.
+    fetcher_prefetch: int = Field(256, ge=1)
+    # Customers one fetcher may have published ahead of the syncer (lines pending), shared
+    # among its running crawls, each never below two pages of its batch size
+    # (services.fetcher.backlog): the syncer's queue then holds a few batches of every job,
+    # which progress side by side. 0: no bound (each crawl reads as fast as its store answers).
+    fetch_backlog_customers: int = Field(5000, ge=0)
+    # A crawl waiting for its backlog to drain reads it again at most this long apart.
+    fetch_backlog_poll_s: float = Field(1.0, gt=0)
 
     # The api's preview reads a store of at most this many customers (X-WP-Total) while the
     # client waits, all of it within preview_deadline_s (else 422 store_unreachable).

@@ -17,6 +17,7 @@ from faststream import FastStream
 from faststream.asgi import AsgiFastStream
 from faststream.rabbit.annotations import RabbitMessage
 
+from services.fetcher.backlog import Backlog
 from services.fetcher.handlers import FetcherDeps, PageReader, handle_sync_requested
 from shared.broker import publish
 from shared.consuming import Parking, consume, raw_body
@@ -43,7 +44,10 @@ def build_asgi(settings: Settings) -> AsgiFastStream:
 
 def build_service(settings: Settings) -> tuple[FastStream, Runtime]:
     """The FastStream app and its runtime (whose registry holds the fetcher's metrics)."""
-    runtime = Runtime("fetcher", settings)
+    # Its one consumer holds WOOSYNC_FETCHER_PREFETCH sync requests: that many crawls at once,
+    # most of them waiting on their backlog. Set on the broker's channel, not on the subscriber:
+    # FastStream reuses the queue the topology declared, and consumes on that queue's channel.
+    runtime = Runtime("fetcher", settings, prefetch=settings.fetcher_prefetch)
     metrics = FetcherMetrics(runtime.registry)
     broker, topology = runtime.broker, runtime.topology
     state: dict[str, FetcherDeps] = {}
@@ -80,6 +84,11 @@ def build_service(settings: Settings) -> tuple[FastStream, Runtime]:
                 max_pause_s=settings.store_backoff_max_s,
             ),
             default_concurrency=settings.default_concurrency,
+            backlog=(
+                Backlog(settings.fetch_backlog_customers, settings.fetch_backlog_poll_s)
+                if settings.fetch_backlog_customers
+                else None
+            ),
         )
 
     async def stop_crawls() -> None:

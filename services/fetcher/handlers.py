@@ -51,6 +51,13 @@ recorded first page's totals instead of reading it again. After
 ``WOOSYNC_CRAWL_SLICE_S`` a crawl stops taking pages, publishes a fresh ``sync.requested`` for
 its job and returns, so its delivery is acked long before RabbitMQ's ``consumer_timeout``; the
 next delivery resumes from the recorded pages.
+
+A crawl reads only so far ahead of the syncer (:mod:`services.fetcher.backlog`): before each
+page it waits while its job's published-but-unsettled customers, plus the pages it is reading,
+would exceed its share of the fetcher's ``WOOSYNC_FETCH_BACKLOG_CUSTOMERS``, so the syncer's one
+queue holds a few batches of every job and the jobs progress side by side. Waiting is between
+pages: the watcher and ``stopping`` cancel it as any read; a pause or the slice's end is seen
+at the next poll.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, suppress
+from contextlib import AbstractAsyncContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
@@ -68,6 +75,7 @@ import asyncpg
 
 from services.fetcher import items, paging
 from services.fetcher import queries as q
+from services.fetcher.backlog import Backlog, CrawlBacklog
 from services.fetcher.guests import OrdersIncomplete, read_guest_orders
 from services.fetcher.preview import compare_store, preview_result
 from services.fetcher.preview_read import StoreTooLarge, read_store
@@ -149,6 +157,9 @@ class FetcherDeps:
     # ``default_concurrency`` workers.
     store_limits: StoreLimits | None = None
     default_concurrency: int = 4  # WOOSYNC_DEFAULT_CONCURRENCY
+    # WOOSYNC_FETCH_BACKLOG_CUSTOMERS shared by this fetcher's crawls (services.fetcher.backlog);
+    # None: a crawl reads as far ahead of the syncer as it likes.
+    backlog: Backlog | None = None
 
 
 @dataclass
@@ -160,10 +171,24 @@ class _Job:
     deadline: float  # loop time at which the crawl's slice is over
     latest_total: int | None = None  # X-WP-Total of the latest answer that had one
     pausing: bool = False  # the job was seen paused: no new request goes out
+    backlog: CrawlBacklog | None = None  # its share of the fetcher's backlog budget
 
     @property
     def sliced(self) -> bool:
         return asyncio.get_running_loop().time() >= self.deadline
+
+    async def admit(self) -> bool:
+        """Waits until the job's backlog leaves room for one more page (True, the page then
+        counts as in flight until ``release``); False once the job is paused or the slice is
+        over meanwhile: no page may be taken."""
+        if self.backlog is None:
+            return True
+        return await self.backlog.admit(self.batch_size, lambda: self.pausing or self.sliced)
+
+    def release(self) -> None:
+        """The admitted page is recorded (or failed): it no longer counts as in flight."""
+        if self.backlog is not None:
+            self.backlog.release()
 
     async def fetch(self, client: PageReader, page: int | None, offset: int) -> Any:
         """Read one window; checks what the answer claims (see the module docstring)."""
@@ -212,6 +237,7 @@ class _Job:
         final by then."""
         job_id, org_id = self.request.job_id, self.request.org_id
         customers, rejected = items.split(page_items)
+        published = 0
         ids = [int(c["id"]) for c in customers]
         disorder = items.out_of_order(ids)
         if disorder is not None:
@@ -261,6 +287,7 @@ class _Job:
                     await self._fail_unsendable(conn, page, unsendable)
                 for batch in batches:
                     await self.deps.publish(batch)
+                published = sum(len(b.customers) for b in batches)
             # The job row's lock is taken last, so concurrent windows hold it only to commit.
             if page is None:
                 still_open = await conn.fetchval(q.TOUCH_JOB, job_id, org_id)
@@ -277,6 +304,8 @@ class _Job:
                 )
             if not still_open:
                 raise JobClosed()
+        if self.backlog is not None:
+            self.backlog.published(published)
         return window
 
     async def _fail_unsendable(
@@ -387,7 +416,8 @@ async def handle_sync_requested(request: SyncRequested, deps: FetcherDeps) -> No
             await _supervised(job, _preview(job, config, row))
             return
         crawl = _crawl(job, config, concurrency=row["concurrency"], recorded_pages=recorded_pages)
-        pages = await _supervised(job, crawl)
+        with _in_backlog(job):
+            pages = await _supervised(job, crawl)
         if row["include_guests"]:
             await _supervised(job, _crawl_guests(job, config))
         lines = await scope.fetchval(
@@ -625,6 +655,20 @@ async def _hand_on(job: _Job) -> None:
     )
 
 
+@contextmanager
+def _in_backlog(job: _Job) -> Iterator[None]:
+    """The crawl takes its share of the fetcher's backlog budget while it runs."""
+    if job.deps.backlog is None:
+        yield
+        return
+    with job.deps.backlog.crawl(job.request.job_id, job.db) as share:
+        job.backlog = share
+        try:
+            yield
+        finally:
+            job.backlog = None
+
+
 async def _supervised(job: _Job, work: Awaitable[T]) -> T:
     """``work``'s result, unless the service is asked to stop (Requeue) or the job becomes
     final (JobClosed) first: then ``work`` is cancelled at once, in-flight requests with it.
@@ -763,7 +807,12 @@ async def _read_rest(
     page, last_seen = total_pages, total_pages
     limit = paging.max_pages(job.deps.max_store_customers, per_page)
     while True:
-        result, window = await job.read(client, page, paging.page_offset(page, per_page))
+        if not await job.admit():
+            raise JobPaused() if job.pausing else SliceOver()
+        try:
+            result, window = await job.read(client, page, paging.page_offset(page, per_page))
+        finally:
+            job.release()
         windows.append(window)
         if result.customers:
             last_seen = page
@@ -824,8 +873,17 @@ async def _read_pages(
 
     async def worker() -> None:
         nonlocal left
-        while not job.pausing and (page := next(todo, None)) is not None:
-            _, window = await job.read(client, page, paging.page_offset(page, per_page))
+        while not job.pausing:
+            # Room in the job's backlog first, then a page number: a page taken is read.
+            if not await job.admit():
+                left = job.sliced
+                return
+            try:
+                if (page := next(todo, None)) is None:
+                    return
+                _, window = await job.read(client, page, paging.page_offset(page, per_page))
+            finally:
+                job.release()
             windows.append(window)
             if job.sliced:
                 left = True

@@ -203,6 +203,15 @@ SELECT count(*) FROM woo_customer_sync_queue_line
 WHERE job_id = $1 AND org_id = $2 AND kind = 'account'
 """
 
+# The job's lines, and those published but not yet taken by the syncer (services.fetcher.backlog):
+# sums of its counter rows (migration 0023), which any snapshot sees equal to its lines by state.
+SELECT_BACKLOG = f"""
+SELECT coalesce(sum(n), 0)::bigint AS lines,
+       coalesce(sum(n) FILTER (WHERE state = {sql_state(LineState.PENDING)}), 0)::bigint AS pending
+FROM woo_customer_sync_line_count
+WHERE job_id = $1 AND org_id = $2
+"""
+
 # $4: the crawl's windows were proven to join (pages of two customers or more): only such a
 # crawl may mark the customers it did not see as deleted (services/tracker, migration 0013).
 MARK_FETCH_DONE = """

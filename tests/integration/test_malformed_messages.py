@@ -123,7 +123,9 @@ async def test_fetcher_parks_malformed_requests_and_goes_on(
     async with running_simulator(customers=25, seed=5) as sim:
         request = await seed_job(pool, settings, sim)
         sent = {str(uuid.uuid4()): case for case in malformed(request.model_dump_json().encode())}
-        app = build_fetcher(settings)
+        # No syncer runs here to take the job's customers: its crawl must not wait for one
+        # (services.fetcher.backlog).
+        app = build_fetcher(settings.model_copy(update={"fetch_backlog_customers": 0}))
         await asyncio.wait_for(app.start(), WAIT_S)
         try:
             async with broker_channel() as channel:

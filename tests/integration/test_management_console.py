@@ -6,6 +6,7 @@ which ``./scripts/bootstrap`` enables; the console tests skip only when port 156
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
+from services.fetcher.app import build_app as build_fetcher
 from shared.broker import make_broker, publish
 from shared.settings import Settings
 from shared.topology import DELIVERY_LIMIT, Topology, declare_topology
@@ -232,3 +234,27 @@ async def test_move_messages_from_the_console_replays_the_parked_customers(
         assert done["last_error"] is None
         out = await woosync(settings, "dlq", "replay", "--job", str(job.job_id))
         assert "replayed 0 message(s)" in out and "0 job(s) re-opened" in out, out
+
+
+@needs_console
+async def test_the_fetcher_consumes_with_its_own_prefetch(
+    settings: Settings, console: httpx.AsyncClient
+) -> None:
+    """WOOSYNC_FETCHER_PREFETCH is what the broker applies to the fetcher's consumer (one crawl
+    per unacked sync request), not WOOSYNC_PREFETCH."""
+    settings = settings.model_copy(update={"prefetch": 8, "fetcher_prefetch": 37})
+    queue = Topology(settings.namespace).fetcher_queue.name
+    app = build_fetcher(settings)
+    await asyncio.wait_for(app.start(), 20)
+    try:
+        consumers: list[Any] = []
+        for _ in range(100):  # the console lists a new consumer within its stats interval
+            response = await console.get(f"/consumers/{VHOST}")
+            response.raise_for_status()
+            consumers = [c for c in response.json() if c["queue"]["name"] == queue]
+            if consumers:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await asyncio.wait_for(app.stop(), 20)
+    assert [c["prefetch_count"] for c in consumers] == [37]
