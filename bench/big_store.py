@@ -26,7 +26,9 @@ raise for such a fleet: the api's store checks at once (``WOOSYNC_MAX_CONCURRENT
 default 16: a hundred starts at once would otherwise wait on 503s) and, with ``--prefetch``,
 the messages the syncer and the tracker take at once (``WOOSYNC_PREFETCH``; the fetcher's crawls
 at once are ``WOOSYNC_FETCHER_PREFETCH``, 256 by default, and its backlog bound
-``WOOSYNC_FETCH_BACKLOG_CUSTOMERS``: set them in the environment).
+``WOOSYNC_FETCH_BACKLOG_CUSTOMERS``: set them in the environment). The fetcher and the syncer run
+at ``--batch-nice`` (10, as docs/operations.md recommends on a shared machine; 0 for one
+priority), so the api creating the jobs is not slowed by the crawls of those it created first.
 
 Run: ``python -m bench.big_store --customers 1000000`` and
 ``python -m bench.big_store --orgs 100 --per-org 1000 --huge 200000`` (docs/performance.md).
@@ -346,6 +348,7 @@ class FleetResult:
     failures: list[str]
     huge_s: float | None = None
     huge_backlog: int = 0  # the huge job's lines recorded, not yet settled, as the others start
+    created_over_s: float = 0.0  # first to last job created: how "at once" the starts were
 
 
 async def run_fleet(
@@ -388,6 +391,7 @@ async def run_fleet(
             sorted(float(r["fetched"] - r["created"]) for r in rows if r["fetched"] is not None),
             exact=not failures,
             failures=failures,
+            created_over_s=float(max(r["created"] for r in rows) - min(r["created"] for r in rows)),
         )
         if huge_job is not None:
             result.huge_backlog = backlog
@@ -414,7 +418,10 @@ async def wait_recorded(pool: asyncpg.Pool, job_id: UUID, lines: int) -> None:
 
 def report_fleet(results: list[FleetResult], args: argparse.Namespace) -> None:
     print(f"\n== {args.orgs} orgs x {args.per_org:,} customers, all started at once ==")
-    print(f"concurrency {args.concurrency}, store latency {args.latency_ms} ms/page")
+    print(
+        f"concurrency {args.concurrency}, store latency {args.latency_ms} ms/page, "
+        f"fetcher and syncer at WOOSYNC_BATCH_NICE={args.batch_nice}"
+    )
     for r in results:
         d = r.durations_s
         ratio = d[-1] / d[0] if d[0] > 0 else float("inf")
@@ -428,6 +435,7 @@ def report_fleet(results: list[FleetResult], args: argparse.Namespace) -> None:
             f"median {statistics.median(r.read_s):.1f}, slowest {r.read_s[-1]:.1f} "
             "(the rest: waiting for the syncer and the tracker)"
         )
+        print(f"{'':<22} the api created the {len(d)} jobs over {r.created_over_s:.1f} s")
         if r.huge_s is not None:
             print(
                 f"{'':<22} the huge store's job ({args.huge:,} customers): {r.huge_s:.1f} s; "
@@ -471,6 +479,7 @@ def environment(args: argparse.Namespace, *, orgs: int) -> dict[str, str]:
     }
     if args.prefetch:
         env["WOOSYNC_PREFETCH"] = str(args.prefetch)
+    env["WOOSYNC_BATCH_NICE"] = str(args.batch_nice)
     return env
 
 
@@ -499,5 +508,9 @@ if __name__ == "__main__":
         "--crawl-slice-s", type=float, default=300.0, help="WOOSYNC_CRAWL_SLICE_S of the run"
     )
     parser.add_argument("--prefetch", type=int, default=0, help="WOOSYNC_PREFETCH (0: default)")
+    parser.add_argument(
+        "--batch-nice", type=int, default=10,
+        help="WOOSYNC_BATCH_NICE of the services (docs/operations.md; 0: all at one priority)",
+    )
     parser.add_argument("--timeout-s", type=float, default=6 * 3600.0)
     asyncio.run(main(parser.parse_args()))

@@ -150,8 +150,8 @@ class CrawlBacklog:
             row = await self.db.fetchrow(q.SELECT_BACKLOG, self.job_id, self.db.org_id)
             now = loop.time()
             self.reads += 1
-            self.pending = row["pending"] + (self._published - mark)
-            left = row["lines"] - row["pending"]
+            self.pending = row["unsent"] + (self._published - mark)
+            left = row["lines"] - row["unsent"]
             rate = None
             if self._last is not None and now > self._last[0]:
                 rate = (left - self._last[1]) / (now - self._last[0])

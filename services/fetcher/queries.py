@@ -207,7 +207,7 @@ WHERE job_id = $1 AND org_id = $2 AND kind = 'account'
 # sums of its counter rows (migration 0023), which any snapshot sees equal to its lines by state.
 SELECT_BACKLOG = f"""
 SELECT coalesce(sum(n), 0)::bigint AS lines,
-       coalesce(sum(n) FILTER (WHERE state = {sql_state(LineState.PENDING)}), 0)::bigint AS pending
+       coalesce(sum(n) FILTER (WHERE state = {sql_state(LineState.PENDING)}), 0)::bigint AS unsent
 FROM woo_customer_sync_line_count
 WHERE job_id = $1 AND org_id = $2
 """
