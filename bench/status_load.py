@@ -105,14 +105,29 @@ class RawHttp:
         self._size = connections
         self._opened = 0
 
-    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._free.empty() and self._opened < self._size:
+    async def _connection(
+        self, *, fresh: bool = False
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if fresh or (self._free.empty() and self._opened < self._size):
             self._opened += 1
             return await asyncio.open_connection(self._host, self._port)
         return await self._free.get()
 
     async def get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        reader, writer = await self._connection()
+        try:
+            return await self._get(path, headers)
+        except asyncio.IncompleteReadError as closed:
+            if closed.partial:
+                raise
+        # The server closed a kept-alive connection that sat idle past its keep-alive timeout
+        # (uvicorn's 5 s, between phases) before this request reached it: as any HTTP client
+        # does, send it again on a new connection. The latency still counts from the schedule.
+        return await self._get(path, headers, fresh=True)
+
+    async def _get(
+        self, path: str, headers: dict[str, str], *, fresh: bool = False
+    ) -> tuple[int, bytes]:
+        reader, writer = await self._connection(fresh=fresh)
         try:
             lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
             writer.write(f"GET {path} HTTP/1.1\r\nHost: {self._host}\r\n{lines}\r\n".encode())
