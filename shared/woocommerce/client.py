@@ -9,6 +9,7 @@ their text embeds the full URL.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
@@ -558,10 +559,22 @@ class WooClient:
 
 
 def _tls_verification(verify: bool | str) -> bool | ssl.SSLContext:
-    """httpx 0.28 deprecates a path for ``verify``; a CA bundle becomes an SSLContext."""
+    """What the store's transport verifies with: its CA bundle (a path) or the default trust
+    store, as one TLS context per process, or nothing (``verify_tls`` false)."""
+    if verify is False:
+        return False
+    return _tls_context(verify)
+
+
+@functools.lru_cache(maxsize=32)
+def _tls_context(verify: bool | str) -> ssl.SSLContext:
+    """Building a TLS context reads the whole CA bundle: about 30 ms of CPU, which every start's
+    store check and every crawl paid when each client built its own. A context is made to be
+    shared (nothing here changes it after it is built), so each process builds one per bundle.
+    A path becomes a context (httpx 0.28 deprecates a path for ``verify``)."""
     if isinstance(verify, str):
         return ssl.create_default_context(cafile=verify)
-    return verify
+    return httpx.create_ssl_context()
 
 
 def _is_certificate_failure(exc: BaseException) -> bool:
