@@ -31,7 +31,7 @@ from uuid import UUID
 
 import httpx
 
-from bench.stack import drop, fresh_stack
+from bench.stack import drop, fresh_stack, start_body
 from shared import db
 from shared.auth import create_org
 from shared.woocommerce import StoreConfig, WooClient
@@ -91,18 +91,8 @@ async def woosync_syncs(sim: SimHandle, options: list[dict[str, Any]]) -> list[S
         await wait_ready(f"http://127.0.0.1:{env['WOOSYNC_TRACKER_PORT']}/readyz")
         pool = await db.create_pool(fresh.dsn, min_size=1, max_size=1)
         org_id, key = await create_org(pool, "bench")
-        body: dict[str, Any] = {
-            "action": "start",
-            "org_id": str(org_id),
-            "config": {
-                "url": sim.url,
-                "consumer_key": sim.consumer_key,
-                "consumer_secret": sim.consumer_secret,
-                "auth": "basic",
-            },
-        }
         for option in options:
-            body["options"] = option
+            body = start_body(org_id, sim, option, auth="basic")
             await sim.reset_stats()
             started = time.perf_counter()
             async with httpx.AsyncClient(timeout=60) as client:

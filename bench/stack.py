@@ -75,8 +75,11 @@ async def drop(stack: BenchStack) -> None:
         await channel.exchange_delete(stack.namespace)
 
 
-def start_body(org_id: UUID, sim: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """A start request for the simulated store ``sim`` (OAuth 1, the simulator's keys)."""
+def start_body(
+    org_id: UUID, sim: Any, options: dict[str, Any], *, auth: str = "oauth1"
+) -> dict[str, Any]:
+    """A start request for the simulated store ``sim`` with the simulator's keys (OAuth 1, or
+    ``auth`` as the store connection's auth mode)."""
     return {
         "action": "start",
         "org_id": str(org_id),
@@ -84,7 +87,7 @@ def start_body(org_id: UUID, sim: Any, options: dict[str, Any]) -> dict[str, Any
             "url": sim.url,
             "consumer_key": sim.consumer_key,
             "consumer_secret": sim.consumer_secret,
-            "auth": "oauth1",
+            "auth": auth,
         },
         "options": options,
     }
