@@ -68,11 +68,30 @@ def start_process(service: str) -> tuple[Settings, logging.Logger]:
 BATCH_SERVICES = frozenset({"fetcher", "syncer"})
 
 
+AUTOGROUP = "/proc/self/autogroup"
+
+
 def yield_cpu(service: str, settings: Settings, log: logging.Logger) -> None:
-    """A batch service lowers its CPU priority by ``WOOSYNC_BATCH_NICE``; the others keep theirs."""
-    if service in BATCH_SERVICES and settings.batch_nice:
-        niceness = os.nice(settings.batch_nice)
-        log.info("%s runs at nice %d (WOOSYNC_BATCH_NICE)", service, niceness)
+    """A batch service lowers its CPU priority by ``WOOSYNC_BATCH_NICE``; the others keep theirs.
+
+    Linux's scheduler autogroups (on by default) share the CPU between sessions first and apply
+    a process's niceness only within its session: a niced syncer still weighs as much as the
+    whole of PostgreSQL. So a batch service that leads a session of its own (``woosync up``,
+    systemd and container runtimes start each service so) lowers its session's weight too; in a
+    shared session that would lower its neighbours', so it leaves the group alone there.
+    """
+    if service not in BATCH_SERVICES or not settings.batch_nice:
+        return
+    niceness = os.nice(settings.batch_nice)
+    group = "no autogroup of its own"
+    if os.getsid(0) == os.getpid() and os.path.exists(AUTOGROUP):
+        try:
+            with open(AUTOGROUP, "w") as autogroup:
+                autogroup.write(str(niceness))
+            group = f"its session's autogroup at nice {niceness}"
+        except OSError as error:  # a kernel that refuses: the niceness alone still ranks it
+            group = f"autogroup unchanged ({error.strerror})"
+    log.info("%s runs at nice %d, %s (WOOSYNC_BATCH_NICE)", service, niceness, group)
 
 
 class Runtime:

@@ -3,9 +3,11 @@
 Text logs get the service's name as a prefix; JSON logs (``WOOSYNC_LOG_FORMAT=json``, or ``auto``
 when this command's output is no terminal) pass through as they are, one object a line.
 
-Ctrl-C or SIGTERM stops every child with SIGTERM and waits for them; a child that exits on its
-own is restarted with a growing pause, and if it keeps dying the whole stack stops, so a broken
-configuration does not loop forever.
+Ctrl-C, SIGTERM or SIGHUP (a closed terminal) stops every child with SIGTERM and waits for them;
+a child that exits on its own is restarted with a growing pause, and if it keeps dying the whole
+stack stops, so a broken configuration does not loop forever. Each child leads a session of its
+own, as under systemd or a container runtime: the terminal's signals reach this process alone,
+and the scheduler weighs each service apart (``WOOSYNC_BATCH_NICE``, ``shared.runtime``).
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class Supervisor:
             env=self._env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own session: see shared.runtime.yield_cpu
         )
         child.starts.append(time.monotonic())
         assert child.process.stdout is not None
@@ -134,7 +137,7 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         for child in self._children:

@@ -65,6 +65,10 @@ async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[dict[str, s
         try:
             await wait_ready(f"http://127.0.0.1:{env['WOOSYNC_API_PORT']}/readyz")
             await wait_ready(f"http://127.0.0.1:{env['WOOSYNC_TRACKER_PORT']}/readyz")
+            # Each service leads a session of its own (the scheduler weighs it apart).
+            assert {name: os.getsid(pid) for name, pid in supervisor.pids().items()} == (
+                supervisor.pids()
+            )
             yield env
         finally:
             supervisor.stop()

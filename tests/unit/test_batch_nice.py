@@ -1,6 +1,7 @@
 """WOOSYNC_BATCH_NICE: the fetcher and the syncer lower their CPU priority at start, the api and
-the tracker keep theirs (``shared.runtime.yield_cpu``). Each case runs in a process of its own,
-as a service does, so the test process keeps its priority."""
+the tracker keep theirs (``shared.runtime.yield_cpu``); a batch service leading a session of its
+own lowers its scheduler autogroup's too. Each case runs in a process of its own, as a service
+does, so the test process keeps its priority."""
 
 from __future__ import annotations
 
@@ -16,17 +17,33 @@ from shared.runtime import yield_cpu
 from shared.settings import Settings
 yield_cpu(sys.argv[1], Settings(), logging.getLogger("probe"))
 print(os.nice(0))
+print(open("/proc/self/autogroup").read() if os.path.exists("/proc/self/autogroup") else "")
 """
 
+AUTOGROUP = "/proc/self/autogroup"
 
-def niceness_after_start(service: str, batch_nice: str | None) -> int:
+
+def after_start(
+    service: str, batch_nice: str | None, *, own_session: bool = False
+) -> tuple[int, str]:
+    """The probe's niceness and its autogroup line after ``yield_cpu``."""
     env = {k: v for k, v in os.environ.items() if k != "WOOSYNC_BATCH_NICE"}
     if batch_nice is not None:
         env["WOOSYNC_BATCH_NICE"] = batch_nice
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, service], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE, service], env=env, capture_output=True, text=True,
+        check=True, start_new_session=own_session,
     )
-    return int(done.stdout.strip())
+    niceness, autogroup = (done.stdout.splitlines() + [""])[:2]
+    return int(niceness), autogroup.strip()
+
+
+def niceness_after_start(service: str, batch_nice: str | None) -> int:
+    return after_start(service, batch_nice)[0]
+
+
+def autogroup_nice(line: str) -> int:
+    return int(line.rsplit("nice", 1)[1])
 
 
 @pytest.mark.parametrize(
@@ -45,3 +62,25 @@ def test_batch_nice_is_checked() -> None:
     with pytest.raises(subprocess.CalledProcessError) as refused:
         niceness_after_start("syncer", "20")
     assert "WOOSYNC_BATCH_NICE" in refused.value.stderr or "batch_nice" in refused.value.stderr
+
+
+@pytest.mark.skipif(not os.path.exists(AUTOGROUP), reason="no scheduler autogroups here")
+def test_a_batch_service_in_its_own_session_lowers_its_autogroup() -> None:
+    """Autogroups share the CPU between sessions before niceness counts: a niced syncer in its
+    own session still weighed as much as all of PostgreSQL until its group was lowered too."""
+    base = os.nice(0)
+    if base + 7 > 19:
+        pytest.skip("this process already runs at the lowest priority")
+    _, syncer = after_start("syncer", "7", own_session=True)
+    assert autogroup_nice(syncer) == base + 7
+    _, api = after_start("api", "7", own_session=True)
+    assert autogroup_nice(api) == 0  # a new session's group starts at 0; the api keeps it
+
+
+@pytest.mark.skipif(not os.path.exists(AUTOGROUP), reason="no scheduler autogroups here")
+def test_a_batch_service_in_a_shared_session_leaves_the_group_alone() -> None:
+    with open(AUTOGROUP) as mine:
+        before = mine.read().strip()
+    niceness, group = after_start("syncer", "7")
+    assert niceness == os.nice(0) + 7
+    assert group == before  # the test's own group: lowering it would lower its neighbours

@@ -397,6 +397,7 @@ def spawn_simulator(
         process = subprocess.Popen(
             argv, cwd=_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=stderr,
+            start_new_session=True,  # a store is another machine: the scheduler weighs it apart
         )
         handle: SimHandle | None = None
         try:
