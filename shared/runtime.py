@@ -22,6 +22,7 @@ message counts and durations, labelled ``app_name`` = the service.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -29,6 +30,7 @@ from contextlib import asynccontextmanager
 from types import FrameType
 
 import asyncpg
+import tenacity
 import uvicorn
 from faststream import FastStream
 from faststream.asgi import AsgiFastStream
@@ -86,12 +88,24 @@ def yield_cpu(service: str, settings: Settings, log: logging.Logger) -> None:
     group = "no autogroup of its own"
     if os.getsid(0) == os.getpid() and os.path.exists(AUTOGROUP):
         try:
-            with open(AUTOGROUP, "w") as autogroup:
-                autogroup.write(str(niceness))
+            _set_autogroup_nice(niceness)
             group = f"its session's autogroup at nice {niceness}"
         except OSError as error:  # a kernel that refuses: the niceness alone still ranks it
             group = f"autogroup unchanged ({error.strerror})"
     log.info("%s runs at nice %d, %s (WOOSYNC_BATCH_NICE)", service, niceness, group)
+
+
+@tenacity.retry(
+    retry=tenacity.retry_if_exception(lambda e: isinstance(e, OSError) and e.errno == errno.EAGAIN),
+    wait=tenacity.wait_fixed(0.11),
+    stop=tenacity.stop_after_attempt(10),
+    reraise=True,
+)
+def _set_autogroup_nice(niceness: int) -> None:
+    """Linux lets an unprivileged process change an autogroup's niceness once per 100 ms across
+    the whole machine (EAGAIN otherwise): the fetcher and the syncer start together."""
+    with open(AUTOGROUP, "w") as autogroup:
+        autogroup.write(str(niceness))
 
 
 class Runtime:

@@ -6,8 +6,10 @@ does, so the test process keeps its priority."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +86,28 @@ def test_a_batch_service_in_a_shared_session_leaves_the_group_alone() -> None:
     niceness, group = after_start("syncer", "7")
     assert niceness == os.nice(0) + 7
     assert group == before  # the test's own group: lowering it would lower its neighbours
+
+
+@pytest.mark.skipif(not os.path.exists(AUTOGROUP), reason="no scheduler autogroups here")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to become nobody"
+)
+def test_an_unprivileged_service_waits_out_the_kernels_rate_limit() -> None:
+    """An unprivileged process may change an autogroup's niceness once per 100 ms machine-wide;
+    the fetcher and the syncer start together, so the second write must wait, not give up."""
+    probe = (
+        "from shared.runtime import _set_autogroup_nice\n"
+        "_set_autogroup_nice(3)\n"
+        "_set_autogroup_nice(4)\n"
+        "print(open('/proc/self/autogroup').read())\n"
+    )
+    done = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         sys.executable, "-c", probe],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+        start_new_session=True,
+    )
+    if "Permission denied" in done.stderr:
+        pytest.skip("nobody cannot run this interpreter here")
+    assert done.returncode == 0, done.stderr
+    assert autogroup_nice(done.stdout.strip()) == 4
