@@ -2,8 +2,8 @@
 
 httpcore (under httpx) runs ``import sniffio`` on every request to learn which event loop it is
 on. With sniffio missing, which recent anyio releases no longer pull in, each of those imports
-failed after a search of every ``sys.path`` entry: half of the store client's CPU per page
-(docs/performance.md, "Throughput"). pyproject.toml names it for that reason.
+failed after a search of every ``sys.path`` entry: about a third of the store client's CPU per
+page (docs/performance.md, "Throughput"). pyproject.toml names it for that reason.
 """
 
 from __future__ import annotations
