@@ -116,7 +116,11 @@ def map_customer(raw: Mapping[str, Any], *, org_id: UUID, connection_id: UUID) -
         raise MappingError(None, f"customer must be a JSON object, got {_type(raw)}")
     kind, guest_key = _kind(raw)
     woo_id = _woo_id(raw.get("id")) if guest_key is None else _guest_id(raw.get("id"), guest_key)
-    source = {k: v for k, v in raw.items() if k != "_links"}
+    source = (
+        raw  # read only: a copy per customer cost 2 µs
+        if type(raw) is dict and "_links" not in raw
+        else {k: v for k, v in raw.items() if k != "_links"}
+    )
     digest, source_json, nul_paths = _storable_digest(woo_id, source)
     warnings: tuple[str, ...] = ()
     stored, stored_json, clean, clean_json = source, source_json, source, None
