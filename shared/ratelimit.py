@@ -64,6 +64,9 @@ CLEANUP_EVERY = 1000
 RESERVE_AHEAD_S = 0.05  # tokens for this long of the key's recent rate are taken at once
 MAX_RESERVED = 10
 RESERVE_KEEP_S = 0.25  # unspent reserved tokens are dropped after this long
+# A bucket found with capacity is trusted to still have it for this long, until a token is taken
+# from it here (see ``has_capacity``).
+CAPACITY_KEEP_S = 1.0
 _RATE_WINDOW_S = 1.0  # the recent rate is counted over this window
 
 
@@ -90,23 +93,39 @@ class RateLimiter:
         self._burst_s = burst * self._interval_s
         self.retry_after_s = math.ceil(60.0 / per_minute)
         self._reserves: dict[str, _Reserve] = {}
+        self._clear_until: dict[str, float] = {}
 
     def _bucket(self, key: object) -> str:
         return f"{self._scope}:{key}"
 
     async def has_capacity(self, key: object) -> bool:
-        """Whether ``key`` could spend a token now (nothing is spent)."""
-        reserve = self._reserves.get(self._bucket(key))
-        if reserve is not None and reserve.tokens > 0 and reserve.expires > time.monotonic():
+        """Whether ``key`` could spend a token now (nothing is spent).
+
+        Asked before every request of an address (``shared.web.RefusedCallers``), so a bucket
+        found with capacity is not read again for :data:`CAPACITY_KEEP_S`, unless this process
+        takes a token from it first (a refusal here), which makes the next check read it. Tokens
+        taken by other processes are seen within that time: at most one more request of the
+        address per process gets through after its bucket ran out elsewhere."""
+        bucket = self._bucket(key)
+        now = time.monotonic()
+        if self._clear_until.get(bucket, 0.0) > now:
+            return True
+        reserve = self._reserves.get(bucket)
+        if reserve is not None and reserve.tokens > 0 and reserve.expires > now:
             return True
         allowed: bool = await self._pool.fetchval(
-            HAS_TOKEN, self._bucket(key), self._interval_s, self._burst_s
+            HAS_TOKEN, bucket, self._interval_s, self._burst_s
         )
+        if allowed:
+            if len(self._clear_until) > 10_000:  # addresses come and go: forget the old ones
+                self._clear_until = {b: t for b, t in self._clear_until.items() if t > now}
+            self._clear_until[bucket] = now + CAPACITY_KEEP_S
         return allowed
 
     async def allow(self, key: object) -> bool:
         """Take one token from the key's bucket; False (and nothing taken) when it is empty."""
         bucket = self._bucket(key)
+        self._clear_until.pop(bucket, None)
         now = time.monotonic()
         reserve = self._reserves.get(bucket)
         if reserve is None:

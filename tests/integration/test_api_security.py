@@ -193,6 +193,34 @@ async def test_every_refusal_does_the_same_database_work(pool: asyncpg.Pool) -> 
     assert spy.calls == work[0]
 
 
+async def test_a_key_in_use_writes_its_row_at_most_once_a_minute(
+    pool: asyncpg.Pool, app_pool: asyncpg.Pool
+) -> None:
+    """Issue 12, item 3: no database write per request. A write makes a new row version (its
+    xmin changes), so an unchanged xmin across requests means none of them wrote the row."""
+    org_id, key = await create_org(pool, "acme")
+    version = "SELECT xmin::text AS xmin, last_used_at FROM api_keys WHERE org_id = $1"
+    assert (await pool.fetchrow(version, org_id))["last_used_at"] is None
+
+    assert await auth.authenticate(app_pool, f"Bearer {key}") is not None
+    first = await pool.fetchrow(version, org_id)
+    assert first["last_used_at"] is not None  # a first use is recorded at once
+    for _ in range(20):
+        caller = await auth.authenticate(app_pool, f"Bearer {key}")
+        assert caller is not None and caller.org_id == org_id
+    assert await pool.fetchrow(version, org_id) == first
+
+    # A minute later the next request records its use again.
+    await pool.execute(
+        "UPDATE api_keys SET last_used_at = now() - interval '61 seconds' WHERE org_id = $1",
+        org_id,
+    )
+    stale = await pool.fetchrow(version, org_id)
+    assert await auth.authenticate(app_pool, f"Bearer {key}") is not None
+    fresh = await pool.fetchrow(version, org_id)
+    assert fresh["last_used_at"] > stale["last_used_at"] and fresh["xmin"] != stale["xmin"]
+
+
 # --- isolation between orgs --------------------------------------------------------------------
 
 

@@ -29,6 +29,32 @@ async def test_each_key_has_its_own_bucket(app_pool: asyncpg.Pool) -> None:
     assert await RateLimiter(app_pool, "u", per_minute=6, burst=2).allow("a")
 
 
+class CountingPool:
+    """The pool, counting the statements sent through it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool, self.statements = pool, 0
+
+    async def fetchval(self, query: str, *args: object) -> object:
+        self.statements += 1
+        return await self.pool.fetchval(query, *args)
+
+
+async def test_a_bucket_with_capacity_is_not_read_again_until_a_token_is_taken_from_it(
+    app_pool: asyncpg.Pool,
+) -> None:
+    """The api asks every request's address (shared.web.RefusedCallers): one read a second per
+    address, not one per request; a refusal counted here makes the next check read again."""
+    counting = CountingPool(app_pool)
+    limiter = RateLimiter(counting, "t", per_minute=6, burst=2)  # type: ignore[arg-type]
+    assert all([await limiter.has_capacity("addr") for _ in range(50)])
+    assert counting.statements == 1
+    assert await limiter.allow("addr") and await limiter.allow("addr")  # the bucket is empty now
+    reads = counting.statements
+    assert not await limiter.has_capacity("addr")
+    assert counting.statements == reads + 1
+
+
 async def test_simultaneous_requests_never_take_more_than_the_burst(
     app_pool: asyncpg.Pool,
 ) -> None:
