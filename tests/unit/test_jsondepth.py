@@ -110,6 +110,49 @@ def test_what_orjson_would_read_differently_is_read_by_json(text: bytes, expecte
     assert jsondepth.parse(text) == expected
 
 
+_RUN = "1234567890123456789"  # 19 digits
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"[{_RUN}]",
+        f"{_RUN}",
+        f'{{"a":{_RUN}}}',
+        f'{{"a": -{_RUN}0}}',
+        f'{{"a":\n\t{_RUN}}}',
+        f"[1,{_RUN}]",
+        f"[0.{_RUN}]",  # a float: read by json too, to be safe
+        f"[1e+{_RUN}]",
+        f'["avatar/ab", {_RUN}]',  # a string before the number does not hide it
+        f'["ab{_RUN}", {_RUN}]',
+        f'["{"e" * 80}{_RUN}"]',  # past the look-back: counted as a number, to be safe
+        f'["x 1.5e+{_RUN}"]',  # text that reads like a number inside a string, too
+    ],
+)
+def test_a_long_run_where_a_number_can_be_goes_to_json(text: str) -> None:
+    assert jsondepth._has_long_digit_run(text)
+    assert jsondepth._has_long_digit_run(text.encode())
+    assert _same(jsondepth.parse(text), json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f'{{"avatar_url": "https://secure.gravatar.com/avatar/ab{_RUN}cd?s=96"}}',
+        f'["x{_RUN}", "/{_RUN}", "\\"{_RUN}"]',
+        f'["{_RUN}"]',
+        f'{{"{_RUN}{_RUN}": 1}}',
+        f'["ü{_RUN}", 1234567890123456]',
+        f'["a3e{_RUN}", "-{_RUN}"]',  # number bytes, but not opened as a value is
+    ],
+)
+def test_a_long_run_inside_a_string_stays_on_the_fast_path(text: str) -> None:
+    """The MD5 of a Gravatar URL sent about a quarter of all store pages to json."""
+    assert not jsondepth._has_long_digit_run(text)
+    assert _same(jsondepth.parse(text), json.loads(text))
+
+
 def test_non_finite_numbers_are_kept_and_marked() -> None:
     value = jsondepth.parse(b'{"a": NaN, "b": Infinity, "c": -Infinity, "d": 1e400, "e": 1.5}')
     assert all(isinstance(value[k], jsondepth.NonFiniteFloat) for k in "abcd")
