@@ -167,8 +167,18 @@ def map_customer(raw: Mapping[str, Any], *, org_id: UUID, connection_id: UUID) -
 # In orjson's output, what json.dumps would write differently: floats below 1e-4 (orjson writes
 # 0.000025 and 1e-7 where json writes 2.5e-05 and 1e-07) and ``null``, which is also what orjson
 # writes for NaN and infinities (json refuses them here). Text that merely looks like these
-# only sends that customer down the slower path.
-_ORJSON_MAY_DIFFER = re.compile(rb"0\.0000|e-\d(?!\d)|null")
+# only sends that customer down the slower path. Three substring searches, and the exponent's
+# pattern only after its "e-": one regular expression with the three branches tried at every
+# byte cost twice orjson's own time.
+_SHORT_NEGATIVE_EXPONENT = re.compile(rb"e-\d(?!\d)")
+
+
+def _orjson_may_differ(data: bytes) -> bool:
+    return (
+        b"null" in data
+        or b"0.0000" in data
+        or (b"e-" in data and _SHORT_NEGATIVE_EXPONENT.search(data) is not None)
+    )
 
 
 def canonical_json(value: Any) -> str:
@@ -182,7 +192,7 @@ def canonical_json(value: Any) -> str:
         data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError:
         data = None
-    if data is not None and _ORJSON_MAY_DIFFER.search(data) is None:
+    if data is not None and not _orjson_may_differ(data):
         return data.decode("utf-8")
     return json.dumps(
         value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
@@ -252,6 +262,8 @@ def _email(woo_id: int, value: Any) -> str:
 
 def _string(woo_id: int, source: Mapping[str, Any], key: str, *, prefix: str = "") -> str:
     value = source.get(key)
+    if type(value) is str:  # nearly always: one check instead of four
+        return value
     if value is None:
         return ""
     if isinstance(value, bool) or not isinstance(value, int | float | str):

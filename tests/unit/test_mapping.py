@@ -527,6 +527,29 @@ def test_non_finite_numbers_refused_anywhere(value: float) -> None:
     assert "shipping.lat" in refused(woo_customer(shipping={"lat": value})).message
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": None, "b": 1.5},
+        [2.5e-05, 1e-05, 0.0001],
+        {"x": 1e-07, "y": 1e-10, "z": 1.5e-300},
+        {"t": "null 0.00001 e-7"},  # text that reads like them: the slow path, the same text
+        [float("nan"), None],
+        {"k": float("-inf")},
+    ],
+)
+def test_canonical_json_where_orjson_writes_otherwise(value: object) -> None:
+    try:
+        expected = json.dumps(
+            value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        )
+    except ValueError:
+        with pytest.raises(ValueError):
+            canonical_json(value)
+        return
+    assert canonical_json(value) == expected
+
+
 def test_non_json_values_refused() -> None:
     assert "meta_data[0]" in refused(woo_customer(meta_data=[{1, 2}])).message
     # Mixed key types cannot be put in canonical order (all-int keys are plain JSON text).
