@@ -104,8 +104,9 @@ class RateLimiter:
         Asked before every request of an address (``shared.web.RefusedCallers``), so a bucket
         found with capacity is not read again for :data:`CAPACITY_KEEP_S`, unless this process
         takes a token from it first (a refusal here), which makes the next check read it. Tokens
-        taken by other processes are seen within that time: at most one more request of the
-        address per process gets through after its bucket ran out elsewhere."""
+        taken by other processes are seen within that time: after its bucket ran out elsewhere, an
+        address gets through a process only until that process counts its next refusal (the
+        requests already under way at that moment), and for a second at most."""
         bucket = self._bucket(key)
         now = time.monotonic()
         if self._clear_until.get(bucket, 0.0) > now:
