@@ -38,7 +38,8 @@ ROUTE = "/api/v1/integrations/woocommerce/sync/customers"
 @dataclass
 class Result:
     customers: int
-    floor_s: float = 0.0
+    floor_s: float = 0.0  # the faster of the two floor reads
+    floor_runs_s: tuple[float, ...] = ()
     pipeline_s: float = 0.0
     synced: int = 0
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
@@ -178,12 +179,16 @@ async def main(
     for size in sizes:
         with spawn_simulator(customers=size, seed=1, latency_ms=latency_ms) as sim:
             result = Result(size)
-            result.floor_s, read = await measure_floor(sim, concurrency=concurrency, per_page=100)
+            before, read = await measure_floor(sim, concurrency=concurrency, per_page=100)
             assert read == size, f"floor read {read} of {size}"
             await run_pipeline(
                 sim, result, concurrency=concurrency, per_page=100, profile=profile,
                 profile_idle=profile_idle,
             )
+            after, read = await measure_floor(sim, concurrency=concurrency, per_page=100)
+            assert read == size, f"floor read {read} of {size}"
+            result.floor_runs_s = (before, after)
+            result.floor_s = min(before, after)
         results.append(result)
         report([result], concurrency, latency_ms)
     print("\n== summary ==")
@@ -192,23 +197,33 @@ async def main(
 
 TARGET_PER_S = 6_000  # issue 12, item 2: 100,000 customers with no store latency, this machine
 TARGET_RSS_MB = 150.0  # each service's peak
+# The same target in proportion to the floor: the issue's woosync read 2,395 customers/s where a
+# plain client read 22,700 (100,000 in 4.4 s), 0.105 of its floor; 2.5x that is 0.26.
+ISSUE_RATIO = 2_395 / (100_000 / 4.4)
+TARGET_GAIN = 2.5
 
 
 def report(results: list[Result], concurrency: int, latency_ms: int) -> None:
     print(f"concurrency {concurrency}, store latency {latency_ms} ms/page, 100 per page; "
-          f"targets: >= {TARGET_PER_S:,} customers/s, each service < {TARGET_RSS_MB:.0f} MB")
+          f"targets: >= {TARGET_PER_S:,} customers/s, each service < {TARGET_RSS_MB:.0f} MB; "
+          f"in proportion: ratio to floor >= {TARGET_GAIN} x the issue's {ISSUE_RATIO:.3f} "
+          f"= {TARGET_GAIN * ISSUE_RATIO:.2f}")
+    print("floor: the faster of two reads by the client alone, before and after the pipeline")
     names = ", ".join(SERVICES)
     cpu_names = ", ".join((*SERVICES, *INFRASTRUCTURE.values()))
-    header = (f"{'customers':>10} {'floor c/s':>10} {'pipeline c/s':>13} {'ratio':>6} "
-              f"{'vs target':>9} {'synced':>8}  peak RSS MB ({names})  CPU s ({cpu_names})")
+    header = (f"{'customers':>10} {'floor c/s':>16} {'pipeline c/s':>13} {'ratio':>6} "
+              f"{'vs issue':>8} {'vs target':>9} {'synced':>8}  "
+              f"peak RSS MB ({names})  CPU s ({cpu_names})")
     print(header)
     for r in results:
         floor = r.customers / r.floor_s
+        runs = "/".join(f"{r.customers / s / 1000:.0f}k" for s in r.floor_runs_s)
         pipe = r.customers / r.pipeline_s
         rss = ", ".join(f"{r.peak_rss_mb.get(s, 0):.0f}" for s in SERVICES)
         cpu = ", ".join(f"{r.cpu_s.get(s, 0):.1f}" for s in (*SERVICES, *INFRASTRUCTURE.values()))
-        print(f"{r.customers:>10,} {floor:>10,.0f} {pipe:>13,.0f} {pipe / floor:>6.2f} "
-              f"{pipe / TARGET_PER_S:>8.2f}x {r.synced:>8,}  {rss:<{len(names) + 14}}{cpu}")
+        print(f"{r.customers:>10,} {floor:>7,.0f} {runs:>8} {pipe:>13,.0f} {pipe / floor:>6.2f} "
+              f"{pipe / floor / ISSUE_RATIO:>7.2f}x {pipe / TARGET_PER_S:>8.2f}x {r.synced:>8,}  "
+              f"{rss:<{len(names) + 14}}{cpu}")
     sys.stdout.flush()
 
 

@@ -17,8 +17,12 @@ sustains while it reads it, and remembers that for the store's next sync.
   requests sent before the latest change are old news and change nothing, so one burst of 429s
   lowers the limit once. After a 429 the level that was refused is probed again only after
   ``PROBE_WINDOWS`` windows, twice as many after each refused probe, so a store that refuses
-  above N in flight meets a refused request rarely. What is remembered is never a level refused
-  last, and a sync starting from it holds there ``PROBE_WINDOWS`` windows before going higher.
+  above N in flight meets a refused request rarely; and only once the windows held below it
+  lasted ``PROBE_COST_RATIO`` times the pause its ``Retry-After`` imposed, since a refused
+  probe costs that pause (nothing is sent to the store meanwhile): probing a store that stays
+  at its limit costs at most about a tenth of the crawl's time, whatever pause it asks for.
+  What is remembered is never a level refused last, and a sync starting from it holds there
+  ``PROBE_WINDOWS`` windows before going higher.
   The limit never exceeds the ceiling (``WOOSYNC_MAX_STORE_CONCURRENCY``).
 * :class:`StoreGate` admits each HTTP attempt of one store (the client asks it per attempt, so
   retries are counted too and a retry's wait holds no slot) and honours ``Retry-After``: no new
@@ -61,6 +65,7 @@ RATE_GAIN = 0.5  # slower pages still pay while pages per second grow half as fa
 OVERLOAD_DECREASE = 0.7  # factor on a 5xx, a timeout or a cut connection
 PROBE_WINDOWS = 8  # windows at the level below a refused one before probing it again
 MAX_PROBE_WINDOWS = 64
+PROBE_COST_RATIO = 10.0  # time held below a refused level per second of its Retry-After pause
 SYNC_INTERVAL_S = 0.5
 MIN_SYNC_GAP_S = 0.1  # a gate waiting for a larger share asks at most this often
 LEASE_S = 10.0
@@ -78,6 +83,8 @@ class Aimd:
     refused_at: int | None = None  # the in-flight count at which the store last refused
     probe_windows: int = PROBE_WINDOWS
     held: int = 0  # windows spent below refused_at since the latest refusal or probe
+    held_s: float = 0.0  # how long those windows lasted (their median latencies)
+    probe_after_s: float = 0.0  # PROBE_COST_RATIO x the latest refusal's pause
     slow_windows: int = 0  # consecutive windows slower than the tolerance
     reason: str = ""  # why the latest change was made, for the log
     best_rate: float = 0.0  # most answers per second seen (limit / median latency of a window)
@@ -129,22 +136,26 @@ class Aimd:
         if self.refused_at is not None and self.limit >= self.refused_at:
             # A whole window at the level once refused: the store takes it now.
             self.refused_at, self.probe_windows, self.held = None, PROBE_WINDOWS, 0
+            self.held_s = self.probe_after_s = 0.0
         if self.refused_at is not None and self.limit + 1 >= self.refused_at:
+            # A window lasts about one latency: its requests were all out at once.
             self.held += 1
-            if self.held < self.probe_windows:
+            self.held_s += typical
+            if self.held < self.probe_windows or self.held_s < self.probe_after_s:
                 return False
-            self.held = 0
+            self.held, self.held_s = 0, 0.0
         self.reason = "flat latency"
         return self._set(self.limit * 2 if self.slow_start else self.limit + 1)
 
-    def refused(self, *, in_flight: int, epoch: int) -> bool:
-        """The store answered 429 to a request sent with ``in_flight`` out; True when the limit
-        changed."""
+    def refused(self, *, in_flight: int, epoch: int, pause_s: float = 0.0) -> bool:
+        """The store answered 429 to a request sent with ``in_flight`` out, and asked for a
+        pause of ``pause_s`` (its Retry-After, capped); True when the limit changed."""
         if epoch != self.epoch:
             return False
         if self.refused_at is not None:
             self.probe_windows = min(MAX_PROBE_WINDOWS, self.probe_windows * 2)
-        self.refused_at, self.held = in_flight, 0
+        self.refused_at, self.held, self.held_s = in_flight, 0, 0.0
+        self.probe_after_s = PROBE_COST_RATIO * max(0.0, pause_s)
         target = self.limit // 2 if self.slow_start else in_flight - 1
         self.slow_start = False
         self.reason = f"429 with {in_flight} in flight"
@@ -173,6 +184,7 @@ class Aimd:
         self.adopt(limit)
         self.slow_start = False
         self.refused_at, self.held, self.probe_windows = self.limit + 1, 0, PROBE_WINDOWS
+        self.held_s = self.probe_after_s = 0.0
 
     def adopt(self, limit: int) -> None:
         """Another process changed the store's limit: take it, and start a fresh window."""
@@ -323,13 +335,16 @@ class StoreGate:
             self._decided()
 
     def _refused(self, attempt: Attempt, status: int | None, retry_after_s: float | None) -> None:
+        pause_s = 0.0
         if retry_after_s is not None and retry_after_s > 0:
-            retry_after_s = min(retry_after_s, self._max_pause_s)
-            self._paused_until = max(self._paused_until, self._clock() + retry_after_s)
-            self._pause_to_share = max(self._pause_to_share, retry_after_s)
+            pause_s = min(retry_after_s, self._max_pause_s)
+            self._paused_until = max(self._paused_until, self._clock() + pause_s)
+            self._pause_to_share = max(self._pause_to_share, pause_s)
             self._poke.set()
         if status == 429:
-            changed = self.aimd.refused(in_flight=attempt.in_flight, epoch=attempt.epoch)
+            changed = self.aimd.refused(
+                in_flight=attempt.in_flight, epoch=attempt.epoch, pause_s=pause_s
+            )
         else:
             changed = self.aimd.failed(epoch=attempt.epoch)
         if changed:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from shared.storelimit import MAX_PROBE_WINDOWS, PROBE_WINDOWS, Aimd, fair_share
+from shared.storelimit import (
+    MAX_PROBE_WINDOWS,
+    PROBE_COST_RATIO,
+    PROBE_WINDOWS,
+    Aimd,
+    Attempt,
+    StoreGate,
+    fair_share,
+)
 
 
 def window(aimd: Aimd, latency_s: float = 0.3, *, used: bool = True) -> bool:
@@ -82,6 +92,47 @@ def test_a_probe_that_holds_for_a_window_frees_the_way_up() -> None:
     assert aimd.limit == 6 and aimd.refused_at is None
     window(aimd)
     assert aimd.limit == 7
+
+
+def test_a_refused_probe_that_cost_a_pause_waits_ten_times_that_pause() -> None:
+    """A 429 with Retry-After stops every request to the store for that long: the level it
+    refused is probed again only after windows lasting PROBE_COST_RATIO times the pause."""
+    aimd = Aimd(limit=5, ceiling=32, slow_start=False)
+    aimd.refused(in_flight=5, epoch=aimd.epoch, pause_s=1.0)
+    assert aimd.limit == 4
+    windows = 1
+    while not window(aimd, 0.3):
+        windows += 1
+    assert aimd.limit == 5
+    assert windows == math.ceil(PROBE_COST_RATIO * 1.0 / 0.3) > PROBE_WINDOWS
+    # Refused again with a pause too short to matter: the window count rules (doubled).
+    aimd.refused(in_flight=5, epoch=aimd.epoch, pause_s=0.01)
+    windows = 1
+    while not window(aimd, 0.3):
+        windows += 1
+    assert windows == 2 * PROBE_WINDOWS
+
+
+def test_a_long_pause_keeps_the_store_at_its_level_for_the_whole_crawl() -> None:
+    """A store at its limit asking for 30 s pauses: one probe at most in 500 windows of 0.3 s
+    (150 s), so the crawl loses at most about a tenth of its time to refused probes."""
+    aimd = Aimd(limit=4, ceiling=32, slow_start=False)
+    aimd.refused(in_flight=5, epoch=aimd.epoch, pause_s=30.0)
+    limits = [aimd.limit]
+    for _ in range(500):
+        window(aimd, 0.3)
+        limits.append(aimd.limit)
+    assert max(limits) == 4  # 30 s x 10 = 300 s of windows before the first probe
+
+
+async def test_the_gate_weighs_a_refusal_by_its_capped_retry_after() -> None:
+    aimd = Aimd(limit=5, ceiling=32, slow_start=False)
+    gate = StoreGate("store", aimd, pool=None, max_pause_s=30.0, clock=lambda: 100.0)  # type: ignore[arg-type]
+    Attempt(gate, in_flight=5, epoch=aimd.epoch, started=99.7).refused(429, 3600.0)
+    assert aimd.limit == 4
+    assert aimd.probe_after_s == PROBE_COST_RATIO * 30.0  # the pause the gate keeps
+    Attempt(gate, in_flight=4, epoch=aimd.epoch, started=99.7).refused(429)  # no Retry-After
+    assert aimd.limit == 3 and aimd.probe_after_s == 0.0
 
 
 def test_probe_waits_are_bounded() -> None:
