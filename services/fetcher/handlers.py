@@ -6,10 +6,13 @@ unstably) in windows of the job's batch size that overlap a little (see
 concurrently, at most ``concurrency`` at a time for this store, or, for a job started without
 that option, as many as the store sustains (:mod:`shared.storelimit`: the store's limit is found
 while reading, shared by every fetcher reading the store, and remembered). Customers added
-during the crawl land at the end (ids ascend), so the crawl then re-reads the last page and goes
-on until a short one. Last, it proves from the windows' id bounds that no customer slipped
-between two windows while customers were deleted, and reads again around any spot where one
-might have.
+during the crawl land at the end (ids ascend), so the last page is read after every other page
+was started (the last one handed to a worker, beside the pages still in flight); a store that
+grew meanwhile shows it there (a full page, or a larger ``X-WP-Total`` on any later answer), and
+then the crawl reads the last page again, after all others, and goes on until a short one. A
+store of one short page is read once. Last, it proves from the windows' id bounds that no
+customer slipped between two windows while customers were deleted, and reads again around any
+spot where one might have.
 
 Every window read is recorded the same way, in one transaction: the lines of the customers that
 have none yet are inserted, those customers published (the publish confirmed before the
@@ -68,6 +71,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
@@ -170,6 +174,7 @@ class _Job:
     db: OrgScope
     deadline: float  # loop time at which the crawl's slice is over
     latest_total: int | None = None  # X-WP-Total of the latest answer that had one
+    max_total: int | None = None  # the largest X-WP-Total any answer of the crawl gave
     pausing: bool = False  # the job was seen paused: no new request goes out
     backlog: CrawlBacklog | None = None  # its share of the fetcher's backlog budget
 
@@ -214,7 +219,19 @@ class _Job:
                 raise CrawlFailed(problem)
         if result.total is not None:
             self.latest_total = result.total
+            self.max_total = max(self.max_total or 0, result.total)
         return result
+
+    def ends_the_store(self, result: Any) -> bool:
+        """Whether a read of the last page, started after every other read of the crawl, shows
+        where the store ends: a short page, and no answer of the crawl counted more customers
+        (none was created after it that an answer saw)."""
+        return (
+            len(result.customers) < self.batch_size
+            and result.total is not None
+            and self.max_total is not None
+            and result.total >= self.max_total
+        )
 
     async def read(
         self, client: PageReader, page: int | None, offset: int
@@ -777,7 +794,9 @@ async def _crawl_with(
             r["page"]: r for r in await job.db.fetch(q.SELECT_FETCHED_PAGES, job_id, org_id)
         }
         windows = [window] + _recorded_windows(fetched, first=False)
-        return await _read_rest(job, client, fetched, windows, total_pages, concurrency)
+        # A store of one page: its only read is also the last one started.
+        tail = first if total_pages == 1 else None
+        return await _read_rest(job, client, fetched, windows, total_pages, concurrency, tail)
 
 
 def _recorded_windows(fetched: dict[int, Any], *, first: bool) -> list[paging.Window]:
@@ -796,15 +815,23 @@ async def _read_rest(
     windows: list[paging.Window],
     total_pages: int,
     concurrency: int,
+    tail: Any | None = None,
 ) -> int:
-    """Read the pages not yet recorded, then the tail and the gaps (see the module docstring)."""
+    """Read the pages not yet recorded, then the tail and the gaps (see the module docstring).
+    ``tail``: a read of the last page already made after every other page was started."""
     per_page = job.batch_size
     done = set(fetched)
-    todo = (page for page in range(2, total_pages + 1) if page not in done)
-    await _read_pages(job, client, todo, windows, concurrency)
-    # The store may have grown while we read: re-read the last page, go on to a short one,
-    # but never past what a store of the allowed size can hold.
+    if tail is None and total_pages > 1:
+        # The last page goes last, recorded or not: read after every other page was started.
+        todo = chain((page for page in range(2, total_pages) if page not in done), [total_pages])
+        tail = await _read_pages(job, client, todo, windows, concurrency, tail_page=total_pages)
     page, last_seen = total_pages, total_pages
+    if tail is not None and job.ends_the_store(tail):
+        await _close_gaps(job, client, windows, budget=GAP_READS_SPARE + 2 * last_seen)
+        await _check_complete(job)
+        return last_seen
+    # The store grew while we read (or said nothing of its size): re-read the last page after
+    # all others, go on to a short one, but never past what a store of the allowed size holds.
     limit = paging.max_pages(job.deps.max_store_customers, per_page)
     while True:
         if not await job.admit():
@@ -863,16 +890,20 @@ async def _read_pages(
     todo: Iterator[int],
     windows: list[paging.Window],
     concurrency: int,
-) -> None:
+    *,
+    tail_page: int | None = None,
+) -> Any | None:
     """Read the pages ``todo`` yields with ``concurrency`` workers, each pulling the next page
     number when it is done with one: memory stays flat however many pages there are. Once the
     slice is over, workers take no new page; SliceOver is raised when pages were left. Once
-    the job is paused, workers take no new page but finish their reads; then JobPaused."""
+    the job is paused, workers take no new page but finish their reads; then JobPaused.
+    Returns the answer of ``tail_page``, when it was read."""
     per_page = job.batch_size
     left = False
+    tail: Any | None = None
 
     async def worker() -> None:
-        nonlocal left
+        nonlocal left, tail
         while not job.pausing:
             # Room in the job's backlog first, then a page number: a page taken is read.
             if not await job.admit():
@@ -881,9 +912,11 @@ async def _read_pages(
             try:
                 if (page := next(todo, None)) is None:
                     return
-                _, window = await job.read(client, page, paging.page_offset(page, per_page))
+                result, window = await job.read(client, page, paging.page_offset(page, per_page))
             finally:
                 job.release()
+            if page == tail_page:
+                tail = result
             windows.append(window)
             if job.sliced:
                 left = True
@@ -899,6 +932,7 @@ async def _read_pages(
         raise JobPaused()
     if left and next(todo, None) is not None:
         raise SliceOver()
+    return tail
 
 
 async def _check_complete(job: _Job) -> None:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
 import asyncpg
 
 from services.fetcher.handlers import FetcherDeps, handle_sync_requested
 from shared.crypto import SecretBox
 from shared.messages import CustomerBatch, FetchCompleted, FetchFailed, Message
+from shared.woocommerce import CustomerPage
 from tests.helpers import (
     FETCHER_SECRETS,
     Recorder,
@@ -35,9 +42,10 @@ async def test_reads_every_customer_of_every_role_once(pool: asyncpg.Pool) -> No
     assert sorted(r["woo_id"] for r in lines) == store_ids
     assert {r["state"] for r in lines} == {"pending"}
     (completed,) = recorder.of(FetchCompleted)
-    # Windows of 50 that overlap by 2: offsets 0, 48, ..., 528; the last is re-read once.
+    # Windows of 50 that overlap by 2: offsets 0, 48, ..., 528; the last, read after every other
+    # was started, is short and no answer counted more customers: it is not read again.
     assert completed.customers == 537 and completed.pages == 12
-    assert requests == 13  # a quiet store needs no reads to prove the windows joined
+    assert requests == 12  # a quiet store needs no reads to prove the windows joined
     assert recorder.messages[-1] is completed  # the tracker may finish the job only after this
     job = await job_row(pool, request.job_id)
     assert job["state"] == "processing" and job["fetch_done_at"] is not None
@@ -105,6 +113,66 @@ async def test_customers_added_before_the_tail_are_read(pool: asyncpg.Pool) -> N
 
     assert len(store_ids) == 122 and set(added) <= set(recorder.customer_ids())
     assert sorted(set(recorder.customer_ids())) == store_ids
+
+
+async def test_a_store_of_one_short_page_is_read_once(pool: asyncpg.Pool) -> None:
+    async with running_simulator(customers=40, seed=26) as sim:
+        request = await queue_new_org_sync(pool, sim, batch_size=100)
+        recorder = Recorder()
+        await handle_sync_requested(request, fetcher_deps(pool, recorder))
+        store_ids = [c["id"] for c in await sim.customers()]
+        requests = (await sim.stats())["requests"]
+
+    (completed,) = recorder.of(FetchCompleted)
+    assert sorted(recorder.customer_ids()) == store_ids and completed.customers == 40
+    assert requests == 1  # its only read is also the last one started
+
+
+class LateGrowingStore:
+    """300 customers in windows of 100 (offsets 0, 95, 190, 285): the window at 190 is answered
+    only after the last one (285), and three customers are created in between, so the last
+    window's answer is short and counts 300 while a later answer counts 303."""
+
+    def __init__(self) -> None:
+        self.ids = list(range(1, 301))
+        self.tail_answered = asyncio.Event()
+        self.offsets: list[int] = []
+
+    async def list_customers(self, page: int, per_page: int, *, offset: int | None = None) -> Any:
+        start = offset or 0
+        if start == 190 and len(self.ids) == 300:
+            await self.tail_answered.wait()
+            self.ids += [301, 302, 303]
+        chunk = self.ids[start : start + per_page]
+        self.offsets.append(start)
+        if start == 285:
+            self.tail_answered.set()
+        customers = [{"id": i, "email": f"c{i}@example.com"} for i in chunk]
+        return CustomerPage(customers, len(self.ids), None, page)
+
+
+async def test_a_store_grown_after_its_last_page_was_answered_is_read_to_its_new_end(
+    pool: asyncpg.Pool,
+) -> None:
+    """The last page is read beside the pages still in flight, not after them; when a later
+    answer counts more customers than it did, the last page is read again after all others."""
+    async with running_simulator(customers=1, seed=25) as sim:
+        request = await queue_new_org_sync(pool, sim, batch_size=100, concurrency=2)
+    store = LateGrowingStore()
+
+    @contextlib.asynccontextmanager
+    async def open_client(config: Any, concurrency: int, gate: Any = None) -> AsyncIterator[Any]:
+        yield store
+
+    recorder = Recorder()
+    deps = dataclasses.replace(fetcher_deps(pool, recorder), open_client=open_client)
+    await asyncio.wait_for(handle_sync_requested(request, deps), 30)
+
+    (completed,) = recorder.of(FetchCompleted)
+    assert sorted(recorder.customer_ids()) == list(range(1, 304))
+    assert completed.customers == 303
+    assert store.offsets.count(285) == 2  # beside page 3 first, then again after it
+    assert store.offsets.index(285) < store.offsets.index(190)
 
 
 async def test_customers_deleted_during_the_crawl_do_not_hide_others(

@@ -116,8 +116,9 @@ async def test_a_false_total_fails_and_retry_reads_only_what_is_missing(
 ) -> None:
     """A store whose X-WP-Total counts two users its pages never show (a plugin filtering the
     list but not the count): its short last page agrees with nothing, so the job fails; once
-    the store is fixed, a retry reads the page that failed and the tail: page 1 is recorded, so
-    the resumed crawl does not read it again (each page read carries the store's total anew). A
+    the store is fixed, a retry reads the page that failed, which is the tail, once: page 1 is
+    recorded, so the resumed crawl does not read it again (each page read carries the store's
+    total anew), and the tail is read after every other page was started. A
     page still in flight when the first crawl failed was not recorded and is read again (its
     customers sent twice, which the syncer's upsert makes harmless)."""
     async with running_simulator(customers=300, seed=23) as sim:
@@ -138,7 +139,7 @@ async def test_a_false_total_fails_and_retry_reads_only_what_is_missing(
     (completed,) = again.of(FetchCompleted)
     assert completed.customers == 300
     assert sorted(set(recorder.customer_ids() + again.customer_ids())) == store_ids
-    assert 2 <= requests <= 3  # the failed page and the tail (and page 2 if it was in flight)
+    assert 1 <= requests <= 2  # the failed page, the tail (and page 3 if it was in flight)
 
 
 class SkippingStore:
