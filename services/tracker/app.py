@@ -186,6 +186,7 @@ def build_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         async with runtime.serving() as pool:
+            feeds = JobFeeds(pool_reader(pool), settings.progress_interval_s)
             tracker = trackers["tracker"] = Tracker(
                 pool,
                 partial(announce, broker, topology),
@@ -195,6 +196,7 @@ def build_app(settings: Settings) -> Starlette:
                 fetchers_consuming=partial(
                     consumer_count, settings.amqp_url, topology.fetcher_queue.name
                 ),
+                on_finished=feeds.poke,
             )
             await runtime.start_consuming()
             loop_task = asyncio.create_task(tracker.run(), name="tracker-recompute")
@@ -234,7 +236,7 @@ def build_app(settings: Settings) -> Starlette:
                     ),
                     streams=streams,
                     api=api,
-                    feeds=JobFeeds(pool_reader(pool), settings.progress_interval_s),
+                    feeds=feeds,
                     checks=SharedChecks(
                         key_checker(pool), streams.renew_many, settings.sse_recheck_interval_s
                     ),

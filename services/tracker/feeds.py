@@ -53,6 +53,7 @@ class JobFeed:
         self.followers = 0
         self._read_at = read_at  # when the read behind ``status`` started
         self._changed = asyncio.Event()
+        self.poked = asyncio.Event()  # the job is known to have changed: read it now
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -101,6 +102,13 @@ class JobFeeds:
     def __len__(self) -> int:
         return len(self._feeds)
 
+    def poke(self, org_id: UUID, job_id: UUID) -> None:
+        """The job changed (this process's tracker finished it): its feed, if any, reads it
+        now instead of at the end of its interval."""
+        feed = self._feeds.get((org_id, job_id))
+        if feed is not None:
+            feed.poked.set()
+
     async def read(self, org_id: UUID, job_id: UUID) -> tuple[JobStatus | None, float]:
         """A status read of one's own (a stream's first), with the time it started."""
         started = asyncio.get_running_loop().time()
@@ -138,7 +146,7 @@ class JobFeeds:
         loop = asyncio.get_running_loop()
         failing = False
         while not feed.ended:
-            await self._sleep(self._interval_s)
+            await self._nap(feed)
             started = loop.time()
             try:
                 status = await self._read(feed.org_id, feed.job_id)
@@ -151,6 +159,18 @@ class JobFeeds:
                 continue
             failing = False
             feed.offer(status, started)
+
+    async def _nap(self, feed: JobFeed) -> None:
+        """The interval between two reads, cut short by :meth:`poke`."""
+        if not feed.poked.is_set():
+            sleeping = asyncio.ensure_future(self._sleep(self._interval_s))
+            poked = asyncio.ensure_future(feed.poked.wait())
+            try:
+                await asyncio.wait((sleeping, poked), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeping.cancel()
+                poked.cancel()
+        feed.poked.clear()
 
 
 class SharedChecks:

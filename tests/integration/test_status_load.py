@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 from sse_starlette import ServerSentEvent
@@ -159,3 +159,28 @@ async def test_a_follower_starts_from_the_newest_status_known(
     ):
         assert first is second and second.status == new
     assert len(feeds) == 0
+
+
+async def test_a_poke_reads_the_job_at_once_instead_of_at_the_next_interval(
+    pool: asyncpg.Pool, app_pool: asyncpg.Pool
+) -> None:
+    """The tracker that finished a job pokes its feed: followers see the final status without
+    waiting for the interval (here one that never ends)."""
+    org_id = await make_org(pool)
+    job_id = await make_job(pool, org_id, state="processing", store_total=10)
+    never: asyncio.Event = asyncio.Event()
+    feeds = JobFeeds(pool_reader(app_pool), 0.25, sleep=lambda _s: never.wait())  # type: ignore[arg-type,return-value]
+    status, read_at = await feeds.read(org_id, job_id)
+    async with feeds.follow(org_id, job_id, status, read_at) as feed:
+        seen = feed.version
+        await pool.execute(
+            "UPDATE woo_customer_sync_queue SET done_count = 10, total = 10, state = 'done',"
+            " fetch_done_at = now(), finished_at = now() WHERE id = $1",
+            job_id,
+        )
+        feeds.poke(org_id, uuid4())  # another job's poke reads nothing
+        await asyncio.sleep(0.1)
+        assert feed.version == seen
+        feeds.poke(org_id, job_id)
+        await feed.wait(seen, WAIT_S)
+        assert feed.status is not None and feed.status.state == "done" and feed.ended

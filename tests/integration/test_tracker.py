@@ -325,6 +325,89 @@ async def test_jobs_without_progress_are_failed_as_stalled_once(
     assert [a.job_id for a in announced] == [stuck, waiting]
 
 
+@asynccontextmanager
+async def running_tracker(
+    app_pool: asyncpg.Pool, tick_s: float, finished: list[tuple[UUID, UUID]]
+) -> AsyncIterator[Tracker]:
+    async def publish(done: SyncCompleted) -> None:
+        pass
+
+    tracker = Tracker(
+        app_pool,
+        publish,
+        sweep_interval_s=tick_s,
+        full_sweep_interval_s=60.0,
+        on_finished=lambda org, job: finished.append((org, job)),
+    )
+    running = asyncio.create_task(tracker.run())
+    try:
+        yield tracker
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+
+async def within(seconds: float, predicate: Any) -> None:
+    async with asyncio.timeout(seconds):
+        while not await predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_job_whose_crawl_ended_finishes_when_its_last_line_settles(
+    pool: asyncpg.Pool, app_pool: asyncpg.Pool
+) -> None:
+    """With a tick of 4 s: once a job's crawl has ended, any event of it may be its last, so it
+    is recomputed at once; its last one finishes it then, and whoever follows it is told."""
+    org_id, _ = await create_org(pool, "acme")
+    job_id = await make_job(pool, org_id, store_total=4)
+    await add_lines(pool, job_id, org_id, range(1, 5))
+    await set_lines(pool, job_id, [1, 2], "done")
+    ids = {"job_id": job_id, "org_id": org_id}
+    finished: list[tuple[UUID, UUID]] = []
+    async with running_tracker(app_pool, 4.0, finished) as tracker:
+        await asyncio.sleep(0.1)  # the start's sweep is over; the next tick is 4 s away
+        await finish_fetch(pool, job_id)
+        await tracker.on_event(FetchCompleted(pages=1, customers=4, **ids))
+
+        async def recomputed() -> bool:
+            return (await job_row(pool, job_id))["done_count"] == 2
+
+        await within(0.5, recomputed)
+        assert (await job_row(pool, job_id))["state"] == "processing" and not finished
+        await set_lines(pool, job_id, [3, 4], "done")
+        await tracker.on_event(LinesDone(woo_ids=[3, 4], **ids))
+
+        async def told() -> bool:
+            return bool(finished)
+
+        await within(0.5, told)
+    assert finished == [(org_id, job_id)]
+    row = await job_row(pool, job_id)
+    assert (row["state"], row["done_count"]) == ("done", 4)
+
+
+async def test_an_idle_tracker_recomputes_an_event_when_it_comes(
+    pool: asyncpg.Pool, app_pool: asyncpg.Pool
+) -> None:
+    """A burst of events costs one recompute per tick; an event after a quiet tick is not kept
+    waiting for the next one."""
+    org_id, _ = await create_org(pool, "acme")
+    job_id = await make_job(pool, org_id, store_total=4)
+    await add_lines(pool, job_id, org_id, range(1, 5))
+    finished: list[tuple[UUID, UUID]] = []
+    async with running_tracker(app_pool, 1.0, finished) as tracker:
+        await asyncio.sleep(1.3)  # the start's sweep and a quiet tick are over
+        await set_lines(pool, job_id, [1], "done")
+        await tracker.on_event(LinesDone(woo_ids=[1], job_id=job_id, org_id=org_id))
+
+        async def recomputed() -> bool:
+            return (await job_row(pool, job_id))["done_count"] == 1
+
+        await within(0.3, recomputed)  # the next tick was 0.7 s away
+    assert not finished
+
+
 def parse_event(body: bytes, routing_key: str) -> Any:
     """The tracker's events as the consumer edge decodes them."""
     return parse(body, TRACKER_EVENTS, routing_key=routing_key)
