@@ -159,7 +159,8 @@ async def _close_gaps(client: PageReader, read: StoreRead, *, budget: int, limit
 def estimate_s(read: StoreRead, concurrency: int) -> tuple[float, float]:
     """The median request latency, and the time a sync's reading of ``read.pages`` windows
     takes at ``concurrency`` requests at once: rounds of ``concurrency`` pages, one latency each
-    (page 1 alone first, as the fetcher reads it)."""
+    (page 1 alone first, as the fetcher reads it; the last page in the last round, read again
+    only when the store grows meanwhile)."""
     latencies = sorted(read.latencies_s)
     if not latencies:
         return 0.0, 0.0
@@ -168,5 +169,5 @@ def estimate_s(read: StoreRead, concurrency: int) -> tuple[float, float]:
         latencies[middle] if len(latencies) % 2 else (latencies[middle - 1] + latencies[middle]) / 2
     )
     rest = max(read.pages - 1, 0)
-    rounds = 1 + -(-rest // concurrency) + 1  # page 1, the others, the tail re-read
+    rounds = 1 + -(-rest // concurrency)  # page 1, then the others (the last page among them)
     return median, median * rounds

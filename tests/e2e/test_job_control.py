@@ -4,9 +4,10 @@ the store's request log (``/__sim/requests``) and the database.
 - ``pause`` on a running crawl: once the fetcher has recorded that its crawl stopped, the store
   gets no request and no customer is written (requests in flight when the pause answered may
   still be answered and recorded). ``resume`` then ends the job done and exact, and no page is
-  read more often than an uninterrupted crawl reads it: once, the last page twice (the crawl
-  re-reads it to see whether the store grew). Printed: the pause latency, from the pause's
-  answer to the last store request and to the last customer write.
+  read twice but the last one, and that one only if the crawl had read it before the pause
+  (a crawl reads the last page after every other page was started, to see whether the store
+  grew, so the resumed one reads it again). Printed: the pause latency, from the pause's answer
+  to the last store request and to the last customer write.
 - ``cancel`` with batches waiting for the syncer: its open lines are cancelled, the waiting
   batches write nothing, and a new sync of the store is refused (409) until the fetcher has
   stopped the old crawl, then accepted. The fetcher is held with SIGSTOP right after the cancel
@@ -125,7 +126,7 @@ async def test_pause_stops_reads_and_writes_and_resume_reads_nothing_twice(
     # Windows overlap a little (services.fetcher.paging): page p starts at page_offset(p).
     last_page = paging.pages_for(len(store), PER_PAGE)
     twice = {o: n for o, n in reads.items() if n > 1}
-    assert twice == {paging.page_offset(last_page, PER_PAGE): 2}, f"read again: {twice}"
+    assert twice in ({}, {paging.page_offset(last_page, PER_PAGE): 2}), f"read again: {twice}"
     assert set(reads) == {paging.page_offset(p, PER_PAGE) for p in range(1, last_page + 1)}
     print(
         f"\npause: {len(reads_paused)} pages read before it settled ({len(pages_paused)} "

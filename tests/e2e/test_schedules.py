@@ -34,11 +34,13 @@ from tools.woosim.testing import SimHandle, spawn_simulator
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 BOX = SecretBox("e2e-secret-key")  # the stack's WOOSYNC_SECRET_KEY (tests/e2e/harness.py)
 # The scheduler looks often and a schedule may be one second apart (production: 5 s, 60 s); one
-# page at a time, so that a slow store takes longer than an interval to read.
+# page at a time (the adaptive limit's start and ceiling: a sync learns no more), so that a slow
+# store takes longer than an interval to read.
 ENV = {
     "WOOSYNC_SCHEDULER_INTERVAL_S": "0.3",
     "WOOSYNC_SCHEDULE_MIN_INTERVAL_S": "1",
     "WOOSYNC_DEFAULT_CONCURRENCY": "1",
+    "WOOSYNC_MAX_STORE_CONCURRENCY": "1",
 }
 
 
