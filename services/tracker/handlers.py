@@ -11,10 +11,11 @@ Why this is safe under at-least-once delivery and crashes:
   in-memory dirty set and acks; a loop recomputes dirty jobs every
   ``tracker_sweep_interval_s``, so a burst of events for one job (about a thousand for a
   100k-customer job) costs one recompute per tick, not one GROUP BY per event. Two things cut
-  the wait without more recomputes than that: a tracker that had nothing to do recomputes an
-  event's job as soon as it comes, and once a job's crawl has ended (``FetchCompleted``), any
-  event of it may be its last, so the tick is cut to ``URGENT_GAP_S`` (a job finishes about
-  when its last line settles, not up to a tick later). Whoever finished a job is told at once
+  the wait: a tracker that had nothing to do at a tick recomputes the next event's job as soon
+  as it comes; and once a job's crawl has ended (``FetchCompleted``), any event of it may be its
+  last, so that job alone is recomputed between ticks, at most every ``URGENT_GAP_S`` (it
+  finishes about when its last line settles, not up to a tick later; the jobs still crawling,
+  a huge one among them, keep to the tick). Whoever finished a job is told at once
   (``on_finished``: the progress feeds read it then, instead of at their next interval).
 * The dirty set lives in memory, so an acked event whose job was not yet recomputed would be
   lost in a crash, were it not for the full sweep: every few seconds (and at start) every job
@@ -50,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 from uuid import UUID
 
@@ -324,12 +325,16 @@ class Tracker:
             await self._follow_parents([done])
             await self._announce([done])
 
-    async def flush(self) -> None:
-        """Recompute every dirty job once; jobs that hit an error stay dirty for the next tick."""
+    async def flush(self, only: Collection[UUID] | None = None) -> None:
+        """Recompute every dirty job (of ``only``, when given) once; jobs that hit an error
+        stay dirty for the next tick."""
         if self._unannounced:
             pending, self._unannounced = self._unannounced, []
             await self._announce(pending)
-        jobs, self._dirty = self._dirty, {}
+        if only is None:
+            jobs, self._dirty = self._dirty, {}
+        else:
+            jobs = {job: self._dirty.pop(job) for job in list(self._dirty) if job in only}
         finished: list[SyncCompleted] = []
         for job_id, org_id in jobs.items():
             with log_context(job_id=job_id, org_id=org_id):
@@ -415,32 +420,39 @@ class Tracker:
     async def run(self) -> None:
         """The recompute loop; runs until cancelled. Starts with a full sweep."""
         loop = asyncio.get_running_loop()
-        next_sweep = loop.time()
+        next_sweep = next_tick = loop.time()
         while True:
             self._urgent.clear()  # events that come while recomputing count for the next pause
+            tick = loop.time() >= next_tick
             try:
                 if loop.time() >= next_sweep:
                     await self.sweep()
                     await self.detect_stalls()
                     next_sweep = loop.time() + self._full_sweep_interval_s
-                await self.flush()
+                # Between ticks, only the jobs whose crawl ended: the others wait for the tick.
+                await self.flush(None if tick else self._closing)
             except Exception:  # the loop outlives any outage; the sweep catches up afterwards
                 log.exception("recompute tick failed; trying again on the next one")
-            await self._pause(next_sweep)
+            if tick:
+                next_tick = loop.time() + self._sweep_interval_s
+            next_tick = await self._pause(next_tick, next_sweep)
 
-    async def _pause(self, next_sweep: float) -> None:
-        """Between two recomputes: the tick, cut to ``URGENT_GAP_S`` by an event of a closing
-        job; then, with nothing to recompute, until the next event or the full sweep."""
+    async def _pause(self, next_tick: float, next_sweep: float) -> float:
+        """Until the next recompute: the tick, or ``URGENT_GAP_S`` when an event of a closing
+        job comes; at a tick with nothing to recompute, until the next event (recomputed at
+        once) or the full sweep. Returns when the next tick is due."""
+        loop = asyncio.get_running_loop()
         await asyncio.sleep(min(URGENT_GAP_S, self._sweep_interval_s))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                self._urgent.wait(), max(0.0, self._sweep_interval_s - URGENT_GAP_S)
-            )
+            await asyncio.wait_for(self._urgent.wait(), max(0.0, next_tick - loop.time()))
+        if self._urgent.is_set() and loop.time() < next_tick:
+            return next_tick
         if not self._dirty and not self._unannounced:
             self._wake.clear()  # nothing came that is not recomputed (one loop: no race)
-            until_sweep_s = max(0.0, next_sweep - asyncio.get_running_loop().time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), until_sweep_s)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_sweep - loop.time()))
+            return loop.time()
+        return next_tick
 
     async def drain(self, timeout_s: float) -> None:
         """One last flush at shutdown, so jobs marked dirty by acked events finish promptly."""
