@@ -56,18 +56,20 @@ ORDER BY c.woo_id
 
 # The syncer's transactions (a batch, a webhook's change): their writes are woosync's (migration
 # 0017's trigger leaves them alone), a customer row another transaction holds past the lock
-# timeout fails that row alone (see handlers), and every statement is planned for the table as it
-# is now. The lookups below go through the primary key only if the planner knows the table is
-# big: with PostgreSQL's default plan cache mode, a prepared statement run five times while the
-# table held a few rows (a new installation, a table just truncated) keeps a generic plan that
-# scans the table, or another index leading with org_id, once per customer looked up, until
-# autovacuum's next ANALYZE: quadratic in the store's size for a first sync
-# (tests/integration/test_syncer_plans.py). A custom plan reads the table's current size; planning
-# costs well under a millisecond per batch. One round trip (a simple query of three statements).
+# timeout fails that row alone (see handlers), and no statement scans a whole table. Every lookup
+# here is by key, but a plan cached while ``customer`` held a few rows (a new installation, a
+# table just truncated) scans the table, or another index leading with org_id, once per customer
+# looked up, until autovacuum's next ANALYZE: quadratic in the store's size for a first sync
+# (tests/integration/test_syncer_plans.py). PostgreSQL keeps a generic plan for a prepared
+# statement after five runs, so the statistics of the moment it was made decide. With sequential
+# scans priced out, every plan, generic or custom, goes through the primary key; the plan is kept
+# and reused (planning each batch's statements anew, as force_custom_plan did, cost about a
+# fifth of the database's CPU in `python -m bench.throughput`). One round trip (a simple query
+# of three statements).
 WRITER_SETTINGS = (
     MARK_WOOSYNC_WRITER
     + "; SET LOCAL lock_timeout = {lock_timeout_ms:d}"
-    + "; SET LOCAL plan_cache_mode = force_custom_plan"
+    + "; SET LOCAL enable_seqscan = off"
 )
 
 # A batch of a paused job, kept as it came until the job is resumed (migration 0010).
