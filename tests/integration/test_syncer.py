@@ -111,6 +111,26 @@ async def test_row_has_exactly_the_table_columns(pool: asyncpg.Pool) -> None:
     assert [c for c in table if c not in bookkeeping] == list(CUSTOMER_COLUMNS)
 
 
+async def test_customer_documents_are_compressed_with_lz4(pool: asyncpg.Pool) -> None:
+    """Migration 0025, on a server built with lz4 (as this one and the compose image are)."""
+    methods = await pool.fetch(
+        """SELECT attname, attcompression::text FROM pg_attribute
+           WHERE attrelid = 'customer'::regclass AND attname = ANY($1::text[])""",
+        ["raw", "billing", "shipping", "meta_data"],
+    )
+    assert {m["attname"]: m["attcompression"] for m in methods} == dict.fromkeys(
+        ("raw", "billing", "shipping", "meta_data"), "l"
+    )
+    job = await seed_job(pool)
+    big = customer(1, meta_data=[{"id": n, "key": f"k{n}", "value": "x" * 40} for n in range(80)])
+    await seed_lines(pool, job, [1])
+    await sync(pool, job.batch([big]))
+    stored = await pool.fetchval(
+        "SELECT pg_column_compression(raw) FROM customer WHERE org_id = $1", job.org_id
+    )
+    assert stored == "lz4"
+
+
 async def test_batch_upserts_every_field_and_marks_lines_done(pool: asyncpg.Pool) -> None:
     job = await seed_job(pool)
     customers = [
