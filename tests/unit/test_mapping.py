@@ -527,6 +527,10 @@ def test_non_finite_numbers_refused_anywhere(value: float) -> None:
     assert "shipping.lat" in refused(woo_customer(shipping={"lat": value})).message
 
 
+class _Dict(dict):  # type: ignore[type-arg]
+    """A mapping that is not a plain dict: json decides how it is written."""
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -536,6 +540,10 @@ def test_non_finite_numbers_refused_anywhere(value: float) -> None:
         {"t": "null 0.00001 e-7"},  # text that reads like them: the slow path, the same text
         [float("nan"), None],
         {"k": float("-inf")},
+        {"a": None, "deep": [[{"x": float("nan")}], 1.5]},
+        _Dict(a=None, b=float("inf")),
+        {"a": None, "b": (1.5, float("nan"))},
+        {"a": None, "b": [True, 2, "x", 0.5, {"c": None}]},
     ],
 )
 def test_canonical_json_where_orjson_writes_otherwise(value: object) -> None:
@@ -548,6 +556,38 @@ def test_canonical_json_where_orjson_writes_otherwise(value: object) -> None:
             canonical_json(value)
         return
     assert canonical_json(value) == expected
+
+
+def test_a_customer_holding_null_is_written_by_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real null (a date never modified) is no NaN written by orjson: no slow path for it."""
+    customer = woo_customer(date_modified=None, date_modified_gmt=None, meta_data=[{"v": 2.5}])
+    expected = json.dumps(
+        customer, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    )
+
+    def slow(*args: object, **kwargs: object) -> str:
+        raise AssertionError("json.dumps called")
+
+    monkeypatch.setattr(json, "dumps", slow)
+    assert canonical_json(customer) == expected
+    nested_nan = [{"a": None, "b": [[float("nan")]]}]
+    with pytest.raises(AssertionError, match="json.dumps called"):
+        canonical_json(nested_nan)
+
+
+def deep_list(depth: int, leaf: object) -> object:
+    value: object = [leaf, None]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_null_beside_a_deep_nan_is_refused() -> None:
+    # 200 levels: as deep as orjson writes (past 255 it refuses, and json decides anyway).
+    with pytest.raises(ValueError):
+        canonical_json(deep_list(200, float("nan")))
+    finite = deep_list(200, 0.5)
+    assert canonical_json(finite) == json.dumps(finite, separators=(",", ":"))
 
 
 def test_non_json_values_refused() -> None:
