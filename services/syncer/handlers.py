@@ -231,10 +231,12 @@ async def handle_customer_batch(
             rows = [replace(row, connection_id=connection_id) for row in rows]
         policy = ConflictPolicy(job["conflict_policy"] or DEFAULT_POLICY)
         await conn.execute(q.WRITER_SETTINGS.format(lock_timeout_ms=int(lock_timeout_ms)))
-        rows, held, taken = await settle_conflicts(conn, rows, policy)
+        stored = await look_up_stored(conn, rows)
+        rows, held, taken = await settle_conflicts(conn, rows, policy, stored)
         synced, refused, stale = await upsert_isolating(conn, rows)
         await conn.execute("SET LOCAL lock_timeout TO DEFAULT")
-        restored = await restore_customers(conn, batch, connection_id, synced)
+        deleted = [row for row in synced if row.woo_id in stored and stored[row.woo_id]["deleted"]]
+        restored = await restore_customers(conn, batch, connection_id, deleted)
         failures += [
             CustomerFailure(r.woo_id, error, customers[r.woo_id], retryable)
             for r, error, retryable in refused
@@ -275,21 +277,37 @@ async def handle_customer_batch(
     return outcome
 
 
+async def look_up_stored(
+    conn: asyncpg.Connection, rows: Sequence[CustomerRow]
+) -> dict[int, asyncpg.Record]:
+    """The batch's stored customers that were edited in MantisNXT or are marked deleted, by woo
+    id (``SELECT_EDITED_OR_DELETED``): a first sync, or a batch of untouched customers, finds
+    none, and skips both the conflicts and the restoring."""
+    if not rows:
+        return {}
+    org_id, connection_id = rows[0].org_id, rows[0].connection_id
+    return {
+        r["woo_id"]: r
+        for r in await conn.fetch(
+            q.SELECT_EDITED_OR_DELETED, org_id, connection_id, [row.woo_id for row in rows]
+        )
+    }
+
+
 async def settle_conflicts(
-    conn: asyncpg.Connection, rows: Sequence[CustomerRow], policy: ConflictPolicy
+    conn: asyncpg.Connection,
+    rows: Sequence[CustomerRow],
+    policy: ConflictPolicy,
+    stored: Mapping[int, asyncpg.Record],
 ) -> tuple[list[CustomerRow], list[Held], dict[int, str]]:
     """Settle the batch's conflicts by ``policy``: the rows still to upsert, the conflicts held
     back from the upsert (MantisNXT's rows kept here, or waiting), and the warnings of the
-    conflicts the store's version wins (upserted with the others)."""
+    conflicts the store's version wins (upserted with the others). ``stored``: what
+    :func:`look_up_stored` found."""
+    edited = {woo_id: r for woo_id, r in stored.items() if r["edited"]}
     if not rows:
         return [], [], {}
     org_id, connection_id = rows[0].org_id, rows[0].connection_id
-    edited = {
-        r["woo_id"]: r
-        for r in await conn.fetch(
-            q.SELECT_EDITED_CUSTOMERS, org_id, connection_id, [row.woo_id for row in rows]
-        )
-    }
     if not edited:
         return list(rows), [], {}
     upsert: list[CustomerRow] = []

@@ -36,21 +36,26 @@ FOR KEY SHARE OF j
 
 # $1 org_id, $2 connection_id, $3 bigint[] woo_ids. The stored rows among them that were edited
 # in MantisNXT since their last sync (the only ones that can be conflicts), with what decides a
-# conflict and MantisNXT's version as it is now (what a waiting conflict line keeps).
+# conflict and MantisNXT's version as it is now (what a waiting conflict line keeps), and the
+# rows marked deleted (``deleted``: the only ones RESTORE_CUSTOMERS can bring back, so a batch
+# without any skips it). Other rows are not returned.
 # Each id is looked up by the whole primary key (LATERAL ... LIMIT 1 keeps the planner from
 # flattening it): with `woo_id = ANY($3)` a planner whose statistics predate the store's first
 # sync (a new connection, a table not analyzed yet) scans every stored customer of the
 # connection as a filter, per batch, which makes a first sync quadratic in the store's size.
-SELECT_EDITED_CUSTOMERS = """
+SELECT_EDITED_OR_DELETED = """
 SELECT c.woo_id, c.source_hash, c.woo_date_modified, c.synced_at, c.mantis_updated_at,
-       to_jsonb(c) - 'raw' - 'org_id' - 'connection_id' AS mantis_version
+       c.mantis_updated_at > c.synced_at AS edited,
+       c.deleted_at IS NOT NULL AS deleted,
+       CASE WHEN c.mantis_updated_at > c.synced_at
+            THEN to_jsonb(c) - 'raw' - 'org_id' - 'connection_id' END AS mantis_version
 FROM (SELECT DISTINCT unnest($3::bigint[]) AS woo_id) AS i
 CROSS JOIN LATERAL (
     SELECT * FROM customer AS s
     WHERE s.org_id = $1 AND s.connection_id = $2 AND s.woo_id = i.woo_id
     LIMIT 1
 ) AS c
-WHERE c.mantis_updated_at > c.synced_at
+WHERE c.mantis_updated_at > c.synced_at OR c.deleted_at IS NOT NULL
 ORDER BY c.woo_id
 """
 
@@ -150,7 +155,7 @@ _UPDATES = _INDENT.join(f"{c} = EXCLUDED.{c}" for c in CUSTOMER_COLUMNS if c not
 # one was, is older; equal or newer updates, and a stored row without a date takes anything.
 # Returns the customers left alone as stale, with the date of the version kept. The final SELECT
 # sees the rows as they were before this statement (one snapshot), which is what it compares with;
-# it looks up by the whole key, as SELECT_EDITED_CUSTOMERS does and for the same reason, only the
+# it looks up by the whole key, as SELECT_EDITED_OR_DELETED does and for the same reason, only the
 # customers the upsert did not write (none, on a first sync).
 # Composed once, here, from the tuples above (print it to read it whole).
 UPSERT_CUSTOMERS = f"""
@@ -193,12 +198,14 @@ WHERE c.source_hash IS DISTINCT FROM i.source_hash
 ORDER BY i.woo_id
 """
 
-# $1 org_id, $2 connection_id, $3 job_id, $4 the woo ids this batch stored. Customers the
+# $1 org_id, $2 connection_id, $3 job_id, $4 the woo ids this batch stored that were marked
+# deleted when the batch began (SELECT_EDITED_OR_DELETED; a deletion marked since is newer than
+# this job's crawl, so it stays as the condition below would have it anyway). Customers the
 # tracker marked deleted (migration 0013) that a later crawl found in the store again: deleted_at
 # is cleared, the job's restored_count counts them. Only a customer marked before this job's
 # crawl began comes back: a replay of an older job's parked customers never undoes a deletion
 # found since. Locks in woo_id order, like the upsert; each id looked up by the whole key, as in
-# SELECT_EDITED_CUSTOMERS. Returns the restored woo ids.
+# SELECT_EDITED_OR_DELETED. Returns the restored woo ids.
 RESTORE_CUSTOMERS = """
 WITH job AS (
     SELECT started_at FROM woo_customer_sync_queue WHERE id = $3 AND org_id = $1

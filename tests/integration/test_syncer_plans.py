@@ -88,7 +88,7 @@ async def test_lookups_use_the_primary_key_after_the_table_grew_past_its_statist
     looked_up = [3, 4]
     rows = [map_customer(c, org_id=org, connection_id=connection) for c in customers(looked_up)]
     statements = {
-        "edited": (q.SELECT_EDITED_CUSTOMERS, [org, connection, looked_up]),
+        "edited": (q.SELECT_EDITED_OR_DELETED, [org, connection, looked_up]),
         "restore": (q.RESTORE_CUSTOMERS, [org, connection, uuid4(), looked_up]),
         "upsert": (q.UPSERT_CUSTOMERS, upsert_arguments(rows)),
     }
