@@ -234,8 +234,10 @@ async def handle_customer_batch(
         stored = await look_up_stored(conn, rows)
         rows, held, taken = await settle_conflicts(conn, rows, policy, stored)
         synced, refused, stale = await upsert_isolating(conn, rows)
-        await conn.execute("SET LOCAL lock_timeout TO DEFAULT")
         deleted = [row for row in synced if row.woo_id in stored and stored[row.woo_id]["deleted"]]
+        await conn.execute(
+            "SET LOCAL lock_timeout TO DEFAULT" + (f"; {q.PLAN_FOR_TABLE_AS_IS}" if deleted else "")
+        )
         restored = await restore_customers(conn, batch, connection_id, deleted)
         failures += [
             CustomerFailure(r.woo_id, error, customers[r.woo_id], retryable)
@@ -328,6 +330,7 @@ async def settle_conflicts(
         )
     kept = [h.row for h in held if h.outcome == Outcome.KEEP_MANTIS]
     if kept:
+        await conn.execute(q.PLAN_FOR_TABLE_AS_IS)
         await conn.execute(
             conflicts.KEEP_MANTIS_VERSIONS, org_id, connection_id, *conflicts.keep_arguments(kept)
         )
@@ -367,7 +370,8 @@ async def restore_customers(
     synced: Sequence[CustomerRow],
 ) -> int:
     """Clear ``deleted_at`` of stored customers that this job's crawl saw again
-    (``RESTORE_CUSTOMERS``), in the batch's transaction; how many came back."""
+    (``RESTORE_CUSTOMERS``, planned for the table as it is: ``PLAN_FOR_TABLE_AS_IS``), in the
+    batch's transaction; how many came back."""
     if not synced:
         return 0
     rows = await conn.fetch(
