@@ -208,8 +208,9 @@ ORDER BY i.woo_id
 """
 
 # $1 org_id, $2 connection_id, $3 job_id, $4 the woo ids this batch stored that were marked
-# deleted when the batch began (SELECT_EDITED_OR_DELETED; a deletion marked since is newer than
-# this job's crawl, so it stays as the condition below would have it anyway). Customers the
+# deleted when the batch began (SELECT_EDITED_OR_DELETED). A deletion the tracker marks meanwhile
+# is newer than this job's crawl and would stay anyway; a webhook's applied meanwhile is left
+# for the next sync, as one applied just after this batch's commit always was. Customers the
 # tracker marked deleted (migration 0013) that a later crawl found in the store again: deleted_at
 # is cleared, the job's restored_count counts them. Only a customer marked before this job's
 # crawl began comes back: a replay of an older job's parked customers never undoes a deletion
