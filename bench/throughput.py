@@ -173,26 +173,27 @@ async def run_pipeline(
 
 
 async def main(
-    sizes: list[int], concurrency: int, latency_ms: int, profile: str | None, profile_idle: bool
+    sizes: list[int], concurrency: int, latency_ms: int, profile: str | None, profile_idle: bool,
+    per_page: int = 100,
 ) -> None:
     results = []
     for size in sizes:
         with spawn_simulator(customers=size, seed=1, latency_ms=latency_ms) as sim:
             result = Result(size)
-            before, read = await measure_floor(sim, concurrency=concurrency, per_page=100)
+            before, read = await measure_floor(sim, concurrency=concurrency, per_page=per_page)
             assert read == size, f"floor read {read} of {size}"
             await run_pipeline(
-                sim, result, concurrency=concurrency, per_page=100, profile=profile,
+                sim, result, concurrency=concurrency, per_page=per_page, profile=profile,
                 profile_idle=profile_idle,
             )
-            after, read = await measure_floor(sim, concurrency=concurrency, per_page=100)
+            after, read = await measure_floor(sim, concurrency=concurrency, per_page=per_page)
             assert read == size, f"floor read {read} of {size}"
             result.floor_runs_s = (before, after)
             result.floor_s = min(before, after)
         results.append(result)
-        report([result], concurrency, latency_ms)
+        report([result], concurrency, latency_ms, per_page)
     print("\n== summary ==")
-    report(results, concurrency, latency_ms)
+    report(results, concurrency, latency_ms, per_page)
 
 
 TARGET_PER_S = 6_000  # issue 12, item 2: 100,000 customers with no store latency, this machine
@@ -203,8 +204,8 @@ ISSUE_RATIO = 2_395 / (100_000 / 4.4)
 TARGET_GAIN = 2.5
 
 
-def report(results: list[Result], concurrency: int, latency_ms: int) -> None:
-    print(f"concurrency {concurrency}, store latency {latency_ms} ms/page, 100 per page; "
+def report(results: list[Result], concurrency: int, latency_ms: int, per_page: int = 100) -> None:
+    print(f"concurrency {concurrency}, store latency {latency_ms} ms/page, {per_page} per page; "
           f"targets: >= {TARGET_PER_S:,} customers/s, each service < {TARGET_RSS_MB:.0f} MB; "
           f"in proportion: ratio to floor >= {TARGET_GAIN} x the issue's {ISSUE_RATIO:.3f} "
           f"= {TARGET_GAIN * ISSUE_RATIO:.2f}")
@@ -232,9 +233,11 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--latency-ms", type=int, default=20, help="simulated store time per page")
+    parser.add_argument("--per-page", type=int, default=100,
+                        help="customers per page (WooCommerce allows at most 100)")
     parser.add_argument("--profile", metavar="DIR", help="py-spy each service into DIR")
     parser.add_argument("--profile-cpu", action="store_true",
                         help="sample only threads on the CPU (default: waiting included)")
     args = parser.parse_args()
     asyncio.run(main(args.sizes, args.concurrency, args.latency_ms, args.profile,
-                     not args.profile_cpu))
+                     not args.profile_cpu, args.per_page))

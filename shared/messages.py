@@ -49,7 +49,8 @@ class SyncRequested(Message):
 
 
 class CustomerBatch(Message):
-    """fetcher -> syncer: one page of customers exactly as the store sent them (minus ``_links``).
+    """fetcher -> syncer: customers exactly as the store sent them (minus ``_links``): those of
+    one page, or of the few pages a crawl recorded at once (``page`` is then the first of them).
 
     The attempt number travels in the ``retry-attempt`` header, not here, so the body of a batch
     is the same on every delivery and replay.

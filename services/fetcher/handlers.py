@@ -16,7 +16,11 @@ spot where one might have.
 
 Every window read is recorded the same way, in one transaction: the lines of the customers that
 have none yet are inserted, those customers published (the publish confirmed before the
-commit), and the page marked fetched with its bounds. So a committed line always means a
+commit), and the page marked fetched with its bounds. The reads a crawl's workers finish while
+one record is under way wait for it and are then recorded together, up to
+``RECORD_GROUP_READS`` in one transaction and one message: when recording is the slower part,
+the messages grow instead of queueing, so RabbitMQ, the syncer and PostgreSQL pay their cost per
+message and per transaction once for several pages. So a committed line always means a
 published customer, and each customer is published once, even by overlapping windows recorded
 at the same time (the later one waits for the earlier one's new lines to commit; the commit does
 not wait for the WAL flush, and the job's row, its sign of life for stall detection, is written
@@ -120,6 +124,11 @@ PageObserver = Callable[[UUID, float, str | None], None]
 
 # Extra reads allowed to close gaps, beyond two per page of the store.
 GAP_READS_SPARE = 4
+# Reads of one crawl recorded in one transaction and one message at most (``_Job.record``): the
+# pages its workers finished while a record was under way. Each message and each transaction has
+# a cost of its own (RabbitMQ's, the syncer's, PostgreSQL's), the same for 100 customers as for
+# 400; beyond a few pages the syncer's batches grow for little.
+RECORD_GROUP_READS = 4
 ERROR_LIMIT = 1000
 
 
@@ -167,6 +176,34 @@ class FetcherDeps:
 
 
 @dataclass
+class _Read:
+    """One read's answer, checked, on its way to be recorded (``_Job.record``)."""
+
+    page: int | None
+    customers: list[Any]
+    rejected: list[items.Rejected]
+    ids: list[int]  # the customers' ids, in the store's order
+    window: paging.Window
+    recorded: bool = False
+    error: Exception | None = None  # why its group's record failed
+
+    @classmethod
+    def of(cls, page: int | None, offset: int, page_items: list[Any]) -> _Read:
+        customers, rejected = items.split(page_items)
+        ids = [int(c["id"]) for c in customers]
+        window = paging.Window.of(offset, ids, count=len(page_items))
+        return cls(page, customers, rejected, ids, window)
+
+    @property
+    def line_ids(self) -> list[int]:
+        return sorted(set(self.ids))
+
+    @property
+    def settled(self) -> bool:
+        return self.recorded or self.error is not None
+
+
+@dataclass
 class _Job:
     request: SyncRequested
     batch_size: int
@@ -177,6 +214,9 @@ class _Job:
     max_total: int | None = None  # the largest X-WP-Total any answer of the crawl gave
     pausing: bool = False  # the job was seen paused: no new request goes out
     backlog: CrawlBacklog | None = None  # its share of the fetcher's backlog budget
+    # Reads waiting to be recorded, and the lock of the one record under way (``record``).
+    _unrecorded: list[_Read] = field(default_factory=list)
+    _recording: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def sliced(self) -> bool:
@@ -249,14 +289,11 @@ class _Job:
         return result, await self.record(page, offset, result.customers)
 
     async def record(self, page: int | None, offset: int, page_items: list[Any]) -> paging.Window:
-        """Insert the lines of customers that have none, publish those customers and mark the
-        page, in one transaction (see the module docstring); raises JobClosed when the job is
-        final by then."""
-        job_id, org_id = self.request.job_id, self.request.org_id
-        customers, rejected = items.split(page_items)
-        published = 0
-        ids = [int(c["id"]) for c in customers]
-        disorder = items.out_of_order(ids)
+        """Record one read (see the module docstring): with the reads the crawl's other workers
+        finished meanwhile, in one transaction and one message (``_record_group``). Returns once
+        this read is committed; raises JobClosed when the job is final by then."""
+        read = _Read.of(page, offset, page_items)
+        disorder = items.out_of_order(read.ids)
         if disorder is not None:
             where = f"page {page}" if page else "a re-read"
             raise CrawlFailed(
@@ -265,65 +302,104 @@ class _Job:
                 "orderby=id&order=asc; woosync cannot prove it read every customer of such a "
                 "store (a plugin or cache changing the order?)"
             )
-        window = paging.Window.of(offset, ids, count=len(page_items))
+        self._unrecorded.append(read)
+        async with self._recording:
+            while not read.settled:
+                group = self._unrecorded[:RECORD_GROUP_READS]
+                del self._unrecorded[: len(group)]
+                try:
+                    await self._record_group(group)
+                except Exception as exc:
+                    for other in group:
+                        other.error = exc
+                except BaseException:
+                    # Cancelled mid-record: nothing of the group was committed; whoever records
+                    # next takes the others' reads again.
+                    self._unrecorded[:0] = [r for r in group if r is not read]
+                    raise
+                else:
+                    for other in group:
+                        other.recorded = True
+        if read.error is not None:
+            raise read.error
+        return read.window
+
+    async def _record_group(self, group: list[_Read]) -> None:
+        """Insert the lines of the group's customers that have none, publish those customers
+        and mark each read's page, in one transaction (see the module docstring)."""
+        job_id, org_id = self.request.job_id, self.request.org_id
+        published = 0
         async with self.db.transaction() as conn:
             state = await conn.fetchval(q.LOCK_JOB_STATE, job_id, org_id)
             if state is None or state in FINAL_JOB_STATES:
                 raise JobClosed()
             if state == JobState.PAUSED:
-                self.pausing = True  # this read is recorded; the next is not made
+                self.pausing = True  # these reads are recorded; the next is not made
             # What this transaction writes can be derived again: a commit lost in a database
-            # crash leaves the page unrecorded, so it is read and its customers published again
-            # (as after a fetcher's crash). Not waiting for the WAL flush (LOCK_JOB_STATE turned
-            # synchronous_commit off) shortens the time the new lines stay locked, which
+            # crash leaves the pages unrecorded, so they are read and their customers published
+            # again (as after a fetcher's crash). Not waiting for the WAL flush (LOCK_JOB_STATE
+            # turned synchronous_commit off) shortens the time the new lines stay locked, which
             # overlapping windows being recorded wait for.
             # An overlapping window being recorded concurrently holds its new lines until it
-            # commits; this insert waits for it and then finds them there.
-            rows = await conn.fetch(q.INSERT_LINES, job_id, org_id, page, sorted(set(ids)))
-            created = {r["woo_id"] for r in rows}
-            new = list({int(c["id"]): c for c in customers if int(c["id"]) in created}.values())
-            if rejected:
-                await self._reject(conn, page, rejected)
+            # commits; this insert waits for it and then finds them there. Two reads of the
+            # group that overlap: the later finds the earlier's lines, so a customer is
+            # published once.
+            new: dict[int, Any] = {}
+            pages: dict[int, int | None] = {}
+            for read in group:
+                rows = await conn.fetch(q.INSERT_LINES, job_id, org_id, read.page, read.line_ids)
+                created = {r["woo_id"] for r in rows}
+                for customer in read.customers:
+                    woo_id = int(customer["id"])
+                    if woo_id in created:
+                        new[woo_id] = customer
+                        pages[woo_id] = read.page
+                if read.rejected:
+                    await self._reject(conn, read.page, read.rejected)
             if new:
+                numbered = [r.page for r in group if r.page is not None]
                 whole = CustomerBatch(
                     job_id=job_id,
                     org_id=org_id,
                     connection_id=self.request.connection_id,
-                    page=page,
-                    customers=new,
+                    page=min(numbered) if numbered else None,
+                    customers=list(new.values()),
                 )
                 batches, oversize = split_customer_batch(whole, self.deps.max_message_bytes)
-                if oversize:
+                for read in group:
                     unsendable = [
                         items.Rejected(
                             int(o.customer["id"]),
                             f"rejected by the fetcher: {o.error}; not synced",
                         )
                         for o in oversize
+                        if pages[int(o.customer["id"])] == read.page
                     ]
-                    await self._fail_unsendable(conn, page, unsendable)
+                    if unsendable:
+                        await self._fail_unsendable(conn, read.page, unsendable)
                 for batch in batches:
                     await self.deps.publish(batch)
                 published = sum(len(b.customers) for b in batches)
             # The job row's lock is taken last, so concurrent windows hold it only to commit.
-            if page is None:
-                still_open = await conn.fetchval(q.TOUCH_JOB, job_id, org_id)
-            else:
-                still_open = await conn.fetchval(
-                    q.MARK_PAGE_FETCHED,
-                    job_id,
-                    page,
-                    window.count,
-                    offset,
-                    window.first_id,
-                    window.last_id,
-                    org_id,
-                )
-            if not still_open:
-                raise JobClosed()
+            for read in group:
+                if read.page is None:
+                    still_open = await conn.fetchval(q.TOUCH_JOB, job_id, org_id)
+                else:
+                    window = read.window
+                    still_open = await conn.fetchval(
+                        q.MARK_PAGE_FETCHED,
+                        job_id,
+                        read.page,
+                        window.count,
+                        window.offset,
+                        window.first_id,
+                        window.last_id,
+                        org_id,
+                    )
+                if not still_open:
+                    raise JobClosed()
         if self.backlog is not None:
             self.backlog.published(published)
-        return window
 
     async def _fail_unsendable(
         self, conn: asyncpg.Connection, page: int | None, unsendable: list[items.Rejected]

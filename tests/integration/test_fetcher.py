@@ -251,3 +251,49 @@ async def test_secret_no_key_decrypts_fails_the_job_clearly(pool: asyncpg.Pool) 
     (failed,) = recorder.of(FetchFailed)
     assert "cannot be decrypted" in failed.error
     assert recorder.of(CustomerBatch) == [] and requests_made == 0
+
+
+async def test_reads_finished_during_a_record_are_recorded_together(pool: asyncpg.Pool) -> None:
+    """Pages read while another page's record is under way go out in one transaction and one
+    message (``RECORD_GROUP_READS``), each still marked as its own page, each customer once."""
+    async with running_simulator(customers=340, seed=27) as sim:
+        request = await queue_new_org_sync(pool, sim, batch_size=50, concurrency=3)
+        recorder = Recorder()
+        deps = fetcher_deps(pool, recorder)
+        held = False
+
+        async def publish_slowly(message: Message) -> None:
+            nonlocal held
+            if isinstance(message, CustomerBatch) and (message.page or 0) > 1 and not held:
+                held = True
+                # The first page the workers read is being recorded: let the other two workers
+                # read theirs meanwhile (page 1 and three more requests).
+                for _ in range(200):
+                    if (await sim.stats())["requests"] >= 4:
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.3)
+            await recorder(message)
+
+        await handle_sync_requested(request, dataclasses.replace(deps, publish=publish_slowly))
+        store_ids = [c["id"] for c in await sim.customers()]
+
+    batches = recorder.of(CustomerBatch)
+    assert sorted(recorder.customer_ids()) == store_ids  # each exactly once, none missing
+    (completed,) = recorder.of(FetchCompleted)
+    assert completed.pages == 8  # windows of 50 overlapping by 2
+    # Two pages read during the held record went out as one batch, named by its first page.
+    assert max(len(b.customers) for b in batches) > 50
+    assert len(batches) < completed.pages
+    grouped = next(b for b in batches if len(b.customers) > 50)
+    assert grouped.page is not None and grouped.page > 2
+    pages = await pool.fetch(
+        "SELECT page, customers FROM woo_customer_sync_page WHERE job_id = $1 ORDER BY page",
+        request.job_id,
+    )
+    assert [p["page"] for p in pages] == list(range(1, 9))
+    lines = await pool.fetch(
+        "SELECT woo_id, page FROM woo_customer_sync_queue_line WHERE job_id = $1", request.job_id
+    )
+    assert sorted(r["woo_id"] for r in lines) == store_ids
+    assert {r["page"] for r in lines} == set(range(1, 9))
