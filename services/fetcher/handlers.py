@@ -16,12 +16,11 @@ spot where one might have.
 
 Every window read is recorded the same way, in one transaction: the lines of the customers that
 have none yet are inserted, those customers published (the publish confirmed before the
-commit), and the page marked fetched with its bounds. The concurrent workers of a crawl hand
-their reads to its recorder and read on; the recorder records the reads waiting, up to
-``RECORD_GROUP_READS`` in one transaction and one message, each page still marked on its own.
-When recording is the slower part, messages grow instead of queueing, so RabbitMQ, the syncer
-and PostgreSQL pay their cost per message and per transaction once for several pages; when
-the store is, each read is recorded alone as soon as it comes. So a committed line always means a
+commit), and the page marked fetched with its bounds. The reads a crawl's workers finish while
+one record is under way wait for it and are then recorded together, up to
+``RECORD_GROUP_READS`` in one transaction and one message: when recording is the slower part,
+the messages grow instead of queueing, so RabbitMQ, the syncer and PostgreSQL pay their cost per
+message and per transaction once for several pages. So a committed line always means a
 published customer, and each customer is published once, even by overlapping windows recorded
 at the same time (the later one waits for the earlier one's new lines to commit; the commit does
 not wait for the WAL flush, and the job's row, its sign of life for stall detection, is written
@@ -125,11 +124,10 @@ PageObserver = Callable[[UUID, float, str | None], None]
 
 # Extra reads allowed to close gaps, beyond two per page of the store.
 GAP_READS_SPARE = 4
-# Reads of one crawl recorded in one transaction and one message at most (``_read_pages``): the
-# pages its workers read while a record was under way; also how many reads may wait for the
-# recorder. Each message and each transaction has a cost of its own (RabbitMQ's, the syncer's,
-# PostgreSQL's), the same for 100 customers as for 400; beyond a few pages the syncer's batches
-# grow for little.
+# Reads of one crawl recorded in one transaction and one message at most (``_Job.record``): the
+# pages its workers finished while a record was under way. Each message and each transaction has
+# a cost of its own (RabbitMQ's, the syncer's, PostgreSQL's), the same for 100 customers as for
+# 400; beyond a few pages the syncer's batches grow for little.
 RECORD_GROUP_READS = 4
 ERROR_LIMIT = 1000
 
@@ -179,13 +177,15 @@ class FetcherDeps:
 
 @dataclass
 class _Read:
-    """One read's answer, checked, on its way to be recorded (``_Job.record_group``)."""
+    """One read's answer, checked, on its way to be recorded (``_Job.record``)."""
 
     page: int | None
     customers: list[Any]
     rejected: list[items.Rejected]
     ids: list[int]  # the customers' ids, in the store's order
     window: paging.Window
+    recorded: bool = False
+    error: Exception | None = None  # why its group's record failed
 
     @classmethod
     def of(cls, page: int | None, offset: int, page_items: list[Any]) -> _Read:
@@ -197,6 +197,10 @@ class _Read:
     @property
     def line_ids(self) -> list[int]:
         return sorted(set(self.ids))
+
+    @property
+    def settled(self) -> bool:
+        return self.recorded or self.error is not None
 
 
 @dataclass
@@ -210,6 +214,9 @@ class _Job:
     max_total: int | None = None  # the largest X-WP-Total any answer of the crawl gave
     pausing: bool = False  # the job was seen paused: no new request goes out
     backlog: CrawlBacklog | None = None  # its share of the fetcher's backlog budget
+    # Reads waiting to be recorded, and the lock of the one record under way (``record``).
+    _unrecorded: list[_Read] = field(default_factory=list)
+    _recording: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def sliced(self) -> bool:
@@ -270,14 +277,6 @@ class _Job:
         self, client: PageReader, page: int | None, offset: int
     ) -> tuple[Any, paging.Window]:
         """Read one window and record it; ``page`` None for a re-read that closes a gap."""
-        result, read = await self.read_checked(client, page, offset)
-        await self.record_group([read])
-        return result, read.window
-
-    async def read_checked(
-        self, client: PageReader, page: int | None, offset: int
-    ) -> tuple[Any, _Read]:
-        """Read one window and check it, not yet recorded (``record_group``)."""
         result = await self.fetch(client, page, offset)
         count = len(result.customers)
         if paging.short_page_contradicts(offset, count, self.batch_size, result.total):
@@ -287,17 +286,12 @@ class _Job:
                 "is wrong, or it caps its page size (a caching plugin?); the short page cannot "
                 "end the crawl"
             )
-        return result, self.checked(page, offset, result.customers)
+        return result, await self.record(page, offset, result.customers)
 
     async def record(self, page: int | None, offset: int, page_items: list[Any]) -> paging.Window:
-        """Record one read alone (see the module docstring); raises JobClosed when the job is
-        final by then."""
-        read = self.checked(page, offset, page_items)
-        await self.record_group([read])
-        return read.window
-
-    def checked(self, page: int | None, offset: int, page_items: list[Any]) -> _Read:
-        """A read's items, split and checked for the window proof: ids must ascend."""
+        """Record one read (see the module docstring): with the reads the crawl's other workers
+        finished meanwhile, in one transaction and one message (``_record_group``). Returns once
+        this read is committed; raises JobClosed when the job is final by then."""
         read = _Read.of(page, offset, page_items)
         disorder = items.out_of_order(read.ids)
         if disorder is not None:
@@ -308,9 +302,29 @@ class _Job:
                 "orderby=id&order=asc; woosync cannot prove it read every customer of such a "
                 "store (a plugin or cache changing the order?)"
             )
-        return read
+        self._unrecorded.append(read)
+        async with self._recording:
+            while not read.settled:
+                group = self._unrecorded[:RECORD_GROUP_READS]
+                del self._unrecorded[: len(group)]
+                try:
+                    await self._record_group(group)
+                except Exception as exc:
+                    for other in group:
+                        other.error = exc
+                except BaseException:
+                    # Cancelled mid-record: nothing of the group was committed; whoever records
+                    # next takes the others' reads again.
+                    self._unrecorded[:0] = [r for r in group if r is not read]
+                    raise
+                else:
+                    for other in group:
+                        other.recorded = True
+        if read.error is not None:
+            raise read.error
+        return read.window
 
-    async def record_group(self, group: list[_Read]) -> None:
+    async def _record_group(self, group: list[_Read]) -> None:
         """Insert the lines of the group's customers that have none, publish those customers
         and mark each read's page, in one transaction (see the module docstring)."""
         job_id, org_id = self.request.job_id, self.request.org_id
@@ -956,79 +970,40 @@ async def _read_pages(
     tail_page: int | None = None,
 ) -> Any | None:
     """Read the pages ``todo`` yields with ``concurrency`` workers, each pulling the next page
-    number when it is done with one: memory stays flat however many pages there are. A worker
-    hands its checked read to the crawl's recorder and goes on; the recorder records the reads
-    waiting, up to ``RECORD_GROUP_READS`` at a time (``_Job.record_group``), and the workers
-    wait while that many are waiting already. Every read handed over is recorded before this
-    returns. Once the slice is over, workers take no new page; SliceOver is raised when pages
-    were left. Once the job is paused, workers take no new page but finish their reads; then
-    JobPaused. Returns the answer of ``tail_page``, when it was read."""
+    number when it is done with one: memory stays flat however many pages there are. Once the
+    slice is over, workers take no new page; SliceOver is raised when pages were left. Once
+    the job is paused, workers take no new page but finish their reads; then JobPaused.
+    Returns the answer of ``tail_page``, when it was read."""
     per_page = job.batch_size
     left = False
     tail: Any | None = None
-    waiting: asyncio.Queue[_Read | None] = asyncio.Queue()  # None: every worker is done
-    room = asyncio.Semaphore(RECORD_GROUP_READS)  # reads waiting for the recorder, at most
-    working = concurrency
 
     async def worker() -> None:
-        nonlocal left, tail, working
-        try:
-            while not job.pausing:
-                # Room in the job's backlog first, then a page number: a page taken is read.
-                if not await job.admit():
-                    left = job.sliced
-                    return
-                handed = False
-                try:
-                    if (page := next(todo, None)) is None:
-                        return
-                    offset = paging.page_offset(page, per_page)
-                    result, read = await job.read_checked(client, page, offset)
-                    await room.acquire()
-                    waiting.put_nowait(read)
-                    handed = True  # released by the recorder once recorded
-                finally:
-                    if not handed:
-                        job.release()
-                if page == tail_page:
-                    tail = result
-                windows.append(read.window)
-                if job.sliced:
-                    left = True
-                    return
-        finally:
-            working -= 1
-            if working == 0:
-                waiting.put_nowait(None)
-
-    async def recorder() -> None:
-        while (read := await waiting.get()) is not None:
-            group = [read]
-            while len(group) < RECORD_GROUP_READS and not waiting.empty():
-                if (more := waiting.get_nowait()) is None:
-                    waiting.put_nowait(None)  # seen again once this group is recorded
-                    break
-                group.append(more)
-            for _ in group:
-                room.release()
+        nonlocal left, tail
+        while not job.pausing:
+            # Room in the job's backlog first, then a page number: a page taken is read.
+            if not await job.admit():
+                left = job.sliced
+                return
             try:
-                await job.record_group(group)
+                if (page := next(todo, None)) is None:
+                    return
+                result, window = await job.read(client, page, paging.page_offset(page, per_page))
             finally:
-                for _ in group:
-                    job.release()
+                job.release()
+            if page == tail_page:
+                tail = result
+            windows.append(window)
+            if job.sliced:
+                left = True
+                return
 
     try:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(recorder())
+        async with asyncio.TaskGroup() as group:
             for _ in range(concurrency):
-                tasks.create_task(worker())
+                group.create_task(worker())
     except* (StoreError, CrawlFailed, JobClosed, JobPaused) as errors:
         raise errors.exceptions[0] from None
-    finally:
-        # Reads left unrecorded by a failed crawl no longer count in its backlog.
-        while not waiting.empty():
-            if waiting.get_nowait() is not None:
-                job.release()
     if job.pausing:
         raise JobPaused()
     if left and next(todo, None) is not None:
