@@ -200,9 +200,10 @@ TARGET_PER_S = 6_000  # issue 12, item 2: 100,000 customers with no store latenc
 TARGET_RSS_MB = 150.0  # each service's peak
 # The same target in proportion to the floor: the issue's woosync read 2,395 customers/s where a
 # plain client read 22,700 (100,000 in 4.4 s), 0.105 of its floor; 2.5x that is 0.26. A strict
-# reading: the floor is read by woosync's own store client, which got faster since (the floor of
-# the issue's code reads 31,700-35,000/s on the machine where the current one reads 42,000), so
-# this ratio moves against the code it measures. bench.speedup runs the issue's code itself.
+# reading: the floor is read by woosync's own store client, which got faster since (in nine
+# alternating pairs the issue's code read its store at 22,500-33,300/s, the current code at
+# 28,300-42,800/s), so this ratio moves against the code it measures. bench.speedup runs the
+# issue's code itself.
 ISSUE_RATIO = 2_395 / (100_000 / 4.4)
 TARGET_GAIN = 2.5
 
