@@ -50,11 +50,9 @@ def parse_row(output: str, customers: int) -> Run:
     rows = [line.split() for line in output.splitlines() if line.split()[:1] == [label]]
     if not rows:
         raise ValueError(f"no summary row for {label} customers in:\n{output[-2000:]}")
-    cells = rows[-1]
-    number = [float(c.replace(",", "")) for c in cells[:2]]
-    if "/" in cells[2]:  # current: customers, floor, floor reads, pipeline, ratio, x, x, synced
-        return Run(number[1], float(cells[3].replace(",", "")), int(cells[7].replace(",", "")))
-    return Run(number[1], float(cells[2].replace(",", "")), int(cells[4].replace(",", "")))
+    cells = [cell.replace(",", "") for cell in rows[-1]]
+    floor, pipeline, synced = (1, 3, 7) if "/" in cells[2] else (1, 2, 4)
+    return Run(float(cells[floor]), float(cells[pipeline]), int(cells[synced]))
 
 
 def prepare_baseline(revision: str, directory: Path) -> Path:
